@@ -1,0 +1,32 @@
+# Two entry points do all set-up on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3.11
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test venv clean bench models
+
+$(STAMP): requirements.txt pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m shared.demo
+
+# pytest exit code 5 (no tests collected) is a failure here, never a silent pass.
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+models: $(STAMP)
+	$(VENV)/bin/splitinfer models
+
+bench: $(STAMP)
+	$(PY) benchmarks/codec_overhead.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,147 @@
+"""The splitinfer bitstream, version 1: one self-describing message per image. No pickle.
+
+Layout (``uvarint`` = unsigned LEB128; all fixed-width integers big endian)::
+
+    offset  size  field
+    0       2     magic b"SI"
+    2       1     version (1)
+    3       4     bundle id: first 4 bytes of the bundle's content hash (model, split, rungs, weights)
+    7       2     split point tag: CRC16 (CRC32 & 0xffff) of "model/split"
+    9       1     rung index within the bundle
+    10      var   input height, input width          (uvarint, uvarint; the pixels bpp is counted over)
+    ..      var   y height, y width                  (uvarint, uvarint)
+    ..      var   side height, side width            (uvarint each; 0, 0 when the rate model sends none)
+    ..      1     n payloads (1 or 2)
+    ..      var   payload lengths                    (uvarint each)
+    ..      4     CRC32 of the decoded integer symbols (detects a desynchronised entropy decoder)
+    ..      *     payloads, concatenated (y first, then z)
+    end-4   4     CRC32 of every byte before it (detects truncation and corruption before decoding)
+
+Fixed overhead: 2+1+4+2+1+1+4+4 = 19 bytes, plus 1-2 bytes per varint (24 bytes in all for a
+224x224 input with a hyperprior). Every parse error raises :class:`BitstreamError`.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from dataclasses import dataclass, field
+from typing import List, Tuple
+
+__all__ = ["MAGIC", "VERSION", "BitstreamError", "Header", "pack", "unpack", "split_tag", "MAX_SIDE"]
+
+MAGIC = b"SI"
+VERSION = 1
+MAX_SIDE = 16384  # largest input side accepted; bounds every allocation made from header fields
+MAX_PAYLOADS = 2
+
+
+class BitstreamError(ValueError):
+    """A message that cannot be decoded: malformed, corrupted, truncated, or for another bundle/rung."""
+
+
+@dataclass
+class Header:
+    bundle_id: bytes  # 4 bytes
+    split_tag: int
+    rung: int
+    input_hw: Tuple[int, int]
+    y_hw: Tuple[int, int]
+    side_hw: Tuple[int, int] = (0, 0)
+    symbols_crc: int = 0
+    payload_lengths: List[int] = field(default_factory=list)
+
+
+def split_tag(model: str, split: str) -> int:
+    return zlib.crc32(f"{model}/{split}".encode()) & 0xFFFF
+
+
+def _uvarint(n: int) -> bytes:
+    if n < 0:
+        raise ValueError("uvarint must be >= 0")
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        out.append(b | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+class _Reader:
+    def __init__(self, data: bytes):
+        self.data, self.pos = data, 0
+
+    def take(self, n: int) -> bytes:
+        if self.pos + n > len(self.data):
+            raise BitstreamError("truncated bitstream")
+        out = self.data[self.pos : self.pos + n]
+        self.pos += n
+        return out
+
+    def uvarint(self, limit: int) -> int:
+        n, shift = 0, 0
+        for _ in range(5):  # values here never need more than 5 bytes
+            (b,) = self.take(1)
+            n |= (b & 0x7F) << shift
+            if not b & 0x80:
+                if n > limit:
+                    raise BitstreamError(f"header field {n} exceeds the limit {limit}")
+                return n
+            shift += 7
+        raise BitstreamError("malformed varint in header")
+
+
+def pack(header: Header, payloads: List[bytes]) -> bytes:
+    if len(header.bundle_id) != 4:
+        raise ValueError("bundle_id must be 4 bytes")
+    if not 1 <= len(payloads) <= MAX_PAYLOADS:
+        raise ValueError("1 or 2 payloads")
+    parts = [
+        MAGIC,
+        bytes([VERSION]),
+        header.bundle_id,
+        struct.pack(">H", header.split_tag),
+        bytes([header.rung]),
+        *(_uvarint(v) for v in (*header.input_hw, *header.y_hw, *header.side_hw)),
+        bytes([len(payloads)]),
+        *(_uvarint(len(p)) for p in payloads),
+        struct.pack(">I", header.symbols_crc),
+        *payloads,
+    ]
+    body = b"".join(parts)
+    return body + struct.pack(">I", zlib.crc32(body))
+
+
+def unpack(data: bytes) -> Tuple[Header, List[bytes]]:
+    """Parse and integrity-check a message. Does not decode payloads (see ``shared.pipeline``)."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise BitstreamError(f"expected bytes, got {type(data).__name__}")
+    data = bytes(data)
+    if len(data) < 4 or data[:2] != MAGIC:
+        raise BitstreamError("not a splitinfer bitstream (bad magic)")
+    if data[2] != VERSION:
+        raise BitstreamError(f"unsupported bitstream version {data[2]} (this decoder reads version {VERSION})")
+    if len(data) < 24:
+        raise BitstreamError("truncated bitstream")
+    body, (crc,) = data[:-4], struct.unpack(">I", data[-4:])
+    if zlib.crc32(body) != crc:
+        raise BitstreamError("checksum mismatch: the bitstream is corrupted or truncated")
+    r = _Reader(body)
+    r.take(3)
+    bundle_id = r.take(4)
+    (tag,) = struct.unpack(">H", r.take(2))
+    (rung,) = r.take(1)
+    ih, iw, yh, yw, sh, sw = (r.uvarint(MAX_SIDE) for _ in range(6))
+    if min(ih, iw, yh, yw) < 1:
+        raise BitstreamError("zero-sized input or latent in header")
+    (n,) = r.take(1)
+    if not 1 <= n <= MAX_PAYLOADS:
+        raise BitstreamError(f"bad payload count {n}")
+    lengths = [r.uvarint(len(body)) for _ in range(n)]
+    (sym_crc,) = struct.unpack(">I", r.take(4))
+    payloads = [r.take(k) for k in lengths]
+    if r.pos != len(body):
+        raise BitstreamError("trailing bytes after payloads")
+    hdr = Header(bundle_id, tag, rung, (ih, iw), (yh, yw), (sh, sw), sym_crc, lengths)
+    return hdr, payloads

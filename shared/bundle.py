@@ -1,0 +1,204 @@
+"""Bundles: one ladder of bottlenecks for one model and split point, never the backbone.
+
+A bundle is a folder::
+
+    manifest.json          model, split, preprocessing, codec config, rungs (lambda, measured bpp/accuracy),
+                           training provenance, and the bundle id (a content hash)
+    rung-00.safetensors    bottleneck + rate-model weights *with their entropy-coder tables*
+    rung-01.safetensors    ...
+
+Following CompressAI's "finish, then freeze" recipe, ``update()`` runs once at export and the CDF
+tables travel in the weights; loading never recomputes them, so edge and cloud code with identical tables.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .codec import Bottleneck, BottleneckConfig
+
+__all__ = ["Rung", "Bundle", "save_bundle", "load_bundle", "select_rung", "BundleError", "FORMAT"]
+
+FORMAT = "splitinfer-bundle/1"
+
+
+class BundleError(ValueError):
+    """A bundle folder that is missing, malformed, or fails its integrity check."""
+
+
+@dataclass
+class Rung:
+    index: int
+    lam: float
+    file: str
+    sha256: str
+    metrics: Dict = field(default_factory=dict)  # bpp, top1, top5, n_images ... measured on held-out images
+
+    @property
+    def bpp(self) -> Optional[float]:
+        return self.metrics.get("bpp")
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _bundle_id(model: str, split: str, config: Dict, rung_hashes: Sequence[str]) -> str:
+    key = json.dumps({"model": model, "split": split, "config": config, "rungs": list(rung_hashes)}, sort_keys=True)
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+@dataclass
+class Bundle:
+    root: Path
+    manifest: Dict
+    config: BottleneckConfig
+    rungs: List[Rung]
+
+    @property
+    def model(self) -> str:
+        return self.manifest["model"]
+
+    @property
+    def split(self) -> str:
+        return self.manifest["split"]
+
+    @property
+    def bundle_id(self) -> str:
+        return self.manifest["bundle_id"]
+
+    @property
+    def id_bytes(self) -> bytes:
+        return bytes.fromhex(self.bundle_id)[:4]
+
+    def load_rung(self, index: int, device: str = "cpu") -> Bottleneck:
+        if not 0 <= index < len(self.rungs):
+            raise BundleError(f"bundle {self.bundle_id} has rungs 0..{len(self.rungs) - 1}, not {index}")
+        rung = self.rungs[index]
+        path = self.root / rung.file
+        if _sha256(path) != rung.sha256:
+            raise BundleError(f"{path} does not match the hash in manifest.json (corrupted or replaced)")
+        net = Bottleneck(self.config)
+        net.load_state_dict(load_file(str(path), device=device))
+        return net.to(device).eval()
+
+    def select(self, bitrate_bpp: Optional[float]) -> int:
+        return select_rung(self.rungs, bitrate_bpp)
+
+
+def select_rung(rungs: Sequence[Rung], bitrate_bpp: Optional[float]) -> int:
+    """The one rule that maps a bitrate hint to a rung, shared by edge and cloud.
+
+    Picks the most accurate rung whose measured bpp fits the hint; if none fits, the cheapest rung.
+    No hint means the top rung. Rungs are ordered from highest to lowest rate.
+    """
+    if bitrate_bpp is None:
+        return 0
+    if not bitrate_bpp > 0:
+        raise ValueError(f"bitrate hint must be a positive bpp, got {bitrate_bpp}")
+    measured = [(r.bpp if r.bpp is not None else float("inf"), r.index) for r in rungs]
+    fitting = [(bpp, i) for bpp, i in measured if bpp <= bitrate_bpp]
+    if fitting:
+        return max(fitting)[1]
+    return min(measured)[1]
+
+
+def save_bundle(
+    root: Path | str,
+    model: str,
+    split: str,
+    config: BottleneckConfig,
+    nets: Sequence[Bottleneck],
+    lambdas: Sequence[float],
+    metrics: Optional[Sequence[Dict]] = None,
+    extra: Optional[Dict] = None,
+) -> Bundle:
+    """Freeze (``update()``) and write every rung; rungs are sorted from highest to lowest lambda."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    metrics = list(metrics) if metrics is not None else [{} for _ in nets]
+    order = sorted(range(len(nets)), key=lambda i: -lambdas[i])
+    rungs: List[Rung] = []
+    for idx, i in enumerate(order):
+        net = nets[i].to("cpu").eval()
+        net.update(force=True)
+        fname = f"rung-{idx:02d}.safetensors"
+        state = {k: v.detach().contiguous().clone() for k, v in net.state_dict().items()}
+        save_file(state, str(root / fname), metadata={"format": FORMAT, "lambda": repr(float(lambdas[i]))})
+        rungs.append(Rung(idx, float(lambdas[i]), fname, _sha256(root / fname), dict(metrics[i])))
+    cfg = config.to_dict()
+    manifest = {
+        "format": FORMAT,
+        "bundle_id": _bundle_id(model, split, cfg, [r.sha256 for r in rungs]),
+        "model": model,
+        "split": split,
+        "config": cfg,
+        "rungs": [r.__dict__ for r in rungs],
+        **(extra or {}),
+    }
+    (root / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return load_bundle(root)
+
+
+def update_metrics(bundle: Bundle, metrics: Sequence[Dict], extra: Optional[Dict] = None) -> Bundle:
+    """Record measured metrics per rung (does not change weights or the bundle id)."""
+    m = dict(bundle.manifest)
+    for r, new in zip(m["rungs"], metrics):
+        r["metrics"] = {**r.get("metrics", {}), **new}
+    m.update(extra or {})
+    (bundle.root / "manifest.json").write_text(json.dumps(m, indent=2) + "\n")
+    return load_bundle(bundle.root)
+
+
+def load_bundle(root: Path | str) -> Bundle:
+    root = Path(root)
+    path = root / "manifest.json"
+    if not path.is_file():
+        raise BundleError(f"no manifest.json in {root}: not a splitinfer bundle")
+    try:
+        m = json.loads(path.read_text())
+        if m.get("format") != FORMAT:
+            raise BundleError(f"{path}: format {m.get('format')!r}, expected {FORMAT!r}")
+        config = BottleneckConfig.from_dict(m["config"])
+        rungs = [Rung(**r) for r in m["rungs"]]
+        model, split, bid = m["model"], m["split"], m["bundle_id"]
+    except (KeyError, TypeError, ValueError, json.JSONDecodeError) as e:
+        if isinstance(e, BundleError):
+            raise
+        raise BundleError(f"{path} is malformed: {e}") from e
+    if bid != _bundle_id(model, split, m["config"], [r.sha256 for r in rungs]):
+        raise BundleError(f"{path}: bundle_id does not match its content")
+    if not rungs:
+        raise BundleError(f"{path}: no rungs")
+    return Bundle(root, m, config, rungs)
+
+
+def load_tensor_file(path: Path | str) -> Dict[str, torch.Tensor]:
+    """Weights from outside: safetensors, or a torch file loaded with ``weights_only=True`` (never pickle)."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        return load_file(str(path))
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+DEFAULT_BUNDLE = "efficientnet_lite0-block1"
+
+
+def default_bundle_path() -> Path:
+    """The ladder embedded in the package (used when no bundle is named)."""
+    from importlib import resources
+
+    return Path(str(resources.files("shared").joinpath("assets", "bundles", DEFAULT_BUNDLE)))
+
+
+def resolve_bundle(bundle: "Bundle | Path | str | None") -> Bundle:
+    if isinstance(bundle, Bundle):
+        return bundle
+    return load_bundle(default_bundle_path() if bundle is None else bundle)

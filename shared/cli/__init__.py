@@ -1,0 +1,48 @@
+"""The ``splitinfer`` command: one sub-command per module, each with ``setup_args`` and ``run``.
+
+Heavy imports happen inside each sub-command, so ``splitinfer --help`` stays instant and the edge
+commands never import the server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import List, Optional
+
+from .. import __version__
+
+COMMANDS = {
+    "models": ("shared.cli.models", "list supported models, split points, shapes and the edge's share of FLOPs"),
+    "train": ("shared.cli.train", "train a ladder of bottlenecks (one per lambda) into a bundle"),
+    "encode": ("shared.cli.codec", "edge side on files: image -> bitstream file"),
+    "decode": ("shared.cli.codec", "cloud side on files: bitstream file -> prediction"),
+    "info": ("shared.cli.codec", "show a bundle's manifest: rungs, measured bpp and accuracy"),
+}
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="splitinfer",
+        description="Edge-to-cloud split inference with learned, entropy-coded bottlenecks.",
+    )
+    parser.add_argument("--version", action="version", version=f"splitinfer {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (module, help_) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_, description=help_)
+        mod = importlib.import_module(module)
+        getattr(mod, f"setup_{name}" if hasattr(mod, f"setup_{name}") else "setup_args")(p)
+        p.set_defaults(_module=module, _name=name)
+    args = parser.parse_args(argv)
+    mod = importlib.import_module(args._module)
+    run = getattr(mod, f"run_{args._name}", None) or getattr(mod, "run")
+    try:
+        return int(run(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

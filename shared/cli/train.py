@@ -1,0 +1,178 @@
+"""``splitinfer train``: cache the frozen parts, train one rung per lambda, write and measure a bundle."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _floats(s: str):
+    return [float(v) for v in s.split(",") if v.strip()]
+
+
+def setup_args(p: argparse.ArgumentParser) -> None:
+    p.formatter_class = argparse.ArgumentDefaultsHelpFormatter
+    p.epilog = (
+        "Images listed by --data are used for training except those held out by the fixed rule "
+        "(shared.data.is_heldout: CRC32 of the file name is odd); --eval-data uses only the held-out ones, "
+        "so no image ever both trains and evaluates. Label-free distillation is the default."
+    )
+    p.add_argument("--model", default="efficientnet_lite0", help="backbone (see `splitinfer models`)")
+    p.add_argument("--split", default=None, help="split point (default: the model's default split)")
+    p.add_argument("--weights", default=None, help="backbone weights file (default: the model's pretrained weights)")
+    p.add_argument("--data", action="append", required=True, help="image folder or CSV (repeatable)")
+    p.add_argument("--extra-data", action="append", default=[],
+                   help="unlabelled images used in full for training (no held-out rule): data you never evaluate on")
+    p.add_argument("--eval-data", action="append", default=[], help="folder/CSV whose held-out images measure each rung")
+    p.add_argument("--eval-limit", type=int, default=0, help="evaluate on at most this many held-out images (0 = all)")
+    p.add_argument("--out", required=True, help="bundle folder to write (also holds the checkpoint and logs)")
+    p.add_argument("--supervised", action="store_true", help="cross-entropy with labels instead of distillation")
+    p.add_argument("--lambdas", type=_floats, default=[64, 32, 16, 8, 4, 2], help="comma-separated, one rung each")
+    p.add_argument("--steps", type=int, default=2000, help="steps for the first (highest-rate) rung")
+    p.add_argument("--steps-per-rung", type=int, default=800, help="steps for each warm-started rung")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--views", type=int, default=4, help="augmented views cached per training image")
+    p.add_argument("--tail-every", type=int, default=1, help="logit loss every k steps (0 = split MSE only)")
+    p.add_argument("--feature-weight", type=float, default=1.0, help="weight of the split-feature MSE in the distortion")
+    p.add_argument("--temperature", type=float, default=1.0, help="distillation temperature")
+    p.add_argument("--rate-model", default="hyperprior", choices=["hyperprior", "factorized", "static"])
+    p.add_argument("--latent", type=int, default=None, help="latent channels of y (default by split depth)")
+    p.add_argument("--hidden", type=int, default=None, help="encoder width")
+    p.add_argument("--dec-hidden", type=int, default=None, help="decoder width")
+    p.add_argument("--stride", type=int, default=None, help="latent stride against the split feature")
+    p.add_argument("--hyper-stride", type=int, default=None, help="side-information stride against y")
+    p.add_argument("--qp", type=float, default=1.0, help="quantiser step of the static rate model")
+    p.add_argument("--limit", type=int, default=0, help="use at most this many training images (0 = all)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint in --out")
+    p.add_argument("--cache-dir", default=None, help="where cached features go (default: OUT/cache)")
+
+
+def _device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def default_bottleneck(depth: str, in_channels: int, args) -> dict:
+    """Sizes per split depth: shallow features are large and fine, deep ones small and semantic."""
+    deep = depth == "deep"
+    d = dict(
+        in_channels=in_channels,
+        latent=args.latent or (32 if deep else 32),
+        hidden=args.hidden or (max(64, in_channels // 2) if deep else 48),
+        dec_hidden=args.dec_hidden or (max(128, in_channels) if deep else 64),
+        stride=args.stride or (1 if deep else 2),
+        rate_model=args.rate_model,
+        hyper=32,
+        hyper_stride=args.hyper_stride or (2 if deep else 4),
+        qp=args.qp,
+    )
+    return d
+
+
+def run(args) -> int:
+    import torch
+    import torch.distributed as dist
+
+    from ..bundle import save_bundle, update_metrics
+    from ..codec import BottleneckConfig
+    from ..data import scan_images, split_items
+    from ..evaluation import evaluate_ladder
+    from ..models import load_split_model
+    from ..training.cache import build_cache
+    from ..training.ladder import LadderConfig, dist_info, images_per_second, train_ladder, write_args
+
+    rank, world, distributed = dist_info()
+    device = _device(args.device)
+    if distributed:
+        backend = "nccl" if device.startswith("cuda") else "gloo"
+        dist.init_process_group(backend)
+        if device.startswith("cuda"):
+            device = f"cuda:{int(__import__('os').environ.get('LOCAL_RANK', 0))}"
+            torch.cuda.set_device(device)
+    torch.manual_seed(args.seed)
+    out = Path(args.out)
+    model = load_split_model(args.model, args.split, args.weights).to(device)
+    split = model.split.name
+
+    items = []
+    for d in args.data:
+        items += split_items(scan_images(d, labels=args.supervised), "train")
+    for d in args.extra_data:
+        items += scan_images(d, labels=False)
+    if args.limit:
+        items = items[: args.limit]
+    if args.supervised and any(lab is None for _, lab in items):
+        print("error: --supervised needs labels for every training image", file=sys.stderr)
+        return 2
+    shard = items[rank::world]
+    cache_dir = Path(args.cache_dir) if args.cache_dir else out / "cache"
+    cache_path = cache_dir / f"{args.model}-{split}-v{args.views}-n{len(shard)}-s{args.seed}-r{rank}.safetensors"
+    if rank == 0:
+        print(f"{args.model} split {split}: {len(items)} training images x {args.views} views, device {device}, "
+              f"{world} process(es)")
+    cache = build_cache(model, shard, args.views, device=device, seed=args.seed + rank, path=cache_path)
+
+    c, fh, fw = cache.features.shape[1:]
+    bcfg = BottleneckConfig(**default_bottleneck(model.split.depth, c, args))
+    lcfg = LadderConfig(
+        lambdas=args.lambdas, steps=args.steps, steps_per_rung=args.steps_per_rung, batch_size=args.batch_size,
+        lr=args.lr, mode="supervised" if args.supervised else "distill", temperature=args.temperature,
+        feature_weight=args.feature_weight, tail_every=args.tail_every, seed=args.seed,
+    )
+    if rank == 0:
+        write_args(out, vars(args) | {"bottleneck": bcfg.to_dict()})
+    nets = train_ladder(model, cache, bcfg, lcfg, out, device=device, resume=not args.no_resume)
+    if rank != 0:
+        dist.destroy_process_group()
+        return 0
+
+    pre = model.spec.preprocess
+    extra = {
+        "task": model.spec.task,
+        "feature_shape": [int(c), int(fh), int(fw)],
+        "feature_stride": pre.input_size[0] // int(fh),
+        "preprocess": {"input_size": list(pre.input_size), "resize": pre.resize, "mean": list(pre.mean), "std": list(pre.std)},
+        "training": {
+            "objective": lcfg.mode,
+            "data": [str(d) for d in args.data],
+            "extra_data": [str(d) for d in args.extra_data],
+            "n_images": len(items),
+            "views": args.views,
+            "heldout_rule": "shared.data.is_heldout: images whose file-name CRC32 is odd never train",
+            "steps": args.steps,
+            "steps_per_rung": args.steps_per_rung,
+            "batch_size": args.batch_size,
+            "seed": args.seed,
+            "device": device,
+            "processes": world,
+            "images_per_second": images_per_second(out),
+            "command": "splitinfer train " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["train"] else None,
+        },
+    }
+    bundle = save_bundle(out, args.model, split, bcfg, nets, args.lambdas, extra=extra)
+    print(f"wrote bundle {bundle.bundle_id} with {len(bundle.rungs)} rungs to {out}")
+    if args.eval_data:
+        ev_items = []
+        for d in args.eval_data:
+            ev_items += split_items(scan_images(d), "heldout")
+        if args.eval_limit:
+            ev_items = ev_items[: args.eval_limit]
+        res = evaluate_ladder(model.to("cpu"), bundle, ev_items)
+        bundle = update_metrics(
+            bundle, res["rungs"],
+            {"evaluation": {"data": [str(d) for d in args.eval_data], "part": "heldout", "reference": res["reference"]}},
+        )
+        for r in res["rungs"]:
+            print(json.dumps(r))
+        print("unsplit reference:", json.dumps(res["reference"]))
+    if distributed:
+        dist.destroy_process_group()
+    return 0

@@ -1,0 +1,100 @@
+"""The bottleneck unit inserted at a split point: ``g_a`` (edge), a rate model, ``g_s`` (cloud).
+
+::
+
+    feature ──► g_a ──► y ──► rate model (Q + entropy coding) ──► y_hat ──► g_s ──► feature_hat ──► tail
+             (edge)                                                        (cloud)
+
+Only this module trains; the backbone around it is frozen. ``forward`` is the training path and
+returns likelihoods for the rate term; ``compress`` / ``decompress`` code real bytes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Dict, List, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from .layers import make_decoder, make_encoder
+from .rate_models import HW, build_rate_model
+
+__all__ = ["BottleneckConfig", "Bottleneck"]
+
+
+@dataclass
+class BottleneckConfig:
+    in_channels: int
+    latent: int = 32  # channels of y
+    hidden: int = 48  # encoder width (edge: keep small)
+    dec_hidden: int = 64  # decoder width (cloud)
+    stride: int = 2  # spatial down-sampling of y against the split feature
+    rate_model: str = "hyperprior"  # hyperprior | factorized | static
+    hyper: int = 32  # channels of z
+    hyper_stride: int = 4  # spatial down-sampling of z against y
+    means: bool = True  # mean-scale hyperprior (else scale only)
+    qp: float = 1.0  # quantiser step of the "static" model
+
+    def to_dict(self) -> Dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Dict) -> "BottleneckConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown bottleneck config keys {sorted(unknown)}")
+        return cls(**d)
+
+
+class Bottleneck(nn.Module):
+    def __init__(self, cfg: BottleneckConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.g_a = make_encoder(cfg.in_channels, cfg.hidden, cfg.latent, cfg.stride)
+        self.rate = build_rate_model(
+            cfg.rate_model, cfg.latent, hyper=cfg.hyper, hyper_stride=cfg.hyper_stride, means=cfg.means, qp=cfg.qp
+        )
+        self.g_s = make_decoder(cfg.latent, cfg.dec_hidden, cfg.in_channels, cfg.stride)
+
+    def latent_shape(self, feat_hw: HW) -> HW:
+        h, w = feat_hw
+        s = self.cfg.stride
+        return (h + s - 1) // s, (w + s - 1) // s
+
+    def forward(self, feat: Tensor) -> Dict:
+        y = self.g_a(feat)
+        out = self.rate(y)
+        feat_hat = self.g_s(out["y_hat"])[..., : feat.shape[-2], : feat.shape[-1]]
+        return {"feat_hat": feat_hat, "likelihoods": out["likelihoods"], "y": y}
+
+    @torch.no_grad()
+    def compress(self, feat: Tensor) -> List[Tuple[List[bytes], int]]:
+        """Per image: ``(payloads, symbols_crc)``. The latent shape follows from the feature's."""
+        return self.rate.compress(self.g_a(feat))
+
+    @torch.no_grad()
+    def decompress(self, payloads: List[bytes], feat_hw: HW) -> Tuple[Tensor, int]:
+        y_hat, crc = self.rate.decompress(payloads, self.latent_shape(feat_hw))
+        return self.g_s(y_hat)[..., : feat_hw[0], : feat_hw[1]], crc
+
+    def update(self, force: bool = True) -> None:
+        self.rate.update(force=force)
+
+    def aux_loss(self) -> Tensor:
+        return self.rate.aux_loss()
+
+    def load_state_dict(self, state_dict, strict: bool = True):
+        sd = dict(state_dict)
+        rate_sd = {k[len("rate."):]: v for k, v in sd.items() if k.startswith("rate.")}
+        self.rate.load_state_dict(rate_sd, strict=strict)  # resizes the CDF buffers first
+        rest = {k: v for k, v in sd.items() if not k.startswith("rate.")}
+        missing, unexpected = super().load_state_dict({**rest, **{f"rate.{k}": v for k, v in self.rate.state_dict().items()}}, strict=strict)
+        return missing, unexpected
+
+    def net_parameters(self) -> List[nn.Parameter]:
+        return [p for n, p in self.named_parameters() if not n.endswith(".quantiles")]
+
+    def aux_parameters(self) -> List[nn.Parameter]:
+        return [p for n, p in self.named_parameters() if n.endswith(".quantiles")]

@@ -1,0 +1,262 @@
+"""Rate models: the entropy model that both estimates the rate during training and codes ``y`` for real.
+
+Three interchangeable models share one interface, so that the ablation of the method is one flag:
+
+``hyperprior`` (the method's neural rate estimator; Balle et al. 2018, with means as in Minnen et al. 2018)::
+
+    y ──► h_a ──► z ──► Q ──► EntropyBottleneck ──► z_hat ──► h_s ──► (scales, means)
+    y ──► Q ──────────────────► GaussianConditional(scales, means) ──► y_hat
+
+``factorized`` (Entropic Student style): one learned density per channel of ``y``, no side information.
+
+``static`` (the seed code's approach): a fixed quantiser step ``qp`` and a single static symbol table
+shared by every latent element, no side information (coded with rANS instead of the seed's Huffman).
+
+Training uses additive uniform noise for the likelihoods and a straight-through rounding for the
+reconstruction that the decoder sees ("mixed" quantisation), so the tail trains on what it will get.
+Every model exposes ``compress`` (per image: payloads + a CRC of the integer symbols) and
+``decompress``; CompressAI's entropy models and rANS coder do the coding.
+"""
+
+from __future__ import annotations
+
+import zlib
+from typing import ClassVar, Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+from compressai.entropy_models import EntropyBottleneck, GaussianConditional
+from compressai.models.utils import update_registered_buffers
+from compressai.ops import quantize_ste
+from torch import Tensor, nn
+
+from .layers import make_hyper_analysis, make_hyper_synthesis
+
+__all__ = ["RateModel", "HyperpriorRate", "FactorizedRate", "StaticRate", "RATE_MODELS", "build_rate_model"]
+
+HW = Tuple[int, int]
+
+
+def symbols_crc(*symbols: Tensor, crc: int = 0) -> int:
+    """CRC32 of integer symbols (int32, little endian); the decoder recomputes it to detect a desync."""
+    for s in symbols:
+        crc = zlib.crc32(s.detach().to("cpu", torch.int32).numpy().astype("<i4").tobytes(), crc)
+    return crc
+
+
+def scale_table(lo: float = 0.11, hi: float = 64.0, levels: int = 64) -> Tensor:
+    """Scales of the Gaussian CDF tables. CompressAI's default reaches 256, whose long CDFs dominate a
+    rung's file size; latent scales at a split stay far below 64 (larger ones use the top table)."""
+    return torch.exp(torch.linspace(np.log(lo), np.log(hi), levels))
+
+
+def _padded(payload: bytes, n_symbols: int) -> bytes:
+    # CompressAI's rANS decoder reads 32-bit words without bounds checks. Zero padding sized for
+    # the worst case keeps a truncated or forged payload's reads inside our buffer (and zeros end
+    # every bypass run), so bad input yields wrong symbols (caught by the CRC), never a crash.
+    return payload + bytes(8 * n_symbols + 64)
+
+
+def _crop(x: Tensor, hw: HW) -> Tensor:
+    return x[..., : hw[0], : hw[1]]
+
+
+class RateModel(nn.Module):
+    """Common interface of the rate models (CompressAI's forward / compress / decompress / update)."""
+
+    kind: ClassVar[str]
+    n_payloads: ClassVar[int]
+
+    def forward(self, y: Tensor) -> Dict:
+        """Training path: ``{"y_hat": ..., "likelihoods": {"y": ..., ["z": ...]}}``."""
+        raise NotImplementedError
+
+    def side_shape(self, y_hw: HW) -> Optional[HW]:
+        """Spatial shape of the side information for a latent of shape ``y_hw`` (None if there is none)."""
+        return None
+
+    def compress(self, y: Tensor) -> List[Tuple[List[bytes], int]]:
+        """Per image of the batch: ``(payloads, symbols_crc)``."""
+        raise NotImplementedError
+
+    def decompress(self, payloads: List[bytes], y_hw: HW) -> Tuple[Tensor, int]:
+        """One image: ``(y_hat [1, C, h, w], symbols_crc)``."""
+        raise NotImplementedError
+
+    def entropy_models(self) -> List[nn.Module]:
+        return [m for m in self.modules() if isinstance(m, (EntropyBottleneck, GaussianConditional))]
+
+    def update(self, force: bool = True) -> None:
+        """Build the quantised CDF tables once, after training; they travel in the state dict."""
+        for m in self.entropy_models():
+            if isinstance(m, EntropyBottleneck):
+                m.update(force=force)
+            else:
+                m.update_scale_table(self.scale_table, force=force)
+
+    def aux_loss(self) -> Tensor:
+        losses = [m.loss() for m in self.modules() if isinstance(m, EntropyBottleneck)]
+        return torch.stack(losses).sum() if losses else torch.zeros(())
+
+    def load_state_dict(self, state_dict, strict: bool = True):
+        # CDF tables have data-dependent sizes: resize our buffers to the stored ones before loading.
+        state_dict = dict(state_dict)
+        for name, m in self.named_modules():
+            if isinstance(m, EntropyBottleneck):
+                update_registered_buffers(m, name, ["_quantized_cdf", "_offset", "_cdf_length"], state_dict)
+            elif isinstance(m, GaussianConditional):
+                update_registered_buffers(
+                    m, name, ["_quantized_cdf", "_offset", "_cdf_length", "scale_table"], state_dict
+                )
+        return super().load_state_dict(state_dict, strict=strict)
+
+    scale_table: Tensor  # set by models that use a GaussianConditional
+
+
+def _eb_symbols(eb: EntropyBottleneck, z: Tensor) -> Tensor:
+    medians = eb._get_medians().detach().reshape(1, -1, 1, 1)
+    return torch.round(z - medians).int()
+
+
+class HyperpriorRate(RateModel):
+    """Mean-scale hyperprior: the method's neural rate estimator."""
+
+    kind = "hyperprior"
+    n_payloads = 2
+
+    def __init__(self, latent: int, hyper: int = 32, hyper_stride: int = 4, means: bool = True, **_):
+        super().__init__()
+        self.latent, self.hyper, self.hyper_stride, self.means = latent, hyper, hyper_stride, means
+        self.h_a = make_hyper_analysis(latent, hyper, hyper_stride)
+        self.h_s = make_hyper_synthesis(hyper, latent * (2 if means else 1), hyper_stride)
+        self.entropy_bottleneck = EntropyBottleneck(hyper)
+        self.register_buffer("scale_table", scale_table(), persistent=False)
+        self.gaussian_conditional = GaussianConditional(None)
+
+    def side_shape(self, y_hw: HW) -> HW:
+        h, w = y_hw
+        for _ in range(int(np.log2(self.hyper_stride))):
+            h, w = (h + 1) // 2, (w + 1) // 2
+        return h, w
+
+    def _params(self, z_hat: Tensor, y_hw: HW) -> Tuple[Tensor, Optional[Tensor]]:
+        p = _crop(self.h_s(z_hat), y_hw)
+        if self.means:
+            scales, means = p.chunk(2, 1)
+            return scales, means
+        return p, None
+
+    def forward(self, y: Tensor) -> Dict:
+        z = self.h_a(y)
+        _, z_lik = self.entropy_bottleneck(z)
+        z_med = self.entropy_bottleneck._get_medians()
+        z_hat = quantize_ste(z - z_med) + z_med
+        scales, means = self._params(z_hat, y.shape[-2:])
+        _, y_lik = self.gaussian_conditional(y, scales, means=means)
+        y_hat = quantize_ste(y - means) + means if means is not None else quantize_ste(y)
+        return {"y_hat": y_hat, "likelihoods": {"y": y_lik, "z": z_lik}}
+
+    def compress(self, y: Tensor) -> List[Tuple[List[bytes], int]]:
+        gc, eb = self.gaussian_conditional, self.entropy_bottleneck
+        z = self.h_a(y)
+        z_sym = _eb_symbols(eb, z)
+        z_strings = eb.compress(z)
+        z_hat = eb.dequantize(z_sym, eb._get_medians().detach().reshape(1, -1, 1, 1))
+        scales, means = self._params(z_hat, y.shape[-2:])
+        indexes = gc.build_indexes(scales)
+        y_strings = gc.compress(y, indexes, means)
+        y_sym = gc.quantize(y, "symbols", means)
+        return [
+            ([y_strings[i], z_strings[i]], symbols_crc(y_sym[i], z_sym[i])) for i in range(y.shape[0])
+        ]
+
+    def decompress(self, payloads: List[bytes], y_hw: HW) -> Tuple[Tensor, int]:
+        y_str, z_str = payloads
+        gc, eb = self.gaussian_conditional, self.entropy_bottleneck
+        z_hw = self.side_shape(y_hw)
+        z_hat = eb.decompress([_padded(z_str, self.hyper * z_hw[0] * z_hw[1])], z_hw)
+        z_sym = _eb_symbols(eb, z_hat)
+        scales, means = self._params(z_hat, y_hw)
+        indexes = gc.build_indexes(scales)
+        y_sym = gc.decompress([_padded(y_str, indexes.numel())], indexes, means=None).int()
+        y_hat = gc.dequantize(y_sym, means)
+        return y_hat, symbols_crc(y_sym[0], z_sym[0])
+
+
+class FactorizedRate(RateModel):
+    """Factorized prior only (Entropic Student): one non-parametric density per latent channel."""
+
+    kind = "factorized"
+    n_payloads = 1
+
+    def __init__(self, latent: int, **_):
+        super().__init__()
+        self.latent = latent
+        self.entropy_bottleneck = EntropyBottleneck(latent)
+
+    def forward(self, y: Tensor) -> Dict:
+        _, y_lik = self.entropy_bottleneck(y)
+        med = self.entropy_bottleneck._get_medians()
+        return {"y_hat": quantize_ste(y - med) + med, "likelihoods": {"y": y_lik}}
+
+    def compress(self, y: Tensor) -> List[Tuple[List[bytes], int]]:
+        eb = self.entropy_bottleneck
+        strings = eb.compress(y)
+        sym = _eb_symbols(eb, y)
+        return [([strings[i]], symbols_crc(sym[i])) for i in range(y.shape[0])]
+
+    def decompress(self, payloads: List[bytes], y_hw: HW) -> Tuple[Tensor, int]:
+        eb = self.entropy_bottleneck
+        (s,) = payloads
+        y_hat = eb.decompress([_padded(s, self.latent * y_hw[0] * y_hw[1])], y_hw)
+        return y_hat, symbols_crc(_eb_symbols(eb, y_hat)[0])
+
+
+class StaticRate(RateModel):
+    """The seed's approach: fixed step ``qp``, one static table for every symbol, no side information."""
+
+    kind = "static"
+    n_payloads = 1
+
+    def __init__(self, latent: int, qp: float = 1.0, **_):
+        super().__init__()
+        self.latent, self.qp = latent, float(qp)
+        self.entropy_bottleneck = EntropyBottleneck(1)  # one table shared by all channels
+
+    @staticmethod
+    def _flat(v: Tensor) -> Tensor:  # (B, C, h, w) -> (B, 1, C*h, w): every element uses the same table
+        b, c, h, w = v.shape
+        return v.reshape(b, 1, c * h, w)
+
+    def forward(self, y: Tensor) -> Dict:
+        v = self._flat(y / self.qp)
+        _, lik = self.entropy_bottleneck(v)
+        med = self.entropy_bottleneck._get_medians()
+        y_hat = (quantize_ste(y / self.qp - med) + med) * self.qp
+        return {"y_hat": y_hat, "likelihoods": {"y": lik}}
+
+    def compress(self, y: Tensor) -> List[Tuple[List[bytes], int]]:
+        eb = self.entropy_bottleneck
+        v = self._flat(y / self.qp)
+        strings = eb.compress(v)
+        sym = _eb_symbols(eb, v)
+        return [([strings[i]], symbols_crc(sym[i])) for i in range(y.shape[0])]
+
+    def decompress(self, payloads: List[bytes], y_hw: HW) -> Tuple[Tensor, int]:
+        eb = self.entropy_bottleneck
+        (s,) = payloads
+        shape = (self.latent * y_hw[0], y_hw[1])
+        v_hat = eb.decompress([_padded(s, shape[0] * shape[1])], shape)
+        crc = symbols_crc(_eb_symbols(eb, v_hat)[0])
+        return v_hat.reshape(1, self.latent, *y_hw) * self.qp, crc
+
+
+RATE_MODELS = {m.kind: m for m in (HyperpriorRate, FactorizedRate, StaticRate)}
+
+
+def build_rate_model(kind: str, latent: int, **kwargs) -> RateModel:
+    try:
+        cls = RATE_MODELS[kind]
+    except KeyError:
+        raise ValueError(f"unknown rate model {kind!r}; choose from {sorted(RATE_MODELS)}") from None
+    return cls(latent, **kwargs)

@@ -1,0 +1,1 @@
+"""Training of bottleneck ladders: frozen-backbone caching, objectives, and the ladder loop."""

@@ -1,0 +1,213 @@
+"""Train a ladder of bottlenecks (one per lambda) at one split point of a frozen backbone.
+
+Rungs are trained from the highest lambda (most bits) down; each rung starts from its neighbour's
+weights, so later rungs need only a fraction of the first one's steps. Only bottleneck and
+rate-model parameters receive gradients; the backbone is frozen and stays in eval mode.
+
+Runs on a CPU, a GPU, or several processes under ``torchrun`` (PyTorch DDP; gloo on CPU, NCCL on GPU).
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
+from tqdm import tqdm
+
+from ..codec import Bottleneck, BottleneckConfig
+from ..models.split import SplitModel
+from .cache import FeatureCache
+from .objectives import Objective, bpp_from_likelihoods
+
+__all__ = ["LadderConfig", "train_ladder", "dist_info"]
+
+
+@dataclass
+class LadderConfig:
+    lambdas: List[float]
+    steps: int = 2000  # steps for the first (highest-rate) rung
+    steps_per_rung: int = 1000  # steps for each warm-started rung after it
+    batch_size: int = 32
+    lr: float = 1e-3
+    aux_lr: float = 1e-3
+    mode: str = "distill"
+    temperature: float = 1.0
+    feature_weight: float = 1.0
+    tail_every: int = 1  # run the tail (logit loss) on every k-th step; 0 = split-feature MSE only
+    seed: int = 0
+    log_every: int = 50
+    extra: Dict = field(default_factory=dict)
+
+
+def dist_info():
+    """(rank, world_size, is_distributed) from torchrun's environment."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    return rank, world, world > 1
+
+
+def _lr_at(step: int, total: int, base: float) -> float:
+    warm = max(1, total // 20)
+    if step < warm:
+        return base * (step + 1) / warm
+    return base * 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm))) * 0.95 + base * 0.05
+
+
+def _checkpoint_path(out: Path) -> Path:
+    return out / "checkpoint.pt"
+
+
+def _save_checkpoint(out: Path, state: Dict) -> None:
+    tmp = out / "checkpoint.pt.tmp"
+    torch.save(state, tmp)
+    os.replace(tmp, _checkpoint_path(out))
+
+
+def _load_checkpoint(out: Path) -> Optional[Dict]:
+    p = _checkpoint_path(out)
+    # our own checkpoint, written by this function: tensors, dicts and numbers only
+    return torch.load(p, map_location="cpu", weights_only=True) if p.is_file() else None
+
+
+def train_ladder(
+    model: SplitModel,
+    cache: FeatureCache,
+    bcfg: BottleneckConfig,
+    cfg: LadderConfig,
+    out: Path,
+    device: str = "cpu",
+    resume: bool = True,
+    progress: bool = True,
+) -> List[Bottleneck]:
+    """Returns one trained Bottleneck per lambda, in the order of ``cfg.lambdas``."""
+    rank, world, distributed = dist_info()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed + rank)
+    objective = Objective(cfg.mode, cfg.temperature, cfg.feature_weight)
+    feat_var = cache.feature_variance().to(device)
+    n_pixels = cache.input_hw[0] * cache.input_hw[1]
+    input_meta = torch.empty((cfg.batch_size, 3, *cache.input_hw), device="meta")
+
+    order = sorted(range(len(cfg.lambdas)), key=lambda i: -cfg.lambdas[i])
+    trained: Dict[int, Dict] = {}
+    ckpt = _load_checkpoint(out) if resume else None
+    if ckpt is not None:
+        trained = {int(k): v for k, v in ckpt["trained"].items()}
+        if rank == 0:
+            print(f"resuming: {len(trained)} of {len(order)} rungs already trained")
+
+    log_path = out / "train_log.csv"
+    log_file = open(log_path, "a", newline="") if rank == 0 else None
+    log = csv.writer(log_file) if log_file else None
+    if log and log_path.stat().st_size == 0:
+        log.writerow(["rung", "lambda", "step", "loss", "bpp", "distortion", "feature_mse", "kl_or_ce", "aux", "img_per_s"])
+
+    net = Bottleneck(bcfg).to(device)
+    for pos, i in enumerate(order):
+        lam = cfg.lambdas[i]
+        if i in trained:
+            _load_train_state(net, trained[i])
+            continue
+        steps = cfg.steps if pos == 0 else cfg.steps_per_rung
+        ddp = DDP(net, find_unused_parameters=True) if distributed else net
+        params, aux_params = net.net_parameters(), net.aux_parameters()
+        assert not set(map(id, params)) & set(map(id, aux_params))
+        opt = torch.optim.Adam(params, lr=cfg.lr)
+        aux_opt = torch.optim.Adam(aux_params, lr=cfg.aux_lr)
+        sampler = (
+            DistributedSampler(cache, num_replicas=world, rank=rank, seed=cfg.seed + pos)
+            if distributed
+            else RandomSampler(cache, replacement=True, num_samples=steps * cfg.batch_size)
+        )
+        loader = DataLoader(cache, batch_size=cfg.batch_size, sampler=sampler, drop_last=True)
+        it, epoch = iter(loader), 0
+        bar = tqdm(range(steps), desc=f"rung λ={lam:g}", disable=not (progress and rank == 0), unit="step")
+        t0, seen = time.perf_counter(), 0
+        net.train()
+        for step in bar:
+            try:
+                feat, teacher, labels = next(it)
+            except StopIteration:
+                epoch += 1
+                if distributed:
+                    sampler.set_epoch(epoch)
+                it = iter(loader)
+                feat, teacher, labels = next(it)
+            feat, teacher, labels = feat.to(device), teacher.to(device), labels.to(device)
+            for g in opt.param_groups:
+                g["lr"] = _lr_at(step, steps, cfg.lr)
+            o = ddp(feat)
+            use_tail = cfg.tail_every > 0 and step % cfg.tail_every == 0
+            student = None
+            if use_tail:
+                student = model.tail(o["feat_hat"], input_meta[: feat.shape[0]])
+                if isinstance(student, dict):
+                    student = student["out"]
+            d = objective.distortion(student, teacher, labels, o["feat_hat"], feat, feat_var)
+            bpp = bpp_from_likelihoods(o["likelihoods"], n_pixels)
+            loss = bpp + lam * d["distortion"]
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            aux = net.aux_loss()
+            aux_opt.zero_grad(set_to_none=True)
+            aux.backward()
+            if distributed:  # the aux loss bypasses DDP: average its gradients by hand
+                for p in aux_params:
+                    dist.all_reduce(p.grad)
+                    p.grad /= world
+            aux_opt.step()
+            seen += feat.shape[0] * world
+            if log and (step % cfg.log_every == 0 or step == steps - 1):
+                ips = seen / (time.perf_counter() - t0)
+                kl = d.get("kl", d.get("ce", torch.tensor(float("nan"))))
+                log.writerow([pos, lam, step, f"{loss.item():.5f}", f"{bpp.item():.5f}", f"{d['distortion'].item():.5f}",
+                              f"{d['feature_mse'].item():.5f}", f"{kl.item():.5f}", f"{aux.item():.3f}", f"{ips:.1f}"])
+                log_file.flush()
+                bar.set_postfix(bpp=f"{bpp.item():.3f}", D=f"{d['distortion'].item():.3f}", ips=f"{ips:.0f}")
+        net.eval()
+        trained[i] = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
+        trained[i]["__img_per_s__"] = torch.tensor(seen / (time.perf_counter() - t0))
+        if rank == 0:
+            _save_checkpoint(out, {"trained": trained, "config": asdict(cfg), "bottleneck": bcfg.to_dict()})
+        if distributed:
+            dist.barrier()
+    if log_file:
+        log_file.close()
+
+    nets = []
+    for i in range(len(cfg.lambdas)):
+        n = Bottleneck(bcfg)
+        _load_train_state(n, trained[i])
+        nets.append(n.eval())
+    return nets
+
+
+def _load_train_state(net: Bottleneck, state: Dict) -> None:
+    # training-time state (no CDF tables yet): plain load, ignoring our bookkeeping entries
+    sd = {k: v for k, v in state.items() if not k.startswith("__")}
+    torch.nn.Module.load_state_dict(net, sd, strict=False)
+
+
+def images_per_second(out: Path) -> List[float]:
+    ck = _load_checkpoint(Path(out))
+    if ck is None:
+        return []
+    return [float(v["__img_per_s__"]) for _, v in sorted(ck["trained"].items())]
+
+
+def write_args(out: Path, args: Dict) -> None:
+    (Path(out) / "args.json").write_text(json.dumps(args, indent=2, default=str) + "\n")
