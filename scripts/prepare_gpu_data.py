@@ -13,25 +13,26 @@ SRC = Path(__file__).resolve().parents[2] / "shared" / "data"
 DST = Path(__file__).resolve().parents[1] / ".gpu" / "data"
 
 
-def shrink(src: Path, dst: Path, side: int = 256) -> None:
+def shrink(src: Path, dst: Path, side: int = 256, keep_name: bool = False) -> None:
     im = Image.open(src).convert("RGB")
     s = side / min(im.size)
     if s < 1:
         im = im.resize((round(im.width * s), round(im.height * s)), Image.BICUBIC)
     dst.parent.mkdir(parents=True, exist_ok=True)
-    im.save(dst.with_suffix(".jpg"), quality=90)
+    # keep_name: the held-out rule reads the file name, so labelled images keep theirs exactly
+    im.save(dst if keep_name else dst.with_suffix(".jpg"), format="JPEG", quality=90)
 
 
 def main() -> None:
     # labelled ImageNet val: only the part the held-out rule leaves for training
     for p, _ in scan_images(SRC / "imagenet_val"):
         if not is_heldout(p):
-            shrink(p, DST / "imagenet_val_train" / p.name)
+            shrink(p, DST / "imagenet_val_train" / p.name, keep_name=True)
     # unlabelled extra images: never used for evaluation of the classification ladder
     for sub in ["imagenet_sample100_fullres/images", "kodak", "camvid/train", "camvid/val"]:
         for p, _ in scan_images(SRC / sub, labels=False):
             shrink(p, DST / "extra" / sub.replace("/", "_") / p.name)
-    n = sum(1 for _ in DST.rglob("*.jpg"))
+    n = sum(1 for f in DST.rglob("*") if f.is_file())
     print(f"{n} images in {DST}")
 
 

@@ -17,8 +17,9 @@ Layout (``uvarint`` = unsigned LEB128; all fixed-width integers big endian)::
     ..      *     payloads, concatenated (y first, then z)
     end-4   4     CRC32 of every byte before it (detects truncation and corruption before decoding)
 
-Fixed overhead: 2+1+4+2+1+1+4+4 = 19 bytes, plus 1-2 bytes per varint (24 bytes in all for a
-224x224 input with a hyperprior). Every parse error raises :class:`BitstreamError`.
+Fixed overhead: 2+1+4+2+1+1+4+4 = 19 bytes, plus 1-2 bytes per varint: 29-31 bytes in all for a
+224x224 input with a hyperprior (224 and payload lengths above 127 take two bytes each), i.e.
+about 0.005 bpp. Every parse error raises :class:`BitstreamError`.
 """
 
 from __future__ import annotations

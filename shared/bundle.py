@@ -97,17 +97,15 @@ def select_rung(rungs: Sequence[Rung], bitrate_bpp: Optional[float]) -> int:
     """The one rule that maps a bitrate hint to a rung, shared by edge and cloud.
 
     Picks the most accurate rung whose measured bpp fits the hint; if none fits, the cheapest rung.
-    No hint means the top rung. Rungs are ordered from highest to lowest rate.
+    No hint means the top rung. Rungs are ordered from highest to lowest rate, so an unmeasured
+    rung counts as costlier than every rung below it.
     """
     if bitrate_bpp is None:
         return 0
     if not bitrate_bpp > 0:
         raise ValueError(f"bitrate hint must be a positive bpp, got {bitrate_bpp}")
-    measured = [(r.bpp if r.bpp is not None else float("inf"), r.index) for r in rungs]
-    fitting = [(bpp, i) for bpp, i in measured if bpp <= bitrate_bpp]
-    if fitting:
-        return max(fitting)[1]
-    return min(measured)[1]
+    fitting = [r.index for r in rungs if r.bpp is not None and r.bpp <= bitrate_bpp]
+    return min(fitting) if fitting else len(rungs) - 1
 
 
 def save_bundle(

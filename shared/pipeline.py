@@ -53,6 +53,15 @@ class LadderCodec:
     def resident(self) -> list:
         return sorted(self._rungs)
 
+    @property
+    def input_size(self) -> Tuple[int, int]:
+        return tuple(self.bundle.manifest["preprocess"]["input_size"])
+
+    def allowed_inputs(self, input_hw: Tuple[int, int]) -> list:
+        """Input sizes a stream may claim. Classification crops to one fixed size, so anything else is
+        forged or foreign; refusing it before decoding bounds the work a header can ask for."""
+        return [self.input_size]
+
     def feature_hw(self, input_hw: Tuple[int, int]) -> Tuple[int, int]:
         s = self.feature_stride
         return math.ceil(input_hw[0] / s), math.ceil(input_hw[1] / s)
@@ -84,6 +93,11 @@ class LadderCodec:
             raise BitstreamError("bitstream was made for another split point")
         if not 0 <= hdr.rung < len(b.rungs):
             raise BitstreamError(f"rung {hdr.rung} is not in this bundle (rungs 0..{len(b.rungs) - 1})")
+        if hdr.input_hw not in self.allowed_inputs(hdr.input_hw):
+            raise BitstreamError(
+                f"input size {hdr.input_hw[0]}x{hdr.input_hw[1]} is not one this bundle encodes "
+                f"(expected {self.input_size[0]}x{self.input_size[1]})"
+            )
         rate = self.rung(hdr.rung).rate
         fh, fw = self.feature_hw(hdr.input_hw)
         s = b.config.stride

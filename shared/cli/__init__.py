@@ -18,6 +18,7 @@ COMMANDS = {
     "train": ("shared.cli.train", "train a ladder of bottlenecks (one per lambda) into a bundle"),
     "encode": ("shared.cli.codec", "edge side on files: image -> bitstream file"),
     "decode": ("shared.cli.codec", "cloud side on files: bitstream file -> prediction"),
+    "eval": ("shared.cli.eval", "measure every rung's real bpp and accuracy on held-out images"),
     "info": ("shared.cli.codec", "show a bundle's manifest: rungs, measured bpp and accuracy"),
 }
 
@@ -37,8 +38,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     mod = importlib.import_module(args._module)
     run = getattr(mod, f"run_{args._name}", None) or getattr(mod, "run")
+    from ..bitstream import BitstreamError
+    from ..bundle import BundleError
+
     try:
         return int(run(args) or 0)
+    except (BundleError, BitstreamError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

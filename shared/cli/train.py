@@ -33,9 +33,13 @@ def setup_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=2000, help="steps for the first (highest-rate) rung")
     p.add_argument("--steps-per-rung", type=int, default=800, help="steps for each warm-started rung")
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--time-budget", type=float, default=0.0,
+                   help="seconds for the whole ladder (0 = no limit); each rung's schedule is compressed to fit")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--views", type=int, default=4, help="augmented views cached per training image")
     p.add_argument("--tail-every", type=int, default=1, help="logit loss every k steps (0 = split MSE only)")
+    p.add_argument("--feature-warmup", type=float, default=0.3,
+                   help="share of the first rung's steps trained on the split-feature MSE alone (no tail: cheap)")
     p.add_argument("--feature-weight", type=float, default=1.0, help="weight of the split-feature MSE in the distortion")
     p.add_argument("--temperature", type=float, default=1.0, help="distillation temperature")
     p.add_argument("--rate-model", default="hyperprior", choices=["hyperprior", "factorized", "static"])
@@ -48,6 +52,10 @@ def setup_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--limit", type=int, default=0, help="use at most this many training images (0 = all)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=0, help="data-loading processes while caching")
+    p.add_argument("--init-from", default=None, metavar="BUNDLE[:RUNG]",
+                   help="start the first rung from a rung of an existing bundle with the same config "
+                        "(two-stage recipes: features first, logits last)")
     p.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint in --out")
     p.add_argument("--cache-dir", default=None, help="where cached features go (default: OUT/cache)")
 
@@ -118,18 +126,35 @@ def run(args) -> int:
     if rank == 0:
         print(f"{args.model} split {split}: {len(items)} training images x {args.views} views, device {device}, "
               f"{world} process(es)")
-    cache = build_cache(model, shard, args.views, device=device, seed=args.seed + rank, path=cache_path)
+    cache = build_cache(model, shard, args.views, device=device, seed=args.seed + rank, path=cache_path,
+                        workers=args.workers)
+    if device.startswith("cuda"):
+        torch.backends.cuda.matmul.allow_tf32 = True  # training only; decoding never depends on it
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+        cache = cache.to(device)
 
     c, fh, fw = cache.features.shape[1:]
     bcfg = BottleneckConfig(**default_bottleneck(model.split.depth, c, args))
     lcfg = LadderConfig(
         lambdas=args.lambdas, steps=args.steps, steps_per_rung=args.steps_per_rung, batch_size=args.batch_size,
         lr=args.lr, mode="supervised" if args.supervised else "distill", temperature=args.temperature,
-        feature_weight=args.feature_weight, tail_every=args.tail_every, seed=args.seed,
+        feature_weight=args.feature_weight, tail_every=args.tail_every, feature_warmup=args.feature_warmup,
+        seed=args.seed, time_budget=args.time_budget,
     )
     if rank == 0:
         write_args(out, vars(args) | {"bottleneck": bcfg.to_dict()})
-    nets = train_ladder(model, cache, bcfg, lcfg, out, device=device, resume=not args.no_resume)
+    init = None
+    if args.init_from:
+        from ..bundle import load_bundle
+
+        path, _, rung = args.init_from.partition(":")
+        src = load_bundle(path)
+        if src.config != bcfg or (src.model, src.split) != (args.model, split):
+            print(f"error: --init-from {path}: its model/split/config differ from this run's", file=sys.stderr)
+            return 2
+        init = src.load_rung(int(rung or len(src.rungs) - 1)).state_dict()
+    nets = train_ladder(model, cache, bcfg, lcfg, out, device=device, resume=not args.no_resume, init=init)
     if rank != 0:
         dist.destroy_process_group()
         return 0
@@ -151,6 +176,7 @@ def run(args) -> int:
             "steps_per_rung": args.steps_per_rung,
             "batch_size": args.batch_size,
             "seed": args.seed,
+            "init_from": args.init_from,
             "device": device,
             "processes": world,
             "images_per_second": images_per_second(out),

@@ -57,6 +57,21 @@ class Bottleneck(nn.Module):
             cfg.rate_model, cfg.latent, hyper=cfg.hyper, hyper_stride=cfg.hyper_stride, means=cfg.means, qp=cfg.qp
         )
         self.g_s = make_decoder(cfg.latent, cfg.dec_hidden, cfg.in_channels, cfg.stride)
+        # Per-channel statistics of the split feature, fixed before training and stored with the
+        # weights: g_a sees standardised features and g_s predicts standardised ones, which makes
+        # every split point look alike to the optimiser.
+        self.register_buffer("feat_mean", torch.zeros(1, cfg.in_channels, 1, 1))
+        self.register_buffer("feat_std", torch.ones(1, cfg.in_channels, 1, 1))
+
+    def set_feature_stats(self, mean: Tensor, std: Tensor) -> None:
+        self.feat_mean.copy_(mean.reshape(self.feat_mean.shape))
+        self.feat_std.copy_(std.reshape(self.feat_std.shape).clamp_min(1e-6))
+
+    def _analysis(self, feat: Tensor) -> Tensor:
+        return self.g_a((feat - self.feat_mean) / self.feat_std)
+
+    def _synthesis(self, y_hat: Tensor, feat_hw: HW) -> Tensor:
+        return self.g_s(y_hat)[..., : feat_hw[0], : feat_hw[1]] * self.feat_std + self.feat_mean
 
     def latent_shape(self, feat_hw: HW) -> HW:
         h, w = feat_hw
@@ -64,20 +79,20 @@ class Bottleneck(nn.Module):
         return (h + s - 1) // s, (w + s - 1) // s
 
     def forward(self, feat: Tensor) -> Dict:
-        y = self.g_a(feat)
+        y = self._analysis(feat)
         out = self.rate(y)
-        feat_hat = self.g_s(out["y_hat"])[..., : feat.shape[-2], : feat.shape[-1]]
+        feat_hat = self._synthesis(out["y_hat"], feat.shape[-2:])
         return {"feat_hat": feat_hat, "likelihoods": out["likelihoods"], "y": y}
 
     @torch.no_grad()
     def compress(self, feat: Tensor) -> List[Tuple[List[bytes], int]]:
         """Per image: ``(payloads, symbols_crc)``. The latent shape follows from the feature's."""
-        return self.rate.compress(self.g_a(feat))
+        return self.rate.compress(self._analysis(feat))
 
     @torch.no_grad()
     def decompress(self, payloads: List[bytes], feat_hw: HW) -> Tuple[Tensor, int]:
         y_hat, crc = self.rate.decompress(payloads, self.latent_shape(feat_hw))
-        return self.g_s(y_hat)[..., : feat_hw[0], : feat_hw[1]], crc
+        return self._synthesis(y_hat, feat_hw), crc
 
     def update(self, force: bool = True) -> None:
         self.rate.update(force=force)

@@ -157,18 +157,22 @@ class HyperpriorRate(RateModel):
         return {"y_hat": y_hat, "likelihoods": {"y": y_lik, "z": z_lik}}
 
     def compress(self, y: Tensor) -> List[Tuple[List[bytes], int]]:
+        # One image at a time: the decoder recomputes h_s(z_hat) for a single image, and a batched
+        # convolution may round differently from a single one (a different kernel blocking), which
+        # would move a scale to another table and desynchronise the decoder.
+        return [self._compress_one(y[i : i + 1]) for i in range(y.shape[0])]
+
+    def _compress_one(self, y: Tensor) -> Tuple[List[bytes], int]:
         gc, eb = self.gaussian_conditional, self.entropy_bottleneck
         z = self.h_a(y)
         z_sym = _eb_symbols(eb, z)
-        z_strings = eb.compress(z)
+        (z_string,) = eb.compress(z)
         z_hat = eb.dequantize(z_sym, eb._get_medians().detach().reshape(1, -1, 1, 1))
         scales, means = self._params(z_hat, y.shape[-2:])
         indexes = gc.build_indexes(scales)
-        y_strings = gc.compress(y, indexes, means)
+        (y_string,) = gc.compress(y, indexes, means)
         y_sym = gc.quantize(y, "symbols", means)
-        return [
-            ([y_strings[i], z_strings[i]], symbols_crc(y_sym[i], z_sym[i])) for i in range(y.shape[0])
-        ]
+        return [y_string, z_string], symbols_crc(y_sym[0], z_sym[0])
 
     def decompress(self, payloads: List[bytes], y_hw: HW) -> Tuple[Tensor, int]:
         y_str, z_str = payloads

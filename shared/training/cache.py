@@ -34,6 +34,15 @@ class FeatureCache(Dataset):
     def __getitem__(self, i):
         return self.features[i].float(), self.teacher[i].float(), self.labels[i]
 
+    def to(self, device: str) -> "FeatureCache":
+        """Move the cache (fp16) to ``device``; on a GPU this removes every host-to-device copy."""
+        return FeatureCache(self.features.to(device), self.teacher.to(device), self.labels.to(device), self.input_hw)
+
+    def batch(self, idx: torch.Tensor, device: str):
+        idx = idx.to(self.features.device)
+        return (self.features[idx].to(device).float(), self.teacher[idx].to(device).float(),
+                self.labels[idx].to(device))
+
     def save(self, path: Path) -> None:
         save_file(
             {"features": self.features, "teacher": self.teacher, "labels": self.labels,
@@ -46,10 +55,10 @@ class FeatureCache(Dataset):
         d = load_file(str(path))
         return cls(d["features"], d["teacher"], d["labels"], d["input_hw"].tolist())
 
-    def feature_variance(self) -> torch.Tensor:
-        """Per-channel variance (1, C, 1, 1) used to normalise the split MSE."""
+    def feature_stats(self):
+        """Per-channel mean and variance (1, C, 1, 1) of the split feature (first 512 samples)."""
         f = self.features[: min(len(self), 512)].float()
-        return f.var(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
+        return f.mean(dim=(0, 2, 3), keepdim=True), f.var(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
 
 
 @torch.no_grad()

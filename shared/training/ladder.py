@@ -22,7 +22,6 @@ from typing import Dict, List, Optional
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
-from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 from tqdm import tqdm
 
 from ..codec import Bottleneck, BottleneckConfig
@@ -40,13 +39,15 @@ class LadderConfig:
     steps_per_rung: int = 1000  # steps for each warm-started rung after it
     batch_size: int = 32
     lr: float = 1e-3
-    aux_lr: float = 1e-3
+    aux_lr: float = 5e-3
     mode: str = "distill"
     temperature: float = 1.0
     feature_weight: float = 1.0
     tail_every: int = 1  # run the tail (logit loss) on every k-th step; 0 = split-feature MSE only
+    feature_warmup: float = 0.3  # share of the first rung's steps trained on the split MSE alone (cheap)
     seed: int = 0
     log_every: int = 50
+    time_budget: float = 0.0  # seconds for the whole ladder (0 = none): rungs end early, schedules compress
     extra: Dict = field(default_factory=dict)
 
 
@@ -57,11 +58,12 @@ def dist_info():
     return rank, world, world > 1
 
 
-def _lr_at(step: int, total: int, base: float) -> float:
-    warm = max(1, total // 20)
-    if step < warm:
-        return base * (step + 1) / warm
-    return base * 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm))) * 0.95 + base * 0.05
+def _lr_at(progress: float, base: float) -> float:
+    """Linear warm-up over the first 5%, then cosine decay to 5% of ``base``; ``progress`` in [0, 1]."""
+    if progress < 0.05:
+        return base * (0.05 + progress / 0.05 * 0.95)
+    t = (progress - 0.05) / 0.95
+    return base * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(t, 1.0))))
 
 
 def _checkpoint_path(out: Path) -> Path:
@@ -89,6 +91,7 @@ def train_ladder(
     device: str = "cpu",
     resume: bool = True,
     progress: bool = True,
+    init: Optional[Dict] = None,
 ) -> List[Bottleneck]:
     """Returns one trained Bottleneck per lambda, in the order of ``cfg.lambdas``."""
     rank, world, distributed = dist_info()
@@ -96,7 +99,7 @@ def train_ladder(
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed + rank)
     objective = Objective(cfg.mode, cfg.temperature, cfg.feature_weight)
-    feat_var = cache.feature_variance().to(device)
+    feat_mean, feat_var = (t.to(device) for t in cache.feature_stats())
     n_pixels = cache.input_hw[0] * cache.input_hw[1]
     input_meta = torch.empty((cfg.batch_size, 3, *cache.input_hw), device="meta")
 
@@ -115,6 +118,10 @@ def train_ladder(
         log.writerow(["rung", "lambda", "step", "loss", "bpp", "distortion", "feature_mse", "kl_or_ce", "aux", "img_per_s"])
 
     net = Bottleneck(bcfg).to(device)
+    net.set_feature_stats(feat_mean, feat_var.sqrt())
+    if init is not None:  # weights (and feature statistics) of an earlier stage
+        _load_train_state(net, {k: v for k, v in init.items() if "_quantized_cdf" not in k and "_offset" not in k
+                                and "_cdf_length" not in k and not k.endswith("scale_table")})
     for pos, i in enumerate(order):
         lam = cfg.lambdas[i]
         if i in trained:
@@ -126,30 +133,31 @@ def train_ladder(
         assert not set(map(id, params)) & set(map(id, aux_params))
         opt = torch.optim.Adam(params, lr=cfg.lr)
         aux_opt = torch.optim.Adam(aux_params, lr=cfg.aux_lr)
-        sampler = (
-            DistributedSampler(cache, num_replicas=world, rank=rank, seed=cfg.seed + pos)
-            if distributed
-            else RandomSampler(cache, replacement=True, num_samples=steps * cfg.batch_size)
-        )
-        loader = DataLoader(cache, batch_size=cfg.batch_size, sampler=sampler, drop_last=True)
-        it, epoch = iter(loader), 0
-        bar = tqdm(range(steps), desc=f"rung λ={lam:g}", disable=not (progress and rank == 0), unit="step")
-        t0, seen = time.perf_counter(), 0
+        gen = torch.Generator().manual_seed(cfg.seed * 1000 + pos * 10 + rank)
+        # With a time budget each rung gets a share proportional to its steps; the schedule follows
+        # whichever of step count and elapsed time is further along, so a rung always completes.
+        planned = cfg.steps + cfg.steps_per_rung * (len(order) - 1)
+        share = cfg.time_budget * steps / planned if cfg.time_budget > 0 else float("inf")
+        bar = tqdm(total=steps, desc=f"rung λ={lam:g}", disable=not (progress and rank == 0), unit="step",
+                   mininterval=2.0)
+        t0, seen, step = time.perf_counter(), 0, 0
         net.train()
-        for step in bar:
-            try:
-                feat, teacher, labels = next(it)
-            except StopIteration:
-                epoch += 1
-                if distributed:
-                    sampler.set_epoch(epoch)
-                it = iter(loader)
-                feat, teacher, labels = next(it)
-            feat, teacher, labels = feat.to(device), teacher.to(device), labels.to(device)
+        while True:
+            frac = max(step / steps, (time.perf_counter() - t0) / share)
+            if distributed:  # every process must agree on when the rung ends
+                f = torch.tensor([frac], device=device)
+                dist.all_reduce(f, op=dist.ReduceOp.MAX)
+                frac = float(f)
+            if frac >= 1.0:
+                break
+            # each process samples from its own shard of the cache (sharded by image in build_cache)
+            idx = torch.randint(len(cache), (cfg.batch_size,), generator=gen)
+            feat, teacher, labels = cache.batch(idx, device)
             for g in opt.param_groups:
-                g["lr"] = _lr_at(step, steps, cfg.lr)
+                g["lr"] = _lr_at(frac, cfg.lr)
             o = ddp(feat)
-            use_tail = cfg.tail_every > 0 and step % cfg.tail_every == 0
+            warm = pos == 0 and frac < cfg.feature_warmup
+            use_tail = cfg.tail_every > 0 and step % cfg.tail_every == 0 and not warm
             student = None
             if use_tail:
                 student = model.tail(o["feat_hat"], input_meta[: feat.shape[0]])
@@ -171,16 +179,20 @@ def train_ladder(
                     p.grad /= world
             aux_opt.step()
             seen += feat.shape[0] * world
-            if log and (step % cfg.log_every == 0 or step == steps - 1):
+            step += 1
+            bar.update(1)
+            if log and (step % cfg.log_every == 0 or step == 1):
                 ips = seen / (time.perf_counter() - t0)
                 kl = d.get("kl", d.get("ce", torch.tensor(float("nan"))))
                 log.writerow([pos, lam, step, f"{loss.item():.5f}", f"{bpp.item():.5f}", f"{d['distortion'].item():.5f}",
                               f"{d['feature_mse'].item():.5f}", f"{kl.item():.5f}", f"{aux.item():.3f}", f"{ips:.1f}"])
                 log_file.flush()
                 bar.set_postfix(bpp=f"{bpp.item():.3f}", D=f"{d['distortion'].item():.3f}", ips=f"{ips:.0f}")
+        bar.close()
         net.eval()
         trained[i] = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
         trained[i]["__img_per_s__"] = torch.tensor(seen / (time.perf_counter() - t0))
+        trained[i]["__steps__"] = torch.tensor(step)
         if rank == 0:
             _save_checkpoint(out, {"trained": trained, "config": asdict(cfg), "bottleneck": bcfg.to_dict()})
         if distributed:

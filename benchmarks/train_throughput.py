@@ -1,0 +1,85 @@
+"""Training throughput (images/s) of one bottleneck rung per split point, on cached features.
+
+What a training step costs once the frozen head's output is cached: bottleneck forward/backward,
+rate estimate, frozen tail forward/backward (input gradients only). Median of repeats, one run.
+
+    python benchmarks/train_throughput.py --model efficientnet_lite0 --device cpu --batch-size 16
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from shared.cli.train import default_bottleneck  # noqa: E402
+from shared.codec import Bottleneck, BottleneckConfig  # noqa: E402
+from shared.models import get_backbone, load_split_model  # noqa: E402
+from shared.training.objectives import Objective, bpp_from_likelihoods  # noqa: E402
+
+
+def measure(model_name: str, split: str, device: str, batch: int, steps: int, repeats: int) -> float:
+    m = load_split_model(model_name, split, weights="random").to(device)
+    hw = m.spec.preprocess.input_size
+    x = torch.randn(batch, 3, *hw, device=device)
+    with torch.no_grad():
+        feat = m.head(x)
+        teacher = m.tail(feat, x)
+    args = argparse.Namespace(latent=None, hidden=None, dec_hidden=None, stride=None, hyper_stride=None,
+                              rate_model="hyperprior", qp=1.0)
+    net = Bottleneck(BottleneckConfig(**default_bottleneck(m.split.depth, feat.shape[1], args))).to(device).train()
+    opt = torch.optim.Adam(net.parameters(), 1e-4)
+    obj = Objective()
+    var = feat.var(dim=(0, 2, 3), keepdim=True) + 1e-6
+    meta = torch.empty_like(x, device="meta")
+
+    def step():
+        o = net(feat)
+        d = obj.distortion(m.tail(o["feat_hat"], meta), teacher, None, o["feat_hat"], feat, var)
+        loss = bpp_from_likelihoods(o["likelihoods"], hw[0] * hw[1]) + d["distortion"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    def sync():
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    for _ in range(3):
+        step()
+    times = []
+    for _ in range(repeats):
+        sync()
+        t = time.perf_counter()
+        for _ in range(steps):
+            step()
+        sync()
+        times.append((time.perf_counter() - t) / steps)
+    return batch / statistics.median(times)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="efficientnet_lite0")
+    p.add_argument("--splits", default=None, help="comma-separated (default: all)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=3)
+    a = p.parse_args(argv)
+    splits = a.splits.split(",") if a.splits else list(get_backbone(a.model).split_points)
+    dev = torch.cuda.get_device_name() if a.device.startswith("cuda") else f"CPU ({torch.get_num_threads()} threads)"
+    print(f"training throughput, {a.model}, batch {a.batch_size}, {dev}, median of {a.repeats} x {a.steps} steps")
+    for s in splits:
+        ips = measure(a.model, s, a.device, a.batch_size, a.steps, a.repeats)
+        print(f"  {s:<10} {ips:8.1f} images/s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,52 @@
+"""``splitinfer eval``: rate (real bytes) and accuracy of every rung of one or more bundles on held-out images."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def setup_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--bundle", action="append", default=None, help="bundle folder (repeatable; default: embedded)")
+    p.add_argument("--data", required=True, help="image folder or CSV with labels (only held-out images are used)")
+    p.add_argument("--part", default="heldout", choices=["heldout", "all"],
+                   help="'all' evaluates every image, e.g. a folder that never trained anything")
+    p.add_argument("--limit", type=int, default=0, help="at most this many images (0 = all)")
+    p.add_argument("--out", default=None, help="folder for results.json")
+    p.add_argument("--weights", default=None, help="backbone weights file (default: pretrained)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--update-manifest", action="store_true",
+                   help="record the measured bpp/accuracy in each bundle's manifest.json")
+
+
+def run(args) -> int:
+    from ..bundle import resolve_bundle, update_metrics
+    from ..data import scan_images, split_items
+    from ..evaluation import evaluate_ladder
+    from ..models import load_split_model
+
+    items = split_items(scan_images(args.data), args.part)
+    if args.limit:
+        items = items[: args.limit]
+    all_results = []
+    for b in args.bundle or [None]:
+        bundle = resolve_bundle(b)
+        model = load_split_model(bundle.model, bundle.split, args.weights)
+        res = evaluate_ladder(model, bundle, items, batch_size=args.batch_size)
+        ref = res["reference"]
+        print(f"bundle {bundle.bundle_id} ({bundle.model}/{bundle.split}) on {ref['n_images']} images; "
+              f"unsplit top-1 {ref.get('top1', float('nan')):.2%}")
+        print(f"{'rung':>4} {'lambda':>7} {'bpp':>7} {'est.bpp':>8} {'bytes':>7} {'top-1':>7} {'top-5':>7} {'agree':>6}")
+        for r in res["rungs"]:
+            print(f"{r['rung']:>4} {r['lambda']:>7g} {r['bpp']:>7.4f} {r['bpp_estimated']:>8.4f} "
+                  f"{r['bytes_per_image']:>7.0f} {r.get('top1', float('nan')):>7.2%} {r.get('top5', float('nan')):>7.2%} "
+                  f"{r['agreement']:>6.1%}")
+        if args.update_manifest:
+            update_metrics(bundle, res["rungs"], {"evaluation": {"data": str(args.data), "part": args.part,
+                                                                 "reference": ref}})
+        all_results.append({"bundle": str(bundle.root), "bundle_id": bundle.bundle_id, **res})
+    if args.out:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        (Path(args.out) / "results.json").write_text(json.dumps(all_results, indent=2) + "\n")
+    return 0

@@ -1,0 +1,138 @@
+"""Shared fixtures: a tiny but real bundle trained once per session, and the team data kit.
+
+The tiny bundle is ``cifar_resnet20`` cut after ``layer1`` (16x32x32 features of 32x32 inputs) with a
+*random* backbone whose weights are saved to a safetensors file first: training, the edge and the cloud all
+load that file, so head and tail are the same network everywhere (random init alone would differ per process).
+It is trained through the real command line (``splitinfer train``) on a folder of synthetic PNGs, with the
+fixed held-out rule deciding which of them train and which measure the rungs.
+"""
+
+from __future__ import annotations
+
+import os
+import zlib
+from pathlib import Path
+from typing import Callable, List
+
+import numpy as np
+import pytest
+import torch
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+TINY_MODEL = "cifar_resnet20"
+TINY_SPLIT = "layer1"
+TINY_LAMBDAS = (4.0, 2.0, 1.0)
+N_IMAGES = 24
+# Enough steps that the hyperprior's tables describe the latents (the rate test compares estimated and
+# real bits); the whole run, evaluation included, takes a few seconds on one core.
+TINY_STEPS, TINY_STEPS_PER_RUNG = 120, 60
+
+
+def pytest_configure(config):
+    # These tests run many small tensor ops; on a busy 2-core machine a second intra-op thread mostly waits
+    # (measured here under load: the tiny bundle trains in 8 s with one thread, in 39 s with two).
+    # OMP_NUM_THREADS, when set, wins.
+    if "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(1)
+
+
+def _write_images(folder: Path, n: int = N_IMAGES, seed: int = 0) -> Path:
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        # smooth-ish random images (a coarse grid upsampled plus noise): less like white noise, still tiny
+        coarse = rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)
+        img = np.asarray(Image.fromarray(coarse).resize((32, 32), Image.BILINEAR), dtype=np.int16)
+        img = np.clip(img + rng.integers(-20, 21, img.shape), 0, 255).astype(np.uint8)
+        Image.fromarray(img).save(folder / f"img_{i:02d}.png")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_images(tmp_path_factory) -> Path:
+    """24 deterministic 32x32 PNGs; about half are held out by the file-name CRC rule."""
+    from shared.data import is_heldout
+
+    folder = _write_images(tmp_path_factory.mktemp("tiny_images"))
+    held = [p for p in folder.iterdir() if is_heldout(p)]
+    assert 4 <= len(held) <= N_IMAGES - 4, "the synthetic folder must have both training and held-out images"
+    assert all(zlib.crc32(p.name.encode()) % 2 == 1 for p in held)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_weights(tmp_path_factory) -> Path:
+    """A seeded random cifar_resnet20 state dict in a safetensors file (the backbone every side loads)."""
+    from safetensors.torch import save_file
+
+    from shared.models import get_backbone
+
+    torch.manual_seed(1234)
+    model = get_backbone(TINY_MODEL).build("random")
+    path = tmp_path_factory.mktemp("tiny_weights") / "cifar_resnet20_random.safetensors"
+    save_file({k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}, str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_train_argv(tiny_images, tiny_weights) -> Callable[..., List[str]]:
+    """``argv(out, *extra)``: the tiny ``splitinfer train`` command line (without the leading "train")."""
+
+    def argv(out: Path, *extra: str, steps: int = TINY_STEPS, steps_per_rung: int = TINY_STEPS_PER_RUNG) -> List[str]:
+        return [
+            "--model", TINY_MODEL, "--split", TINY_SPLIT, "--weights", str(tiny_weights),
+            "--data", str(tiny_images), "--eval-data", str(tiny_images),
+            "--views", "2", "--steps", str(steps), "--steps-per-rung", str(steps_per_rung),
+            "--batch-size", "4", "--lambdas", ",".join(f"{v:g}" for v in TINY_LAMBDAS),
+            "--device", "cpu", "--out", str(out), *extra,
+        ]
+
+    return argv
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory, tiny_train_argv):
+    """A real 3-rung hyperprior bundle, trained and measured by ``splitinfer train`` (a few seconds)."""
+    from shared.bundle import load_bundle
+    from shared.cli import main
+
+    out = tmp_path_factory.mktemp("tiny_bundle")
+    assert main(["train", *tiny_train_argv(out)]) == 0
+    bundle = load_bundle(out)
+    assert len(bundle.rungs) == len(TINY_LAMBDAS)
+    return bundle
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_weights):
+    """The frozen split backbone of the tiny bundle (shared: tests must not modify it)."""
+    from shared.models import load_split_model
+
+    return load_split_model(TINY_MODEL, TINY_SPLIT, weights=str(tiny_weights))
+
+
+@pytest.fixture(scope="session")
+def heldout_items(tiny_images):
+    from shared.data import scan_images, split_items
+
+    return split_items(scan_images(tiny_images), "heldout")
+
+
+@pytest.fixture(scope="session")
+def heldout_batch(tiny_model, heldout_items) -> torch.Tensor:
+    """The held-out synthetic images, preprocessed as the edge does (N, 3, 32, 32)."""
+    from shared.data import eval_transform, load_image
+
+    t = eval_transform(tiny_model.spec.preprocess)
+    return torch.stack([t(load_image(p)) for p, _ in heldout_items])
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    """``../shared/data`` (the team data kit), or skip: a fresh clone does not have it."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"needs ../shared/data (team data kit), absent here ({SHARED_DATA})")
+    return SHARED_DATA
