@@ -8,7 +8,6 @@ STAMP  := $(VENV)/.installed
 
 $(STAMP): requirements.txt pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.txt
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	@touch $(STAMP)
@@ -16,7 +15,7 @@ $(STAMP): requirements.txt pyproject.toml
 venv: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m shared.demo
+	$(VENV)/bin/splitinfer demo
 
 # pytest exit code 5 (no tests collected) is a failure here, never a silent pass.
 test: $(STAMP)

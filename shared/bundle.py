@@ -200,3 +200,51 @@ def resolve_bundle(bundle: "Bundle | Path | str | None") -> Bundle:
     if isinstance(bundle, Bundle):
         return bundle
     return load_bundle(default_bundle_path() if bundle is None else bundle)
+
+
+def merge_bundles(root: Path | str, picks: Sequence[tuple], extra: Optional[Dict] = None) -> Bundle:
+    """Assemble a ladder from rungs of compatible bundles (same model, split and codec config).
+
+    ``picks``: ``(bundle, rung_index)`` pairs. A ladder is one bottleneck per operating point, so rungs
+    trained in different runs (e.g. a feature-distillation stage and a logit-distillation stage) can
+    share a ladder; each rung keeps its source bundle id and training record. Rungs are ordered by
+    measured bpp (highest first). Rungs are
+    re-exported (their CDF tables rebuilt), so the merged ladder must be measured again.
+    """
+    import shutil
+
+    root = Path(root)
+    if not picks:
+        raise BundleError("nothing to merge")
+    first = picks[0][0]
+    for b, _ in picks:
+        if (b.model, b.split, b.config) != (first.model, first.split, first.config):
+            raise BundleError(f"bundle {b.bundle_id} is not compatible with {first.bundle_id} (model/split/config)")
+    chosen = sorted(picks, key=lambda p: -(p[0].rungs[p[1]].bpp or float("inf")))
+    root.mkdir(parents=True, exist_ok=True)
+    rungs: List[Rung] = []
+    for idx, (b, i) in enumerate(chosen):
+        src = b.rungs[i]
+        fname = f"rung-{idx:02d}.safetensors"
+        # re-export: tables are rebuilt by this version's update() (e.g. a new scale table), weights kept
+        net = b.load_rung(i)
+        net.update(force=True)
+        state = {k: v.detach().contiguous().clone() for k, v in net.state_dict().items()}
+        save_file(state, str(root / fname), metadata={"format": FORMAT, "lambda": repr(float(src.lam))})
+        metrics = {"source": {"bundle_id": b.bundle_id, "rung": i, "metrics": src.metrics,
+                              "training": b.manifest.get("training", {})}}
+        rungs.append(Rung(idx, src.lam, fname, _sha256(root / fname), metrics))
+    cfg = first.config.to_dict()
+    keep = {k: v for k, v in first.manifest.items()
+            if k not in ("bundle_id", "rungs", "training", "config", "evaluation")}
+    manifest = {
+        **keep,
+        "format": FORMAT,
+        "bundle_id": _bundle_id(first.model, first.split, cfg, [r.sha256 for r in rungs]),
+        "config": cfg,
+        "rungs": [r.__dict__ for r in rungs],
+        "training": {"merged_from": sorted({b.bundle_id for b, _ in picks})},
+        **(extra or {}),
+    }
+    (root / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return load_bundle(root)

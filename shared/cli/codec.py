@@ -78,3 +78,22 @@ def run_info(args) -> int:
         f = lambda k, fmt: (fmt.format(m[k]) if k in m else "-")  # noqa: E731
         print(f"{r.index:>4} {r.lam:>8g} {f('bpp', '{:.4f}'):>8} {f('top1', '{:.2%}'):>7} {f('top5', '{:.2%}'):>7}")
     return 0
+
+
+def setup_merge(p: argparse.ArgumentParser) -> None:
+    p.add_argument("out", help="bundle folder to write")
+    p.add_argument("picks", nargs="+", metavar="BUNDLE:RUNG[,RUNG...]",
+                   help="rungs to take from each (measured) source bundle")
+
+
+def run_merge(args) -> int:
+    from shared.bundle import load_bundle, merge_bundles
+
+    picks = []
+    for spec in args.picks:
+        path, _, rungs = spec.rpartition(":")
+        b = load_bundle(path)
+        picks += [(b, int(r)) for r in rungs.split(",")]
+    m = merge_bundles(args.out, picks)
+    print(f"wrote bundle {m.bundle_id} with {len(m.rungs)} rungs to {args.out}")
+    return 0

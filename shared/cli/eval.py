@@ -16,6 +16,7 @@ def setup_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=None, help="folder for results.json")
     p.add_argument("--weights", default=None, help="backbone weights file (default: pretrained)")
     p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--codecs", default="", help="image-codec baselines on the same crops, e.g. jpeg,webp,avif")
     p.add_argument("--update-manifest", action="store_true",
                    help="record the measured bpp/accuracy in each bundle's manifest.json")
 
@@ -45,8 +46,19 @@ def run(args) -> int:
         if args.update_manifest:
             update_metrics(bundle, res["rungs"], {"evaluation": {"data": str(args.data), "part": args.part,
                                                                  "reference": ref}})
-        all_results.append({"bundle": str(bundle.root), "bundle_id": bundle.bundle_id, **res})
+        all_results.append({"bundle": str(bundle.root), "bundle_id": bundle.bundle_id, "model": bundle.model, **res})
+    baselines = []
+    if args.codecs:
+        from ..baselines import evaluate_codec
+
+        model = load_split_model(all_results[0]["model"] if all_results else "efficientnet_lite0", None, args.weights)
+        for codec in [c.strip() for c in args.codecs.split(",") if c.strip()]:
+            pts = evaluate_codec(model, items, codec, batch_size=args.batch_size)
+            for p in pts:
+                print(f"{codec:>5} {p['setting']:>5}  {p['bpp']:7.4f} bpp  top-1 {p.get('top1', float('nan')):.2%}")
+            baselines += pts
     if args.out:
         Path(args.out).mkdir(parents=True, exist_ok=True)
-        (Path(args.out) / "results.json").write_text(json.dumps(all_results, indent=2) + "\n")
+        (Path(args.out) / "results.json").write_text(
+            json.dumps({"ladders": all_results, "baselines": baselines}, indent=2) + "\n")
     return 0

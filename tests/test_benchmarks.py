@@ -1,0 +1,67 @@
+"""``benchmarks/codec_overhead.py`` runs end to end on the tiny bundle (a trained split and an untrained one)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "codec_overhead.py"
+
+
+@pytest.fixture(scope="module")
+def codec_overhead():
+    spec = importlib.util.spec_from_file_location("codec_overhead", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_help(codec_overhead, capsys):
+    with pytest.raises(SystemExit) as e:
+        codec_overhead.main(["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    for opt in ("--bundle", "--rung", "--splits", "--weights", "--images", "--repeats", "--threads", "--json"):
+        assert opt in out
+
+
+def test_codec_overhead_on_tiny_bundle(codec_overhead, tiny_bundle, tiny_weights, tiny_images, tmp_path, capsys):
+    path = tmp_path / "overhead.json"
+    rc = codec_overhead.main([
+        "--bundle", str(tiny_bundle.root), "--weights", str(tiny_weights), "--images", str(tiny_images),
+        "--max-images", "3", "--repeats", "2", "--warmup", "1", "--rung", "1", "--splits", "stem,layer1",
+        "--json", str(path),
+    ])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "torch.set_num_threads(1)" in out
+    assert "UNTRAINED" in out and "only indicative" in out
+    assert "edge ratio goal <= 1.15 at the shallow split (stem, UNTRAINED bottleneck):" in out
+    assert "cloud ratio goal <= 1.15 at the shallow split" in out
+
+    res = json.loads(path.read_text())
+    assert res["setup"]["threads"] == 1 and res["setup"]["batch"] == 1 and res["setup"]["n_images"] == 3
+    splits = res["splits"]
+    assert [(r["split"], r["trained"], r["rung"]) for r in splits] == [("layer1", True, 1), ("stem", False, 0)]
+    for r in splits:
+        assert all(v > 0 for v in r["timings_ms"].values()), r["timings_ms"]
+        assert r["timings_ms"]["edge_total"] > 0 and r["timings_ms"]["cloud_total"] > 0
+        assert r["edge_ratio"] > 0 and r["cloud_ratio"] > 0
+        assert r["encode_symbols_per_s"] > 0 and r["decode_symbols_per_s"] > 0
+        assert 0 < r["cloud_entropy_decode_share"] < 1
+        assert r["symbols"]["total"] == r["symbols"]["y"] + r["symbols"]["z"] > 0
+        assert r["bytes_per_image"] > 0
+        for part in ("head", "edge_codec", "cloud_codec", "tail"):
+            assert r["compute"][part]["params"] > 0 and r["compute"][part]["macs"] > 0
+    # the shallow split is the goal's reference
+    assert res["goals"]["edge"]["split"] == "stem" and res["goals"]["edge"]["ratio"] == splits[1]["edge_ratio"]
+
+
+def test_bad_split_is_an_error(codec_overhead, tiny_bundle, tiny_weights, tiny_images, capsys):
+    rc = codec_overhead.main(["--bundle", str(tiny_bundle.root), "--weights", str(tiny_weights),
+                              "--images", str(tiny_images), "--splits", "nope"])
+    assert rc == 2
+    assert "unknown split point" in capsys.readouterr().err
