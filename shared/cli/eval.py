@@ -59,6 +59,38 @@ def run(args) -> int:
             baselines += pts
     if args.out:
         Path(args.out).mkdir(parents=True, exist_ok=True)
-        (Path(args.out) / "results.json").write_text(
-            json.dumps({"ladders": all_results, "baselines": baselines}, indent=2) + "\n")
+        write_report(Path(args.out), all_results, baselines)
     return 0
+
+
+def write_report(out: Path, ladders: list, baselines: list) -> None:
+    """results.json (every point), results.md (tables) and rd.png (rate-accuracy plot, log bpp)."""
+    from ..plots import rate_accuracy_plot
+
+    (out / "results.json").write_text(json.dumps({"ladders": ladders, "baselines": baselines}, indent=2) + "\n")
+    lines = []
+    curves = {}
+    for lad in ladders:
+        ref = lad["reference"]
+        name = f"splitinfer {lad['model']} ({lad['bundle_id'][:8]})"
+        lines += [f"### {name}", "", f"Unsplit model on the same {ref['n_images']} images: "
+                  f"top-1 {100 * ref.get('top1', float('nan')):.2f}%, top-5 {100 * ref.get('top5', float('nan')):.2f}%", "",
+                  "| rung | lambda | bpp (real) | bpp (estimated) | bytes/image | top-1 | top-5 | agrees with unsplit |",
+                  "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for r in lad["rungs"]:
+            lines.append(f"| {r['rung']} | {r['lambda']:g} | {r['bpp']:.4f} | {r['bpp_estimated']:.4f} | "
+                         f"{r['bytes_per_image']:.0f} | {100 * r.get('top1', float('nan')):.2f}% | "
+                         f"{100 * r.get('top5', float('nan')):.2f}% | {100 * r['agreement']:.1f}% |")
+        lines.append("")
+        curves[name] = lad["rungs"]
+    for codec in sorted({p["method"] for p in baselines}):
+        pts = [p for p in baselines if p["method"] == codec]
+        lines += [f"### {codec.upper()} on the input crop, unsplit model in the cloud", "",
+                  "| setting | bpp | top-1 | top-5 |", "|---|---:|---:|---:|"]
+        lines += [f"| {p['setting']} | {p['bpp']:.4f} | {100 * p.get('top1', float('nan')):.2f}% | "
+                  f"{100 * p.get('top5', float('nan')):.2f}% |" for p in pts]
+        lines.append("")
+        curves[codec.upper()] = pts
+    (out / "results.md").write_text("\n".join(lines) + "\n")
+    ref = ladders[0]["reference"].get("top1") if ladders else None
+    rate_accuracy_plot(curves, out / "rd.png", reference=ref, title="rate vs accuracy on held-out images")

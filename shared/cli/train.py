@@ -107,6 +107,7 @@ def run(args) -> int:
             torch.cuda.set_device(device)
     torch.manual_seed(args.seed)
     out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     model = load_split_model(args.model, args.split, args.weights).to(device)
     split = model.split.name
 
