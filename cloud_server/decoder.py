@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import io
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
 from shared.bitstream import Header
 from shared.bundle import Bundle, resolve_bundle
 from shared.labels import class_names
-from shared.models import load_split_model
+from shared.models import SplitModel, load_split_model
 from shared.pipeline import LadderCodec, bits_per_pixel
 
 
@@ -23,6 +24,7 @@ class Prediction:
     input_hw: Tuple[int, int]
     topk: List[Tuple[int, str, float]]  # (class index, name, probability)
     timings_ms: Dict[str, float] = field(default_factory=dict)
+    mask_png: Optional[bytes] = None  # segmentation: per-pixel class indexes as an 8-bit PNG
 
     @property
     def bpp(self) -> float:
@@ -34,15 +36,36 @@ class Prediction:
 
 
 class CloudDecoder:
+    """The cloud half of one bundle.
+
+    ``model`` and ``codec`` may be given to share a loaded backbone (a server serving several ladders of
+    one backbone loads it once) and the ladder's resident rungs; otherwise they are built here.
+    """
+
     def __init__(self, bundle: Union[Bundle, Path, str, None] = None, weights: Optional[str] = None,
-                 device: str = "cpu", preload: bool = False):
+                 device: str = "cpu", preload: bool = False, model: Optional[SplitModel] = None,
+                 codec: Optional[LadderCodec] = None):
         self.bundle = resolve_bundle(bundle)
-        self.model = load_split_model(self.bundle.model, self.bundle.split, weights).to(device)
-        self.codec = LadderCodec(self.bundle, device)
+        if model is None:
+            model = load_split_model(self.bundle.model, self.bundle.split, weights)
+        self.model = model.to(device)
+        self.codec = codec if codec is not None else LadderCodec(self.bundle, device)
         self.names = class_names(self.bundle.model, self.model.spec.num_classes)
         self.device = device
         if preload:
             self.codec.preload()
+
+    @property
+    def task(self) -> str:
+        return self.model.spec.task
+
+    @torch.no_grad()
+    def run_tail(self, features: torch.Tensor, input_hw: Sequence[int]) -> torch.Tensor:
+        """Tail on a batch of decoded features (N, C, h, w) of ``input_hw`` inputs -> (N, classes[, H, W])."""
+        out = self.model.run_tail(features, (features.shape[0], 3, *input_hw))
+        if isinstance(out, dict):
+            out = out["out"]
+        return out
 
     @torch.no_grad()
     def decode_output(self, data: bytes) -> Tuple[torch.Tensor, Header, Dict[str, float]]:
@@ -50,15 +73,40 @@ class CloudDecoder:
         t0 = time.perf_counter()
         feat, hdr = self.codec.decode(data)
         t1 = time.perf_counter()
-        out = self.model.run_tail(feat, (1, 3, *hdr.input_hw))
-        if isinstance(out, dict):
-            out = out["out"]
+        out = self.run_tail(feat, hdr.input_hw)
         t2 = time.perf_counter()
         return out, hdr, {"decode": 1e3 * (t1 - t0), "tail": 1e3 * (t2 - t1)}
 
+    @torch.no_grad()
+    def answer(self, out: torch.Tensor, topk: int = 5) -> Tuple[List[Tuple[int, str, float]], Optional[bytes]]:
+        """One image's tail output (1, classes[, H, W]) -> (top-k classes, mask PNG or None).
+
+        Classification: softmax probabilities. Segmentation: the per-pixel argmax as a PNG mask, and the
+        classes ranked by the share of pixels they take (the share is the score).
+        """
+        if out.dim() == 4:  # segmentation
+            mask = out[0].argmax(0)
+            counts = torch.bincount(mask.flatten(), minlength=out.shape[1]).float() / mask.numel()
+            p, idx = counts.topk(min(topk, counts.numel()))
+            top = [(int(i), self.names[int(i)], float(v)) for v, i in zip(p, idx) if v > 0]
+            return top, encode_mask_png(mask)
+        probs = out.float().softmax(1)[0]
+        p, idx = probs.topk(min(topk, probs.numel()))
+        return [(int(i), self.names[int(i)], float(v)) for v, i in zip(p, idx)], None
+
     def decode(self, data: bytes, topk: int = 5) -> Prediction:
         out, hdr, timings = self.decode_output(data)
-        probs = out.softmax(1)[0]
-        p, idx = probs.topk(min(topk, probs.numel()))
-        top = [(int(i), self.names[int(i)], float(v)) for v, i in zip(p, idx)]
-        return Prediction(hdr.rung, len(data), hdr.input_hw, top, timings)
+        top, mask = self.answer(out, topk)
+        return Prediction(hdr.rung, len(data), hdr.input_hw, top, timings, mask)
+
+
+def encode_mask_png(mask: torch.Tensor) -> bytes:
+    """(H, W) integer class map -> 8-bit grayscale PNG (16-bit when there are more than 256 classes)."""
+    from PIL import Image
+    import numpy as np
+
+    m = mask.to("cpu").numpy()
+    img = Image.fromarray(m.astype(np.uint8) if m.max(initial=0) < 256 else m.astype(np.uint16))
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()

@@ -11,7 +11,7 @@ from PIL import Image
 
 from shared.bundle import Bundle, resolve_bundle
 from shared.data import eval_transform, load_image
-from shared.models import load_split_model
+from shared.models import SplitModel, load_split_model
 from shared.pipeline import LadderCodec, bits_per_pixel
 
 ImageLike = Union[str, Path, Image.Image]
@@ -33,15 +33,20 @@ class EncodedFrame:
 
 
 class EdgeEncoder:
-    """Holds the head of the backbone (the tail is dropped) and the bundle's ladder."""
+    """Holds the head of the backbone (the tail is dropped) and the bundle's ladder.
+
+    ``model`` and ``codec`` may be given to reuse a loaded split model and ladder (the cloud's infer-image
+    endpoint runs the edge half in-process on the backbone it already holds).
+    """
 
     def __init__(self, bundle: Union[Bundle, Path, str, None] = None, weights: Optional[str] = None,
-                 device: str = "cpu"):
+                 device: str = "cpu", model: Optional[SplitModel] = None, codec: Optional[LadderCodec] = None):
         self.bundle = resolve_bundle(bundle)
-        model = load_split_model(self.bundle.model, self.bundle.split, weights)
+        if model is None:
+            model = load_split_model(self.bundle.model, self.bundle.split, weights)
         self.preprocess_spec = model.spec.preprocess
         self.head = model.head.to(device).eval()  # the tail is not kept on the edge
-        self.codec = LadderCodec(self.bundle, device)
+        self.codec = codec if codec is not None else LadderCodec(self.bundle, device)
         self.device = device
         self._transform = eval_transform(self.preprocess_spec)
 

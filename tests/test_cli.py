@@ -198,7 +198,10 @@ def test_cli_eval_matches_the_measurements_of_train(tiny_bundle, tiny_weights, t
             "--out", str(out)]
     assert main(argv) == 0
     assert f"bundle {tiny_bundle.bundle_id}" in capsys.readouterr().out
-    (res,) = json.loads((out / "results.json").read_text())
+    report = json.loads((out / "results.json").read_text())
+    (res,) = report["ladders"]
+    assert report["baselines"] == []
+    assert (out / "results.md").is_file() and (out / "rd.png").is_file()
     assert res["bundle_id"] == tiny_bundle.bundle_id
     for row, rung in zip(res["rungs"], tiny_bundle.rungs):
         assert row["n_images"] == rung.metrics["n_images"]

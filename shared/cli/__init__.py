@@ -22,6 +22,8 @@ COMMANDS = {
     "merge": ("shared.cli.codec", "assemble a ladder from measured rungs of compatible bundles"),
     "demo": ("shared.cli.demo", "edge -> bytes -> cloud round trip on the embedded sample images"),
     "info": ("shared.cli.codec", "show a bundle's manifest: rungs, measured bpp and accuracy"),
+    "serve": ("shared.cli.serve", "run the cloud server: REST and gRPC front ends on one data plane"),
+    "edge": ("shared.cli.edge", "encode images on the edge and send them to a server (gRPC or REST)"),
 }
 
 

@@ -1,0 +1,132 @@
+"""The model repository: served ladders by name, each backbone loaded once.
+
+A served model is one bundle (a ladder of bottlenecks for one backbone and split point). Its backbone is
+shared with every other bundle of the same ``(backbone, split, weights)``, and so is the tail batcher; its
+rungs load on first use (or all at start with ``preload``) and stay resident, so switching rungs per
+request never touches the backbone.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+from shared.bundle import Bundle, default_bundle_path, load_bundle
+from shared.hint import bundle_input_size
+from shared.models import SplitModel, load_split_model
+from shared.pipeline import LadderCodec
+
+from .batching import TailBatcher
+from .decoder import CloudDecoder
+from .errors import NotFound
+from .settings import BundleSpec, Settings
+
+__all__ = ["ServedModel", "ModelRepository"]
+
+log = logging.getLogger("splitinfer.server")
+BackboneKey = Tuple[str, str, Optional[str]]
+
+
+@dataclass
+class ServedModel:
+    name: str
+    bundle: Bundle
+    weights: Optional[str]
+    decoder: CloudDecoder
+    batcher: TailBatcher
+    _encoder: object = field(default=None, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def codec(self) -> LadderCodec:
+        return self.decoder.codec
+
+    @property
+    def input_hw(self) -> Tuple[int, int]:
+        return bundle_input_size(self.bundle)
+
+    def encoder(self):
+        """The edge half on the server's own backbone (for clients that upload images)."""
+        if self._encoder is None:
+            with self._lock:
+                if self._encoder is None:
+                    from edge_client.encoder import EdgeEncoder
+
+                    self._encoder = EdgeEncoder(self.bundle, model=self.decoder.model, codec=self.codec,
+                                                device=self.decoder.device)
+        return self._encoder
+
+
+def default_name(bundle: Bundle) -> str:
+    return f"{bundle.model}-{bundle.split}"
+
+
+class ModelRepository:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self._models: Dict[str, ServedModel] = {}
+        self._backbones: Dict[BackboneKey, SplitModel] = {}
+        self._batchers: Dict[BackboneKey, TailBatcher] = {}
+        self.on_batch = None  # set by the data plane (metrics)
+
+    # -- loading -------------------------------------------------------------------------------------
+    def load(self) -> "ModelRepository":
+        specs = self.settings.bundles or [BundleSpec()]
+        for spec in specs:
+            self.add(spec)
+        return self
+
+    def add(self, spec: BundleSpec) -> ServedModel:
+        bundle = load_bundle(spec.path if spec.path is not None else default_bundle_path())
+        name = spec.name or default_name(bundle)
+        if name in self._models:
+            raise ValueError(f"two bundles are named {name!r}; name them (BundleSpec.name / --bundle NAME=DIR)")
+        weights = spec.weights if spec.weights is not None else self.settings.weights
+        key: BackboneKey = (bundle.model, bundle.split,
+                            str(Path(weights).resolve()) if weights and Path(weights).exists() else weights)
+        model = self._backbones.get(key)
+        if model is None:
+            log.info("loading backbone %s/%s (weights: %s)", bundle.model, bundle.split, weights or "pretrained")
+            model = self._backbones[key] = load_split_model(bundle.model, bundle.split, weights)
+        decoder = CloudDecoder(bundle, device=self.settings.device, model=model, preload=self.settings.preload)
+        batcher = self._batchers.get(key)
+        if batcher is None:
+            batcher = self._batchers[key] = TailBatcher(
+                decoder.run_tail, self.settings.batch_max_size, self.settings.batch_max_wait_ms / 1e3,
+                name=f"{bundle.model}/{bundle.split}", on_batch=self._batch_done(key))
+        served = self._models[name] = ServedModel(name, bundle, weights, decoder, batcher)
+        log.info("serving %s: bundle %s, %d rungs%s", name, bundle.bundle_id, len(bundle.rungs),
+                 " (preloaded)" if self.settings.preload else "")
+        return served
+
+    def _batch_done(self, key: BackboneKey):
+        def record(n: int) -> None:
+            if self.on_batch is not None:
+                self.on_batch(f"{key[0]}/{key[1]}", n)
+
+        return record
+
+    # -- lookup --------------------------------------------------------------------------------------
+    def get(self, name: str) -> ServedModel:
+        try:
+            return self._models[name]
+        except KeyError:
+            known = ", ".join(sorted(self._models)) or "none"
+            raise NotFound(f"model {name!r} is not served here (models: {known})") from None
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._models
+
+    def models(self) -> List[ServedModel]:
+        return list(self._models.values())
+
+    @property
+    def n_backbones(self) -> int:
+        return len(self._backbones)
+
+    def close(self) -> None:
+        for b in self._batchers.values():
+            b.close()

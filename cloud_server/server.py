@@ -1,0 +1,137 @@
+"""The composition root: settings -> model repository -> one data plane -> REST and gRPC front ends.
+
+Both front ends run in one process and share the same :class:`~cloud_server.dataplane.DataPlane`
+(so one set of limits, metrics and loaded models). ``splitinfer serve`` builds a :class:`SplitInferServer`
+and calls :meth:`SplitInferServer.serve_forever`; tests use it as a context manager on ephemeral ports.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import socket
+import threading
+import time
+from typing import Optional
+
+from .dataplane import DataPlane
+from .repository import ModelRepository
+from .settings import Settings
+
+__all__ = ["SplitInferServer"]
+
+log = logging.getLogger("splitinfer.server")
+
+
+class SplitInferServer:
+    def __init__(self, settings: Optional[Settings] = None):
+        self.settings = s = settings or Settings()
+        self.repository = ModelRepository(s).load()
+        self.dataplane = DataPlane(s, self.repository)
+        self.grpc = None
+        self.app = None
+        if s.enable_grpc:
+            from .grpc_server import GrpcFrontEnd
+
+            self.grpc = GrpcFrontEnd(self.dataplane, s)
+        self._http = None
+        self._http_thread: Optional[threading.Thread] = None
+        self._sock: Optional[socket.socket] = None
+        if s.enable_rest:
+            from .rest import create_app
+
+            self.app = create_app(self.dataplane, s)
+            self._sock = self._bind(s.host, s.http_port)
+            self._http_port = self._sock.getsockname()[1]
+        self._stopped = threading.Event()
+        self._stop_lock = threading.Lock()
+
+    @staticmethod
+    def _bind(host: str, port: int) -> socket.socket:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        # proto must say TCP: asyncio sets TCP_NODELAY on accepted sockets only when sock.proto == IPPROTO_TCP,
+        # and without it Nagle + delayed ACK add ~40 ms to every keep-alive response
+        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(2048)
+        sock.set_inheritable(True)
+        return sock
+
+    @property
+    def http_port(self) -> Optional[int]:
+        return self._http_port if self._sock is not None else None
+
+    @property
+    def grpc_port(self) -> Optional[int]:
+        return self.grpc.port if self.grpc is not None else None
+
+    # -- lifecycle -----------------------------------------------------------------------------------
+    def start(self) -> "SplitInferServer":
+        s = self.settings
+        if self.grpc is not None:
+            self.grpc.start()
+        if self.app is not None:
+            import uvicorn
+
+            config = uvicorn.Config(
+                self.app, log_config=None, access_log=False, lifespan="off",
+                timeout_graceful_shutdown=max(1, int(round(s.shutdown_grace_s))) if s.shutdown_grace_s else None,
+                ssl_certfile=str(s.tls_cert_file) if s.tls else None,
+                ssl_keyfile=str(s.tls_key_file) if s.tls else None)
+            self._http = uvicorn.Server(config)
+            self._http_thread = threading.Thread(target=self._http.run, kwargs={"sockets": [self._sock]},
+                                                 name="http", daemon=True)
+            self._http_thread.start()
+            t0 = time.monotonic()
+            while not self._http.started:
+                if not self._http_thread.is_alive() or time.monotonic() - t0 > 30:
+                    raise RuntimeError("the HTTP server did not start")
+                time.sleep(0.01)
+            log.info("REST on %s:%d%s", s.host, self.http_port, " (TLS)" if s.tls else "")
+        return self
+
+    def stop(self, grace: Optional[float] = None) -> None:
+        """Graceful: stop reporting ready, refuse new requests, let requests in flight finish (up to
+        ``grace`` seconds, default ``settings.shutdown_grace_s``), then release the models."""
+        with self._stop_lock:
+            if self._stopped.is_set():
+                return
+            grace = self.settings.shutdown_grace_s if grace is None else grace
+            log.info("shutting down (grace %.1f s)", grace)
+            self.dataplane.begin_shutdown()
+            threads = []
+            if self.grpc is not None:
+                threads.append(threading.Thread(target=self.grpc.stop, args=(grace,)))
+            if self._http is not None:
+                self._http.should_exit = True
+            for t in threads:
+                t.start()
+            if self._http_thread is not None:
+                self._http_thread.join(grace + 5)
+            for t in threads:
+                t.join()
+            if self._sock is not None:
+                self._sock.close()
+            self.dataplane.close()
+            self._stopped.set()
+            log.info("stopped")
+
+    def serve_forever(self) -> None:
+        """Start, then block until SIGINT or SIGTERM; stop gracefully."""
+        stop = threading.Event()
+        previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            self.start()
+            while not stop.wait(0.5):
+                pass
+        finally:
+            for sig, h in previous.items():
+                signal.signal(sig, h)
+            self.stop()
+
+    def __enter__(self) -> "SplitInferServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -1,0 +1,111 @@
+"""The data plane's request and response types (pydantic). Both front ends translate to and from these."""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Tuple
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from shared.hint import BitrateHint
+
+from .errors import InvalidArgument
+
+__all__ = [
+    "InferenceRequest",
+    "ClassScore",
+    "InferenceResponse",
+    "RungMetadata",
+    "ModelMetadata",
+    "parse_request",
+]
+
+
+class InferenceRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str = Field(min_length=1, max_length=256)
+    """Model name (a served bundle)."""
+    bitstream: bytes
+    """One message in the splitinfer bitstream format."""
+    target_bpp: Optional[float] = None
+    kbit_per_s: Optional[float] = None
+    fps: Optional[float] = None
+    expected_rung: Optional[int] = Field(None, ge=0, le=255)
+    """The rung the client encoded with; a header or hint that disagrees is refused."""
+    request_id: Optional[str] = Field(None, max_length=128)
+    top_k: Optional[int] = Field(None, ge=1, le=100)
+
+    @model_validator(mode="after")
+    def _check_hint(self) -> "InferenceRequest":
+        self.hint  # raises ValueError on an inconsistent hint
+        return self
+
+    @property
+    def hint(self) -> BitrateHint:
+        return BitrateHint(self.target_bpp, self.kbit_per_s, self.fps)
+
+
+class ClassScore(BaseModel):
+    index: int
+    name: str
+    score: float
+
+
+class InferenceResponse(BaseModel):
+    request_id: str
+    model: str
+    bundle_id: str
+    rung: int
+    hinted_rung: Optional[int] = None
+    bytes_received: int
+    bpp: float
+    input_hw: Tuple[int, int]
+    topk: List[ClassScore]
+    timings_ms: Dict[str, float] = Field(default_factory=dict)
+    batch_size: int = 1
+    mask_png: Optional[bytes] = None
+
+
+class RungMetadata(BaseModel):
+    index: int
+    lam: float
+    bpp: Optional[float] = None
+    top1: Optional[float] = None
+    top5: Optional[float] = None
+    agreement: Optional[float] = None
+    n_images: int = 0
+    resident: bool = False
+
+
+class ModelMetadata(BaseModel):
+    name: str
+    bundle_id: str
+    backbone: str
+    split: str
+    task: str
+    input_hw: Tuple[int, int]
+    rate_model: str
+    num_classes: int
+    backbone_loaded: bool
+    rungs: List[RungMetadata]
+    platform: str = "splitinfer"
+
+
+def _describe(e: ValidationError) -> str:
+    parts = []
+    for err in e.errors():
+        where = ".".join(str(p) for p in err.get("loc", ()) if p != "__root__")
+        msg = err.get("msg", "invalid")
+        msg = msg.removeprefix("Value error, ")
+        if err.get("type") == "missing":
+            msg = "missing field"
+        parts.append(f"{where}: {msg}" if where else msg)
+    return "; ".join(parts)
+
+
+def parse_request(fields: Dict[str, Any]) -> InferenceRequest:
+    """Build an :class:`InferenceRequest`; a field that is missing, mistyped or out of range -> InvalidArgument."""
+    try:
+        return InferenceRequest.model_validate(fields)
+    except ValidationError as e:
+        raise InvalidArgument(f"invalid request: {_describe(e)}") from None

@@ -1,0 +1,392 @@
+"""The edge client: encode images on the device, send the bitstreams to the cloud over gRPC (or REST).
+
+::
+
+    from edge_client import EdgeClient
+
+    with EdgeClient("127.0.0.1:50051") as client:             # the embedded ladder
+        r = client.infer("photo.jpg", bitrate=0.2)            # hint -> rung with the shared rule
+        print(r.rung, r.n_bytes, r.bpp, r.latency_ms, r.topk[0])
+        for r in client.stream(frames, bitrate=0.1):          # one InferStream for a camera
+            ...
+
+Before the first request the client asks the server for its models (``ModelMetadata``) and checks that one
+of them serves the bundle this edge encodes with (same bundle id); otherwise :class:`BundleMismatchError`
+says which bundles each side holds. Each request has a deadline (``timeout_s``, retries included); a server
+that is UNAVAILABLE (not up yet, restarting, overloaded) is retried with exponential backoff.
+
+Only ``shared`` (bundle, codec, head), ``grpc`` / the generated stubs and ``httpx`` are imported: never
+FastAPI, uvicorn, or the cloud server.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Deque, Dict, Iterable, Iterator, List, Optional, Tuple, Union
+
+from shared.hint import BitrateHint
+
+from .encoder import EdgeEncoder, EncodedFrame, ImageLike
+
+__all__ = ["EdgeClient", "InferResult", "ServiceError", "BundleMismatchError"]
+
+# gRPC status codes worth another try (the server may come back); the same idea for HTTP
+_RETRY_GRPC = ("UNAVAILABLE",)
+_RETRY_HTTP = (429, 502, 503, 504)
+
+
+class ServiceError(Exception):
+    """The server refused a request or could not be reached. ``code``: gRPC status name or HTTP status."""
+
+    def __init__(self, code: Union[str, int], message: str, kind: str = ""):
+        super().__init__(f"{code}: {message}")
+        self.code, self.message, self.kind = code, message, kind
+
+
+class BundleMismatchError(ServiceError):
+    """The server serves no model with this edge's bundle: the two would not decode each other's bytes."""
+
+    def __init__(self, message: str):
+        super().__init__("FAILED_PRECONDITION", message, "bundle_mismatch")
+
+
+@dataclass
+class InferResult:
+    source: str
+    request_id: str
+    rung: int
+    n_bytes: int
+    bpp: float
+    topk: List[Tuple[int, str, float]]
+    latency_ms: float  # client side: request sent -> answer received (network + server)
+    encode_ms: float = 0.0  # edge side: preprocessing, head, bottleneck encoder, entropy coding
+    hinted_rung: Optional[int] = None
+    server_timings_ms: Dict[str, float] = field(default_factory=dict)
+    batch_size: int = 1
+    error: Optional[ServiceError] = None  # stream mode: a refused frame (the stream goes on)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @property
+    def label(self) -> Optional[Tuple[int, str, float]]:
+        return self.topk[0] if self.topk else None
+
+
+def _result_from_pb(r, source: str, latency_ms: float, encode_ms: float) -> InferResult:
+    return InferResult(
+        source=source, request_id=r.request_id, rung=r.rung, n_bytes=r.bytes_received, bpp=r.bpp,
+        topk=[(c.index, c.name, c.score) for c in r.topk], latency_ms=latency_ms, encode_ms=encode_ms,
+        hinted_rung=r.hinted_rung if r.HasField("hinted_rung") else None,
+        server_timings_ms=dict(r.timings_ms), batch_size=r.batch_size)
+
+
+# ------------------------------------------------------------------------------------------ transports
+class _GrpcTransport:
+    def __init__(self, target: str, api_key: Optional[str], tls: bool, root_cert: Optional[bytes],
+                 max_message: int):
+        import grpc
+
+        from shared._proto import splitinfer_pb2 as pb, splitinfer_pb2_grpc as pb_grpc
+
+        self.grpc, self.pb = grpc, pb
+        options = [("grpc.max_send_message_length", max_message), ("grpc.max_receive_message_length", max_message)]
+        if tls:
+            self.channel = grpc.secure_channel(target, grpc.ssl_channel_credentials(root_cert), options)
+        else:
+            self.channel = grpc.insecure_channel(target, options)
+        self.stub = pb_grpc.SplitInferenceStub(self.channel)
+        self.metadata = [("authorization", f"Bearer {api_key}")] if api_key else []
+
+    def error(self, e) -> ServiceError:
+        code = e.code()
+        return ServiceError(code.name if code is not None else "UNKNOWN", e.details() or str(e))
+
+    def request(self, model: str, frame: EncodedFrame, hint: BitrateHint, expected_rung: Optional[int],
+                request_id: str, top_k: int):
+        pb = self.pb
+        req = pb.InferRequest(model=model, bitstream=frame.data, request_id=request_id, top_k=top_k)
+        if hint.target_bpp is not None:
+            req.target_bpp = hint.target_bpp
+        elif hint.kbit_per_s is not None:
+            req.link.kbit_per_s, req.link.fps = hint.kbit_per_s, hint.fps
+        if expected_rung is not None:
+            req.expected_rung = expected_rung
+        return req
+
+    def models(self, timeout: float) -> List[Dict[str, Any]]:
+        try:
+            resp = self.stub.ModelMetadata(self.pb.ModelMetadataRequest(), timeout=timeout, metadata=self.metadata)
+        except self.grpc.RpcError as e:
+            raise self.error(e) from None
+        return [{"name": m.name, "bundle_id": m.bundle_id, "backbone": m.backbone, "split": m.split}
+                for m in resp.models]
+
+    def infer(self, req, timeout: float, source: str, encode_ms: float) -> InferResult:
+        t0 = time.perf_counter()
+        try:
+            resp = self.stub.Infer(req, timeout=timeout, metadata=self.metadata)
+        except self.grpc.RpcError as e:
+            raise self.error(e) from None
+        return _result_from_pb(resp, source, 1e3 * (time.perf_counter() - t0), encode_ms)
+
+    def close(self) -> None:
+        self.channel.close()
+
+
+class _RestTransport:
+    def __init__(self, base_url: str, api_key: Optional[str], verify):
+        import socket
+
+        import httpx
+
+        self.httpx = httpx
+        headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
+        # h11 writes headers and body separately: without TCP_NODELAY, Nagle + delayed ACK add ~40 ms
+        transport = httpx.HTTPTransport(verify=verify, socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)])
+        self.client = httpx.Client(base_url=base_url, headers=headers, transport=transport)
+
+    def _check(self, r) -> Dict[str, Any]:
+        try:
+            body = r.json()
+        except ValueError:
+            body = {"error": r.text[:200]}
+        if r.status_code != 200:
+            raise ServiceError(r.status_code, body.get("error", str(body)), body.get("kind", ""))
+        return body
+
+    def _send(self, method: str, url: str, timeout: float, **kw) -> Dict[str, Any]:
+        try:
+            return self._check(self.client.request(method, url, timeout=timeout, **kw))
+        except self.httpx.TimeoutException as e:
+            raise ServiceError("DEADLINE_EXCEEDED", f"no answer in time: {e}") from None
+        except self.httpx.TransportError as e:  # connection refused, reset, ...
+            raise ServiceError(503, f"cannot reach the server: {e}", "unavailable") from None
+
+    def request(self, model: str, frame: EncodedFrame, hint: BitrateHint, expected_rung: Optional[int],
+                request_id: str, top_k: int):
+        params = {"target_bpp": hint.target_bpp, "kbit_per_s": hint.kbit_per_s, "fps": hint.fps,
+                  "expected_rung": expected_rung, "top_k": top_k}
+        header = json.dumps({
+            "id": request_id,
+            "parameters": {k: v for k, v in params.items() if v is not None},
+            "inputs": [{"name": "bitstream", "datatype": "BYTES", "shape": [1],
+                        "parameters": {"binary_data_size": len(frame.data)}}],
+        }).encode()
+        return model, header, frame.data
+
+    def models(self, timeout: float) -> List[Dict[str, Any]]:
+        return self._send("GET", "/v2/models", timeout)["models"]
+
+    def infer(self, req, timeout: float, source: str, encode_ms: float) -> InferResult:
+        model, header, data = req
+        t0 = time.perf_counter()
+        body = self._send("POST", f"/v2/models/{model}/infer", timeout, content=header + data, headers={
+            "content-type": "application/octet-stream", "inference-header-content-length": str(len(header))})
+        latency = 1e3 * (time.perf_counter() - t0)
+        p = body["parameters"]
+        out = {o["name"]: o["data"] for o in body["outputs"]}
+        topk = list(zip(out["topk_index"], out["topk_name"], out["topk_score"]))
+        timings = {k[:-3]: v for k, v in p.items() if k.endswith("_ms")}
+        return InferResult(source=source, request_id=body["id"], rung=p["rung"], n_bytes=p["bytes_received"],
+                           bpp=p["bpp"], topk=topk, latency_ms=latency, encode_ms=encode_ms,
+                           hinted_rung=p.get("hinted_rung"), server_timings_ms=timings,
+                           batch_size=p.get("batch_size", 1))
+
+    def close(self) -> None:
+        self.client.close()
+
+
+# ------------------------------------------------------------------------------------------ client
+class EdgeClient:
+    """Edge encoder + a connection to the cloud.
+
+    Args:
+        server: ``HOST:PORT`` of the gRPC front end, or of the REST one with ``rest=True`` (a full
+            ``http(s)://`` URL also works for REST).
+        bundle, weights: the ladder and backbone weights the edge encodes with (default: embedded, pretrained).
+        model: the server's model name; default: whichever server model serves this edge's bundle.
+        timeout_s: deadline per request, retries included. retries / backoff_s: tries after an
+            UNAVAILABLE answer, with exponential backoff (and jitter) starting at ``backoff_s``.
+        api_key: sent as ``authorization: Bearer``. tls / root_cert: TLS (``root_cert``: PEM file of the CA).
+        encoder: an :class:`EdgeEncoder` to use instead of building one.
+    """
+
+    def __init__(self, server: str, *, bundle=None, weights: Optional[str] = None, model: Optional[str] = None,
+                 rest: bool = False, api_key: Optional[str] = None, timeout_s: float = 10.0, retries: int = 3,
+                 backoff_s: float = 0.1, tls: bool = False, root_cert: Optional[Union[str, Path]] = None,
+                 encoder: Optional[EdgeEncoder] = None, device: str = "cpu", top_k: int = 5,
+                 check_bundle: bool = True, max_message_bytes: int = 4 << 20):
+        self.encoder = encoder if encoder is not None else EdgeEncoder(bundle, weights=weights, device=device)
+        self.bundle = self.encoder.bundle
+        self.timeout_s, self.retries, self.backoff_s, self.top_k = timeout_s, retries, backoff_s, top_k
+        self.rest = rest
+        self._model = model
+        self._checked = not check_bundle
+        if rest:
+            url = server if "://" in server else f"{'https' if tls else 'http'}://{server}"
+            if root_cert:
+                import ssl
+
+                verify: Union[bool, "ssl.SSLContext"] = ssl.create_default_context(cafile=str(root_cert))
+            else:
+                verify = True
+            self.transport: Union[_GrpcTransport, _RestTransport] = _RestTransport(url, api_key, verify)
+        else:
+            cert = Path(root_cert).read_bytes() if root_cert else None
+            self.transport = _GrpcTransport(server, api_key, tls, cert, max_message_bytes)
+
+    # -- bundle agreement ----------------------------------------------------------------------------
+    @property
+    def model(self) -> str:
+        self.connect()
+        return self._model
+
+    def connect(self) -> "EdgeClient":
+        """Ask the server for its models; check that one serves this edge's bundle (retries as a request)."""
+        if self._checked:
+            if self._model is None:
+                self._model = f"{self.bundle.model}-{self.bundle.split}"
+            return self
+        deadline = time.monotonic() + self.timeout_s
+        models = self._with_retries(lambda t: self.transport.models(t), deadline)
+        mine = self.bundle.bundle_id
+        desc = ", ".join(f"{m['name']} (bundle {m['bundle_id']}, {m['backbone']}/{m['split']})" for m in models)
+        if self._model is not None:
+            found = [m for m in models if m["name"] == self._model]
+            if not found:
+                raise BundleMismatchError(f"the server has no model {self._model!r}; it serves: {desc or 'nothing'}")
+            if found[0]["bundle_id"] != mine:
+                raise BundleMismatchError(
+                    f"the server's model {self._model!r} decodes bundle {found[0]['bundle_id']} "
+                    f"({found[0]['backbone']}/{found[0]['split']}), but this edge encodes with bundle {mine} "
+                    f"({self.bundle.model}/{self.bundle.split}, {self.bundle.root}): edge and cloud must hold the "
+                    "same bundle")
+        else:
+            found = [m for m in models if m["bundle_id"] == mine]
+            if not found:
+                raise BundleMismatchError(
+                    f"the server serves no model with this edge's bundle {mine} ({self.bundle.model}/"
+                    f"{self.bundle.split}, {self.bundle.root}); it serves: {desc or 'nothing'}. Edge and cloud "
+                    "must hold the same bundle")
+            self._model = found[0]["name"]
+        self._checked = True
+        return self
+
+    # -- requests ------------------------------------------------------------------------------------
+    def _with_retries(self, call, deadline: float):
+        attempt = 0
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise ServiceError("DEADLINE_EXCEEDED", f"no answer within {self.timeout_s:g} s")
+            try:
+                return call(left)
+            except ServiceError as e:
+                retry = e.code in _RETRY_GRPC or e.code in _RETRY_HTTP
+                if not retry or attempt >= self.retries:
+                    raise
+                pause = self.backoff_s * (2 ** attempt) * (0.5 + random.random())
+                if time.monotonic() + pause >= deadline:
+                    raise
+                time.sleep(pause)
+                attempt += 1
+
+    def encode(self, image: ImageLike, bitrate: Optional[float] = None, rung: Optional[int] = None,
+               hint: Optional[BitrateHint] = None) -> Tuple[EncodedFrame, BitrateHint, float]:
+        hint = hint if hint is not None else BitrateHint(target_bpp=bitrate)
+        t0 = time.perf_counter()
+        r = hint.rung(self.bundle) if rung is None else rung
+        frame = self.encoder.encode(image, rung=r)
+        return frame, hint, 1e3 * (time.perf_counter() - t0)
+
+    def infer(self, image: ImageLike, bitrate: Optional[float] = None, rung: Optional[int] = None,
+              hint: Optional[BitrateHint] = None, request_id: Optional[str] = None) -> InferResult:
+        """Encode one image at the rung the hint selects (or ``rung``) and send it; raises ServiceError."""
+        self.connect()
+        frame, hint, encode_ms = self.encode(image, bitrate, rung, hint)
+        return self.send(frame, hint, source=_name(image), request_id=request_id, encode_ms=encode_ms,
+                         expected_rung=frame.rung if rung is None else None)
+
+    def send(self, frame: EncodedFrame, hint: BitrateHint = BitrateHint(), source: str = "",
+             request_id: Optional[str] = None, encode_ms: float = 0.0,
+             expected_rung: Optional[int] = None) -> InferResult:
+        """Send an encoded frame (the rung is asserted when ``expected_rung`` is given)."""
+        self.connect()
+        rid = request_id or uuid.uuid4().hex
+        req = self.transport.request(self._model, frame, hint, expected_rung, rid, self.top_k)
+        deadline = time.monotonic() + self.timeout_s
+        return self._with_retries(lambda t: self.transport.infer(req, t, source, encode_ms), deadline)
+
+    def infer_many(self, images: Iterable[ImageLike], bitrate: Optional[float] = None, rung: Optional[int] = None,
+                   hint: Optional[BitrateHint] = None) -> Iterator[InferResult]:
+        """One unary request per image; a refused image yields a result with ``error`` set."""
+        for image in images:
+            try:
+                yield self.infer(image, bitrate, rung, hint)
+            except BundleMismatchError:
+                raise
+            except ServiceError as e:
+                yield InferResult(_name(image), "", -1, 0, 0.0, [], 0.0, error=e)
+
+    def stream(self, images: Iterable[ImageLike], bitrate: Optional[float] = None, rung: Optional[int] = None,
+               hint: Optional[BitrateHint] = None, timeout_s: Optional[float] = None) -> Iterator[InferResult]:
+        """Frames over one ``InferStream`` (gRPC), answers in order; a refused frame yields a result with
+        ``error`` set and the stream goes on. ``timeout_s`` bounds the whole stream (default: none).
+        A broken stream raises :class:`ServiceError` (frames are not resent: a camera sends new ones).
+        Over REST this falls back to one request per frame (with retries)."""
+        if self.rest:
+            yield from self.infer_many(images, bitrate, rung, hint)
+            return
+        self.connect()
+        t = self.transport
+        pending: Deque[Tuple[str, float, float]] = deque()  # (source, encode ms, send time) per frame in flight
+
+        def requests():
+            for image in images:
+                frame, h, encode_ms = self.encode(image, bitrate, rung, hint)
+                rid = uuid.uuid4().hex
+                pending.append((_name(image), encode_ms, time.perf_counter()))
+                yield t.request(self._model, frame, h, frame.rung if rung is None else None, rid, self.top_k)
+
+        try:
+            for resp in t.stub.InferStream(requests(), timeout=timeout_s, metadata=t.metadata):
+                source, encode_ms, sent = pending.popleft()
+                latency = 1e3 * (time.perf_counter() - sent)
+                if resp.WhichOneof("outcome") == "error":
+                    err = ServiceError(_code_name(resp.error.code), resp.error.message, resp.error.kind)
+                    yield InferResult(source, resp.request_id, -1, 0, 0.0, [], latency, encode_ms, error=err)
+                else:
+                    yield _result_from_pb(resp.result, source, latency, encode_ms)
+        except t.grpc.RpcError as e:
+            raise t.error(e) from None
+
+    # -- lifecycle -----------------------------------------------------------------------------------
+    def close(self) -> None:
+        self.transport.close()
+
+    def __enter__(self) -> "EdgeClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _code_name(code: int) -> str:
+    import grpc
+
+    for c in grpc.StatusCode:
+        if c.value[0] == code:
+            return c.name
+    return str(code)
+
+
+def _name(image: ImageLike) -> str:
+    return str(image) if isinstance(image, (str, Path)) else getattr(image, "filename", "") or "<image>"

@@ -1,0 +1,73 @@
+"""Bitrate hints: what a request says about the link, and the rung it maps to on a ladder.
+
+A hint is either a target in bits per pixel, or a link rate (kbit/s) with a frame rate, which becomes
+``kbit_per_s * 1000 / fps`` bits per frame over the bundle's input pixels. Edge and cloud both turn a
+hint into a rung with :meth:`BitrateHint.rung`, which ends in :func:`shared.bundle.select_rung`, the one
+rule for that, so an edge and a server holding the same bundle always agree.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+from .bundle import Bundle, select_rung
+
+__all__ = ["BitrateHint", "bundle_input_size"]
+
+
+def bundle_input_size(bundle: Bundle) -> Tuple[int, int]:
+    """(H, W) of the network input the bundle encodes (the pixels bpp is counted over)."""
+    return tuple(int(v) for v in bundle.manifest["preprocess"]["input_size"])
+
+
+def _positive(name: str, v: float) -> float:
+    v = float(v)
+    if not (math.isfinite(v) and v > 0):
+        raise ValueError(f"{name} must be a positive finite number, got {v}")
+    return v
+
+
+@dataclass(frozen=True)
+class BitrateHint:
+    """``BitrateHint(target_bpp=0.3)`` or ``BitrateHint(kbit_per_s=500, fps=15)``; raises ValueError otherwise."""
+
+    target_bpp: Optional[float] = None
+    kbit_per_s: Optional[float] = None
+    fps: Optional[float] = None
+
+    def __post_init__(self) -> None:
+        link = (self.kbit_per_s, self.fps)
+        if self.target_bpp is not None:
+            if any(v is not None for v in link):
+                raise ValueError("give either a target bpp or a link rate (kbit/s with fps), not both")
+            _positive("target bpp", self.target_bpp)
+        elif any(v is not None for v in link):
+            if None in link:
+                raise ValueError("a link-rate hint needs both kbit/s and fps")
+            _positive("kbit/s", self.kbit_per_s)
+            _positive("fps", self.fps)
+
+    @property
+    def is_set(self) -> bool:
+        return self.target_bpp is not None or self.kbit_per_s is not None
+
+    def bpp(self, input_hw: Tuple[int, int]) -> Optional[float]:
+        """The hint in bits per pixel of a ``input_hw`` input (None when no hint is given)."""
+        if self.target_bpp is not None:
+            return float(self.target_bpp)
+        if self.kbit_per_s is not None:
+            return self.kbit_per_s * 1000.0 / self.fps / (input_hw[0] * input_hw[1])
+        return None
+
+    def rung(self, bundle: Bundle) -> int:
+        """The rung of ``bundle`` this hint selects (no hint: the top rung)."""
+        return select_rung(bundle.rungs, self.bpp(bundle_input_size(bundle)))
+
+    def __str__(self) -> str:
+        if self.target_bpp is not None:
+            return f"{self.target_bpp:g} bpp"
+        if self.kbit_per_s is not None:
+            return f"{self.kbit_per_s:g} kbit/s at {self.fps:g} fps"
+        return "no hint"
