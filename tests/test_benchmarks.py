@@ -65,3 +65,20 @@ def test_bad_split_is_an_error(codec_overhead, tiny_bundle, tiny_weights, tiny_i
                               "--images", str(tiny_images), "--splits", "nope"])
     assert rc == 2
     assert "unknown split point" in capsys.readouterr().err
+
+
+def test_rung_switch_benchmark_reports_switch_reload_and_memory(tmp_path):
+    import json
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import rung_switch
+
+    out = tmp_path / "rs.json"
+    assert rung_switch.main(["--repeats", "1", "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["switch_backbone_bytes"] == 0
+    assert 0 < res["switch_ms_median"] and 0 < res["reload_ms_median"]
+    assert res["reload_bytes"] > res["switch_bytes_median"] > 0
+    assert res["peak_rss_mb_backbone_and_ladder"] >= res["peak_rss_mb_backbone"] > 0
