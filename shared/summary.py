@@ -28,6 +28,7 @@ __all__ = ["bd_rate", "bpp_to_reach", "envelope", "ladder_label", "summarize", "
 
 MARGINS = (1, 3)  # percentage points below the reference
 VARIANTS = ("pchip", "cubic", "linear")
+_ORDER = {"jpeg": 0, "webp": 1, "avif": 2, "hevc": 3}  # codec columns in this order, others after
 
 
 def envelope(points: Sequence[Dict], metric: str = "top1") -> List[Tuple[float, float]]:
@@ -47,6 +48,7 @@ def envelope(points: Sequence[Dict], metric: str = "top1") -> List[Tuple[float, 
 def bpp_to_reach(points: Sequence[Dict], target: float, metric: str = "top1") -> Dict:
     """The bpp at which the curve reaches accuracy ``target``: ``{"bpp", "reached", "upper_bound", "reason"}``."""
     env = envelope(points, metric)
+    target -= 1e-9  # 0.79 - 0.01 > 0.78 in floating point: a point exactly at the margin counts
     if not env:
         return {"bpp": None, "reached": False, "reason": f"no measured {metric}"}
     if env[-1][1] < target:
@@ -151,9 +153,6 @@ def summarize(ladders: Sequence[Dict], baselines: Sequence[Dict], metric: str = 
         "methods": methods,
         "bd_rate": bd,
     }
-
-
-_ORDER = {"jpeg": 0, "webp": 1, "avif": 2, "hevc": 3}
 
 
 def _fmt_within(w: Dict) -> str:

@@ -206,3 +206,30 @@ def test_cli_eval_matches_the_measurements_of_train(tiny_bundle, tiny_weights, t
     for row, rung in zip(res["rungs"], tiny_bundle.rungs):
         assert row["n_images"] == rung.metrics["n_images"]
         assert row["bpp"] == pytest.approx(rung.bpp)  # the same bytes, whatever the batch size
+    assert [m["kind"] for m in report["summary"]["methods"]] == ["ladder"]  # added by issue 3
+    assert "### Summary" in (out / "results.md").read_text()
+
+
+def test_cli_eval_with_every_codec(tiny_bundle, tiny_weights, tiny_images, tmp_path, capsys, monkeypatch):
+    """``--codecs jpeg,webp,avif,hevc``: one baseline curve per codec (two qualities each to stay quick) and a
+    summary row and BD-rate entry for each, with reasons where the unlabelled tiny images give no top-1."""
+    from shared import baselines
+
+    for name, (fmt, sweep) in list(baselines.CODECS.items()):
+        monkeypatch.setitem(baselines.CODECS, name, (fmt, (sweep[0], sweep[-1])))
+    out = tmp_path / "eval"
+    argv = ["eval", "--bundle", str(tiny_bundle.root), "--data", str(tiny_images), "--weights", str(tiny_weights),
+            "--out", str(out), "--codecs", "jpeg,webp,avif,hevc", "--limit", "4"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    report = json.loads((out / "results.json").read_text())
+    codecs = ["jpeg", "webp", "avif", "hevc"]
+    assert sorted({p["method"] for p in report["baselines"]}) == sorted(codecs)
+    for c in codecs:
+        pts = [p for p in report["baselines"] if p["method"] == c]
+        assert len(pts) == 2 and 0 < pts[0]["bpp"] < pts[1]["bpp"] and pts[0]["n_images"] == 4
+        assert f"BD-rate vs {c.upper()}" in printed
+    summary = report["summary"]
+    assert [m["method"] for m in summary["methods"]][1:] == [c.upper() for c in codecs]
+    assert [r["codec"] for r in summary["bd_rate"]] == codecs
+    assert all(r["bd_rate"] is None and r["reason"] for r in summary["bd_rate"])

@@ -19,6 +19,7 @@ COMMANDS = {
     "encode": ("shared.cli.codec", "edge side on files: image -> bitstream file"),
     "decode": ("shared.cli.codec", "cloud side on files: bitstream file -> prediction"),
     "eval": ("shared.cli.eval", "measure every rung's real bpp and accuracy on held-out images"),
+    "report": ("shared.cli.report", "rebuild results.md, rd.png and the summary from an existing results.json"),
     "merge": ("shared.cli.codec", "assemble a ladder from measured rungs of compatible bundles"),
     "demo": ("shared.cli.demo", "edge -> bytes -> cloud round trip on the embedded sample images"),
     "info": ("shared.cli.codec", "show a bundle's manifest: rungs, measured bpp and accuracy"),

@@ -16,17 +16,26 @@ def setup_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=None, help="folder for results.json")
     p.add_argument("--weights", default=None, help="backbone weights file (default: pretrained)")
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--codecs", default="", help="image-codec baselines on the same crops, e.g. jpeg,webp,avif")
+    p.add_argument("--codecs", default="",
+                   help="image-codec baselines on the same crops: any of jpeg,webp,avif,hevc (comma-separated)")
     p.add_argument("--update-manifest", action="store_true",
                    help="record the measured bpp/accuracy in each bundle's manifest.json")
 
 
 def run(args) -> int:
+    import sys
+
+    from ..baselines import CodecUnavailable, parse_codecs
     from ..bundle import resolve_bundle, update_metrics
     from ..data import scan_images, split_items
     from ..evaluation import evaluate_ladder
     from ..models import load_split_model
 
+    try:  # before any work: a missing encoder is an error message, not a traceback an hour in
+        codecs = parse_codecs(args.codecs)
+    except CodecUnavailable as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     items = split_items(scan_images(args.data), args.part)
     if args.limit:
         items = items[: args.limit]
@@ -48,31 +57,47 @@ def run(args) -> int:
                                                                  "reference": ref}})
         all_results.append({"bundle": str(bundle.root), "bundle_id": bundle.bundle_id, "model": bundle.model, **res})
     baselines = []
-    if args.codecs:
+    if codecs:
         from ..baselines import evaluate_codec
 
         model = load_split_model(all_results[0]["model"] if all_results else "efficientnet_lite0", None, args.weights)
-        for codec in [c.strip() for c in args.codecs.split(",") if c.strip()]:
+        for codec in codecs:
             pts = evaluate_codec(model, items, codec, batch_size=args.batch_size)
             for p in pts:
                 print(f"{codec:>5} {p['setting']:>5}  {p['bpp']:7.4f} bpp  top-1 {p.get('top1', float('nan')):.2%}")
             baselines += pts
     if args.out:
         Path(args.out).mkdir(parents=True, exist_ok=True)
-        write_report(Path(args.out), all_results, baselines)
+        summary = write_report(Path(args.out), all_results, baselines)
+    else:
+        from ..summary import summarize
+
+        summary = summarize(all_results, baselines)
+    print(summary_text(summary))
     return 0
 
 
-def write_report(out: Path, ladders: list, baselines: list) -> None:
-    """results.json (every point), results.md (tables) and rd.png (rate-accuracy plot, log bpp)."""
-    from ..plots import rate_accuracy_plot
+def summary_text(summary: dict) -> str:
+    """The summary table as printed on the terminal (the markdown of results.md)."""
+    from ..summary import summary_markdown
 
-    (out / "results.json").write_text(json.dumps({"ladders": ladders, "baselines": baselines}, indent=2) + "\n")
-    lines = []
+    return "\n".join(summary_markdown(summary))
+
+
+def write_report(out: Path, ladders: list, baselines: list, bd_variant: str = "pchip") -> dict:
+    """results.json (every point plus a ``summary``), results.md (tables) and rd.png (rate-accuracy plot,
+    log bpp, every ladder and codec). Returns the summary (see :mod:`shared.summary`)."""
+    from ..plots import rate_accuracy_plot
+    from ..summary import ladder_label, summarize, summary_markdown
+
+    summary = summarize(ladders, baselines, variant=bd_variant)
+    report = {"ladders": ladders, "baselines": baselines, "summary": summary}
+    (out / "results.json").write_text(json.dumps(report, indent=2) + "\n")
+    lines = ["### Summary", "", *summary_markdown(summary), ""]
     curves = {}
     for lad in ladders:
         ref = lad["reference"]
-        name = f"splitinfer {lad['model']} ({lad['bundle_id'][:8]})"
+        name = ladder_label(lad)
         lines += [f"### {name}", "", f"Unsplit model on the same {ref['n_images']} images: "
                   f"top-1 {100 * ref.get('top1', float('nan')):.2f}%, top-5 {100 * ref.get('top5', float('nan')):.2f}%", "",
                   "| rung | lambda | bpp (real) | bpp (estimated) | bytes/image | top-1 | top-5 | agrees with unsplit |",
@@ -94,3 +119,4 @@ def write_report(out: Path, ladders: list, baselines: list) -> None:
     (out / "results.md").write_text("\n".join(lines) + "\n")
     ref = ladders[0]["reference"].get("top1") if ladders else None
     rate_accuracy_plot(curves, out / "rd.png", reference=ref, title="rate vs accuracy on held-out images")
+    return summary
