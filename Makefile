@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test venv clean bench models
+.PHONY: demo test venv clean bench models images
 
 $(STAMP): requirements.txt pyproject.toml proto/splitinfer.proto
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,12 @@ models: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/codec_overhead.py
+
+# Build docker/Dockerfile.cloud and docker/Dockerfile.edge with buildah (no Docker engine needed), run the server
+# in one image and the edge client in the other, check the answers; prints image sizes and build times.
+# Needs root and about 25 GB of disk; see docs/deploy.md.
+images:
+	docker/build.sh
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -22,13 +22,14 @@ FastAPI, uvicorn, or the cloud server.
 from __future__ import annotations
 
 import json
+import os
 import random
 import time
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Deque, Dict, Iterable, Iterator, List, Optional, Tuple, Union
+from typing import Any, Deque, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 from shared.hint import BitrateHint
 
@@ -91,13 +92,17 @@ def _result_from_pb(r, source: str, latency_ms: float, encode_ms: float) -> Infe
 # ------------------------------------------------------------------------------------------ transports
 class _GrpcTransport:
     def __init__(self, target: str, api_key: Optional[str], tls: bool, root_cert: Optional[bytes],
-                 max_message: int):
+                 max_message: int, extra_options: Sequence[Tuple[str, Any]] = ()):
         import grpc
 
         from shared._proto import splitinfer_pb2 as pb, splitinfer_pb2_grpc as pb_grpc
 
         self.grpc, self.pb = grpc, pb
         options = [("grpc.max_send_message_length", max_message), ("grpc.max_receive_message_length", max_message)]
+        lb_policy = os.environ.get("SPLITINFER_GRPC_LB_POLICY")
+        if lb_policy:  # e.g. round_robin over every address of dns:///cloud:50051 (replicas behind one name)
+            options.append(("grpc.lb_policy_name", lb_policy))
+        options += list(extra_options)
         if tls:
             self.channel = grpc.secure_channel(target, grpc.ssl_channel_credentials(root_cert), options)
         else:
@@ -217,13 +222,17 @@ class EdgeClient:
             UNAVAILABLE answer, with exponential backoff (and jitter) starting at ``backoff_s``.
         api_key: sent as ``authorization: Bearer``. tls / root_cert: TLS (``root_cert``: PEM file of the CA).
         encoder: an :class:`EdgeEncoder` to use instead of building one.
+        grpc_options: extra gRPC channel arguments, e.g. ``[("grpc.lb_policy_name", "round_robin")]`` to spread
+            requests over every address of ``server="dns:///cloud:50051"`` (cloud replicas behind one name);
+            ``$SPLITINFER_GRPC_LB_POLICY`` sets the policy too (for ``splitinfer edge`` and the edge image).
     """
 
     def __init__(self, server: str, *, bundle=None, weights: Optional[str] = None, model: Optional[str] = None,
                  rest: bool = False, api_key: Optional[str] = None, timeout_s: float = 10.0, retries: int = 3,
                  backoff_s: float = 0.1, tls: bool = False, root_cert: Optional[Union[str, Path]] = None,
                  encoder: Optional[EdgeEncoder] = None, device: str = "cpu", top_k: int = 5,
-                 check_bundle: bool = True, max_message_bytes: int = 4 << 20):
+                 check_bundle: bool = True, max_message_bytes: int = 4 << 20,
+                 grpc_options: Sequence[Tuple[str, Any]] = ()):
         self.encoder = encoder if encoder is not None else EdgeEncoder(bundle, weights=weights, device=device)
         self.bundle = self.encoder.bundle
         self.timeout_s, self.retries, self.backoff_s, self.top_k = timeout_s, retries, backoff_s, top_k
@@ -241,7 +250,7 @@ class EdgeClient:
             self.transport: Union[_GrpcTransport, _RestTransport] = _RestTransport(url, api_key, verify)
         else:
             cert = Path(root_cert).read_bytes() if root_cert else None
-            self.transport = _GrpcTransport(server, api_key, tls, cert, max_message_bytes)
+            self.transport = _GrpcTransport(server, api_key, tls, cert, max_message_bytes, grpc_options)
 
     # -- bundle agreement ----------------------------------------------------------------------------
     @property

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
@@ -130,6 +131,7 @@ def save_bundle(
         fname = f"rung-{idx:02d}.safetensors"
         state = {k: v.detach().contiguous().clone() for k, v in net.state_dict().items()}
         save_file(state, str(root / fname), metadata={"format": FORMAT, "lambda": repr(float(lambdas[i]))})
+        os.chmod(root / fname, 0o644)  # safetensors writes 0600; bundles are read by other users (containers)
         rungs.append(Rung(idx, float(lambdas[i]), fname, _sha256(root / fname), dict(metrics[i])))
     cfg = config.to_dict()
     manifest = {
@@ -231,6 +233,7 @@ def merge_bundles(root: Path | str, picks: Sequence[tuple], extra: Optional[Dict
         net.update(force=True)
         state = {k: v.detach().contiguous().clone() for k, v in net.state_dict().items()}
         save_file(state, str(root / fname), metadata={"format": FORMAT, "lambda": repr(float(src.lam))})
+        os.chmod(root / fname, 0o644)
         metrics = {"source": {"bundle_id": b.bundle_id, "rung": i, "metrics": src.metrics,
                               "training": b.manifest.get("training", {})}}
         rungs.append(Rung(idx, src.lam, fname, _sha256(root / fname), metrics))

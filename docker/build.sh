@@ -1,0 +1,154 @@
+#!/usr/bin/env bash
+# Build docker/Dockerfile.cloud and docker/Dockerfile.edge with buildah (no Docker engine needed), on a Debian
+# bookworm base made locally with debootstrap, then run the server inside the cloud image and the edge client
+# inside the edge image on loopback and check a real answer across them. Prints image sizes and build times.
+#
+#   docker/build.sh            # base (once) + both images + the cross check      (make images)
+#   SKIP_BUILD=1 docker/build.sh   # only the cross check on images already built
+#
+# Environment: WORK (default /var/tmp/splitinfer-images: base rootfs, containers.conf, logs), BASE_IMAGE
+# (default: the locally made localhost/splitinfer-base:bookworm; any python3.11 image works), TAG (dev),
+# TORCH_INDEX_URL (build arg, see docs/deploy.md), PIP_CERT (pip's CA bundle, passed as the build secret
+# `pipcert`, never baked in), DEBIAN_MIRROR, HTTP_PORT / GRPC_PORT (loopback ports for the check).
+# Needs root (buildah with chroot isolation, debootstrap); installs buildah and debootstrap with apt-get if missing.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+WORK=${WORK:-/var/tmp/splitinfer-images}
+TAG=${TAG:-dev}
+BASE_IMAGE=${BASE_IMAGE:-localhost/splitinfer-base:bookworm}
+CLOUD=localhost/splitinfer-cloud:$TAG
+EDGE=localhost/splitinfer-edge:$TAG
+HTTP_PORT=${HTTP_PORT:-18080}
+GRPC_PORT=${GRPC_PORT:-15051}
+DEBIAN_MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
+mkdir -p "$WORK"
+log() { printf '[build.sh %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
+
+# --- tools and configuration --------------------------------------------------------------------------
+need=()
+command -v buildah >/dev/null || need+=(buildah)
+command -v debootstrap >/dev/null || need+=(debootstrap)
+if [ ${#need[@]} -gt 0 ]; then
+    log "installing ${need[*]}"
+    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need[@]}"
+fi
+if [ -z "${CONTAINERS_CONF:-}" ]; then
+    # this machine's cgroup setup rejects buildah's default ulimits and systemd cgroup manager
+    printf '[containers]\ndefault_ulimits = []\n\n[engine]\ncgroup_manager = "cgroupfs"\n' > "$WORK/containers.conf"
+    export CONTAINERS_CONF=$WORK/containers.conf
+fi
+export BUILDAH_ISOLATION=chroot
+
+# --- base image: Debian bookworm + Debian's python3.11 (stand-in for python:3.11-slim-bookworm) -----------
+if [ "$BASE_IMAGE" = localhost/splitinfer-base:bookworm ] && ! buildah inspect --type image "$BASE_IMAGE" >/dev/null 2>&1; then
+    t0=$(date +%s)
+    rootfs=$WORK/base-rootfs
+    if [ ! -x "$rootfs/usr/bin/python3.11" ]; then
+        log "debootstrap bookworm -> $rootfs"
+        rm -rf "$rootfs"
+        debootstrap --variant=minbase --include=python3.11,python3.11-venv,python3-venv,ca-certificates \
+            bookworm "$rootfs" "$DEBIAN_MIRROR" > "$WORK/debootstrap.log" 2>&1 \
+            || { tail -20 "$WORK/debootstrap.log"; exit 1; }
+    fi
+    log "committing $BASE_IMAGE"
+    ctr=$(buildah from scratch)
+    mnt=$(buildah mount "$ctr")
+    tar -C "$rootfs" --exclude=./var/cache/apt/archives/*.deb --exclude=./var/lib/apt/lists/* -cf - . | tar -C "$mnt" -xf -
+    buildah umount "$ctr" >/dev/null
+    buildah config --env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin --env LANG=C.UTF-8 \
+        --cmd python3 "$ctr"
+    buildah commit --rm -q "$ctr" "$BASE_IMAGE" >/dev/null
+    log "base image ready in $(( $(date +%s) - t0 )) s"
+fi
+
+# --- the two images ----------------------------------------------------------------------------------
+build() {  # build NAME DOCKERFILE
+    local name=$1 file=$2 t0 secret=()
+    [ -n "${PIP_CERT:-}" ] && [ -s "$PIP_CERT" ] && secret=(--secret "id=pipcert,src=$PIP_CERT")
+    t0=$(date +%s)
+    log "building $name from $file (log: $WORK/build-$(basename "$file").log)"
+    if ! buildah bud --isolation chroot --layers --format docker "${secret[@]}" \
+            --build-arg "BASE_IMAGE=$BASE_IMAGE" --build-arg "TORCH_INDEX_URL=${TORCH_INDEX_URL:-}" \
+            -t "$name" -f "$ROOT/$file" "$ROOT" > "$WORK/build-$(basename "$file").log" 2>&1; then
+        tail -30 "$WORK/build-$(basename "$file").log"; exit 1
+    fi
+    echo "$(( $(date +%s) - t0 ))" > "$WORK/buildtime-$(basename "$file")"
+    log "built $name in $(cat "$WORK/buildtime-$(basename "$file")") s"
+}
+if [ -z "${SKIP_BUILD:-}" ]; then
+    build "$CLOUD" docker/Dockerfile.cloud
+    build "$EDGE" docker/Dockerfile.edge
+fi
+
+# --- cross check: server in the cloud image, client in the edge image, on loopback ------------------------
+cloud_ctr=$(buildah from "$CLOUD")
+edge_ctr=$(buildah from "$EDGE")
+server_pid=
+cleanup() {
+    if [ -n "$server_pid" ]; then kill "$server_pid" 2>/dev/null || true; wait "$server_pid" 2>/dev/null || true; fi
+    buildah rm "$cloud_ctr" "$edge_ctr" >/dev/null 2>&1 || true
+}
+trap cleanup EXIT
+
+log "starting the server in $CLOUD (REST 127.0.0.1:$HTTP_PORT, gRPC 127.0.0.1:$GRPC_PORT)"
+buildah run --isolation chroot --network host --user 10001:10001 \
+    -e SPLITINFER_HOST=127.0.0.1 -e SPLITINFER_HTTP_PORT="$HTTP_PORT" -e SPLITINFER_GRPC_PORT="$GRPC_PORT" \
+    -e SPLITINFER_LOG_FORMAT=text "$cloud_ctr" -- python -m shared.cli serve > "$WORK/cloud-server.log" 2>&1 &
+server_pid=$!
+t0=$(date +%s)
+until buildah run --isolation chroot --network host --user 10001:10001 -e SPLITINFER_HTTP_PORT="$HTTP_PORT" \
+        "$cloud_ctr" -- python /opt/splitinfer/healthcheck.py cloud 2>/dev/null; do
+    if ! kill -0 "$server_pid" 2>/dev/null || [ $(( $(date +%s) - t0 )) -gt 300 ]; then
+        log "server did not become ready"; tail -30 "$WORK/cloud-server.log"; exit 1
+    fi
+    sleep 2
+done
+log "server ready after $(( $(date +%s) - t0 )) s (health check inside the cloud image)"
+
+run_edge() {  # run_edge SERVER [extra env...]
+    local server=$1; shift
+    buildah run --isolation chroot --network host --user 10001:10001 -e SPLITINFER_SERVER="$server" \
+        -e SPLITINFER_BITRATE=0.25 -e SPLITINFER_JSON=1 "$@" "$edge_ctr" -- /opt/splitinfer/edge-entrypoint.sh
+}
+check() {  # check JSON_LINES_FILE: every sample answered, top-1 against labels.csv
+    python3 - "$1" "$ROOT/shared/assets/samples/labels.csv" <<'PY'
+import csv, json, os, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
+labels = {r["filename"]: int(r["class_index"]) for r in csv.DictReader(open(sys.argv[2]))}
+assert len(rows) == len(labels), f"{len(rows)} answers for {len(labels)} samples"
+bad = [r for r in rows if not r["ok"]]
+assert not bad, bad
+hits = sum(r["topk"][0][0] == labels[os.path.basename(r["image"])] for r in rows)
+for r in rows:
+    print(f"  {os.path.basename(r['image'])}: rung {r['rung']}, {r['bytes']} B, {r['bpp']:.3f} bpp, "
+          f"{r['latency_ms']:.0f} ms -> {r['topk'][0][1]}")
+print(f"  {len(rows)} answers, top-1 correct {hits}/{len(rows)}")
+assert hits >= len(rows) // 2, "too few correct top-1 answers"
+PY
+}
+log "edge client in $EDGE -> 127.0.0.1:$GRPC_PORT (gRPC, 0.25 bpp)"
+run_edge "127.0.0.1:$GRPC_PORT" > "$WORK/edge.jsonl" 2> "$WORK/edge.err" || { cat "$WORK/edge.err"; exit 1; }
+check "$WORK/edge.jsonl"
+log "edge client, target dns:///localhost:$GRPC_PORT with round_robin (the compose replica set-up)"
+run_edge "dns:///localhost:$GRPC_PORT" -e SPLITINFER_GRPC_LB_POLICY=round_robin -e SPLITINFER_BITRATE=0.1 \
+    > "$WORK/edge-rr.jsonl" 2> "$WORK/edge-rr.err" || { cat "$WORK/edge-rr.err"; exit 1; }
+check "$WORK/edge-rr.jsonl"
+log "edge health check (inside the edge image, against the server)"
+buildah run --isolation chroot --network host --user 10001:10001 -e SPLITINFER_SERVER="127.0.0.1:$GRPC_PORT" \
+    "$edge_ctr" -- python /opt/splitinfer/healthcheck.py edge
+log "edge image has no server stack:"
+buildah run --isolation chroot --network host --user 10001:10001 "$edge_ctr" -- python -c "
+import importlib.util as u
+mods = ['fastapi', 'uvicorn', 'starlette', 'prometheus_client', 'pydantic_settings', 'cloud_server']
+present = [m for m in mods if u.find_spec(m)]
+print('  absent:', ', '.join(m for m in mods if m not in present)); assert not present, present"
+
+# --- report -------------------------------------------------------------------------------------------
+echo
+log "images:"
+buildah images --format '{{.Name}}:{{.Tag}}  {{.Size}}' | grep -E 'splitinfer-(cloud|edge|base)' | sed 's/^/  /'
+for f in Dockerfile.cloud Dockerfile.edge; do
+    [ -f "$WORK/buildtime-$f" ] && log "last build time of $f: $(cat "$WORK/buildtime-$f") s"
+done
+log "OK: the edge image's client got real answers from the cloud image's server"

@@ -1,0 +1,28 @@
+#!/bin/sh
+# Install a fully pinned requirements file into /opt/venv during an image build (both Dockerfiles).
+#   pip-install.sh REQUIREMENTS
+# - pip's CA bundle, when the build machine needs one (a TLS-intercepting proxy), comes in as the build
+#   secret `pipcert` (`--secret id=pipcert,src=$PIP_CERT`) and is never written into a layer.
+# - --no-deps + `pip check`: exactly the pinned set, and a missing pin fails the build.
+# - TORCH_INDEX_URL (build arg), e.g. https://download.pytorch.org/whl/cpu: torch/torchvision come from that
+#   index (its `2.14.1+cpu` build satisfies the `torch==2.14.1` pin) and the CUDA wheels (nvidia-*, cuda-*,
+#   triton) are dropped. On a machine that is not x86_64 they are dropped too (PyPI's aarch64 torch has no
+#   such dependencies).
+set -eu
+req=$1
+if [ -s /run/secrets/pipcert ]; then export PIP_CERT=/run/secrets/pipcert; fi
+if [ -n "${TORCH_INDEX_URL:-}" ] || [ "$(uname -m)" != x86_64 ]; then
+    grep -v -E '^(nvidia-|cuda-|triton==)' "$req" > /tmp/requirements.filtered.txt
+    req=/tmp/requirements.filtered.txt
+fi
+if [ -n "${TORCH_INDEX_URL:-}" ]; then
+    set -- --extra-index-url "$TORCH_INDEX_URL"
+else
+    set --
+fi
+# setuptools/wheel: the venv's own copies are too old for torch's, compressai's and grpcio-tools' metadata
+# (they are not in requirements.txt); pinned here to the versions the project's .venv runs with.
+/opt/venv/bin/pip install --no-deps --disable-pip-version-check setuptools==84.2.1 wheel==0.48.0
+/opt/venv/bin/pip install --no-deps --disable-pip-version-check "$@" -r "$req"
+/opt/venv/bin/pip check
+rm -f /tmp/requirements.filtered.txt
