@@ -20,6 +20,7 @@ __all__ = [
     "scan_images",
     "is_heldout",
     "split_items",
+    "spread",
     "input_crop",
     "to_model_input",
     "eval_transform",
@@ -102,6 +103,16 @@ def split_items(items: Sequence[Item], part: str) -> List[Item]:
         raise ValueError(f"part must be train, heldout or all, not {part!r}")
     want = part == "heldout"
     return [it for it in items if is_heldout(it[0]) == want]
+
+
+def spread(items: Sequence[Item], limit: int) -> List[Item]:
+    """At most ``limit`` items spread evenly over the (sorted) list, so that a limited evaluation of a
+    class-folder tree still sees every class (the first N would be the first classes only)."""
+    items = list(items)
+    if not limit or limit >= len(items):
+        return items
+    step = len(items) / limit
+    return [items[int(i * step)] for i in range(limit)]
 
 
 def input_crop(img: Image.Image, pre: Preprocess) -> Image.Image:

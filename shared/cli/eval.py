@@ -12,7 +12,7 @@ def setup_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="image folder or CSV with labels (only held-out images are used)")
     p.add_argument("--part", default="heldout", choices=["heldout", "all"],
                    help="'all' evaluates every image, e.g. a folder that never trained anything")
-    p.add_argument("--limit", type=int, default=0, help="at most this many images (0 = all)")
+    p.add_argument("--limit", type=int, default=0, help="at most this many images, spread evenly (0 = all)")
     p.add_argument("--out", default=None, help="folder for results.json")
     p.add_argument("--weights", default=None, help="backbone weights file (default: pretrained)")
     p.add_argument("--batch-size", type=int, default=16)
@@ -27,7 +27,7 @@ def run(args) -> int:
 
     from ..baselines import CodecUnavailable, parse_codecs
     from ..bundle import resolve_bundle, update_metrics
-    from ..data import scan_images, split_items
+    from ..data import scan_images, split_items, spread
     from ..evaluation import evaluate_ladder
     from ..models import load_split_model
 
@@ -37,8 +37,7 @@ def run(args) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     items = split_items(scan_images(args.data), args.part)
-    if args.limit:
-        items = items[: args.limit]
+    items = spread(items, args.limit)
     all_results = []
     for b in args.bundle or [None]:
         bundle = resolve_bundle(b)

@@ -91,7 +91,7 @@ def run(args) -> int:
 
     from ..bundle import save_bundle, update_metrics
     from ..codec import BottleneckConfig
-    from ..data import scan_images, split_items
+    from ..data import scan_images, split_items, spread
     from ..evaluation import evaluate_ladder
     from ..models import load_split_model
     from ..training.cache import build_cache
@@ -123,7 +123,9 @@ def run(args) -> int:
         return 2
     shard = items[rank::world]
     cache_dir = Path(args.cache_dir) if args.cache_dir else out / "cache"
-    cache_path = cache_dir / f"{args.model}-{split}-v{args.views}-n{len(shard)}-s{args.seed}-r{rank}.safetensors"
+    # labelled and label-free caches differ (labels are only read with --supervised)
+    tag = "-labels" if args.supervised else ""
+    cache_path = cache_dir / f"{args.model}-{split}-v{args.views}-n{len(shard)}-s{args.seed}-r{rank}{tag}.safetensors"
     if rank == 0:
         print(f"{args.model} split {split}: {len(items)} training images x {args.views} views, device {device}, "
               f"{world} process(es)")
@@ -190,8 +192,7 @@ def run(args) -> int:
         ev_items = []
         for d in args.eval_data:
             ev_items += split_items(scan_images(d), "heldout")
-        if args.eval_limit:
-            ev_items = ev_items[: args.eval_limit]
+        ev_items = spread(ev_items, args.eval_limit)
         res = evaluate_ladder(model.to("cpu"), bundle, ev_items)
         bundle = update_metrics(
             bundle, res["rungs"],
