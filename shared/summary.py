@@ -20,6 +20,7 @@ more accuracy is never the one to operate at). Accuracies are fractions, as in `
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -114,8 +115,10 @@ def bd_rate(test: Sequence[Dict], anchor: Sequence[Dict], metric: str = "top1", 
 
 
 def ladder_label(ladder: Dict) -> str:
-    """The name of a ladder in tables and plots: ``splitinfer <model> (<bundle id, 8 chars>)``."""
-    return f"splitinfer {ladder['model']} ({ladder['bundle_id'][:8]})"
+    """The name of a ladder in tables and plots: ``splitinfer <bundle folder> (<bundle id, 8 chars>)``;
+    the folder name is what tells ladders of one model apart (e.g. ``hyperprior-distill``)."""
+    folder = Path(str(ladder.get("bundle", ""))).name or ladder["model"]
+    return f"splitinfer {folder} ({ladder['bundle_id'][:8]})"
 
 
 def summarize(ladders: Sequence[Dict], baselines: Sequence[Dict], metric: str = "top1",

@@ -144,7 +144,7 @@ def synthetic_results():
 def test_summarize_and_markdown():
     res = synthetic_results()
     s = summarize(res["ladders"], res["baselines"])
-    assert [m["method"] for m in s["methods"]] == ["splitinfer efficientnet_lite0 (01234567)", "JPEG", "WEBP"]
+    assert [m["method"] for m in s["methods"]] == ["splitinfer b (01234567)", "JPEG", "WEBP"]
     lad = s["methods"][0]["within"]
     assert lad["1"]["bpp"] == pytest.approx(math.exp(lin(78) + math.log(0.1)))
     assert lad["3"]["bpp"] == pytest.approx(math.exp(lin(76) + math.log(0.1)))
