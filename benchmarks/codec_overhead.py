@@ -69,13 +69,10 @@ def n_params(*modules) -> int:
 
 
 def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    info = Path("/proc/cpuinfo")  # Linux; elsewhere the platform module's (vaguer) answer
+    lines = info.read_text().splitlines() if info.is_file() else []
+    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
+    return names[0] if names else (platform.processor() or platform.machine())
 
 
 def untrained_bundle(model, split: str, feats: List[torch.Tensor], rate_model: str, root: Path) -> Bundle:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
 import re
 import struct
@@ -187,7 +188,5 @@ def test_random_garbage_never_escapes_as_another_exception():
             data = b"SI\x01" + data
         if rng.random() < 0.5 and len(data) >= 4:
             data = reseal(data[:-4])
-        try:
+        with contextlib.suppress(BitstreamError):  # refusing is fine; any other exception fails the test
             unpack(data)
-        except BitstreamError:
-            pass
