@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 from typing import Iterator
 
+import pytest
+
 MODEL = "cifar_resnet20-layer1"  # the tiny bundle's default model name (<backbone>-<split>)
 
 
@@ -71,3 +73,27 @@ def wait_for(predicate, timeout: float = 5.0, step: float = 0.01) -> bool:
             return True
         time.sleep(step)
     return predicate()
+
+
+# Fixtures the gRPC and REST tests share (imported by name into each module, so they stay module-scoped).
+@pytest.fixture(scope="module")
+def encoder(tiny_bundle, tiny_weights):
+    from edge_client import EdgeEncoder
+
+    return EdgeEncoder(tiny_bundle, weights=str(tiny_weights))
+
+
+@pytest.fixture(scope="module")
+def frames(encoder, heldout_items):
+    """One encoded held-out image per rung."""
+    n = len(encoder.bundle.rungs)
+    return [encoder.encode(heldout_items[i][0], rung=i % n) for i in range(n)]
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_bundle, tiny_weights, frames):
+    """What the in-process cloud decoder answers for each frame."""
+    from cloud_server import CloudDecoder
+
+    dec = CloudDecoder(tiny_bundle, weights=str(tiny_weights))
+    return [dec.decode(f.data, topk=5) for f in frames]

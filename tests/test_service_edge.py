@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from _service import MODEL, make_settings, running_server
+from _service import encoder, MODEL, make_settings, running_server  # noqa: F401 (fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -25,13 +25,6 @@ ROOT = Path(__file__).resolve().parents[1]
 def server(tiny_bundle, tiny_weights):
     with running_server(tiny_bundle, tiny_weights) as s:
         yield s
-
-
-@pytest.fixture(scope="module")
-def encoder(tiny_bundle, tiny_weights):
-    from edge_client import EdgeEncoder
-
-    return EdgeEncoder(tiny_bundle, weights=str(tiny_weights))
 
 
 @pytest.fixture(scope="module")

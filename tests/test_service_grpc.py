@@ -13,7 +13,7 @@ import zlib
 import grpc
 import pytest
 
-from _service import MODEL, grpc_stub, running_server, slow_tail, wait_for
+from _service import encoder, frames, reference, MODEL, grpc_stub, running_server, slow_tail, wait_for  # noqa: F401 (fixtures)
 
 from shared._proto import SERVICE_NAME, splitinfer_pb2 as pb
 
@@ -29,29 +29,6 @@ def stub(server):
     channel, stub = grpc_stub(server.grpc_port)
     yield stub
     channel.close()
-
-
-@pytest.fixture(scope="module")
-def encoder(tiny_bundle, tiny_weights):
-    from edge_client import EdgeEncoder
-
-    return EdgeEncoder(tiny_bundle, weights=str(tiny_weights))
-
-
-@pytest.fixture(scope="module")
-def frames(encoder, heldout_items):
-    """One encoded held-out image per rung."""
-    n = len(encoder.bundle.rungs)
-    return [encoder.encode(heldout_items[i][0], rung=i % n) for i in range(n)]
-
-
-@pytest.fixture(scope="module")
-def reference(tiny_bundle, tiny_weights, frames):
-    """What the in-process cloud decoder answers for each frame."""
-    from cloud_server import CloudDecoder
-
-    dec = CloudDecoder(tiny_bundle, weights=str(tiny_weights))
-    return [dec.decode(f.data, topk=5) for f in frames]
 
 
 def _inflight(server) -> float:

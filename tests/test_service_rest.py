@@ -13,7 +13,7 @@ import time
 import httpx
 import pytest
 
-from _service import MODEL, running_server, slow_tail, wait_for
+from _service import encoder, frames, reference, MODEL, running_server, slow_tail, wait_for  # noqa: F401 (fixtures)
 
 
 @pytest.fixture(scope="module")
@@ -26,27 +26,6 @@ def server(tiny_bundle, tiny_weights):
 def http(server):
     with httpx.Client(base_url=f"http://127.0.0.1:{server.http_port}", timeout=10) as c:
         yield c
-
-
-@pytest.fixture(scope="module")
-def encoder(tiny_bundle, tiny_weights):
-    from edge_client import EdgeEncoder
-
-    return EdgeEncoder(tiny_bundle, weights=str(tiny_weights))
-
-
-@pytest.fixture(scope="module")
-def frames(encoder, heldout_items):
-    n = len(encoder.bundle.rungs)
-    return [encoder.encode(heldout_items[i][0], rung=i % n) for i in range(n)]
-
-
-@pytest.fixture(scope="module")
-def reference(tiny_bundle, tiny_weights, frames):
-    from cloud_server import CloudDecoder
-
-    dec = CloudDecoder(tiny_bundle, weights=str(tiny_weights))
-    return [dec.decode(f.data, topk=5) for f in frames]
 
 
 def kserve_body(data: bytes, **parameters) -> dict:
