@@ -62,10 +62,7 @@ class CloudDecoder:
     @torch.no_grad()
     def run_tail(self, features: torch.Tensor, input_hw: Sequence[int]) -> torch.Tensor:
         """Tail on a batch of decoded features (N, C, h, w) of ``input_hw`` inputs -> (N, classes[, H, W])."""
-        out = self.model.run_tail(features, (features.shape[0], 3, *input_hw))
-        if isinstance(out, dict):
-            out = out["out"]
-        return out
+        return self.model.run_tail(features, (features.shape[0], 3, *input_hw))
 
     @torch.no_grad()
     def decode_output(self, data: bytes) -> Tuple[torch.Tensor, Header, Dict[str, float]]:

@@ -108,7 +108,6 @@ def evaluate_codec(
             x = torch.stack([to_model_input(img, pre) for img, _ in decoded])
             y = torch.tensor([-1 if lab is None else lab for _, lab in chunk])
             logits = model(x)
-            logits = logits["out"] if isinstance(logits, dict) else logits
             lab = y >= 0
             top = logits.topk(5, dim=1).indices
             top1 += int((top[lab, 0] == y[lab]).sum())

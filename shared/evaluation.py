@@ -22,10 +22,6 @@ def topk_correct(logits: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Te
     return (top == labels[:, None]).any(1)
 
 
-def _logits(out):
-    return out["out"] if isinstance(out, dict) else out
-
-
 @torch.no_grad()
 def evaluate_ladder(
     model: SplitModel,
@@ -50,7 +46,7 @@ def evaluate_ladder(
     for x, y in tqdm(loader, desc="evaluating ladder", disable=not progress, unit="batch"):
         x, y = x.to(device), y.to(device)
         feat = model.head(x)
-        teacher = _logits(model.tail(feat, x))
+        teacher = model.tail(feat, x)
         lab = y >= 0
         n += len(x)
         n_lab += int(lab.sum())
@@ -59,7 +55,7 @@ def evaluate_ladder(
         for r in rungs:
             msgs = codec.encode(feat, tuple(x.shape[-2:]), r)
             feats = torch.cat([codec.decode(m)[0] for m in msgs])
-            logits = _logits(model.tail(feats, x))
+            logits = model.tail(feats, x)
             a = acc[r]
             a["bytes"] += sum(len(m) for m in msgs)
             a["est_bits"] += float(bpp_from_likelihoods(codec.rung(r)(feat)["likelihoods"], n_pix)) * n_pix * len(x)

@@ -85,8 +85,6 @@ def build_cache(
                 x = x.to(device)
                 f = model.head(x)
                 t = model.tail(f, x)
-                if isinstance(t, dict):
-                    t = t["out"]
                 feats.append(f.half().cpu())
                 teach.append(t.half().cpu())
                 labels.append(y)

@@ -161,8 +161,6 @@ def train_ladder(
             student = None
             if use_tail:
                 student = model.tail(o["feat_hat"], input_meta[: feat.shape[0]])
-                if isinstance(student, dict):
-                    student = student["out"]
             d = objective.distortion(student, teacher, labels, o["feat_hat"], feat, feat_var)
             bpp = bpp_from_likelihoods(o["likelihoods"], n_pixels)
             loss = bpp + lam * d["distortion"]
