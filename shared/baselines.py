@@ -12,7 +12,7 @@ work and raises :class:`CodecUnavailable` naming the missing package.
 from __future__ import annotations
 
 import io
-from typing import Callable, Dict, List, Sequence
+from typing import Dict, List, Sequence
 
 import torch
 from PIL import Image
@@ -120,5 +120,3 @@ def evaluate_codec(
         points.append(pt)
     return points
 
-
-CodecFn = Callable[[Image.Image, int], tuple]

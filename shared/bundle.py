@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-import torch
 from safetensors.torch import load_file, save_file
 
 from .codec import Bottleneck, BottleneckConfig
@@ -118,12 +117,14 @@ def save_bundle(
     lambdas: Sequence[float],
     metrics: Optional[Sequence[Dict]] = None,
     extra: Optional[Dict] = None,
+    sort: bool = True,
 ) -> Bundle:
-    """Freeze (``update()``) and write every rung; rungs are sorted from highest to lowest lambda."""
+    """Freeze (``update()``) and write every rung. Rungs are sorted from highest to lowest lambda,
+    or kept in the order given with ``sort=False`` (rung 0 must be the highest rate)."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     metrics = list(metrics) if metrics is not None else [{} for _ in nets]
-    order = sorted(range(len(nets)), key=lambda i: -lambdas[i])
+    order = sorted(range(len(nets)), key=lambda i: -lambdas[i]) if sort else list(range(len(nets)))
     rungs: List[Rung] = []
     for idx, i in enumerate(order):
         net = nets[i].to("cpu").eval()
@@ -180,13 +181,6 @@ def load_bundle(root: Path | str) -> Bundle:
     return Bundle(root, m, config, rungs)
 
 
-def load_tensor_file(path: Path | str) -> Dict[str, torch.Tensor]:
-    """Weights from outside: safetensors, or a torch file loaded with ``weights_only=True`` (never pickle)."""
-    path = Path(path)
-    if path.suffix == ".safetensors":
-        return load_file(str(path))
-    return torch.load(path, map_location="cpu", weights_only=True)
-
 
 DEFAULT_BUNDLE = "efficientnet_lite0-block1"
 
@@ -210,11 +204,9 @@ def merge_bundles(root: Path | str, picks: Sequence[tuple], extra: Optional[Dict
     ``picks``: ``(bundle, rung_index)`` pairs. A ladder is one bottleneck per operating point, so rungs
     trained in different runs (e.g. a feature-distillation stage and a logit-distillation stage) can
     share a ladder; each rung keeps its source bundle id and training record. Rungs are ordered by
-    measured bpp (highest first). Rungs are
-    re-exported (their CDF tables rebuilt), so the merged ladder must be measured again.
+    measured bpp (highest first). Rungs are re-exported (their CDF tables rebuilt), so the merged
+    ladder must be measured again.
     """
-    import shutil
-
     root = Path(root)
     if not picks:
         raise BundleError("nothing to merge")
@@ -223,31 +215,12 @@ def merge_bundles(root: Path | str, picks: Sequence[tuple], extra: Optional[Dict
         if (b.model, b.split, b.config) != (first.model, first.split, first.config):
             raise BundleError(f"bundle {b.bundle_id} is not compatible with {first.bundle_id} (model/split/config)")
     chosen = sorted(picks, key=lambda p: -(p[0].rungs[p[1]].bpp or float("inf")))
-    root.mkdir(parents=True, exist_ok=True)
-    rungs: List[Rung] = []
-    for idx, (b, i) in enumerate(chosen):
-        src = b.rungs[i]
-        fname = f"rung-{idx:02d}.safetensors"
-        # re-export: tables are rebuilt by this version's update() (e.g. a new scale table), weights kept
-        net = b.load_rung(i)
-        net.update(force=True)
-        state = {k: v.detach().contiguous().clone() for k, v in net.state_dict().items()}
-        save_file(state, str(root / fname), metadata={"format": FORMAT, "lambda": repr(float(src.lam))})
-        os.chmod(root / fname, 0o644)
-        metrics = {"source": {"bundle_id": b.bundle_id, "rung": i, "metrics": src.metrics,
-                              "training": b.manifest.get("training", {})}}
-        rungs.append(Rung(idx, src.lam, fname, _sha256(root / fname), metrics))
-    cfg = first.config.to_dict()
+    # re-export: weights kept, tables rebuilt by this version's update() (e.g. a new scale table)
+    nets = [b.load_rung(i) for b, i in chosen]
+    metrics = [{"source": {"bundle_id": b.bundle_id, "rung": i, "metrics": b.rungs[i].metrics,
+                           "training": b.manifest.get("training", {})}} for b, i in chosen]
     keep = {k: v for k, v in first.manifest.items()
-            if k not in ("bundle_id", "rungs", "training", "config", "evaluation")}
-    manifest = {
-        **keep,
-        "format": FORMAT,
-        "bundle_id": _bundle_id(first.model, first.split, cfg, [r.sha256 for r in rungs]),
-        "config": cfg,
-        "rungs": [r.__dict__ for r in rungs],
-        "training": {"merged_from": sorted({b.bundle_id for b, _ in picks})},
-        **(extra or {}),
-    }
-    (root / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    return load_bundle(root)
+            if k not in ("format", "bundle_id", "model", "split", "rungs", "training", "config", "evaluation")}
+    extra = {**keep, "training": {"merged_from": sorted({b.bundle_id for b, _ in picks})}, **(extra or {})}
+    return save_bundle(root, first.model, first.split, first.config, nets,
+                       [b.rungs[i].lam for b, i in chosen], metrics, extra, sort=False)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional
+from typing import Dict, List, Optional
 
 
 def rate_accuracy_plot(
@@ -38,7 +38,3 @@ def rate_accuracy_plot(
     fig.savefig(out)
     plt.close(fig)
     return out
-
-
-def points_from_codecs(points: Iterable[Dict], codec: str) -> List[Dict]:
-    return [p for p in points if p.get("method") == codec]

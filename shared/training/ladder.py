@@ -9,7 +9,6 @@ Runs on a CPU, a GPU, or several processes under ``torchrun`` (PyTorch DDP; gloo
 
 from __future__ import annotations
 
-import copy
 import csv
 import json
 import math
