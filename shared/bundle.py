@@ -131,7 +131,10 @@ def save_bundle(
         net.update(force=True)
         fname = f"rung-{idx:02d}.safetensors"
         state = {k: v.detach().contiguous().clone() for k, v in net.state_dict().items()}
-        save_file(state, str(root / fname), metadata={"format": FORMAT, "lambda": repr(float(lambdas[i]))})
+        # one metadata entry: safetensors writes its metadata map in arbitrary order, and two keys would
+        # make the same weights hash differently from one export to the next (the bundle id would drift)
+        meta = json.dumps({"format": FORMAT, "lambda": float(lambdas[i])}, sort_keys=True)
+        save_file(state, str(root / fname), metadata={"splitinfer": meta})
         os.chmod(root / fname, 0o644)  # safetensors writes 0600; bundles are read by other users (containers)
         rungs.append(Rung(idx, float(lambdas[i]), fname, _sha256(root / fname), dict(metrics[i])))
     cfg = config.to_dict()

@@ -48,3 +48,16 @@ def test_merge_command(tiny_bundle, tmp_path, capsys):
 def test_missing_bundle_is_a_clean_cli_error(tmp_path, capsys):
     assert main(["info", str(tmp_path / "nope")]) == 2
     assert "no manifest.json" in capsys.readouterr().err
+
+
+def test_export_is_byte_reproducible_across_processes(tiny_bundle, tmp_path):
+    """The bundle id hashes the rung files, so exporting the same weights twice must give the same bytes
+    (safetensors orders a multi-key metadata map differently from one process to the next)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from shared.bundle import load_bundle, merge_bundles; "
+            "b = load_bundle(sys.argv[1]); print(merge_bundles(sys.argv[2], [(b, 0), (b, 1)]).bundle_id)")
+    ids = {subprocess.run([sys.executable, "-c", code, str(tiny_bundle.root), str(tmp_path / f"m{k}")],
+                          capture_output=True, text=True, check=True).stdout.strip() for k in range(3)}
+    assert len(ids) == 1
