@@ -58,7 +58,7 @@ def evaluate_ladder(
             logits = model.tail(feats, x)
             a = acc[r]
             a["bytes"] += sum(len(m) for m in msgs)
-            a["est_bits"] += float(bpp_from_likelihoods(codec.rung(r)(feat)["likelihoods"], n_pix)) * n_pix * len(x)
+            a["est_bits"] += float(bpp_from_likelihoods(codec.rung(r).likelihoods(feat), n_pix)) * n_pix * len(x)
             a["top1"] += int(topk_correct(logits[lab], y[lab], 1).sum())
             a["top5"] += int(topk_correct(logits[lab], y[lab], 5).sum())
             a["agree"] += int((logits.argmax(1) == teacher.argmax(1)).sum())

@@ -84,6 +84,10 @@ class Bottleneck(nn.Module):
         feat_hat = self._synthesis(out["y_hat"], feat.shape[-2:])
         return {"feat_hat": feat_hat, "likelihoods": out["likelihoods"], "y": y}
 
+    def likelihoods(self, feat: Tensor) -> Dict:
+        """The rate model's likelihoods of ``feat``'s latent (the rate estimate without running ``g_s``)."""
+        return self.rate(self._analysis(feat))["likelihoods"]
+
     @torch.no_grad()
     def compress(self, feat: Tensor) -> List[Tuple[List[bytes], int]]:
         """Per image: ``(payloads, symbols_crc)``. The latent shape follows from the feature's."""
