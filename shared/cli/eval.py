@@ -39,9 +39,11 @@ def run(args) -> int:
     items = split_items(scan_images(args.data), args.part)
     items = spread(items, args.limit)
     all_results = []
+    first_model = None  # the codec baselines run the unsplit network of the first ladder's model
     for b in args.bundle or [None]:
         bundle = resolve_bundle(b)
         model = load_split_model(bundle.model, bundle.split, args.weights)
+        first_model = first_model or model
         res = evaluate_ladder(model, bundle, items, batch_size=args.batch_size)
         ref = res["reference"]
         print(f"bundle {bundle.bundle_id} ({bundle.model}/{bundle.split}) on {ref['n_images']} images; "
@@ -59,9 +61,8 @@ def run(args) -> int:
     if codecs:
         from ..baselines import evaluate_codec
 
-        model = load_split_model(all_results[0]["model"] if all_results else "efficientnet_lite0", None, args.weights)
         for codec in codecs:
-            pts = evaluate_codec(model, items, codec, batch_size=args.batch_size)
+            pts = evaluate_codec(first_model, items, codec, batch_size=args.batch_size)
             for p in pts:
                 print(f"{codec:>5} {p['setting']:>5}  {p['bpp']:7.4f} bpp  top-1 {p.get('top1', float('nan')):.2%}")
             baselines += pts
