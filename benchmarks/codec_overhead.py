@@ -111,7 +111,8 @@ def measure(model, bundle: Bundle, rung: int, xs: List[torch.Tensor], trained: b
             if hyper:
                 z = rate.h_a(y)
                 med = rate.entropy_bottleneck._get_medians().reshape(1, -1, 1, 1)
-                p.z_hat = torch.round(z - med) + med
+                p.z_sym = torch.round(z - med)
+                p.z_hat = p.z_sym + med
             P.append(p)
     n = len(P)
     fhw = tuple(P[0].feat.shape[-2:])
@@ -136,8 +137,11 @@ def measure(model, bundle: Bundle, rung: int, xs: List[torch.Tensor], trained: b
         "g_s": lambda r: net._synthesis(P[r % n].y_hat, fhw),
     }
     if hyper:
-        stages["h_a+h_s"] = lambda r: (rate.h_a(P[r % n].y), rate.h_s(P[r % n].z_hat))
-        stages["h_s"] = lambda r: rate.h_s(P[r % n].z_hat)
+        def h_s(p):  # what coding runs: the exact integer path, or the float h_s
+            return rate._coding_params(p.z_sym, p.z_hat - p.z_sym, p.hdr.y_hw)
+
+        stages["h_a+h_s"] = lambda r: (rate.h_a(P[r % n].y), h_s(P[r % n]))
+        stages["h_s"] = lambda r: h_s(P[r % n])
     t = bench(stages, a.repeats, a.warmup)
 
     yh, yw = P[0].hdr.y_hw
@@ -147,7 +151,7 @@ def measure(model, bundle: Bundle, rung: int, xs: List[torch.Tensor], trained: b
     p0 = P[0]
     enc_mods = [net.g_a] + ([rate.h_a, rate.h_s] if hyper else [])
     dec_mods = ([rate.h_s] if hyper else []) + [net.g_s]
-    m_hs = macs(rate.h_s, p0.z_hat) if hyper else 0
+    m_hs = macs(rate.h_s, p0.z_sym if getattr(rate, "integer", False) else p0.z_hat) if hyper else 0
     compute = {
         "head": {"params": n_params(model.head), "macs": macs(model.head, p0.x)},
         "edge_codec": {"params": n_params(*enc_mods),

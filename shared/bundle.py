@@ -26,7 +26,8 @@ from .codec import Bottleneck, BottleneckConfig
 
 __all__ = ["Rung", "Bundle", "save_bundle", "load_bundle", "select_rung", "BundleError", "FORMAT"]
 
-FORMAT = "splitinfer-bundle/1"
+FORMAT = "splitinfer-bundle/2"
+LEGACY_FORMATS = ("splitinfer-bundle/1",)  # float hyper-decoder: loads only for migration/comparison
 
 
 class BundleError(ValueError):
@@ -148,7 +149,7 @@ def save_bundle(
         **(extra or {}),
     }
     (root / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    return load_bundle(root)
+    return load_bundle(root, allow_float_hyper=True)
 
 
 def update_metrics(bundle: Bundle, metrics: Sequence[Dict], extra: Optional[Dict] = None) -> Bundle:
@@ -158,19 +159,27 @@ def update_metrics(bundle: Bundle, metrics: Sequence[Dict], extra: Optional[Dict
         r["metrics"] = {**r.get("metrics", {}), **new}
     m.update(extra or {})
     (bundle.root / "manifest.json").write_text(json.dumps(m, indent=2) + "\n")
-    return load_bundle(bundle.root)
+    return load_bundle(bundle.root, allow_float_hyper=True)
 
 
-def load_bundle(root: Path | str) -> Bundle:
+def load_bundle(root: Path | str, allow_float_hyper: bool = False) -> Bundle:
+    """Read and check a bundle. A hyperprior ladder whose ``h_s`` runs in floating point (every
+    ``splitinfer-bundle/1``) decodes correctly only where the edge's arithmetic matches the cloud's,
+    so it is refused unless ``allow_float_hyper`` (migration, comparisons); ``splitinfer migrate``
+    converts it."""
     root = Path(root)
     path = root / "manifest.json"
     if not path.is_file():
         raise BundleError(f"no manifest.json in {root}: not a splitinfer bundle")
     try:
         m = json.loads(path.read_text())
-        if m.get("format") != FORMAT:
-            raise BundleError(f"{path}: format {m.get('format')!r}, expected {FORMAT!r}")
-        config = BottleneckConfig.from_dict(m["config"])
+        fmt = m.get("format")
+        if fmt not in (FORMAT, *LEGACY_FORMATS):
+            raise BundleError(f"{path}: format {fmt!r}, expected {FORMAT!r}")
+        cfg = dict(m["config"])
+        if fmt in LEGACY_FORMATS:
+            cfg.setdefault("hyper_decoder", "float")
+        config = BottleneckConfig.from_dict(cfg)
         rungs = [Rung(**r) for r in m["rungs"]]
         model, split, bid = m["model"], m["split"], m["bundle_id"]
     except (KeyError, TypeError, ValueError, json.JSONDecodeError) as e:
@@ -181,6 +190,12 @@ def load_bundle(root: Path | str) -> Bundle:
         raise BundleError(f"{path}: bundle_id does not match its content")
     if not rungs:
         raise BundleError(f"{path}: no rungs")
+    if config.rate_model == "hyperprior" and config.hyper_decoder == "float" and not allow_float_hyper:
+        raise BundleError(
+            f"{root} uses a floating-point hyper-decoder ({fmt}): its bitstreams decode correctly only on "
+            f"devices with the same arithmetic as the encoder. Convert it to the bit-exact integer "
+            f"hyper-decoder with: splitinfer migrate --bundle {root} --data IMAGES --out NEW_BUNDLE"
+        )
     return Bundle(root, m, config, rungs)
 
 

@@ -94,9 +94,10 @@ def test_roundtrip_equals_eval_forward(trained):
     again, results2 = roundtrip(net, feat)
     assert torch.equal(again, decoded)
     assert results2 == results
-    # the tables describe the trained latents: fewer bytes than the same codec before training
-    untrained = train_small(kind, steps=0).compress(feat)
-    assert sum(sum(map(len, p)) for p, _ in results) < sum(sum(map(len, p)) for p, _ in untrained), kind
+    # the frozen tables describe the trained latents: the real payload is close to the estimated rate
+    est_bits = float(sum(-torch.log2(lik).sum() for lik in net(feat)["likelihoods"].values()))
+    real_bits = 8 * sum(sum(map(len, p)) for p, _ in results)
+    assert real_bits < 1.2 * est_bits + 8 * 16 * len(results), (kind, real_bits, est_bits)
 
 
 @torch.no_grad()

@@ -16,10 +16,12 @@ from .. import __version__
 COMMANDS = {
     "models": ("shared.cli.models", "list supported models, split points, shapes and the edge's share of FLOPs"),
     "train": ("shared.cli.train", "train a ladder of bottlenecks (one per lambda) into a bundle"),
+    "train-teacher": ("shared.cli.teacher", "fine-tune the segmentation teacher (efficientnet_lite0_seg) on CamVid"),
     "encode": ("shared.cli.codec", "edge side on files: image -> bitstream file"),
     "decode": ("shared.cli.codec", "cloud side on files: bitstream file -> prediction"),
     "eval": ("shared.cli.eval", "measure every rung's real bpp and accuracy on held-out images"),
     "report": ("shared.cli.report", "rebuild results.md, rd.png and the summary from an existing results.json"),
+    "migrate": ("shared.cli.migrate", "convert a float-hyper-decoder ladder to the bit-exact integer hyper-decoder"),
     "merge": ("shared.cli.codec", "assemble a ladder from measured rungs of compatible bundles"),
     "demo": ("shared.cli.demo", "edge -> bytes -> cloud round trip on the embedded sample images"),
     "info": ("shared.cli.codec", "show a bundle's manifest: rungs, measured bpp and accuracy"),

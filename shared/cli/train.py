@@ -22,13 +22,18 @@ def setup_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="efficientnet_lite0", help="backbone (see `splitinfer models`)")
     p.add_argument("--split", default=None, help="split point (default: the model's default split)")
     p.add_argument("--weights", default=None, help="backbone weights file (default: the model's pretrained weights)")
-    p.add_argument("--data", action="append", required=True, help="image folder or CSV (repeatable)")
+    p.add_argument("--data", action="append", required=True,
+                   help="image folder or CSV (repeatable); segmentation masks: a folder X beside Xannot (CamVid)")
+    p.add_argument("--part", default="train", choices=["train", "all"],
+                   help="'all' trains on every --data image, e.g. a data set's own training split that is never "
+                        "evaluated (CamVid train/val against test)")
     p.add_argument("--extra-data", action="append", default=[],
                    help="unlabelled images used in full for training (no held-out rule): data you never evaluate on")
     p.add_argument("--eval-data", action="append", default=[], help="folder/CSV whose held-out images measure each rung")
     p.add_argument("--eval-limit", type=int, default=0, help="evaluate on at most this many held-out images (0 = all)")
     p.add_argument("--out", required=True, help="bundle folder to write (also holds the checkpoint and logs)")
-    p.add_argument("--supervised", action="store_true", help="cross-entropy with labels instead of distillation")
+    p.add_argument("--supervised", action="store_true",
+                   help="cross-entropy with labels (segmentation: masks, void ignored) instead of distillation")
     p.add_argument("--lambdas", type=_floats, default=[64, 32, 16, 8, 4, 2], help="comma-separated, one rung each")
     p.add_argument("--steps", type=int, default=2000, help="steps for the first (highest-rate) rung")
     p.add_argument("--steps-per-rung", type=int, default=800, help="steps for each warm-started rung")
@@ -48,6 +53,8 @@ def setup_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dec-hidden", type=int, default=None, help="decoder width")
     p.add_argument("--stride", type=int, default=None, help="latent stride against the split feature")
     p.add_argument("--hyper-stride", type=int, default=None, help="side-information stride against y")
+    p.add_argument("--hyper-decoder", default="integer", choices=["integer", "float"],
+                   help="hyperprior h_s: integer (bit-exact decoding on every device) or float (comparison only)")
     p.add_argument("--qp", type=float, default=1.0, help="quantiser step of the static rate model")
     p.add_argument("--limit", type=int, default=0, help="use at most this many training images (0 = all)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
@@ -81,8 +88,21 @@ def default_bottleneck(depth: str, in_channels: int, args) -> dict:
         hyper=32,
         hyper_stride=args.hyper_stride or (2 if deep else 4),
         qp=args.qp,
+        hyper_decoder=getattr(args, "hyper_decoder", "integer"),
     )
     return d
+
+
+def feature_stride(input_hw, feature_hw) -> int:
+    """The stride s with ceil(input / s) == feature on both axes (the relation the bitstream checks):
+    360x480 -> 23x30 is stride 16, which 360 // 23 is not."""
+    import math
+
+    for s in (1, 2, 4, 8, 16, 32, 64):
+        if all(math.ceil(i / s) == f for i, f in zip(input_hw, feature_hw)):
+            return s
+    raise ValueError(f"a {feature_hw[0]}x{feature_hw[1]} feature of a {input_hw[0]}x{input_hw[1]} input has no "
+                     "power-of-two stride with ceil rounding")
 
 
 def run(args) -> int:
@@ -113,7 +133,7 @@ def run(args) -> int:
 
     items = []
     for d in args.data:
-        items += split_items(scan_images(d, labels=args.supervised), "train")
+        items += split_items(scan_images(d, labels=args.supervised), args.part)
     for d in args.extra_data:
         items += scan_images(d, labels=False)
     if args.limit:
@@ -152,7 +172,7 @@ def run(args) -> int:
         from ..bundle import load_bundle
 
         path, _, rung = args.init_from.partition(":")
-        src = load_bundle(path)
+        src = load_bundle(path, allow_float_hyper=args.hyper_decoder == "float")
         if src.config != bcfg or (src.model, src.split) != (args.model, split):
             print(f"error: --init-from {path}: its model/split/config differ from this run's", file=sys.stderr)
             return 2
@@ -166,15 +186,17 @@ def run(args) -> int:
     extra = {
         "task": model.spec.task,
         "feature_shape": [int(c), int(fh), int(fw)],
-        "feature_stride": pre.input_size[0] // int(fh),
+        "feature_stride": feature_stride(pre.input_size, (int(fh), int(fw))),
         "preprocess": {"input_size": list(pre.input_size), "resize": pre.resize, "mean": list(pre.mean), "std": list(pre.std)},
         "training": {
             "objective": lcfg.mode,
             "data": [str(d) for d in args.data],
+            "part": args.part,
             "extra_data": [str(d) for d in args.extra_data],
             "n_images": len(items),
             "views": args.views,
-            "heldout_rule": "shared.data.is_heldout: images whose file-name CRC32 is odd never train",
+            "heldout_rule": ("shared.data.is_heldout: images whose file-name CRC32 is odd never train"
+                             if args.part == "train" else "none (--part all: every --data image trains)"),
             "steps": args.steps,
             "steps_per_rung": args.steps_per_rung,
             "batch_size": args.batch_size,

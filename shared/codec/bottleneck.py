@@ -35,6 +35,7 @@ class BottleneckConfig:
     hyper_stride: int = 4  # spatial down-sampling of z against y
     means: bool = True  # mean-scale hyperprior (else scale only)
     qp: float = 1.0  # quantiser step of the "static" model
+    hyper_decoder: str = "integer"  # integer (bit-exact on every device) | float (legacy, device-dependent)
 
     def to_dict(self) -> Dict:
         return asdict(self)
@@ -54,7 +55,8 @@ class Bottleneck(nn.Module):
         self.cfg = cfg
         self.g_a = make_encoder(cfg.in_channels, cfg.hidden, cfg.latent, cfg.stride)
         self.rate = build_rate_model(
-            cfg.rate_model, cfg.latent, hyper=cfg.hyper, hyper_stride=cfg.hyper_stride, means=cfg.means, qp=cfg.qp
+            cfg.rate_model, cfg.latent, hyper=cfg.hyper, hyper_stride=cfg.hyper_stride, means=cfg.means, qp=cfg.qp,
+            hyper_decoder=cfg.hyper_decoder,
         )
         self.g_s = make_decoder(cfg.latent, cfg.dec_hidden, cfg.in_channels, cfg.stride)
         # Per-channel statistics of the split feature, fixed before training and stored with the

@@ -33,6 +33,7 @@ from compressai.models.utils import update_registered_buffers
 from compressai.ops import quantize_ste
 from torch import Tensor, nn
 
+from .integer import IntHyperSynthesis
 from .layers import make_hyper_analysis, make_hyper_synthesis
 
 __all__ = ["RateModel", "HyperpriorRate", "FactorizedRate", "StaticRate", "RATE_MODELS", "build_rate_model"]
@@ -177,19 +178,34 @@ def _eb_symbols(eb: EntropyBottleneck, z: Tensor) -> Tensor:
     return torch.round(z - medians).int()
 
 
+HYPER_DECODERS = ("integer", "float")
+
+
 class HyperpriorRate(RateModel):
-    """Mean-scale hyperprior: the method's neural rate estimator."""
+    """Mean-scale hyperprior: the method's neural rate estimator.
+
+    ``hyper_decoder="integer"`` (the default) makes ``h_s`` an integer network whose table indexes and
+    means are bit-identical on every device (``integer.py``); ``"float"`` is the classic float
+    ``h_s`` + scale search, kept for comparison: its decoding depends on the device's arithmetic.
+    """
 
     kind = "hyperprior"
     n_payloads = 2
 
-    def __init__(self, latent: int, hyper: int = 32, hyper_stride: int = 4, means: bool = True, **_):
+    def __init__(self, latent: int, hyper: int = 32, hyper_stride: int = 4, means: bool = True,
+                 hyper_decoder: str = "integer", **_):
         super().__init__()
+        if hyper_decoder not in HYPER_DECODERS:
+            raise ValueError(f"hyper_decoder must be one of {HYPER_DECODERS}, got {hyper_decoder!r}")
         self.latent, self.hyper, self.hyper_stride, self.means = latent, hyper, hyper_stride, means
+        self.integer = hyper_decoder == "integer"
         self.h_a = make_hyper_analysis(latent, hyper, hyper_stride)
-        self.h_s = make_hyper_synthesis(hyper, latent * (2 if means else 1), hyper_stride)
-        self.entropy_bottleneck = EntropyBottleneck(hyper)
         self.register_buffer("scale_table", scale_table(), persistent=False)
+        if self.integer:
+            self.h_s = IntHyperSynthesis(hyper, latent, hyper_stride, means, levels=len(self.scale_table))
+        else:
+            self.h_s = make_hyper_synthesis(hyper, latent * (2 if means else 1), hyper_stride)
+        self.entropy_bottleneck = EntropyBottleneck(hyper)
         self.gaussian_conditional = GaussianConditional(None)
         self._eb_tables, self._gc_tables = _Tables(), _Tables()
 
@@ -206,15 +222,44 @@ class HyperpriorRate(RateModel):
             return scales, means
         return p, None
 
+    def _table_scales(self, idx: Tensor) -> Tensor:
+        """Scale of (real-valued, straight-through) table indexes: the table is log-spaced."""
+        log_t = torch.log(self.scale_table)
+        return torch.exp(log_t[0] + idx * (log_t[-1] - log_t[0]) / (len(log_t) - 1))
+
+    def _int_params(self, z_sym: Tensor, y_hw: HW) -> Tuple[Tensor, Optional[Tensor]]:
+        """Exact path: (table indexes, means) from the integer z symbols."""
+        idx, means = self.h_s.exact(z_sym)
+        return _crop(idx, y_hw).int(), (_crop(means, y_hw) if means is not None else None)
+
     def forward(self, y: Tensor) -> Dict:
         z = self.h_a(y)
         _, z_lik = self.entropy_bottleneck(z)
         z_med = self.entropy_bottleneck._get_medians()
-        z_hat = quantize_ste(z - z_med) + z_med
-        scales, means = self._params(z_hat, y.shape[-2:])
+        if self.integer and not self.training and self.h_s.exported():
+            # evaluation of an exported model: exactly what coding uses (indexes and means of the integer path)
+            idx, means = self._int_params(torch.round(z - z_med), y.shape[-2:])
+            scales = self._table_scales(idx.to(y.dtype))
+        elif self.integer:
+            t, means = self.h_s(quantize_ste(z - z_med))
+            t, means = _crop(t, y.shape[-2:]), (_crop(means, y.shape[-2:]) if means is not None else None)
+            scales = self._table_scales(self.h_s.indexes_from_logits(t))
+        else:
+            scales, means = self._params(quantize_ste(z - z_med) + z_med, y.shape[-2:])
         _, y_lik = self.gaussian_conditional(y, scales, means=means)
         y_hat = quantize_ste(y - means) + means if means is not None else quantize_ste(y)
         return {"y_hat": y_hat, "likelihoods": {"y": y_lik, "z": z_lik}}
+
+    def _coding_params(self, z_sym: Tensor, z_med: Tensor, y_hw: HW) -> Tuple[Tensor, Optional[Tensor]]:
+        if self.integer:
+            return self._int_params(z_sym, y_hw)
+        scales, means = self._params(z_sym.to(z_med.dtype) + z_med, y_hw)
+        return scale_indexes(self.gaussian_conditional, scales), means
+
+    def update(self, force: bool = True) -> None:
+        super().update(force=force)
+        if self.integer:
+            self.h_s.export()
 
     def compress(self, y: Tensor) -> List[Tuple[List[bytes], int]]:
         # One image at a time: the decoder recomputes h_s(z_hat) for a single image, and a batched
@@ -228,8 +273,7 @@ class HyperpriorRate(RateModel):
         z_med = eb._get_medians().detach().reshape(1, -1, 1, 1)
         z_sym = torch.round(z - z_med).int()
         z_string = rans_encode(eb, self._eb_tables, z_sym, _eb_indexes(eb, z_sym.shape))
-        scales, means = self._params(z_sym.to(z_med.dtype) + z_med, y.shape[-2:])
-        indexes = scale_indexes(gc, scales)
+        indexes, means = self._coding_params(z_sym, z_med, y.shape[-2:])
         y_sym = gc.quantize(y, "symbols", means)
         y_string = rans_encode(gc, self._gc_tables, y_sym, indexes)
         return [y_string, z_string], symbols_crc(y_sym[0], z_sym[0])
@@ -240,8 +284,7 @@ class HyperpriorRate(RateModel):
         z_hw = self.side_shape(y_hw)
         z_med = eb._get_medians().detach().reshape(1, -1, 1, 1)
         z_sym = rans_decode(eb, self._eb_tables, z_str, _eb_indexes(eb, (1, self.hyper, *z_hw)))
-        scales, means = self._params(z_sym.to(z_med.dtype) + z_med, y_hw)
-        indexes = scale_indexes(gc, scales)
+        indexes, means = self._coding_params(z_sym, z_med, y_hw)
         y_sym = rans_decode(gc, self._gc_tables, y_str, indexes)
         y_hat = gc.dequantize(y_sym, means)
         return y_hat, symbols_crc(y_sym[0], z_sym[0])
