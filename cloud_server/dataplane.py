@@ -98,7 +98,8 @@ class DataPlane:
         for r in b.rungs:
             mt = r.metrics
             rungs.append(RungMetadata(index=r.index, lam=r.lam, bpp=mt.get("bpp"), top1=mt.get("top1"),
-                                      top5=mt.get("top5"), agreement=mt.get("agreement"),
+                                      top5=mt.get("top5"), miou=mt.get("miou"), pixel_acc=mt.get("pixel_acc"),
+                                      agreement=mt.get("agreement"),
                                       n_images=int(mt.get("n_images") or 0), resident=r.index in resident))
         return ModelMetadata(name=m.name, bundle_id=b.bundle_id, backbone=b.model, split=b.split,
                              task=m.decoder.task, input_hw=m.input_hw, rate_model=b.config.rate_model,
@@ -220,7 +221,7 @@ class DataPlane:
         t2 = time.perf_counter()
         self._check_deadline(deadline, "the tail")
         res = served.batcher.run(feat, hdr.input_hw, deadline)
-        top, mask = served.decoder.answer(res.output, req.top_k or self.settings.default_top_k)
+        top, mask, pixels = served.decoder.answer(res.output, req.top_k or self.settings.default_top_k)
         t3 = time.perf_counter()
         bpp = 8.0 * len(data) / (hdr.input_hw[0] * hdr.input_hw[1])
         timings = {"parse": 1e3 * (t1 - t0), "decode": 1e3 * (t2 - t1), "queue": res.queue_ms, "tail": res.tail_ms,
@@ -235,7 +236,7 @@ class DataPlane:
             request_id=ctx["request_id"], model=served.name, bundle_id=bundle.bundle_id, rung=hdr.rung,
             hinted_rung=hinted, bytes_received=len(data), bpp=bpp, input_hw=hdr.input_hw,
             topk=[ClassScore(index=i, name=nm, score=s) for i, nm, s in top], timings_ms=timings,
-            batch_size=res.batch_size, mask_png=mask)
+            batch_size=res.batch_size, mask_png=mask, class_pixels=pixels)
 
     @contextmanager
     def _request(self, model: str, protocol: str, request_id: Optional[str]) -> Iterator[dict]:

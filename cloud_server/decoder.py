@@ -25,6 +25,7 @@ class Prediction:
     topk: List[Tuple[int, str, float]]  # (class index, name, probability)
     timings_ms: Dict[str, float] = field(default_factory=dict)
     mask_png: Optional[bytes] = None  # segmentation: per-pixel class indexes as an 8-bit PNG
+    class_pixels: Optional[List[int]] = None  # segmentation: pixels of each class in the mask (class order)
 
     @property
     def bpp(self) -> float:
@@ -75,26 +76,28 @@ class CloudDecoder:
         return out, hdr, {"decode": 1e3 * (t1 - t0), "tail": 1e3 * (t2 - t1)}
 
     @torch.no_grad()
-    def answer(self, out: torch.Tensor, topk: int = 5) -> Tuple[List[Tuple[int, str, float]], Optional[bytes]]:
-        """One image's tail output (1, classes[, H, W]) -> (top-k classes, mask PNG or None).
+    def answer(self, out: torch.Tensor, topk: int = 5) -> Tuple[List[Tuple[int, str, float]], Optional[bytes],
+                                                                 Optional[List[int]]]:
+        """One image's tail output (1, classes[, H, W]) -> (top-k classes, mask PNG, pixels per class).
 
-        Classification: softmax probabilities. Segmentation: the per-pixel argmax as a PNG mask, and the
-        classes ranked by the share of pixels they take (the share is the score).
+        Classification: softmax probabilities (no mask, no counts). Segmentation: the per-pixel argmax as a
+        PNG mask, the pixel count of every class, and the classes ranked by the share of pixels they take
+        (the share is the score).
         """
         if out.dim() == 4:  # segmentation
             mask = out[0].argmax(0)
-            counts = torch.bincount(mask.flatten(), minlength=out.shape[1]).float() / mask.numel()
-            p, idx = counts.topk(min(topk, counts.numel()))
+            counts = torch.bincount(mask.flatten(), minlength=out.shape[1])
+            p, idx = (counts.double() / mask.numel()).topk(min(topk, counts.numel()))
             top = [(int(i), self.names[int(i)], float(v)) for v, i in zip(p, idx) if v > 0]
-            return top, encode_mask_png(mask)
+            return top, encode_mask_png(mask), counts.tolist()
         probs = out.float().softmax(1)[0]
         p, idx = probs.topk(min(topk, probs.numel()))
-        return [(int(i), self.names[int(i)], float(v)) for v, i in zip(p, idx)], None
+        return [(int(i), self.names[int(i)], float(v)) for v, i in zip(p, idx)], None, None
 
     def decode(self, data: bytes, topk: int = 5) -> Prediction:
         out, hdr, timings = self.decode_output(data)
-        top, mask = self.answer(out, topk)
-        return Prediction(hdr.rung, len(data), hdr.input_hw, top, timings, mask)
+        top, mask, pixels = self.answer(out, topk)
+        return Prediction(hdr.rung, len(data), hdr.input_hw, top, timings, mask, pixels)
 
 
 def encode_mask_png(mask: torch.Tensor) -> bytes:

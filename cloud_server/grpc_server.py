@@ -52,7 +52,7 @@ def from_response(r: InferenceResponse) -> pb.InferResponse:
         request_id=r.request_id, model=r.model, bundle_id=r.bundle_id, rung=r.rung, bytes_received=r.bytes_received,
         bpp=r.bpp, input_height=r.input_hw[0], input_width=r.input_hw[1], batch_size=r.batch_size,
         topk=[pb.ClassScore(index=c.index, name=c.name, score=c.score) for c in r.topk],
-        timings_ms=r.timings_ms, mask_png=r.mask_png or b"")
+        timings_ms=r.timings_ms, mask_png=r.mask_png or b"", class_pixels=r.class_pixels or [])
     if r.hinted_rung is not None:
         out.hinted_rung = r.hinted_rung
     return out
@@ -63,7 +63,7 @@ def from_metadata(m: ModelMetadata) -> pb.ModelInfo:
     for r in m.rungs:
         ri = pb.RungInfo(index=r.index, resident=r.resident, n_images=r.n_images)
         setattr(ri, "lambda", r.lam)  # a Python keyword
-        for k in ("bpp", "top1", "top5", "agreement"):
+        for k in ("bpp", "top1", "top5", "miou", "pixel_acc", "agreement"):
             if getattr(r, k) is not None:
                 setattr(ri, k, getattr(r, k))
         rungs.append(ri)

@@ -116,6 +116,9 @@ def to_kserve_response(r: InferenceResponse) -> Dict[str, Any]:
     if r.mask_png:
         outputs.append({"name": "mask_png", "datatype": "BYTES", "shape": [1],
                         "parameters": {"content_type": "base64"}, "data": [base64.b64encode(r.mask_png).decode()]})
+    if r.class_pixels is not None:
+        outputs.append({"name": "class_pixels", "datatype": "INT64", "shape": [1, len(r.class_pixels)],
+                        "data": list(r.class_pixels)})
     params = {"rung": r.rung, "bytes_received": r.bytes_received, "bpp": r.bpp, "bundle_id": r.bundle_id,
               "batch_size": r.batch_size, "input_height": r.input_hw[0], "input_width": r.input_hw[1],
               **{f"{stage}_ms": v for stage, v in r.timings_ms.items()}}
@@ -207,11 +210,14 @@ class Endpoints:
     async def model_metadata(self, name: str, request: Request) -> Dict[str, Any]:
         self._auth(request)
         m = self.dp.model_metadata(name)
+        outputs = [{"name": "topk_index", "datatype": "INT64", "shape": [1, -1]},
+                   {"name": "topk_score", "datatype": "FP32", "shape": [1, -1]},
+                   {"name": "topk_name", "datatype": "BYTES", "shape": [1, -1]}]
+        if m.task == "segmentation":
+            outputs += [{"name": "mask_png", "datatype": "BYTES", "shape": [1]},
+                        {"name": "class_pixels", "datatype": "INT64", "shape": [1, m.num_classes]}]
         return {**m.model_dump(), "versions": [m.bundle_id],
-                "inputs": [{"name": "bitstream", "datatype": "BYTES", "shape": [1]}],
-                "outputs": [{"name": "topk_index", "datatype": "INT64", "shape": [1, -1]},
-                            {"name": "topk_score", "datatype": "FP32", "shape": [1, -1]},
-                            {"name": "topk_name", "datatype": "BYTES", "shape": [1, -1]}]}
+                "inputs": [{"name": "bitstream", "datatype": "BYTES", "shape": [1]}], "outputs": outputs}
 
     async def model_ready(self, name: str, request: Request):
         self._auth(request)

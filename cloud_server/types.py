@@ -64,6 +64,8 @@ class InferenceResponse(BaseModel):
     timings_ms: Dict[str, float] = Field(default_factory=dict)
     batch_size: int = 1
     mask_png: Optional[bytes] = None
+    class_pixels: Optional[List[int]] = None
+    """Segmentation: pixels of each class in the mask, in class order."""
 
 
 class RungMetadata(BaseModel):
@@ -72,6 +74,8 @@ class RungMetadata(BaseModel):
     bpp: Optional[float] = None
     top1: Optional[float] = None
     top5: Optional[float] = None
+    miou: Optional[float] = None
+    pixel_acc: Optional[float] = None
     agreement: Optional[float] = None
     n_images: int = 0
     resident: bool = False

@@ -21,6 +21,7 @@ FastAPI, uvicorn, or the cloud server.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import random
@@ -71,6 +72,8 @@ class InferResult:
     server_timings_ms: Dict[str, float] = field(default_factory=dict)
     batch_size: int = 1
     error: Optional[ServiceError] = None  # stream mode: a refused frame (the stream goes on)
+    mask_png: Optional[bytes] = None  # segmentation: the class mask (8-bit PNG of class indexes)
+    class_pixels: Optional[List[int]] = None  # segmentation: pixels of each class in the mask
 
     @property
     def ok(self) -> bool:
@@ -86,7 +89,8 @@ def _result_from_pb(r, source: str, latency_ms: float, encode_ms: float) -> Infe
         source=source, request_id=r.request_id, rung=r.rung, n_bytes=r.bytes_received, bpp=r.bpp,
         topk=[(c.index, c.name, c.score) for c in r.topk], latency_ms=latency_ms, encode_ms=encode_ms,
         hinted_rung=r.hinted_rung if r.HasField("hinted_rung") else None,
-        server_timings_ms=dict(r.timings_ms), batch_size=r.batch_size)
+        server_timings_ms=dict(r.timings_ms), batch_size=r.batch_size, mask_png=r.mask_png or None,
+        class_pixels=list(r.class_pixels) or None)
 
 
 # ------------------------------------------------------------------------------------------ transports
@@ -200,10 +204,11 @@ class _RestTransport:
         out = {o["name"]: o["data"] for o in body["outputs"]}
         topk = list(zip(out["topk_index"], out["topk_name"], out["topk_score"]))
         timings = {k[:-3]: v for k, v in p.items() if k.endswith("_ms")}
+        mask = base64.b64decode(out["mask_png"][0]) if "mask_png" in out else None
         return InferResult(source=source, request_id=body["id"], rung=p["rung"], n_bytes=p["bytes_received"],
                            bpp=p["bpp"], topk=topk, latency_ms=latency, encode_ms=encode_ms,
                            hinted_rung=p.get("hinted_rung"), server_timings_ms=timings,
-                           batch_size=p.get("batch_size", 1))
+                           batch_size=p.get("batch_size", 1), mask_png=mask, class_pixels=out.get("class_pixels"))
 
     def close(self) -> None:
         self.client.close()

@@ -18,10 +18,11 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from .data import Item, input_crop, load_image, to_model_input
+from .data import Item, input_crop, load_image, load_mask, mask_crop, to_model_input
 from .models.split import SplitModel
 
-__all__ = ["CODECS", "CodecUnavailable", "codec_roundtrip", "evaluate_codec", "parse_codecs", "require_codec"]
+__all__ = ["CODECS", "CodecUnavailable", "codec_roundtrip", "equal_rate_quality", "evaluate_codec", "parse_codecs",
+           "require_codec"]
 
 # PIL format name and the quality sweep used by default (low to high). The HEVC sweep spans about
 # 0.13-2.3 bpp on 224x224 ImageNet crops (quality 1 is x265's floor; above 60 the rate only grows).
@@ -83,6 +84,19 @@ def codec_roundtrip(img: Image.Image, codec: str, quality: int) -> tuple[Image.I
     return Image.open(buf).convert("RGB"), n
 
 
+def equal_rate_quality(img: Image.Image, codec: str, max_bytes: int, lo: int = 1, hi: int = 95) -> int:
+    """The highest quality in [lo, hi] whose file of ``img`` is at most ``max_bytes`` (``lo`` when none is):
+    a binary search, the file size growing with the quality."""
+    best = lo
+    while lo <= hi:
+        q = (lo + hi) // 2
+        if codec_roundtrip(img, codec, q)[1] <= max_bytes:
+            best, lo = q, q + 1
+        else:
+            hi = q - 1
+    return best
+
+
 @torch.no_grad()
 def evaluate_codec(
     model: SplitModel,
@@ -92,31 +106,30 @@ def evaluate_codec(
     batch_size: int = 16,
     progress: bool = True,
 ) -> List[Dict]:
-    """One point per quality: mean bpp of the compressed crop and top-1/top-5 of the unsplit model on it."""
-    pre = model.spec.preprocess
+    """One point per quality: mean bpp of the compressed crop and the unsplit model's accuracy on it (top-1/top-5,
+    or mIoU/pixel accuracy for segmentation: see :class:`shared.evaluation.Scores`)."""
+    from .evaluation import Scores
+
+    spec = model.spec
+    pre = spec.preprocess
     n_pix = pre.input_size[0] * pre.input_size[1]
     require_codec(codec)
     qualities = list(qualities or CODECS[codec][1])
-    crops = [(input_crop(load_image(p), pre), y) for p, y in items]
+    if spec.task == "segmentation":
+        labels = [mask_crop(None if y is None else load_mask(y), pre) for _, y in items]
+    else:
+        labels = [torch.tensor(-1 if y is None else y) for _, y in items]
+    crops = [input_crop(load_image(p), pre) for p, _ in items]
     points = []
     for q in tqdm(qualities, desc=f"{codec} sweep", disable=not progress, unit="quality"):
-        total_bytes, top1, top5, n_lab = 0, 0, 0, 0
+        total_bytes, scores = 0, Scores(spec.task, spec.num_classes)
         for i in range(0, len(crops), batch_size):
-            chunk = crops[i : i + batch_size]
-            decoded = [codec_roundtrip(img, codec, q) for img, _ in chunk]
+            decoded = [codec_roundtrip(img, codec, q) for img in crops[i : i + batch_size]]
             total_bytes += sum(n for _, n in decoded)
             x = torch.stack([to_model_input(img, pre) for img, _ in decoded])
-            y = torch.tensor([-1 if lab is None else lab for _, lab in chunk])
-            logits = model(x)
-            lab = y >= 0
-            top = logits.topk(5, dim=1).indices
-            top1 += int((top[lab, 0] == y[lab]).sum())
-            top5 += int((top[lab] == y[lab, None]).any(1).sum())
-            n_lab += int(lab.sum())
+            scores.add(model(x), torch.stack(labels[i : i + batch_size]))
         pt = {"method": codec, "setting": f"q={q}", "quality": q, "bpp": 8.0 * total_bytes / n_pix / len(crops),
-              "n_images": len(crops)}
-        if n_lab:
-            pt.update(top1=top1 / n_lab, top5=top5 / n_lab)
+              "n_images": len(crops), **scores.result()}
         points.append(pt)
     return points
 

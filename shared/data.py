@@ -1,13 +1,19 @@
-"""Images in, tensors out: dataset scanning (labelled or not), the fixed held-out rule, transforms."""
+"""Images in, tensors out: dataset scanning (labelled or not), the fixed held-out rule, transforms.
+
+A label is a class index (classification) or the path of a mask image (segmentation: one class index per
+pixel; values >= the model's number of classes are void and ignored, as CamVid's 11).
+"""
 
 from __future__ import annotations
 
 import csv
 import zlib
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple, Union
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import transforms as T
@@ -27,10 +33,20 @@ __all__ = [
     "train_transform",
     "ImageDataset",
     "load_image",
+    "VOID",
+    "mask_folder",
+    "load_mask",
+    "mask_crop",
+    "seg_eval_transform",
+    "seg_train_transform",
+    "SegmentationDataset",
+    "make_dataset",
 ]
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".ppm", ".tif", ".tiff"}
-Item = Tuple[Path, Optional[int]]  # (image path, class index or None when unlabelled)
+Item = Tuple[Path, Optional[Union[int, Path]]]  # (image, class index | mask file | None when unlabelled)
+VOID = 255  # mask value of pixels without a label (crop padding, unlabelled images)
+MASK_FOLDER_SUFFIX = "annot"  # SegNet's layout: masks of train/x.png in trainannot/x.png
 
 
 def load_image(path: Path | str) -> Image.Image:
@@ -55,12 +71,31 @@ def _read_csv(path: Path) -> List[Item]:
     return items
 
 
+def mask_folder(path: Path | str) -> Optional[Path]:
+    """The mask folder of an image folder in SegNet's layout (``camvid/train`` -> ``camvid/trainannot``)."""
+    p = Path(path)
+    masks = p.parent / (p.name + MASK_FOLDER_SUFFIX)
+    return masks if p.is_dir() and masks.is_dir() else None
+
+
+def _with_masks(items: List[Item], images: Path, masks: Path) -> List[Item]:
+    out, missing = [], []
+    for p, _ in items:
+        m = (masks / p.relative_to(images)).with_suffix(".png")
+        (out if m.is_file() else missing).append((p, m))
+    if missing:
+        raise ValueError(f"{len(missing)} images of {images} have no mask in {masks} (e.g. {missing[0][1].name})")
+    return out
+
+
 def scan_images(path: Path | str, labels: bool = True) -> List[Item]:
     """Images under ``path``, sorted by path.
 
     - a CSV file (``filename`` and optionally ``class_index``/``label`` columns; files beside it or in ``images/``);
     - a folder with ``labels.csv`` (read as above);
     - a folder of class sub-folders (ImageNet style; label = index of the sub-folder in sorted order);
+    - a folder ``X`` beside a folder ``Xannot`` (SegNet/CamVid layout): every image, labelled with the PNG mask
+      of the same name in ``Xannot``;
     - any other folder: every image found recursively, unlabelled.
     ``labels=False`` drops labels (label-free training).
     """
@@ -80,6 +115,9 @@ def scan_images(path: Path | str, labels: bool = True) -> List[Item]:
             items = [(f, ci) for ci, d in enumerate(subdirs) for f in sorted(d.iterdir()) if f.suffix.lower() in IMAGE_EXTS]
         else:
             items = [(f, None) for f in sorted(path.rglob("*")) if f.suffix.lower() in IMAGE_EXTS]
+            masks = mask_folder(path)
+            if masks is not None and labels:
+                items = _with_masks(items, path, masks)
     items = sorted(items, key=lambda it: str(it[0]))
     if not items:
         raise ValueError(f"no images found in {path}")
@@ -115,12 +153,14 @@ def spread(items: Sequence[Item], limit: int) -> List[Item]:
     return [items[int(i * step)] for i in range(limit)]
 
 
-def input_crop(img: Image.Image, pre: Preprocess) -> Image.Image:
-    """The network's input crop as an image (what codec baselines compress): resize + centre crop."""
+def input_crop(img: Image.Image, pre: Preprocess, nearest: bool = False) -> Image.Image:
+    """The network's input crop as an image (what codec baselines compress): resize + centre crop.
+    ``nearest``: nearest-neighbour resampling, for masks (class indexes must not be blended)."""
     h, w = pre.input_size
     if pre.resize is None:
-        return img.resize((w, h), Image.BICUBIC) if img.size != (w, h) else img
-    img = T.functional.resize(img, pre.resize, interpolation=T.InterpolationMode.BILINEAR)
+        return img.resize((w, h), Image.NEAREST if nearest else Image.BICUBIC) if img.size != (w, h) else img
+    mode = T.InterpolationMode.NEAREST if nearest else T.InterpolationMode.BILINEAR
+    img = T.functional.resize(img, pre.resize, interpolation=mode)
     return T.functional.center_crop(img, [h, w])
 
 
@@ -156,3 +196,81 @@ class ImageDataset(Dataset):
     def __getitem__(self, i: int):
         p, y = self.items[i]
         return self.transform(load_image(p)), (-1 if y is None else y)
+
+
+# ------------------------------------------------------------------------------------------ segmentation
+def load_mask(path: Path | str) -> Image.Image:
+    """A mask image as 8-bit class indexes ("L"; a palette image keeps its indexes, not its colours)."""
+    with Image.open(path) as im:
+        if im.mode not in ("L", "P"):
+            raise ValueError(f"{path}: a mask must be a single-channel image of class indexes, not mode {im.mode}")
+        return im.copy() if im.mode == "L" else Image.fromarray(np.asarray(im))
+
+
+def _mask_tensor(mask: Image.Image) -> torch.Tensor:
+    return torch.from_numpy(np.array(mask, dtype=np.uint8))
+
+
+def mask_crop(mask: Optional[Image.Image], pre: Preprocess) -> torch.Tensor:
+    """(H, W) uint8 class indexes of the network's input crop; all ``VOID`` when there is no mask."""
+    if mask is None:
+        return torch.full(tuple(pre.input_size), VOID, dtype=torch.uint8)
+    return _mask_tensor(input_crop(mask, pre, nearest=True))
+
+
+def seg_eval_transform(pre: Preprocess):
+    """(image, mask or None) -> (input tensor, mask tensor): the input crop, nothing random."""
+    return lambda img, mask: (to_model_input(input_crop(img, pre), pre), mask_crop(mask, pre))
+
+
+def seg_train_transform(pre: Preprocess, scale: Tuple[float, float] = (0.5, 2.0),
+                        crop: Optional[Tuple[int, int]] = None):
+    """(image, mask or None) -> (input, mask): the input crop rescaled by a random factor in ``scale``, a random
+    ``crop`` (default: the input size; padded with the mean colour and ``VOID`` where the image is smaller) and a
+    random horizontal flip. Randomness comes from torch's generator (seeded runs repeat)."""
+    ch, cw = crop or pre.input_size
+
+    def transform(img: Image.Image, mask: Optional[Image.Image]):
+        x, m = to_model_input(input_crop(img, pre), pre), mask_crop(mask, pre)
+        s = scale[0] + (scale[1] - scale[0]) * float(torch.rand(()))
+        h, w = max(1, round(x.shape[1] * s)), max(1, round(x.shape[2] * s))
+        x = F.interpolate(x[None], size=(h, w), mode="bilinear", align_corners=False)[0]
+        m = F.interpolate(m[None, None].float(), size=(h, w), mode="nearest")[0, 0].to(torch.uint8)
+        ph, pw = max(0, ch - h), max(0, cw - w)
+        if ph or pw:  # normalised zeros = the mean colour
+            x = F.pad(x, (0, pw, 0, ph))
+            m = F.pad(m, (0, pw, 0, ph), value=VOID)
+        top = int(torch.randint(x.shape[1] - ch + 1, ()))
+        left = int(torch.randint(x.shape[2] - cw + 1, ()))
+        x, m = x[:, top : top + ch, left : left + cw], m[top : top + ch, left : left + cw]
+        if torch.rand(()) < 0.5:
+            x, m = x.flip(-1), m.flip(-1)
+        return x.contiguous(), m.contiguous()
+
+    return transform
+
+
+class SegmentationDataset(Dataset):
+    """Items -> (input tensor, (H, W) uint8 mask); an unlabelled image gets an all-``VOID`` mask."""
+
+    def __init__(self, items: Sequence[Item], transform):
+        self.items, self.transform = list(items), transform
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int):
+        p, m = self.items[i]
+        if m is not None and not isinstance(m, Path):
+            raise ValueError(f"{p}: a segmentation label must be a mask file, not {m!r}")
+        return self.transform(load_image(p), None if m is None else load_mask(m))
+
+
+def make_dataset(items: Sequence[Item], pre: Preprocess, task: str, train: bool = False) -> Dataset:
+    """The dataset a task trains or evaluates on: (input, class index or -1) or (input, mask)."""
+    if task == "segmentation":
+        # training views for a ladder stay nearer scale 1 than the teacher's fine-tuning: the bottleneck
+        # learns the features of inputs like those it will code
+        transform = seg_train_transform(pre, scale=(0.75, 1.5)) if train else seg_eval_transform(pre)
+        return SegmentationDataset(items, transform)
+    return ImageDataset(items, train_transform(pre) if train else eval_transform(pre))

@@ -1,9 +1,10 @@
-"""Rate-accuracy plots (log-scale bpp) from evaluation results."""
+"""Rate-accuracy plots (log-scale bpp) from evaluation results, and segmentation masks side by side."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Dict, List, Optional
+
 
 
 def rate_accuracy_plot(
@@ -28,11 +29,55 @@ def rate_accuracy_plot(
         ax.axhline(100 * reference - 1, color="k", ls=":", lw=1, label="1 point below")
     ax.set_xscale("log")
     ax.set_xlabel("bits per pixel of the network input (real bytes, headers included)")
-    ax.set_ylabel(f"{metric.replace('top', 'top-')} accuracy (%)")
+    from .summary import METRIC_LABELS
+
+    label = METRIC_LABELS.get(metric, metric)
+    ax.set_ylabel(f"{label} (%)" if metric == "miou" else f"{label} accuracy (%)")
     ax.grid(True, which="both", alpha=0.3)
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+    plt.close(fig)
+    return out
+
+
+def mask_comparison_plot(examples: List[Dict], out: Path | str, model: str, num_classes: int) -> Path:
+    """One row per example of :func:`shared.evaluation.segmentation_examples`: input, ground truth, unsplit
+    model, each rung and the codec at equal rate, masks in the class palette (void black), bpp in the titles."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    from .labels import class_names, palette, palette_image
+
+    def panels(ex):
+        yield ex["input"], f"{ex['name']}"
+        yield palette_image(ex["truth"], model, num_classes), "ground truth"
+        yield palette_image(ex["unsplit"], model, num_classes), "unsplit model"
+        for r in ex["rungs"]:
+            yield palette_image(r["mask"], model, num_classes), f"rung {r['rung']}, {r['bpp']:.3f} bpp"
+        c = ex["codec"]
+        yield palette_image(c["mask"], model, num_classes), f"{c['codec'].upper()} q={c['quality']}, {c['bpp']:.3f} bpp"
+
+    rows = [list(panels(ex)) for ex in examples]
+    n_cols = max(len(r) for r in rows)
+    fig, axes = plt.subplots(len(rows), n_cols, figsize=(2.4 * n_cols, 1.9 * len(rows) + 0.5), dpi=110, squeeze=False)
+    for ax_row, row in zip(axes, rows):
+        for ax, (img, title) in zip(ax_row, row):
+            ax.imshow(img.convert("RGB"))
+            ax.set_title(title, fontsize=7)
+        for ax in ax_row:
+            ax.axis("off")
+    colours = palette(model, num_classes)
+    names = class_names(model, num_classes)
+    handles = [Patch(color=[c / 255 for c in colours[i]], label=n) for i, n in enumerate(names)]
+    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 11), fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out)

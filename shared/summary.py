@@ -25,11 +25,13 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-__all__ = ["bd_rate", "bpp_to_reach", "envelope", "ladder_label", "summarize", "summary_markdown"]
+__all__ = ["METRIC_LABELS", "bd_rate", "bpp_to_reach", "envelope", "ladder_label", "summarize", "summary_markdown"]
 
 MARGINS = (1, 3)  # percentage points below the reference
 VARIANTS = ("pchip", "cubic", "linear")
 _ORDER = {"jpeg": 0, "webp": 1, "avif": 2, "hevc": 3}  # codec columns in this order, others after
+# how the accuracy figures of results.json read in tables and plots
+METRIC_LABELS = {"top1": "top-1", "top5": "top-5", "miou": "mIoU", "pixel_acc": "pixel acc."}
 
 
 def envelope(points: Sequence[Dict], metric: str = "top1") -> List[Tuple[float, float]]:
@@ -184,7 +186,8 @@ def summary_markdown(summary: Dict) -> List[str]:
         row = [m["method"]] + [_fmt_within(m["within"][k]) for k in margins]
         row += [_fmt_bd(bd.get((m["method"], c))) for c in codecs]
         lines.append("| " + " | ".join(row) + " |")
-    notes = [f"{summary['metric']} within N points of the unsplit model's; {summary['within_rule']}; "
+    metric = METRIC_LABELS.get(summary["metric"], summary["metric"])
+    notes = [f"{metric} within N points of the unsplit model's; {summary['within_rule']}; "
              "'≤' = the cheapest measured point already qualifies.", f"BD-rate: {summary['bd_rate_rule']}."]
     for r in summary["bd_rate"]:
         if r["bd_rate"] is None:

@@ -136,3 +136,74 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"needs ../shared/data (team data kit), absent here ({SHARED_DATA})")
     return SHARED_DATA
+
+
+# ------------------------------------------------------------------------------------------ segmentation
+SEG_MODEL = "efficientnet_lite0_seg"
+SEG_SPLIT = "block15"  # the deep split: its tail (ASPP head) is cheap to train through at 360x480
+SEG_LAMBDAS = (4.0, 1.0)
+N_SEG_IMAGES = 8
+
+
+def write_seg_images(folder: Path, n: int = N_SEG_IMAGES, seed: int = 0, hw=(360, 480)) -> Path:
+    """``folder/`` and ``folder + "annot"/`` in CamVid's layout: blocky class maps (11 classes and void = 11)
+    and images coloured by class (CamVid's palette) plus noise, so that masks and images agree."""
+    from PIL import Image
+
+    from shared.labels import palette
+
+    colours = np.array(palette(SEG_MODEL, 11) + [(0, 0, 0)], dtype=np.int16)
+    masks = folder.parent / (folder.name + "annot")
+    folder.mkdir(parents=True, exist_ok=True)
+    masks.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        coarse = rng.integers(0, 12, (6, 8), dtype=np.uint8)
+        mask = np.asarray(Image.fromarray(coarse).resize(hw[::-1], Image.NEAREST))
+        img = np.clip(colours[mask] + rng.integers(-25, 26, (*hw, 3)), 0, 255).astype(np.uint8)
+        name = f"seg_{3 * i:03d}.png"  # (seg_000..seg_007 would all fall on one side of the held-out rule)
+        Image.fromarray(img).save(folder / name)
+        Image.fromarray(mask).save(masks / name)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def seg_images(tmp_path_factory) -> Path:
+    """8 synthetic 480x360 frames with masks (``frames/`` + ``framesannot/``), both parts of the held-out rule."""
+    from shared.data import is_heldout
+
+    folder = write_seg_images(tmp_path_factory.mktemp("seg") / "frames")
+    held = [p for p in folder.iterdir() if is_heldout(p)]
+    assert 2 <= len(held) <= N_SEG_IMAGES - 2
+    return folder
+
+
+@pytest.fixture(scope="session")
+def seg_weights(tmp_path_factory, seg_images) -> Path:
+    """A segmentation teacher made by ``splitinfer train-teacher`` (ImageNet backbone, 16 steps on small crops of
+    the synthetic frames, a few seconds): train, edge and cloud load this file. A random network would answer
+    one class everywhere; this one already tells a few apart. Its report is ``<file>.json``."""
+    from shared.cli import main
+
+    path = tmp_path_factory.mktemp("seg_weights") / "teacher.safetensors"
+    argv = ["train-teacher", "--data", str(seg_images), "--test-data", str(seg_images), "--test-limit", "2",
+            "--epochs", "8", "--batch-size", "4", "--crop", "96x128", "--scale", "0.5,1.0", "--lr", "5e-3",
+            "--device", "cpu", "--out", str(path)]
+    assert main(argv) == 0
+    return path
+
+
+@pytest.fixture(scope="session")
+def seg_bundle(tmp_path_factory, seg_images, seg_weights):
+    """A 2-rung segmentation bundle at the deep split, trained label-free and measured (mIoU against the
+    synthetic masks) by ``splitinfer train``."""
+    from shared.bundle import load_bundle
+    from shared.cli import main
+
+    out = tmp_path_factory.mktemp("seg_bundle")
+    argv = ["train", "--model", SEG_MODEL, "--split", SEG_SPLIT, "--weights", str(seg_weights),
+            "--data", str(seg_images), "--eval-data", str(seg_images), "--views", "1", "--steps", "12",
+            "--steps-per-rung", "6", "--batch-size", "2", "--lambdas", ",".join(f"{v:g}" for v in SEG_LAMBDAS),
+            "--device", "cpu", "--out", str(out)]
+    assert main(argv) == 0
+    return load_bundle(out)

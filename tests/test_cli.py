@@ -20,10 +20,13 @@ HELP_MENTIONS = {
     "models": ["--json"],
     "train": ["--model", "--split", "--weights", "--data", "--extra-data", "--eval-data", "--out", "--lambdas",
               "--steps", "--steps-per-rung", "--batch-size", "--views", "--rate-model", "--device", "--no-resume",
-              "held out"],
+              "held out", "--part", "--supervised"],
     "encode": ["image", "--output", "--bundle", "--bitrate", "--rung", "--weights"],
     "decode": ["bitstream", "--bundle", "--topk", "--weights", "--json"],
-    "eval": ["--bundle", "--data", "--part", "--limit", "--out", "--weights", "--batch-size", "--update-manifest"],
+    "eval": ["--bundle", "--data", "--part", "--limit", "--out", "--weights", "--batch-size", "--update-manifest",
+             "--pictures"],
+    "train-teacher": ["--data", "--test-data", "--out", "--epochs", "--crop", "--time-budget", "--class-weight-power"],
+    "edge": ["--server", "--masks", "--masks-dir"],
     "info": ["bundle"],
 }
 

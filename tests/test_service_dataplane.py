@@ -231,10 +231,12 @@ def test_segmentation_answer_is_a_png_mask(dataplane):
     logits[0, 3, :, :4] = 5.0
     logits[0, 7, :, 4:] = 5.0
     logits[0, 7, 0, :] = 9.0
-    top, png = dec.answer(logits, topk=3)
+    top, png, pixels = dec.answer(logits, topk=3)
     mask = np.asarray(Image.open(io.BytesIO(png)))
     assert mask.shape == (6, 8) and set(np.unique(mask)) == {3, 7}
     assert [i for i, _, _ in top] == [7, 3] and sum(s for _, _, s in top) == pytest.approx(1.0)
+    assert len(pixels) == 10 and pixels[3] == 20 and pixels[7] == 28 and sum(pixels) == 48
+    assert dec.answer(logits[:, :, 0, 0], topk=3)[1:] == (None, None)  # classification: no mask, no counts
 
 
 def test_no_bundle_named_serves_the_embedded_ladder(tiny_bundle, tiny_weights, monkeypatch):

@@ -51,7 +51,7 @@ def run_decode(args) -> int:
         return 2
     if args.json:
         print(json.dumps({"rung": pred.rung, "bytes": pred.n_bytes, "bpp": pred.bpp, "topk": pred.topk,
-                          "timings_ms": pred.timings_ms}))
+                          "class_pixels": pred.class_pixels, "timings_ms": pred.timings_ms}))
         return 0
     print(f"rung {pred.rung}, {pred.n_bytes} bytes ({pred.bpp:.4f} bpp)")
     for i, name, p in pred.topk:
@@ -66,17 +66,21 @@ def setup_info(p: argparse.ArgumentParser) -> None:
 def run_info(args) -> int:
     from shared.bundle import resolve_bundle
 
+    from shared.evaluation import METRICS
+    from shared.summary import METRIC_LABELS
+
     b = resolve_bundle(args.bundle)
     print(f"bundle {b.bundle_id}: {b.model} split {b.split}, rate model {b.config.rate_model}, {b.root}")
+    cols = [(k, METRIC_LABELS[k]) for k in METRICS.get(b.manifest.get("task"), METRICS["classification"])]
     ref = b.manifest.get("evaluation", {}).get("reference", {})
     if ref:
-        print(f"unsplit model on the same held-out images: top-1 {ref.get('top1', float('nan')):.2%} "
+        print(f"unsplit model on the same held-out images: {cols[0][1]} {ref.get(cols[0][0], float('nan')):.2%} "
               f"({ref.get('n_images')} images)")
-    print(f"{'rung':>4} {'lambda':>8} {'bpp':>8} {'top-1':>7} {'top-5':>7}")
+    print(f"{'rung':>4} {'lambda':>8} {'bpp':>8} " + " ".join(f"{label:>10}" for _, label in cols))
     for r in b.rungs:
         m = r.metrics
         f = lambda k, fmt: (fmt.format(m[k]) if k in m else "-")  # noqa: E731
-        print(f"{r.index:>4} {r.lam:>8g} {f('bpp', '{:.4f}'):>8} {f('top1', '{:.2%}'):>7} {f('top5', '{:.2%}'):>7}")
+        print(f"{r.index:>4} {r.lam:>8g} {f('bpp', '{:.4f}'):>8} " + " ".join(f"{f(k, '{:.2%}'):>10}" for k, _ in cols))
     return 0
 
 

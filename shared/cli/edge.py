@@ -29,6 +29,29 @@ def setup_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ca-cert", default=None, help="PEM file of the CA that signed the server's certificate")
     p.add_argument("--topk", type=int, default=1, help="classes to print per image (default 1)")
     p.add_argument("--json", action="store_true", help="one JSON object per frame")
+    p.add_argument("--masks", action="store_true",
+                   help="segmentation: write each answer's mask beside its image as IMAGE.mask.png (a palette PNG: "
+                        "class indexes as pixel values, shown in the class colours; the network input's size)")
+    p.add_argument("--masks-dir", default=None, metavar="DIR", help="like --masks, into DIR instead")
+
+
+MASK_SUFFIX = ".mask.png"
+
+
+def write_mask(result, folder, model: str, num_classes: int) -> Path:
+    """The answer's mask as a palette PNG: ``<image stem>.mask.png`` in ``folder`` (None: beside the image)."""
+    import io
+
+    from PIL import Image
+
+    from shared.labels import palette_image
+
+    src = Path(result.source)
+    out = (Path(folder) if folder else src.parent) / (src.stem + MASK_SUFFIX)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with Image.open(io.BytesIO(result.mask_png)) as m:
+        palette_image(m, model, num_classes).save(out)
+    return out
 
 
 def _expand(paths):
@@ -36,8 +59,9 @@ def _expand(paths):
 
     out = []
     for p in map(Path, paths):
-        if p.is_dir():
-            out += sorted(q for q in p.rglob("*") if q.suffix.lower() in IMAGE_EXTS)
+        if p.is_dir():  # masks written by an earlier --masks run are not inputs
+            out += sorted(q for q in p.rglob("*")
+                          if q.suffix.lower() in IMAGE_EXTS and not q.name.endswith(MASK_SUFFIX))
         elif p.exists():
             out.append(p)
         else:
@@ -61,6 +85,11 @@ def run(args) -> int:
                         api_key=args.api_key or os.environ.get("SPLITINFER_API_KEY"), timeout_s=args.timeout,
                         retries=args.retries, tls=args.tls, root_cert=args.ca_cert, top_k=max(1, args.topk))
     failed = 0
+    num_classes = None
+    if args.masks or args.masks_dir:
+        from shared.models import get_backbone
+
+        num_classes = get_backbone(client.bundle.model).num_classes
     with client:
         try:
             client.connect()
@@ -73,15 +102,20 @@ def run(args) -> int:
             send = client.stream if args.stream else client.infer_many
             for r in send(images, rung=args.rung, hint=hint):
                 failed += not r.ok
+                mask = None
+                if r.ok and r.mask_png and num_classes is not None:
+                    mask = write_mask(r, args.masks_dir, client.bundle.model, num_classes)
                 if args.json:
                     print(json.dumps({"image": r.source, "ok": r.ok, "rung": r.rung, "bytes": r.n_bytes,
                                       "bpp": r.bpp, "encode_ms": r.encode_ms, "latency_ms": r.latency_ms,
-                                      "topk": r.topk, "server_timings_ms": r.server_timings_ms,
+                                      "topk": r.topk, "class_pixels": r.class_pixels,
+                                      "mask": str(mask) if mask else None, "server_timings_ms": r.server_timings_ms,
                                       "error": r.error.message if r.error else None}), flush=True)
                 elif r.ok:
                     pred = "  ".join(f"{name} ({score:.0%})" for _, name, score in r.topk)
                     print(f"{Path(r.source).name[:32]:<32} {r.rung:>4} {r.n_bytes:>6} {r.bpp:>7.4f} "
-                          f"{r.encode_ms:>7.1f} {r.latency_ms:>7.1f}  {pred}", flush=True)
+                          f"{r.encode_ms:>7.1f} {r.latency_ms:>7.1f}  {pred}" + (f"  -> {mask}" if mask else ""),
+                          flush=True)
                 else:
                     print(f"{Path(r.source).name[:32]:<32} refused: {r.error.code}: {r.error.message}", flush=True)
         except ServiceError as e:

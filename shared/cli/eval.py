@@ -20,6 +20,9 @@ def setup_args(p: argparse.ArgumentParser) -> None:
                    help="image-codec baselines on the same crops: any of jpeg,webp,avif,hevc (comma-separated)")
     p.add_argument("--update-manifest", action="store_true",
                    help="record the measured bpp/accuracy in each bundle's manifest.json")
+    p.add_argument("--pictures", type=int, default=0, metavar="N",
+                   help="segmentation: masks.png in --out for N images spread over the data: input, truth, unsplit "
+                        "model, three rungs and the first --codecs codec (default webp) at the lowest rung's rate")
 
 
 def run(args) -> int:
@@ -28,31 +31,38 @@ def run(args) -> int:
     from ..baselines import CodecUnavailable, parse_codecs
     from ..bundle import resolve_bundle, update_metrics
     from ..data import scan_images, split_items, spread
-    from ..evaluation import evaluate_ladder
+    from ..evaluation import METRICS, evaluate_ladder
     from ..models import load_split_model
+    from ..summary import METRIC_LABELS
 
     try:  # before any work: a missing encoder is an error message, not a traceback an hour in
         codecs = parse_codecs(args.codecs)
+        picture_codec = (codecs or parse_codecs("webp"))[0] if args.pictures else None
     except CodecUnavailable as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.pictures and not args.out:
+        print("error: --pictures needs --out", file=sys.stderr)
         return 2
     items = split_items(scan_images(args.data), args.part)
     items = spread(items, args.limit)
     all_results = []
-    first_model = None  # the codec baselines run the unsplit network of the first ladder's model
+    first_model = first_bundle = None  # the codec baselines run the unsplit network of the first ladder's model
     for b in args.bundle or [None]:
         bundle = resolve_bundle(b)
         model = load_split_model(bundle.model, bundle.split, args.weights)
-        first_model = first_model or model
+        first_model, first_bundle = first_model or model, first_bundle or bundle
         res = evaluate_ladder(model, bundle, items, batch_size=args.batch_size)
         ref = res["reference"]
+        cols = METRICS[model.spec.task]
         print(f"bundle {bundle.bundle_id} ({bundle.model}/{bundle.split}) on {ref['n_images']} images; "
-              f"unsplit top-1 {ref.get('top1', float('nan')):.2%}")
-        print(f"{'rung':>4} {'lambda':>7} {'bpp':>7} {'est.bpp':>8} {'bytes':>7} {'top-1':>7} {'top-5':>7} {'agree':>6}")
+              f"unsplit {METRIC_LABELS[cols[0]]} {ref.get(cols[0], float('nan')):.2%}")
+        print(f"{'rung':>4} {'lambda':>7} {'bpp':>7} {'est.bpp':>8} {'bytes':>7} "
+              + " ".join(f"{METRIC_LABELS[k]:>10}" for k in cols) + f" {'agree':>6}")
         for r in res["rungs"]:
             print(f"{r['rung']:>4} {r['lambda']:>7g} {r['bpp']:>7.4f} {r['bpp_estimated']:>8.4f} "
-                  f"{r['bytes_per_image']:>7.0f} {r.get('top1', float('nan')):>7.2%} {r.get('top5', float('nan')):>7.2%} "
-                  f"{r['agreement']:>6.1%}")
+                  f"{r['bytes_per_image']:>7.0f} " + " ".join(f"{r.get(k, float('nan')):>10.2%}" for k in cols)
+                  + f" {r['agreement']:>6.1%}")
         if args.update_manifest:
             update_metrics(bundle, res["rungs"], {"evaluation": {"data": str(args.data), "part": args.part,
                                                                  "reference": ref}})
@@ -63,8 +73,10 @@ def run(args) -> int:
 
         for codec in codecs:
             pts = evaluate_codec(first_model, items, codec, batch_size=args.batch_size)
+            key = METRICS[first_model.spec.task][0]
             for p in pts:
-                print(f"{codec:>5} {p['setting']:>5}  {p['bpp']:7.4f} bpp  top-1 {p.get('top1', float('nan')):.2%}")
+                print(f"{codec:>5} {p['setting']:>5}  {p['bpp']:7.4f} bpp  {METRIC_LABELS[key]} "
+                      f"{p.get(key, float('nan')):.2%}")
             baselines += pts
     if args.out:
         Path(args.out).mkdir(parents=True, exist_ok=True)
@@ -72,9 +84,28 @@ def run(args) -> int:
     else:
         from ..summary import summarize
 
-        summary = summarize(all_results, baselines)
+        summary = summarize(all_results, baselines, metric=all_results[0]["metric"])
     print(summary_text(summary))
+    if args.pictures:
+        if first_model.spec.task != "segmentation":
+            print("error: --pictures needs a segmentation ladder", file=sys.stderr)
+            return 2
+        path = write_pictures(Path(args.out) / "masks.png", first_model, first_bundle, spread(items, args.pictures),
+                              picture_codec)
+        print(f"wrote {path}")
     return 0
+
+
+def write_pictures(out: Path, model, bundle, items, codec: str) -> Path:
+    """masks.png: per image, input, truth, unsplit model, the top, middle and bottom rungs, the codec at the
+    bottom rung's rate (see :func:`shared.evaluation.segmentation_examples`)."""
+    from ..evaluation import segmentation_examples
+    from ..plots import mask_comparison_plot
+
+    n = len(bundle.rungs)
+    rungs = sorted({0, n // 2, n - 1})
+    examples = segmentation_examples(model, bundle, items, rungs, codec)
+    return mask_comparison_plot(examples, out, model.spec.name, model.spec.num_classes)
 
 
 def summary_text(summary: dict) -> str:
@@ -87,10 +118,15 @@ def summary_text(summary: dict) -> str:
 def write_report(out: Path, ladders: list, baselines: list, bd_variant: str = "pchip") -> dict:
     """results.json (every point plus a ``summary``), results.md (tables) and rd.png (rate-accuracy plot,
     log bpp, every ladder and codec). Returns the summary (see :mod:`shared.summary`)."""
+    from ..evaluation import METRICS
     from ..plots import rate_accuracy_plot
-    from ..summary import ladder_label, summarize, summary_markdown
+    from ..summary import METRIC_LABELS, ladder_label, summarize, summary_markdown
 
-    summary = summarize(ladders, baselines, variant=bd_variant)
+    # results.json of classification ladders from before segmentation carry no "metric": top-1
+    metric = ladders[0].get("metric", "top1") if ladders else "top1"
+    cols = [(k, METRIC_LABELS[k]) for k in next(c for c in METRICS.values() if c[0] == metric)]
+    pct = lambda p, k: f"{100 * p.get(k, float('nan')):.2f}%"  # noqa: E731
+    summary = summarize(ladders, baselines, metric=metric, variant=bd_variant)
     report = {"ladders": ladders, "baselines": baselines, "summary": summary}
     (out / "results.json").write_text(json.dumps(report, indent=2) + "\n")
     lines = ["### Summary", "", *summary_markdown(summary), ""]
@@ -99,24 +135,48 @@ def write_report(out: Path, ladders: list, baselines: list, bd_variant: str = "p
         ref = lad["reference"]
         name = ladder_label(lad)
         lines += [f"### {name}", "", f"Unsplit model on the same {ref['n_images']} images: "
-                  f"top-1 {100 * ref.get('top1', float('nan')):.2f}%, top-5 {100 * ref.get('top5', float('nan')):.2f}%", "",
-                  "| rung | lambda | bpp (real) | bpp (estimated) | bytes/image | top-1 | top-5 | agrees with unsplit |",
-                  "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                  + ", ".join(f"{label} {pct(ref, k)}" for k, label in cols), "",
+                  "| rung | lambda | bpp (real) | bpp (estimated) | bytes/image | "
+                  + " | ".join(label for _, label in cols) + " | agrees with unsplit |",
+                  "|---:|---:|---:|---:|---:|" + "---:|" * len(cols) + "---:|"]
         for r in lad["rungs"]:
             lines.append(f"| {r['rung']} | {r['lambda']:g} | {r['bpp']:.4f} | {r['bpp_estimated']:.4f} | "
-                         f"{r['bytes_per_image']:.0f} | {100 * r.get('top1', float('nan')):.2f}% | "
-                         f"{100 * r.get('top5', float('nan')):.2f}% | {100 * r['agreement']:.1f}% |")
+                         f"{r['bytes_per_image']:.0f} | " + " | ".join(pct(r, k) for k, _ in cols)
+                         + f" | {100 * r['agreement']:.1f}% |")
         lines.append("")
         curves[name] = lad["rungs"]
     for codec in sorted({p["method"] for p in baselines}):
         pts = [p for p in baselines if p["method"] == codec]
         lines += [f"### {codec.upper()} on the input crop, unsplit model in the cloud", "",
-                  "| setting | bpp | top-1 | top-5 |", "|---|---:|---:|---:|"]
-        lines += [f"| {p['setting']} | {p['bpp']:.4f} | {100 * p.get('top1', float('nan')):.2f}% | "
-                  f"{100 * p.get('top5', float('nan')):.2f}% |" for p in pts]
+                  "| setting | bpp | " + " | ".join(label for _, label in cols) + " |",
+                  "|---|---:|" + "---:|" * len(cols)]
+        lines += [f"| {p['setting']} | {p['bpp']:.4f} | " + " | ".join(pct(p, k) for k, _ in cols) + " |" for p in pts]
         lines.append("")
         curves[codec.upper()] = pts
+    if metric == "miou":
+        lines += _class_iou_table(ladders)
     (out / "results.md").write_text("\n".join(lines) + "\n")
-    ref = ladders[0]["reference"].get("top1") if ladders else None
-    rate_accuracy_plot(curves, out / "rd.png", reference=ref, title="rate vs accuracy on held-out images")
+    ref = ladders[0]["reference"].get(metric) if ladders else None
+    rate_accuracy_plot(curves, out / "rd.png", reference=ref, metric=metric,
+                       title=f"rate vs {cols[0][1]} on held-out images")
     return summary
+
+
+def _class_iou_table(ladders: list) -> list:
+    """IoU per class (segmentation): the unsplit model and every rung of each ladder."""
+    from ..labels import class_names
+
+    lad = ladders[0]
+    ref = lad["reference"]
+    if "class_iou" not in ref:
+        return []
+    names = class_names(lad.get("model", ""), len(ref["class_iou"]))
+    fmt = lambda v: "-" if v is None else f"{100 * v:.1f}"  # noqa: E731
+    lines = ["### IoU per class (%)", "", "| | bpp | " + " | ".join(names) + " |", "|---|---:|" + "---:|" * len(names),
+             "| unsplit | - | " + " | ".join(fmt(v) for v in ref["class_iou"]) + " |"]
+    for la in ladders:
+        for r in la["rungs"]:
+            if "class_iou" in r:
+                lines.append(f"| rung {r['rung']} ({la['bundle_id'][:8]}) | {r['bpp']:.4f} | "
+                             + " | ".join(fmt(v) for v in r["class_iou"]) + " |")
+    return lines + [""]

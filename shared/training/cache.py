@@ -3,26 +3,35 @@
 The backbone never changes, so for each training image and augmentation the split feature and the
 teacher's output are fixed. Computing them once turns every later step into bottleneck + tail
 work only, which is what makes ladder training feasible on a 2-core CPU.
+
+Segmentation: the teacher's per-pixel logits are cached average-pooled to 1/``DENSE_STRIDE`` of the input
+(full size would be 11x360x480 values per view for CamVid); the objective pools the student's logits the
+same way. Labels are the masks (uint8, full size) when the items have them, else -1 per view.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from ..data import ImageDataset, Item, train_transform
+from ..data import Item, make_dataset
 from ..models.split import SplitModel
 
-__all__ = ["FeatureCache", "build_cache"]
+__all__ = ["FeatureCache", "build_cache", "DENSE_STRIDE"]
+
+DENSE_STRIDE = 8  # cached segmentation logits: 45x60 for a 360x480 input (the teacher's own are 23x30, upsampled)
 
 
 class FeatureCache(Dataset):
-    """(feature fp16, teacher output fp16, label) triples, one per (image, view)."""
+    """(feature fp16, teacher output fp16, label) triples, one per (image, view); for segmentation the label is
+    a uint8 mask and the teacher output is pooled (see the module's note)."""
 
     def __init__(self, features: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor, input_hw):
         self.features, self.teacher, self.labels = features, teacher, labels
@@ -76,7 +85,9 @@ def build_cache(
     if path is not None and Path(path).is_file():
         return FeatureCache.load(Path(path))
     torch.manual_seed(seed)
-    ds = ImageDataset(items, train_transform(model.spec.preprocess))
+    spec = model.spec
+    ds = make_dataset(items, spec.preprocess, spec.task, train=True)
+    keep_masks = any(isinstance(lab, Path) for _, lab in items)  # label-free runs need no masks
     feats, teach, labels = [], [], []
     total = len(ds) * views
     with tqdm(total=total, desc=desc, unit="img") as bar:
@@ -85,6 +96,10 @@ def build_cache(
                 x = x.to(device)
                 f = model.head(x)
                 t = model.tail(f, x)
+                if t.dim() == 4:
+                    hw = [math.ceil(s / DENSE_STRIDE) for s in x.shape[-2:]]
+                    t = F.adaptive_avg_pool2d(t, hw)
+                    y = y if keep_masks else torch.full((len(x),), -1)
                 feats.append(f.half().cpu())
                 teach.append(t.half().cpu())
                 labels.append(y)

@@ -4,6 +4,10 @@ Distortion is label-free by default: distillation from the unsplit network (the 
 KL divergence between its softened logits and the student's, plus an MSE at the split that gives the
 bottleneck a dense, direct signal (normalised by the feature's variance so lambda means the same at
 every split). With labels, cross-entropy replaces the KL term.
+
+Segmentation is the same per pixel: the KL is averaged over pixels (the teacher's logits are cached at a
+reduced resolution, so the student's are average-pooled to match), and the cross-entropy runs on the
+full-size masks with void pixels ignored.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["bpp_from_likelihoods", "Objective"]
+__all__ = ["bpp_from_likelihoods", "Objective", "segmentation_ce"]
 
 
 def bpp_from_likelihoods(likelihoods: Dict[str, Tensor], n_pixels: int) -> Tensor:
@@ -31,6 +35,22 @@ def _dense_kl(student: Tensor, teacher: Tensor, t: float) -> Tensor:
     log_p_t = F.log_softmax(teacher / t, dim=1)
     kl = (log_p_t.exp() * (log_p_t - log_p_s)).sum(1)
     return kl.mean() * t * t
+
+
+def segmentation_ce(logits: Tensor, masks: Tensor, weight: Optional[Tensor] = None) -> Tensor:
+    """Per-pixel cross-entropy against (N, H, W) masks; values >= the number of classes are void (ignored).
+    A batch without a single labelled pixel gives 0 (with a gradient), not NaN."""
+    target = masks.long().masked_fill(masks.long() >= logits.shape[1], -100)
+    if not (target >= 0).any():
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits, target, weight=weight, ignore_index=-100)
+
+
+def _pooled_like(student: Tensor, teacher: Tensor) -> Tensor:
+    """Dense student logits average-pooled to the (cached, reduced) resolution of the teacher's."""
+    if student.dim() == 4 and student.shape[-2:] != teacher.shape[-2:]:
+        return F.adaptive_avg_pool2d(student, teacher.shape[-2:])
+    return student
 
 
 class Objective:
@@ -54,13 +74,18 @@ class Objective:
         out["feature_mse"] = ((feat_hat - feat) ** 2 / feat_var).mean()
         d = self.feature_weight * out["feature_mse"]
         if student_logits is not None:
-            if self.mode == "supervised":
+            if self.mode == "supervised" and student_logits.dim() == 4:
+                if labels is None or labels.dim() != 3:
+                    raise ValueError("supervised segmentation needs a mask for every image (use distill mode)")
+                out["ce"] = segmentation_ce(student_logits, labels)
+                d = d + out["ce"]
+            elif self.mode == "supervised":
                 if labels is None or (labels < 0).any():
                     raise ValueError("supervised training needs a label for every image (use distill mode)")
                 out["ce"] = F.cross_entropy(student_logits, labels)
                 d = d + out["ce"]
             else:
-                out["kl"] = _dense_kl(student_logits, teacher_logits, self.t)
+                out["kl"] = _dense_kl(_pooled_like(student_logits, teacher_logits), teacher_logits, self.t)
                 d = d + out["kl"]
         out["distortion"] = d
         return out
