@@ -109,9 +109,8 @@ def measure(model, bundle: Bundle, rung: int, xs: List[torch.Tensor], trained: b
             y_hat, _ = rate.decompress(payloads, hdr.y_hw)
             p = SimpleNamespace(x=x, feat=feat, y=y, data=data, hdr=hdr, payloads=payloads, y_hat=y_hat)
             if hyper:
-                z = rate.h_a(y)
                 med = rate.entropy_bottleneck._get_medians().reshape(1, -1, 1, 1)
-                p.z_sym = torch.round(z - med)
+                p.z_sym = rate.side_symbols(y).float()
                 p.z_hat = p.z_sym + med
             P.append(p)
     n = len(P)
@@ -138,7 +137,7 @@ def measure(model, bundle: Bundle, rung: int, xs: List[torch.Tensor], trained: b
     }
     if hyper:
         def h_s(p):  # what coding runs: the exact integer path, or the float h_s
-            return rate._coding_params(p.z_sym, p.z_hat - p.z_sym, p.hdr.y_hw)
+            return rate.coding_params(p.z_sym, p.hdr.y_hw)
 
         stages["h_a+h_s"] = lambda r: (rate.h_a(P[r % n].y), h_s(P[r % n]))
         stages["h_s"] = lambda r: h_s(P[r % n])

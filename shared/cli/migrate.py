@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -33,12 +32,12 @@ def setup_args(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from ..bundle import load_bundle, update_metrics
-    from ..data import scan_images, split_items, spread
-    from ..evaluation import evaluate_ladder
+    from ..bundle import load_bundle
+    from ..data import scan_images, split_items
     from ..models import load_split_model
     from ..training.cache import build_cache
     from ..training.migrate import migrate_bundle
+    from .train import measure_heldout
 
     src = load_bundle(args.bundle, allow_float_hyper=True)
     if src.config.rate_model != "hyperprior" or src.config.hyper_decoder == "integer":
@@ -67,13 +66,5 @@ def run(args) -> int:
     bundle = migrate_bundle(src, cache, out, args.steps, args.batch_size, args.lr, args.device, args.seed, command)
     print(f"wrote bundle {bundle.bundle_id} with {len(bundle.rungs)} rungs to {out}")
     if args.eval_data:
-        ev = []
-        for d in args.eval_data:
-            ev += split_items(scan_images(d), "heldout")
-        res = evaluate_ladder(model.to("cpu"), bundle, spread(ev, args.eval_limit))
-        update_metrics(bundle, res["rungs"], {"evaluation": {"data": [str(d) for d in args.eval_data],
-                                                             "part": "heldout", "reference": res["reference"]}})
-        for r in res["rungs"]:
-            print(json.dumps(r))
-        print("unsplit reference:", json.dumps(res["reference"]))
+        measure_heldout(model, bundle, args.eval_data, args.eval_limit)
     return 0

@@ -105,14 +105,30 @@ def feature_stride(input_hw, feature_hw) -> int:
                      "power-of-two stride with ceil rounding")
 
 
+def measure_heldout(model, bundle, eval_data, limit: int = 0):
+    """Measure every rung on the held-out images of ``eval_data``, print the figures and record them in
+    the bundle's manifest (``train --eval-data``, ``migrate --eval-data``)."""
+    from ..bundle import update_metrics
+    from ..data import scan_images, split_items, spread
+    from ..evaluation import evaluate_ladder
+
+    items = [it for d in eval_data for it in split_items(scan_images(d), "heldout")]
+    res = evaluate_ladder(model.to("cpu"), bundle, spread(items, limit))
+    bundle = update_metrics(bundle, res["rungs"], {"evaluation": {
+        "data": [str(d) for d in eval_data], "part": "heldout", "reference": res["reference"]}})
+    for r in res["rungs"]:
+        print(json.dumps(r))
+    print("unsplit reference:", json.dumps(res["reference"]))
+    return bundle
+
+
 def run(args) -> int:
     import torch
     import torch.distributed as dist
 
-    from ..bundle import save_bundle, update_metrics
+    from ..bundle import save_bundle
     from ..codec import BottleneckConfig
-    from ..data import scan_images, split_items, spread
-    from ..evaluation import evaluate_ladder
+    from ..data import scan_images, split_items
     from ..models import load_split_model
     from ..training.cache import build_cache
     from ..training.ladder import LadderConfig, dist_info, images_per_second, train_ladder, write_args
@@ -211,18 +227,7 @@ def run(args) -> int:
     bundle = save_bundle(out, args.model, split, bcfg, nets, args.lambdas, extra=extra)
     print(f"wrote bundle {bundle.bundle_id} with {len(bundle.rungs)} rungs to {out}")
     if args.eval_data:
-        ev_items = []
-        for d in args.eval_data:
-            ev_items += split_items(scan_images(d), "heldout")
-        ev_items = spread(ev_items, args.eval_limit)
-        res = evaluate_ladder(model.to("cpu"), bundle, ev_items)
-        bundle = update_metrics(
-            bundle, res["rungs"],
-            {"evaluation": {"data": [str(d) for d in args.eval_data], "part": "heldout", "reference": res["reference"]}},
-        )
-        for r in res["rungs"]:
-            print(json.dumps(r))
-        print("unsplit reference:", json.dumps(res["reference"]))
+        measure_heldout(model, bundle, args.eval_data, args.eval_limit)
     if distributed:
         dist.destroy_process_group()
     return 0

@@ -89,8 +89,7 @@ def index_drift(rate, y: Tensor, names=tuple(PERTURBATIONS)) -> Dict[str, Dict[s
 
     hs, gc = rate.h_s, rate.gaussian_conditional
     hw = y.shape[-2:]
-    med = rate.entropy_bottleneck._get_medians().reshape(1, -1, 1, 1)
-    z_sym = torch.round(rate.h_a(y) - med)
+    z_sym = rate.side_symbols(y)
 
     def params(path: str, conv: ConvFn):
         if path == "integer":

@@ -250,9 +250,15 @@ class HyperpriorRate(RateModel):
         y_hat = quantize_ste(y - means) + means if means is not None else quantize_ste(y)
         return {"y_hat": y_hat, "likelihoods": {"y": y_lik, "z": z_lik}}
 
-    def _coding_params(self, z_sym: Tensor, z_med: Tensor, y_hw: HW) -> Tuple[Tensor, Optional[Tensor]]:
+    def side_symbols(self, y: Tensor) -> Tensor:
+        """The integer z symbols the encoder codes for latent ``y`` (and the decoder recovers)."""
+        return _eb_symbols(self.entropy_bottleneck, self.h_a(y))
+
+    def coding_params(self, z_sym: Tensor, y_hw: HW) -> Tuple[Tensor, Optional[Tensor]]:
+        """(table indexes, means) of y from the z symbols: what both coder sides compute."""
         if self.integer:
             return self._int_params(z_sym, y_hw)
+        z_med = self.entropy_bottleneck._get_medians().detach().reshape(1, -1, 1, 1)
         scales, means = self._params(z_sym.to(z_med.dtype) + z_med, y_hw)
         return scale_indexes(self.gaussian_conditional, scales), means
 
@@ -269,11 +275,9 @@ class HyperpriorRate(RateModel):
 
     def _compress_one(self, y: Tensor) -> Tuple[List[bytes], int]:
         gc, eb = self.gaussian_conditional, self.entropy_bottleneck
-        z = self.h_a(y)
-        z_med = eb._get_medians().detach().reshape(1, -1, 1, 1)
-        z_sym = torch.round(z - z_med).int()
+        z_sym = self.side_symbols(y)
         z_string = rans_encode(eb, self._eb_tables, z_sym, _eb_indexes(eb, z_sym.shape))
-        indexes, means = self._coding_params(z_sym, z_med, y.shape[-2:])
+        indexes, means = self.coding_params(z_sym, y.shape[-2:])
         y_sym = gc.quantize(y, "symbols", means)
         y_string = rans_encode(gc, self._gc_tables, y_sym, indexes)
         return [y_string, z_string], symbols_crc(y_sym[0], z_sym[0])
@@ -282,9 +286,8 @@ class HyperpriorRate(RateModel):
         y_str, z_str = payloads
         gc, eb = self.gaussian_conditional, self.entropy_bottleneck
         z_hw = self.side_shape(y_hw)
-        z_med = eb._get_medians().detach().reshape(1, -1, 1, 1)
         z_sym = rans_decode(eb, self._eb_tables, z_str, _eb_indexes(eb, (1, self.hyper, *z_hw)))
-        indexes, means = self._coding_params(z_sym, z_med, y_hw)
+        indexes, means = self.coding_params(z_sym, y_hw)
         y_sym = rans_decode(gc, self._gc_tables, y_str, indexes)
         y_hat = gc.dequantize(y_sym, means)
         return y_hat, symbols_crc(y_sym[0], z_sym[0])

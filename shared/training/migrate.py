@@ -28,13 +28,10 @@ __all__ = ["migrate_bundle", "fit_integer_hyper_decoder"]
 @torch.no_grad()
 def _latents(net: Bottleneck, cache: FeatureCache, batch_size: int, device: str):
     ys, zs = [], []
-    rate = net.rate
-    med = rate.entropy_bottleneck._get_medians().detach().reshape(1, -1, 1, 1)
     for i in range(0, len(cache), batch_size):
-        feat = cache.features[i : i + batch_size].to(device).float()
-        y = net._analysis(feat)
+        y = net._analysis(cache.features[i : i + batch_size].to(device).float())
         ys.append(y)
-        zs.append(torch.round(rate.h_a(y) - med))
+        zs.append(net.rate.side_symbols(y).float())
     return torch.cat(ys), torch.cat(zs)
 
 
