@@ -49,6 +49,7 @@ class CloudDecoder:
         self.bundle = resolve_bundle(bundle)
         if model is None:
             model = load_split_model(self.bundle.model, self.bundle.split, weights)
+        self.bundle.check_backbone(model, ("tail",))
         self.model = model.to(device)
         self.codec = codec if codec is not None else LadderCodec(self.bundle, device)
         self.names = class_names(self.bundle.model, self.model.spec.num_classes)

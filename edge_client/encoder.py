@@ -44,6 +44,7 @@ class EdgeEncoder:
         self.bundle = resolve_bundle(bundle)
         if model is None:
             model = load_split_model(self.bundle.model, self.bundle.split, weights)
+        self.bundle.check_backbone(model, ("head",))
         self.preprocess_spec = model.spec.preprocess
         self.head = model.head.to(device).eval()  # the tail is not kept on the edge
         self.codec = codec if codec is not None else LadderCodec(self.bundle, device)

@@ -93,6 +93,23 @@ class Bundle:
     def select(self, bitrate_bpp: Optional[float]) -> int:
         return select_rung(self.rungs, bitrate_bpp)
 
+    def check_backbone(self, model, parts: Sequence[str] = ("head", "tail")) -> None:
+        """Refuse backbone weights other than those the ladder was trained against: its bottlenecks fit one
+        head's features and one tail's expectations (e.g. a re-trained segmentation teacher does not fit).
+        ``backbone_weights`` is recorded by ``splitinfer train``; bundles without it are not checked."""
+        want = self.manifest.get("backbone_weights") or {}
+        if not want:
+            return
+        have = model.fingerprints()
+        bad = [p for p in parts if p in want and want[p] != have[p]]
+        if bad:
+            raise BundleError(
+                f"bundle {self.bundle_id} was trained against other {self.model} weights than the ones loaded "
+                f"({', '.join(f'{p}: trained {want[p]}, loaded {have[p]}' for p in bad)}); its rates and accuracy "
+                "hold only with those weights. Load the weights it was trained with (--weights, or the model's "
+                "default location), or train a ladder for these weights with `splitinfer train`."
+            )
+
 
 def select_rung(rungs: Sequence[Rung], bitrate_bpp: Optional[float]) -> int:
     """The one rule that maps a bitrate hint to a rung, shared by edge and cloud.
@@ -230,6 +247,8 @@ def merge_bundles(root: Path | str, picks: Sequence[tuple], extra: Optional[Dict
         raise BundleError("nothing to merge")
     first = picks[0][0]
     for b, _ in picks:
+        if b.manifest.get("backbone_weights") != first.manifest.get("backbone_weights"):
+            raise BundleError(f"bundle {b.bundle_id} was trained against other backbone weights than {first.bundle_id}")
         if (b.model, b.split, b.config) != (first.model, first.split, first.config):
             raise BundleError(f"bundle {b.bundle_id} is not compatible with {first.bundle_id} (model/split/config)")
     chosen = sorted(picks, key=lambda p: -(p[0].rungs[p[1]].bpp or float("inf")))

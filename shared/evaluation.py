@@ -13,6 +13,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from .bitstream import unpack
 from .bundle import Bundle
 from .data import Item, make_dataset
 from .models.split import SplitModel
@@ -105,7 +106,7 @@ def evaluate_ladder(
     pre = spec.preprocess
     n_pix = pre.input_size[0] * pre.input_size[1]
     ds = make_dataset(items, pre, spec.task)
-    acc = {r: {"bytes": 0, "est_bits": 0.0, "scores": Scores(spec.task, spec.num_classes)} for r in rungs}
+    acc = {r: {"bytes": 0, "side_bytes": 0, "est_bits": 0.0, "scores": Scores(spec.task, spec.num_classes)} for r in rungs}
     ref = Scores(spec.task, spec.num_classes)
     n = 0
     loader = DataLoader(ds, batch_size=batch_size)
@@ -120,6 +121,7 @@ def evaluate_ladder(
             feats = torch.cat([codec.decode(m)[0] for m in msgs])
             a = acc[r]
             a["bytes"] += sum(len(m) for m in msgs)
+            a["side_bytes"] += sum(sum(unpack(m)[0].payload_lengths[1:]) for m in msgs)  # z after y
             a["est_bits"] += float(bpp_from_likelihoods(codec.rung(r).likelihoods(feat), n_pix)) * n_pix * len(x)
             a["scores"].add(model.tail(feats, x), y, reference=teacher)
     results: List[Dict] = []
@@ -131,6 +133,7 @@ def evaluate_ladder(
             "bpp": bits_per_pixel(a["bytes"], pre.input_size) / n,
             "bpp_estimated": a["est_bits"] / n_pix / n,
             "bytes_per_image": a["bytes"] / n,
+            "side_share": a["side_bytes"] / max(a["bytes"], 1),  # the hyperprior's z payload / all bytes
             "n_images": n,
             **a["scores"].result(),
         })

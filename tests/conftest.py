@@ -87,7 +87,7 @@ def tiny_train_argv(tiny_images, tiny_weights) -> Callable[..., List[str]]:
             "--data", str(tiny_images), "--eval-data", str(tiny_images),
             "--views", "2", "--steps", str(steps), "--steps-per-rung", str(steps_per_rung),
             "--batch-size", "4", "--lambdas", ",".join(f"{v:g}" for v in TINY_LAMBDAS),
-            "--device", "cpu", "--out", str(out), *extra,
+            "--side-refit-steps", "50", "--device", "cpu", "--out", str(out), *extra,
         ]
 
     return argv

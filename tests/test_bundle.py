@@ -61,3 +61,38 @@ def test_export_is_byte_reproducible_across_processes(tiny_bundle, tmp_path):
     ids = {subprocess.run([sys.executable, "-c", code, str(tiny_bundle.root), str(tmp_path / f"m{k}")],
                           capture_output=True, text=True, check=True).stdout.strip() for k in range(3)}
     assert len(ids) == 1
+
+
+def test_ladder_refuses_backbone_weights_it_was_not_trained_against(tiny_bundle, tiny_model, tiny_weights,
+                                                                    tiny_images, tmp_path, capsys):
+    """`splitinfer train` records the head's and the tail's weight fingerprints; edge, cloud and eval refuse
+    other weights (a re-trained teacher, a fine-tuned backbone) with a message, and accept the right ones."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from cloud_server.decoder import CloudDecoder
+    from edge_client.encoder import EdgeEncoder
+    from shared.models import load_split_model
+    from shared.models.split import weights_fingerprint
+
+    assert tiny_bundle.manifest["backbone_weights"] == tiny_model.fingerprints()
+    tiny_bundle.check_backbone(tiny_model)  # the weights it was trained with
+    assert weights_fingerprint(tiny_model.head) == weights_fingerprint(load_split_model(
+        "cifar_resnet20", tiny_bundle.split, weights=str(tiny_weights)).head)  # a fresh load hashes the same
+
+    # one tail weight nudged: the head still fits (the edge accepts it), the tail does not
+    sd = load_file(str(tiny_weights))
+    key = "linear.weight"
+    sd[key] = sd[key].clone()
+    sd[key][0, 0] += 1e-3
+    other = tmp_path / "other.safetensors"
+    save_file(sd, str(other))
+    model = load_split_model("cifar_resnet20", tiny_bundle.split, weights=str(other))
+    assert model.fingerprints()["head"] == tiny_model.fingerprints()["head"]
+    assert model.fingerprints()["tail"] != tiny_model.fingerprints()["tail"]
+    EdgeEncoder(tiny_bundle, weights=str(other))
+    with pytest.raises(BundleError, match="trained against other cifar_resnet20 weights.*tail"):
+        CloudDecoder(tiny_bundle, weights=str(other))
+    assert main(["eval", "--bundle", str(tiny_bundle.root), "--data", str(tiny_images), "--weights", str(other),
+                 "--limit", "2"]) == 2
+    assert "splitinfer train" in capsys.readouterr().err

@@ -193,6 +193,8 @@ def _check_rate_estimates(model, bundle, items):
         assert row["bpp"] == pytest.approx(8 * total / n_pix / n)  # headers included in the reported bpp
         parsed = [unpack(m) for m in msgs]
         payload = sum(sum(h.payload_lengths) for h, _ in parsed)
+        side = sum(sum(h.payload_lengths[1:]) for h, _ in parsed)  # z follows y
+        assert row["side_share"] == pytest.approx(side / total)
         n_streams = sum(len(p) for _, p in parsed)
         est_bytes = row["bpp_estimated"] * n_pix * n / 8
         if payload / n < MIN_PAYLOAD_BYTES:

@@ -169,3 +169,47 @@ def test_python_dash_m_shared_cli():
                           text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert all(cmd in proc.stdout for cmd in ("models", "train", "encode", "decode", "info"))
+
+
+def test_side_density_refit_changes_only_the_bits_of_z(model, cache, tiny_bundle, tmp_path):
+    """Refitting the z density keeps every symbol and decoded feature bit-identical, lowers the model's
+    bits per z value and, through the rebuilt tables, the real z payload; `splitinfer train` records it."""
+    from shared.bitstream import unpack
+    from shared.bundle import save_bundle
+    from shared.pipeline import LadderCodec
+    from shared.training.side_density import refit_side_density
+
+    (net,) = train_ladder(model, cache, BCFG, config(lambdas=[1.0], steps=30), tmp_path / "run", progress=False)
+    extra = {k: v for k, v in tiny_bundle.manifest.items() if k in ("task", "feature_shape", "feature_stride", "preprocess")}
+    before = save_bundle(tmp_path / "before", "cifar_resnet20", "layer1", BCFG, [net], [1.0], extra=extra)
+    rec = refit_side_density(net, cache.features, steps=200, tail_steps=300)
+    after = save_bundle(tmp_path / "after", "cifar_resnet20", "layer1", BCFG, [net], [1.0], extra=extra)
+    assert rec["bits_per_z_after"] < rec["bits_per_z_before"]
+
+    feats = cache.features[:6].float()
+    z_bytes = {}
+    for name, b in (("before", before), ("after", after)):
+        codec = LadderCodec(b, "cpu")
+        msgs = codec.encode(feats, (32, 32), 0)
+        z_bytes[name] = sum(unpack(m)[0].payload_lengths[1] for m in msgs)
+        decoded = [codec.decode(m)[0] for m in msgs]
+        if name == "before":
+            ref, y_bytes = decoded, [unpack(m)[0].payload_lengths[0] for m in msgs]
+        else:
+            assert all(torch.equal(a, r) for a, r in zip(decoded, ref)), "a decoded feature changed"
+            assert [unpack(m)[0].payload_lengths[0] for m in msgs] == y_bytes, "the y payload changed"
+    assert z_bytes["after"] <= z_bytes["before"]
+
+
+def test_cli_train_refits_and_records_the_side_density(tiny_bundle):
+    refits = tiny_bundle.manifest["training"]["side_refit"]
+    assert [r["lambda"] for r in refits] == sorted((r.lam for r in tiny_bundle.rungs), reverse=True)
+    assert all(r["bits_per_z_after"] <= r["bits_per_z_before"] for r in refits)
+
+
+def test_log_rows_show_the_logit_loss_with_tail_every(model, cache, tmp_path):
+    """With --tail-every 2 a row due on a feature-only step waits for the next tail step (it used to log NaN)."""
+    train_ladder(model, cache, BCFG, config(lambdas=[1.0], steps=9, tail_every=2, log_every=2, feature_warmup=0),
+                 tmp_path, progress=False)
+    rows = log_rows(tmp_path)
+    assert len(rows) >= 4 and all(r[7] != "nan" for r in rows)

@@ -51,6 +51,7 @@ def run(args) -> int:
     for b in args.bundle or [None]:
         bundle = resolve_bundle(b)
         model = load_split_model(bundle.model, bundle.split, args.weights)
+        bundle.check_backbone(model)
         first_model, first_bundle = first_model or model, first_bundle or bundle
         res = evaluate_ladder(model, bundle, items, batch_size=args.batch_size)
         ref = res["reference"]
@@ -136,12 +137,13 @@ def write_report(out: Path, ladders: list, baselines: list, bd_variant: str = "p
         name = ladder_label(lad)
         lines += [f"### {name}", "", f"Unsplit model on the same {ref['n_images']} images: "
                   + ", ".join(f"{label} {pct(ref, k)}" for k, label in cols), "",
-                  "| rung | lambda | bpp (real) | bpp (estimated) | bytes/image | "
+                  "| rung | lambda | bpp (real) | bpp (estimated) | bytes/image | side info (z) | "
                   + " | ".join(label for _, label in cols) + " | agrees with unsplit |",
-                  "|---:|---:|---:|---:|---:|" + "---:|" * len(cols) + "---:|"]
+                  "|---:|---:|---:|---:|---:|---:|" + "---:|" * len(cols) + "---:|"]
         for r in lad["rungs"]:
+            side = f"{100 * r['side_share']:.0f}%" if "side_share" in r else "-"  # older results.json: not measured
             lines.append(f"| {r['rung']} | {r['lambda']:g} | {r['bpp']:.4f} | {r['bpp_estimated']:.4f} | "
-                         f"{r['bytes_per_image']:.0f} | " + " | ".join(pct(r, k) for k, _ in cols)
+                         f"{r['bytes_per_image']:.0f} | {side} | " + " | ".join(pct(r, k) for k, _ in cols)
                          + f" | {100 * r['agreement']:.1f}% |")
         lines.append("")
         curves[name] = lad["rungs"]

@@ -48,6 +48,7 @@ def run(args) -> int:
         print("error: --out must differ from --bundle (the source is kept)", file=sys.stderr)
         return 2
     model = load_split_model(src.model, src.split, args.weights).to(args.device)
+    src.check_backbone(model)
     items = []
     for d in args.data:
         items += split_items(scan_images(d, labels=False), "train")

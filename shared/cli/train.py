@@ -55,6 +55,9 @@ def setup_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hyper-stride", type=int, default=None, help="side-information stride against y")
     p.add_argument("--hyper-decoder", default="integer", choices=["integer", "float"],
                    help="hyperprior h_s: integer (bit-exact decoding on every device) or float (comparison only)")
+    p.add_argument("--side-refit-steps", type=int, default=500,
+                   help="hyperprior: refit the z density to the training z after training (0 = off; changes only "
+                        "the bits of z, see shared/training/side_density.py)")
     p.add_argument("--qp", type=float, default=1.0, help="quantiser step of the static rate model")
     p.add_argument("--limit", type=int, default=0, help="use at most this many training images (0 = all)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
@@ -197,6 +200,15 @@ def run(args) -> int:
     if rank != 0:
         dist.destroy_process_group()
         return 0
+    refits = []
+    if bcfg.rate_model == "hyperprior" and args.side_refit_steps > 0:
+        from ..training.side_density import refit_side_density
+
+        for lam, net in zip(args.lambdas, nets):
+            rec = refit_side_density(net.to(device), cache.features, steps=args.side_refit_steps, seed=args.seed)
+            refits.append({"lambda": lam, **rec})
+            print(f"rung λ={lam:g}: z density refitted, {rec['bits_per_z_before']:.3f} -> "
+                  f"{rec['bits_per_z_after']:.3f} bits per z value (model estimate)")
 
     pre = model.spec.preprocess
     extra = {
@@ -204,6 +216,7 @@ def run(args) -> int:
         "feature_shape": [int(c), int(fh), int(fw)],
         "feature_stride": feature_stride(pre.input_size, (int(fh), int(fw))),
         "preprocess": {"input_size": list(pre.input_size), "resize": pre.resize, "mean": list(pre.mean), "std": list(pre.std)},
+        "backbone_weights": model.fingerprints(),  # edge and cloud refuse other weights (Bundle.check_backbone)
         "training": {
             "objective": lcfg.mode,
             "data": [str(d) for d in args.data],
@@ -221,6 +234,7 @@ def run(args) -> int:
             "device": device,
             "processes": world,
             "images_per_second": images_per_second(out),
+            "side_refit": refits,
             "command": "splitinfer train " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["train"] else None,
         },
     }

@@ -14,6 +14,7 @@ No model file is copied or patched: the head and tail ``GraphModule``s share the
 from __future__ import annotations
 
 import functools
+import hashlib
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 import torch
@@ -31,6 +32,7 @@ __all__ = [
     "split_info",
     "describe_models",
     "trace_with_names",
+    "weights_fingerprint",
 ]
 
 
@@ -212,6 +214,13 @@ class SplitModel(nn.Module):
             self._feature_shapes[hw] = _head_output_shape(self.head, hw)
         return self._feature_shapes[hw]
 
+    def fingerprints(self) -> Dict[str, str]:
+        """``{"head": ..., "tail": ...}``: a hash of each half's weights and buffers, recorded in a bundle at
+        training time so that edge and cloud can refuse weights the ladder was not trained against."""
+        if not hasattr(self, "_fingerprints"):
+            self._fingerprints = {"head": weights_fingerprint(self.head), "tail": weights_fingerprint(self.tail)}
+        return dict(self._fingerprints)
+
     def train(self, mode: bool = True) -> "SplitModel":
         # Frozen by design: stay in eval mode whatever is asked (keeps BatchNorm statistics fixed).
         return super().train(False)
@@ -262,6 +271,17 @@ def load_split_model(
     if spec.output_key is not None:
         _select_output(tail, spec.output_key)
     return SplitModel(spec, sp, head, tail)
+
+
+def weights_fingerprint(module: nn.Module) -> str:
+    """16 hex digits of SHA-256 over ``module``'s state dict (names, dtypes, shapes, values), wherever it lives.
+    The head and tail GraphModules keep the original module names, so the same weights hash the same."""
+    h = hashlib.sha256()
+    for name, t in sorted(module.state_dict().items()):
+        t = t.detach().to("cpu")
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 # ---------------------------------------------------------------------------------------------- FLOPs

@@ -139,7 +139,7 @@ def train_ladder(
         share = cfg.time_budget * steps / planned if cfg.time_budget > 0 else float("inf")
         bar = tqdm(total=steps, desc=f"rung λ={lam:g}", disable=not (progress and rank == 0), unit="step",
                    mininterval=2.0)
-        t0, seen, step = time.perf_counter(), 0, 0
+        t0, seen, step, due = time.perf_counter(), 0, 0, False
         net.train()
         while True:
             frac = max(step / steps, (time.perf_counter() - t0) / share)
@@ -178,7 +178,10 @@ def train_ladder(
             seen += feat.shape[0] * world
             step += 1
             bar.update(1)
-            if log and (step % cfg.log_every == 0 or step == 1):
+            # a due row waits for the next step that ran the tail (--tail-every k), so it shows the logit loss
+            due = due or step % cfg.log_every == 0 or step == 1
+            if log and due and (use_tail or cfg.tail_every <= 0 or warm):
+                due = False
                 ips = seen / (time.perf_counter() - t0)
                 kl = d.get("kl", d.get("ce", torch.tensor(float("nan"))))
                 log.writerow([pos, lam, step, f"{loss.item():.5f}", f"{bpp.item():.5f}", f"{d['distortion'].item():.5f}",
