@@ -22,14 +22,16 @@ from ..bundle import Bundle, BundleError, save_bundle
 from ..codec import Bottleneck
 from .cache import FeatureCache
 
-__all__ = ["migrate_bundle", "fit_integer_hyper_decoder"]
+__all__ = ["migrate_bundle", "fit_integer_hyper_decoder", "latents"]
 
 
 @torch.no_grad()
-def _latents(net: Bottleneck, cache: FeatureCache, batch_size: int, device: str):
+def latents(net: Bottleneck, features: torch.Tensor, batch_size: int = 64):
+    """``(y, z symbols)`` of split ``features`` (any device, fp16 or fp32), on ``net``'s device, batch by batch."""
+    device = next(net.parameters()).device
     ys, zs = [], []
-    for i in range(0, len(cache), batch_size):
-        y = net._analysis(cache.features[i : i + batch_size].to(device).float())
+    for i in range(0, len(features), batch_size):
+        y = net._analysis(features[i : i + batch_size].to(device).float())
         ys.append(y)
         zs.append(net.rate.side_symbols(y).float())
     return torch.cat(ys), torch.cat(zs)
@@ -56,7 +58,7 @@ def fit_integer_hyper_decoder(
     """
     torch.manual_seed(seed)
     net = net.to(device)
-    y, z = _latents(net.eval(), cache, 64, device)
+    y, z = latents(net.eval(), cache.features)
     n_pix = cache.input_hw[0] * cache.input_hw[1]
     params = list(net.rate.h_s.parameters())
     opt = torch.optim.Adam(params, lr=lr)

@@ -16,18 +16,15 @@ from typing import Dict
 import torch
 
 from ..codec import Bottleneck
+from .migrate import latents
 
 __all__ = ["refit_side_density"]
 
 
-@torch.no_grad()
-def _side_values(net: Bottleneck, features: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+def _side_values(net: Bottleneck, features: torch.Tensor) -> torch.Tensor:
     """(C, 1, M): every z symbol of ``features`` plus its channel's median, as the density sees them."""
-    eb = net.rate.entropy_bottleneck
-    zs = [net.rate.side_symbols(net._analysis(features[i : i + batch_size].to(eb.quantiles.device).float()))
-          for i in range(0, len(features), batch_size)]
-    z = torch.cat(zs).float()  # N, C, h, w
-    return z.transpose(0, 1).reshape(z.shape[1], 1, -1) + eb._get_medians().detach()
+    _, z = latents(net, features)  # N, C, h, w
+    return z.transpose(0, 1).reshape(z.shape[1], 1, -1) + net.rate.entropy_bottleneck._get_medians().detach()
 
 
 def _bits_per_value(eb, values: torch.Tensor) -> torch.Tensor:
