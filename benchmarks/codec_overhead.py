@@ -33,7 +33,7 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from shared.bitstream import pack  # noqa: E402
 from shared.bundle import Bundle, BundleError, default_bundle_path, load_bundle, save_bundle  # noqa: E402
-from shared.cli.train import default_bottleneck  # noqa: E402
+from shared.training.recipe import default_bottleneck  # noqa: E402
 from shared.codec import Bottleneck, BottleneckConfig  # noqa: E402
 from shared.data import eval_transform, load_image, scan_images  # noqa: E402
 from shared.models import load_split_model  # noqa: E402

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from shared.cli.train import default_bottleneck  # noqa: E402
+from shared.training.recipe import default_bottleneck  # noqa: E402
 from shared.codec import Bottleneck, BottleneckConfig  # noqa: E402
 from shared.models import get_backbone, load_split_model  # noqa: E402
 from shared.training.objectives import Objective, bpp_from_likelihoods  # noqa: E402

@@ -81,7 +81,7 @@ def test_train_transform_moves_image_and_mask_together():
 
 # ------------------------------------------------------------------------------------------ model
 def test_split_points_shapes_and_strides():
-    from shared.cli.train import feature_stride
+    from shared.training.recipe import feature_stride
     from shared.models import get_backbone, split_info
 
     spec = get_backbone(SEG_MODEL)

@@ -81,6 +81,10 @@ def run_info(args) -> int:
         m = r.metrics
         f = lambda k, fmt: (fmt.format(m[k]) if k in m else "-")  # noqa: E731
         print(f"{r.index:>4} {r.lam:>8g} {f('bpp', '{:.4f}'):>8} " + " ".join(f"{f(k, '{:.2%}'):>10}" for k, _ in cols))
+    from shared.training.recipe import ladder_warnings
+
+    for w in ladder_warnings(b.manifest):
+        print(f"WARNING: {w}")
     return 0
 
 

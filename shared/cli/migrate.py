@@ -37,7 +37,7 @@ def run(args) -> int:
     from ..models import load_split_model
     from ..training.cache import build_cache
     from ..training.migrate import migrate_bundle
-    from .train import measure_heldout
+    from ..training.recipe import measure_heldout
 
     src = load_bundle(args.bundle, allow_float_hyper=True)
     if src.config.rate_model != "hyperprior" or src.config.hyper_decoder == "integer":

@@ -112,7 +112,7 @@ def run(args) -> int:
     from ..models.families import efficientnet_lite0_imagenet, efficientnet_lite0_seg_network, seg_teacher_path
     from ..training.ladder import _lr_at  # the ladders' schedule: warm-up, cosine decay
     from ..training.objectives import segmentation_ce
-    from .train import _device
+    from ..training.recipe import _device
 
     device = _device(args.device)
     spec = get_backbone(MODEL)

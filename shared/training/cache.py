@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -33,9 +33,12 @@ class FeatureCache(Dataset):
     """(feature fp16, teacher output fp16, label) triples, one per (image, view); for segmentation the label is
     a uint8 mask and the teacher output is pooled (see the module's note)."""
 
-    def __init__(self, features: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor, input_hw):
+    def __init__(self, features: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor, input_hw,
+                 targets: Optional[Dict[str, torch.Tensor]] = None):
         self.features, self.teacher, self.labels = features, teacher, labels
         self.input_hw = tuple(int(v) for v in input_hw)
+        # teacher activations at later stages of the tail (view store only): the tail-feature loss's targets
+        self.targets: Dict[str, torch.Tensor] = dict(targets or {})
 
     def __len__(self) -> int:
         return self.features.shape[0]
@@ -45,12 +48,27 @@ class FeatureCache(Dataset):
 
     def to(self, device: str) -> "FeatureCache":
         """Move the cache (fp16) to ``device``; on a GPU this removes every host-to-device copy."""
-        return FeatureCache(self.features.to(device), self.teacher.to(device), self.labels.to(device), self.input_hw)
+        return FeatureCache(self.features.to(device), self.teacher.to(device), self.labels.to(device), self.input_hw,
+                            {k: v.to(device) for k, v in self.targets.items()})
 
     def batch(self, idx: torch.Tensor, device: str):
         idx = idx.to(self.features.device)
         return (self.features[idx].to(device).float(), self.teacher[idx].to(device).float(),
                 self.labels[idx].to(device))
+
+    def target_batch(self, idx: torch.Tensor, device: str) -> Dict[str, torch.Tensor]:
+        idx = idx.to(self.features.device)
+        return {k: v[idx].to(device).float() for k, v in self.targets.items()}
+
+    def target_stats(self) -> Dict[str, torch.Tensor]:
+        """Per-channel variance (1, C, ...) of each target (first 512 samples): the tail-feature loss divides by
+        it, so every stage weighs the same whatever its scale."""
+        out = {}
+        for k, v in self.targets.items():
+            t = v[: min(len(self), 512)].float()
+            dims = [0] + list(range(2, t.dim()))
+            out[k] = t.var(dim=dims, keepdim=True).clamp_min(1e-6)
+        return out
 
     def save(self, path: Path) -> None:
         save_file(

@@ -26,7 +26,8 @@ from tqdm import tqdm
 from ..codec import Bottleneck, BottleneckConfig
 from ..models.split import SplitModel
 from .cache import FeatureCache
-from .objectives import Objective, bpp_from_likelihoods
+from .objectives import Objective, bpp_from_likelihoods, tail_feature_mse
+from .views import capture
 
 __all__ = ["LadderConfig", "train_ladder", "dist_info"]
 
@@ -47,6 +48,9 @@ class LadderConfig:
     seed: int = 0
     log_every: int = 50
     time_budget: float = 0.0  # seconds for the whole ladder (0 = none): rungs end early, schedules compress
+    # weight of the tail-feature loss: the teacher's activations at later stages of the tail (the cache's
+    # targets), matched on every tail step (Entropic Student stage 1); 0 = off
+    tail_feature_weight: float = 0.0
     extra: Dict = field(default_factory=dict)
 
 
@@ -91,14 +95,23 @@ def train_ladder(
     resume: bool = True,
     progress: bool = True,
     init: Optional[Dict] = None,
+    init_rungs: Optional[List[Dict]] = None,
 ) -> List[Bottleneck]:
-    """Returns one trained Bottleneck per lambda, in the order of ``cfg.lambdas``."""
+    """Returns one trained Bottleneck per lambda, in the order of ``cfg.lambdas``.
+
+    ``init``: weights the first rung starts from (later rungs start from their neighbour). ``init_rungs``: one
+    state per lambda, each rung starting from its own (fine-tuning an existing ladder rung by rung)."""
     rank, world, distributed = dist_info()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed + rank)
     objective = Objective(cfg.mode, cfg.temperature, cfg.feature_weight)
     feat_mean, feat_var = (t.to(device) for t in cache.feature_stats())
+    use_targets = cfg.tail_feature_weight > 0 and bool(cache.targets)
+    target_var = {k: v.to(device) for k, v in cache.target_stats().items()} if use_targets else {}
+    from .views import tap_modules  # hooked while the student's tail runs
+
+    tap_modules = tap_modules(model, list(cache.targets)) if use_targets else {}
     n_pixels = cache.input_hw[0] * cache.input_hw[1]
     input_meta = torch.empty((cfg.batch_size, 3, *cache.input_hw), device="meta")
 
@@ -114,18 +127,20 @@ def train_ladder(
     log_file = open(log_path, "a", newline="") if rank == 0 else None
     log = csv.writer(log_file) if log_file else None
     if log and log_path.stat().st_size == 0:
-        log.writerow(["rung", "lambda", "step", "loss", "bpp", "distortion", "feature_mse", "kl_or_ce", "aux", "img_per_s"])
+        log.writerow(["rung", "lambda", "step", "loss", "bpp", "distortion", "feature_mse", "kl_or_ce", "aux", "img_per_s",
+                      "tail_mse"])
 
     net = Bottleneck(bcfg).to(device)
     net.set_feature_stats(feat_mean, feat_var.sqrt())
     if init is not None:  # weights (and feature statistics) of an earlier stage
-        _load_train_state(net, {k: v for k, v in init.items() if "_quantized_cdf" not in k and "_offset" not in k
-                                and "_cdf_length" not in k and not k.endswith("scale_table")})
+        _load_train_state(net, _trainable(init))
     for pos, i in enumerate(order):
         lam = cfg.lambdas[i]
         if i in trained:
             _load_train_state(net, trained[i])
             continue
+        if init_rungs is not None:
+            _load_train_state(net, _trainable(init_rungs[i]))
         steps = cfg.steps if pos == 0 else cfg.steps_per_rung
         ddp = DDP(net, find_unused_parameters=True) if distributed else net
         params, aux_params = net.net_parameters(), net.aux_parameters()
@@ -157,10 +172,16 @@ def train_ladder(
             o = ddp(feat)
             warm = pos == 0 and frac < cfg.feature_warmup
             use_tail = cfg.tail_every > 0 and step % cfg.tail_every == 0 and not warm
-            student = None
+            student, tail_mse = None, None
             if use_tail:
-                student = model.tail(o["feat_hat"], input_meta[: feat.shape[0]])
+                with capture(tap_modules) as acts:
+                    student = model.tail(o["feat_hat"], input_meta[: feat.shape[0]])
+                if use_targets:
+                    tail_mse = tail_feature_mse(acts, cache.target_batch(idx, device), target_var)
             d = objective.distortion(student, teacher, labels, o["feat_hat"], feat, feat_var)
+            if tail_mse is not None:
+                d["tail_mse"] = tail_mse
+                d["distortion"] = d["distortion"] + cfg.tail_feature_weight * tail_mse
             bpp = bpp_from_likelihoods(o["likelihoods"], n_pixels)
             loss = bpp + lam * d["distortion"]
             opt.zero_grad(set_to_none=True)
@@ -185,7 +206,8 @@ def train_ladder(
                 ips = seen / (time.perf_counter() - t0)
                 kl = d.get("kl", d.get("ce", torch.tensor(float("nan"))))
                 log.writerow([pos, lam, step, f"{loss.item():.5f}", f"{bpp.item():.5f}", f"{d['distortion'].item():.5f}",
-                              f"{d['feature_mse'].item():.5f}", f"{kl.item():.5f}", f"{aux.item():.3f}", f"{ips:.1f}"])
+                              f"{d['feature_mse'].item():.5f}", f"{kl.item():.5f}", f"{aux.item():.3f}", f"{ips:.1f}",
+                              f"{d['tail_mse'].item():.5f}" if "tail_mse" in d else ""])
                 log_file.flush()
                 bar.set_postfix(bpp=f"{bpp.item():.3f}", D=f"{d['distortion'].item():.3f}", ips=f"{ips:.0f}")
         bar.close()
@@ -206,6 +228,12 @@ def train_ladder(
         _load_train_state(n, trained[i])
         nets.append(n.eval())
     return nets
+
+
+def _trainable(state: Dict) -> Dict:
+    """A bundle rung's state without its frozen coding tables (rebuilt at export)."""
+    return {k: v for k, v in state.items() if "_quantized_cdf" not in k and "_offset" not in k
+            and "_cdf_length" not in k and not k.endswith("scale_table")}
 
 
 def _load_train_state(net: Bottleneck, state: Dict) -> None:

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["bpp_from_likelihoods", "Objective", "segmentation_ce"]
+__all__ = ["bpp_from_likelihoods", "Objective", "segmentation_ce", "tail_feature_mse"]
 
 
 def bpp_from_likelihoods(likelihoods: Dict[str, Tensor], n_pixels: int) -> Tensor:
@@ -27,6 +27,14 @@ def bpp_from_likelihoods(likelihoods: Dict[str, Tensor], n_pixels: int) -> Tenso
     batch = next(iter(likelihoods.values())).shape[0]
     bits = sum(torch.log(l).sum() for l in likelihoods.values()) / -math.log(2)
     return bits / (batch * n_pixels)
+
+
+def tail_feature_mse(student: Dict[str, Tensor], teacher: Dict[str, Tensor], var: Dict[str, Tensor]) -> Tensor:
+    """Mean over the tail's tapped stages of the student's MSE to the teacher's activation, each divided by the
+    teacher's per-channel variance there (the Entropic Student's stage-1 loss, normalised so that no stage
+    dominates by its scale)."""
+    terms = [((student[k].float() - teacher[k]) ** 2 / var[k]).mean() for k in teacher]
+    return torch.stack(terms).mean()
 
 
 def _dense_kl(student: Tensor, teacher: Tensor, t: float) -> Tensor:
