@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-from shared.bundle import Bundle, default_bundle_path, load_bundle
+from shared.bundle import Bundle, default_bundle_path, embedded_bundle_paths, load_bundle
 from shared.hint import bundle_input_size
 from shared.models import SplitModel, load_split_model
 from shared.pipeline import LadderCodec
@@ -74,7 +74,8 @@ class ModelRepository:
 
     # -- loading -------------------------------------------------------------------------------------
     def load(self) -> "ModelRepository":
-        specs = self.settings.bundles or [BundleSpec()]
+        # no bundle named: every embedded ladder (shallow and deep split), on one backbone each
+        specs = self.settings.bundles or [BundleSpec(path=p) for p in embedded_bundle_paths()]
         for spec in specs:
             self.add(spec)
         return self

@@ -218,6 +218,8 @@ def load_bundle(root: Path | str, allow_float_hyper: bool = False) -> Bundle:
 
 
 DEFAULT_BUNDLE = "efficientnet_lite0-block1"
+# served together when no bundle is named: the shallow ladder (edge runs 13% of the FLOPs) and the deep one (87%)
+EMBEDDED_BUNDLES = (DEFAULT_BUNDLE, "efficientnet_lite0-block14")
 
 
 def default_bundle_path() -> Path:
@@ -225,6 +227,12 @@ def default_bundle_path() -> Path:
     from importlib import resources
 
     return Path(str(resources.files("shared").joinpath("assets", "bundles", DEFAULT_BUNDLE)))
+
+
+def embedded_bundle_paths() -> List[Path]:
+    """Every ladder embedded in the package, shallow first (``splitinfer serve`` and ``demo`` with no bundle)."""
+    root = default_bundle_path().parent
+    return [root / name for name in EMBEDDED_BUNDLES if (root / name / "manifest.json").is_file()]
 
 
 def resolve_bundle(bundle: "Bundle | Path | str | None") -> Bundle:

@@ -20,11 +20,12 @@ HELP_MENTIONS = {
     "models": ["--json"],
     "train": ["--model", "--split", "--weights", "--data", "--extra-data", "--eval-data", "--out", "--lambdas",
               "--steps", "--steps-per-rung", "--batch-size", "--views", "--rate-model", "--device", "--no-resume",
-              "held out", "--part", "--supervised"],
+              "held out", "--part", "--supervised", "--mix-views", "--tail-features", "--finetune", "--no-eval",
+              "--time-budget"],
     "encode": ["image", "--output", "--bundle", "--bitrate", "--rung", "--weights"],
     "decode": ["bitstream", "--bundle", "--topk", "--weights", "--json"],
     "eval": ["--bundle", "--data", "--part", "--limit", "--out", "--weights", "--batch-size", "--update-manifest",
-             "--pictures"],
+             "--pictures", "--baselines-from"],
     "train-teacher": ["--data", "--test-data", "--out", "--epochs", "--crop", "--time-budget", "--class-weight-power"],
     "edge": ["--server", "--masks", "--masks-dir"],
     "info": ["bundle"],
@@ -236,3 +237,21 @@ def test_cli_eval_with_every_codec(tiny_bundle, tiny_weights, tiny_images, tmp_p
     assert [m["method"] for m in summary["methods"]][1:] == [c.upper() for c in codecs]
     assert [r["codec"] for r in summary["bd_rate"]] == codecs
     assert all(r["bd_rate"] is None and r["reason"] for r in summary["bd_rate"])
+
+
+def test_cli_eval_reuses_codec_points_of_the_same_images_only(tiny_bundle, tiny_weights, tiny_images, tmp_path,
+                                                              capsys, monkeypatch):
+    """``--baselines-from``: the codec points of an earlier results.json on the same images come back unchanged;
+    a results.json of other images (another count) is refused with a message."""
+    from shared import baselines
+
+    monkeypatch.setitem(baselines.CODECS, "jpeg", (baselines.CODECS["jpeg"][0], (10, 90)))
+    base = ["eval", "--bundle", str(tiny_bundle.root), "--data", str(tiny_images), "--weights", str(tiny_weights)]
+    assert main([*base, "--out", str(tmp_path / "a"), "--codecs", "jpeg", "--limit", "4"]) == 0
+    first = json.loads((tmp_path / "a" / "results.json").read_text())["baselines"]
+    assert main([*base, "--out", str(tmp_path / "b"), "--baselines-from", str(tmp_path / "a" / "results.json"),
+                 "--limit", "4"]) == 0
+    assert "codec points reused" in capsys.readouterr().out
+    assert json.loads((tmp_path / "b" / "results.json").read_text())["baselines"] == first
+    assert main([*base, "--baselines-from", str(tmp_path / "a" / "results.json"), "--limit", "3"]) == 2
+    assert "other images" in capsys.readouterr().err

@@ -239,10 +239,12 @@ def test_segmentation_answer_is_a_png_mask(dataplane):
     assert dec.answer(logits[:, :, 0, 0], topk=3)[1:] == (None, None)  # classification: no mask, no counts
 
 
-def test_no_bundle_named_serves_the_embedded_ladder(tiny_bundle, tiny_weights, monkeypatch):
+def test_no_bundle_named_serves_the_embedded_ladders(tiny_bundle, tiny_weights, monkeypatch):
     import cloud_server.repository as repository
+    from shared.bundle import EMBEDDED_BUNDLES, embedded_bundle_paths
 
-    monkeypatch.setattr(repository, "default_bundle_path", lambda: tiny_bundle.root)
+    assert [p.name for p in embedded_bundle_paths()] == list(EMBEDDED_BUNDLES), "both ladders ship"
+    monkeypatch.setattr(repository, "embedded_bundle_paths", lambda: [tiny_bundle.root])
     repo = repository.ModelRepository(make_settings(tiny_bundle, tiny_weights, bundles=[])).load()
     try:
         assert [m.name for m in repo.models()] == [MODEL] and repo.get(MODEL).bundle.bundle_id == tiny_bundle.bundle_id

@@ -27,10 +27,16 @@ def photos(tmp_path_factory):
     return [(p, i if i % 2 else None) for i, p in enumerate(sorted(folder.iterdir()))]
 
 
+_NET = {}
+
+
 @pytest.fixture(scope="module")
 def effnet():
+    from shared.models import get_backbone
+
     torch.manual_seed(0)
-    return load_split_model("efficientnet_lite0", "block14", weights="random")
+    _NET["net"] = get_backbone("efficientnet_lite0").build("random")
+    return load_split_model("efficientnet_lite0", "block14", model=_NET["net"])
 
 
 @pytest.fixture(scope="module")
@@ -67,6 +73,11 @@ def test_store_extends_resumes_and_serves_subsets(store, effnet, photos):
     assert store._round_path(0).stat().st_mtime_ns == first, "built rounds are never recomputed"
     subset = [str(p) for p, _ in photos[:2]]
     assert open_view_store(store.root.parent, effnet, subset).root == store.root
+    # one store serves every split of the same backbone: the shallow split finds the deep split's views
+    shallow = load_split_model("efficientnet_lite0", "block1", model=_NET["net"])
+    assert open_view_store(store.root.parent, shallow, subset).root == store.root
+    other = load_split_model("efficientnet_lite0", "block14", weights="random")  # other random weights
+    assert open_view_store(store.root.parent, other, subset) is None
     c = bigger.select("_blocks.14", [], subset, plain=3)
     assert len(c) == 6 and not c.targets
     assert len(bigger.select("_blocks.14", [], [str(p) for p, _ in photos], plain=1, labelled_only=True)) == 2

@@ -40,45 +40,66 @@ def run(args) -> int:
     from cloud_server.server import SplitInferServer
     from cloud_server.settings import BundleSpec, Settings
     from edge_client.client import EdgeClient
-    from shared.bundle import resolve_bundle
+    from shared.bundle import embedded_bundle_paths, load_bundle, resolve_bundle
     from shared.labels import class_names
+    from shared.models.split import split_info
 
     folder = Path(args.images) if args.images else samples_dir()
     with (folder / "labels.csv").open() as f:
         samples = [(folder / r["filename"], int(r["class_index"])) for r in csv.DictReader(f)]
-    bundle = resolve_bundle(args.bundle)
-    hints = [float(v) for v in args.bitrates.split(",")] if args.bitrates else _default_hints(bundle)
-    settings = Settings(http_port=0, grpc_port=0, bundles=[BundleSpec(path=bundle.root, weights=args.weights)],
-                        weights=args.weights)
-    print(f"starting the cloud server on 127.0.0.1 with bundle {bundle.bundle_id} "
-          f"({bundle.model}, split {bundle.split}, {len(bundle.rungs)} rungs) ...")
+    bundles = [resolve_bundle(args.bundle)] if args.bundle else [load_bundle(p) for p in embedded_bundle_paths()]
+    if args.bitrates and len(bundles) > 1:
+        print("error: --bitrates needs one --bundle (the embedded ladders have different rates)")
+        return 2
+    hints = {b.bundle_id: ([float(v) for v in args.bitrates.split(",")] if args.bitrates else _default_hints(b))
+             for b in bundles}
+    settings = Settings(http_port=0, grpc_port=0, weights=args.weights,
+                        bundles=[BundleSpec(path=b.root, weights=args.weights) for b in bundles])
+    print("starting the cloud server on 127.0.0.1 with " + "; ".join(
+        f"bundle {b.bundle_id} ({b.model}, split {b.split}, the edge runs "
+        f"{split_info(b.model, b.split)['edge_flop_share']:.0%} of the FLOPs, {len(b.rungs)} rungs)" for b in bundles))
     with SplitInferServer(settings) as server:
         target = f"127.0.0.1:{server.http_port if args.rest else server.grpc_port}"
         print(f"  gRPC on 127.0.0.1:{server.grpc_port}, REST on http://127.0.0.1:{server.http_port}")
-        (served,) = server.repository.models()
-        reference = served.decoder.model  # the unsplit network (head + tail), for the comparison column
-        names = class_names(bundle.model, reference.spec.num_classes)
-        with EdgeClient(target, bundle=bundle, weights=args.weights, rest=args.rest) as client:
-            print(f"  edge client connected over {'REST' if args.rest else 'gRPC'} to model {client.model!r}\n")
-            head = (f"{'image':<29} {'true class':<16} {'unsplit':<16} {'hint':>6} {'rung':>4} {'bytes':>6} "
-                    f"{'bpp':>6} {'edge ms':>7} {'rtt ms':>7}  answer")
+        served = {m.bundle.bundle_id: m for m in server.repository.models()}
+        reference = served[bundles[0].bundle_id].decoder.model  # the unsplit network, for the comparison column
+        names = class_names(bundles[0].model, reference.spec.num_classes)
+        clients = [EdgeClient(target, bundle=b, weights=args.weights, rest=args.rest, model=served[b.bundle_id].name)
+                   for b in bundles]
+        try:
+            print(f"  edge clients connected over {'REST' if args.rest else 'gRPC'} to "
+                  f"{', '.join(repr(c.model) for c in clients)}\n")
+            col = lambda c: f"{c.model[-12:]:>12}: {'rung':>4} {'bytes':>5} {'bpp':>5} {'ms':>5}  answer"  # noqa: E731
+            head = f"{'image':<24} {'true class':<14} {'unsplit':<14} " + " | ".join(col(c) for c in clients)
             print(head)
             print("-" * len(head))
-            hits, ref_hits = {h: 0 for h in hints}, 0
+            hits = {(c.model, j): 0 for c in clients for j in range(3)}
+            sizes = {c.model: [] for c in clients}
+            ref_hits = 0
             for path, label in samples:
                 with torch.no_grad():
-                    ref = int(reference(client.encoder.preprocess(path)).argmax(1))
+                    ref = int(reference(clients[0].encoder.preprocess(path)).argmax(1))
                 ref_hits += ref == label
-                for j, h in enumerate(hints):
-                    r = client.infer(path, bitrate=h)
-                    top = r.label
-                    hits[h] += top[0] == label
-                    ok = "ok" if top[0] == label else "--"
+                for j in range(max(len(h) for h in hints.values())):
+                    cells = []
+                    for c, b in zip(clients, bundles):
+                        h = hints[b.bundle_id][min(j, len(hints[b.bundle_id]) - 1)]
+                        r = c.infer(path, bitrate=h)
+                        top = r.label
+                        hits[(c.model, j)] = hits.get((c.model, j), 0) + (top[0] == label)
+                        sizes[c.model].append(r.n_bytes)
+                        cells.append(f"{'':>12}  {r.rung:>4} {r.n_bytes:>5} {r.bpp:>5.3f} {r.encode_ms:>5.1f}  "
+                                     f"{'ok' if top[0] == label else '--'} {top[1][:14]:<14}")
                     first = j == 0
-                    print(f"{path.name[:29] if first else '':<29} {names[label][:16] if first else '':<16} "
-                          f"{names[ref][:16] if first else '':<16} {h:>6.3f} {r.rung:>4} {r.n_bytes:>6} {r.bpp:>6.3f} "
-                          f"{r.encode_ms:>7.1f} {r.latency_ms:>7.1f}  {ok} {top[1]} ({top[2]:.0%})")
+                    print(f"{path.name[:24] if first else '':<24} {names[label][:14] if first else '':<14} "
+                          f"{names[ref][:14] if first else '':<14} " + " | ".join(cells))
+        finally:
+            for c in clients:
+                c.close()
     print("\nserver stopped cleanly")
-    print(f"unsplit model: {ref_hits}/{len(samples)} correct; " +
-          ", ".join(f"hint {h:.3f} bpp: {hits[h]}/{len(samples)}" for h in hints))
+    print(f"unsplit model: {ref_hits}/{len(samples)} correct")
+    for c, b in zip(clients, bundles):
+        hs = hints[b.bundle_id]
+        print(f"{c.model}: " + ", ".join(f"hint {h:.3f} bpp: {hits[(c.model, j)]}/{len(samples)}" for j, h in enumerate(hs))
+              + f"; {sum(sizes[c.model]) / len(sizes[c.model]):.0f} bytes per image on average")
     return 0

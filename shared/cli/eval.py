@@ -18,6 +18,9 @@ def setup_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--codecs", default="",
                    help="image-codec baselines on the same crops: any of jpeg,webp,avif,hevc (comma-separated)")
+    p.add_argument("--baselines-from", default=None, metavar="RESULTS_JSON",
+                   help="reuse the codec points of an earlier results.json measured on the same images with the same "
+                        "model (checked: image count and the unsplit model's score) instead of --codecs")
     p.add_argument("--update-manifest", action="store_true",
                    help="record the measured bpp/accuracy in each bundle's manifest.json")
     p.add_argument("--pictures", type=int, default=0, metavar="N",
@@ -69,6 +72,20 @@ def run(args) -> int:
                                                                  "reference": ref}})
         all_results.append({"bundle": str(bundle.root), "bundle_id": bundle.bundle_id, "model": bundle.model, **res})
     baselines = []
+    if args.baselines_from:
+        old = json.loads(Path(args.baselines_from).read_text())
+        key = METRICS[first_model.spec.task][0]
+        ref_old = old["ladders"][0]["reference"] if old.get("ladders") else {}
+        ref_new = all_results[0]["reference"]
+        if ref_old.get("n_images") != ref_new["n_images"] or ref_old.get(key) != ref_new.get(key):
+            print(f"error: {args.baselines_from} was measured on other images or another model "
+                  f"({ref_old.get('n_images')} images, unsplit {ref_old.get(key)}; here {ref_new['n_images']}, "
+                  f"{ref_new.get(key)})", file=sys.stderr)
+            return 2
+        baselines = [p for p in old["baselines"] if not codecs or p["method"] in codecs]
+        print(f"codec points reused from {args.baselines_from}: {len(baselines)} "
+              f"({', '.join(sorted({p['method'] for p in baselines}))})")
+        codecs = []
     if codecs:
         from ..baselines import evaluate_codec
 

@@ -75,7 +75,7 @@ def setup_args(p: argparse.ArgumentParser) -> None:
                    help="start the first rung from a rung of an existing bundle with the same config "
                         "(two-stage recipes: features first, logits last)")
     p.add_argument("--finetune", default=None, metavar="BUNDLE",
-                   help="start every rung from the rung of BUNDLE with the same lambda (same config): retrain an "
+                   help="start every rung from the rung of BUNDLE nearest in lambda (same config): retrain an "
                         "existing ladder with another recipe")
     p.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint in --out")
     p.add_argument("--cache-dir", default=None,

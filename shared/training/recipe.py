@@ -278,13 +278,12 @@ def train_bundle(opts: TrainOptions, say=print) -> int:
             return 2
         if opts.init_from:
             init = src.load_rung(int(rung or len(src.rungs) - 1)).state_dict()
-        else:  # each rung from the source rung of the same lambda
-            by_lam = {r.lam: r.index for r in src.rungs}
-            missing = [lam for lam in opts.lambdas if lam not in by_lam]
-            if missing:
-                print(f"error: --finetune {path}: no rung with lambda {missing} (has {sorted(by_lam)})", file=sys.stderr)
-                return 2
-            init_rungs = [src.load_rung(by_lam[lam]).state_dict() for lam in opts.lambdas]
+        else:  # each rung from the source rung nearest in log-lambda (a new top rung starts from the old top)
+            near = lambda lam: min(src.rungs, key=lambda r: abs(math.log(r.lam / lam))).index  # noqa: E731
+            picks = [near(lam) for lam in opts.lambdas]
+            say("fine-tuning: " + ", ".join(f"λ={lam:g} from rung {i} (λ={src.rungs[i].lam:g})"
+                                            for lam, i in zip(opts.lambdas, picks)))
+            init_rungs = [src.load_rung(i).state_dict() for i in picks]
     nets = train_ladder(model, cache, bcfg, lcfg, out, device=device, resume=opts.resume, init=init,
                         init_rungs=init_rungs)
     if rank != 0:

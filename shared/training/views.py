@@ -70,6 +70,16 @@ def tap_modules(model: SplitModel, names: Sequence[str]) -> Dict[str, torch.nn.M
     return out
 
 
+def backbone_fingerprint(model: SplitModel) -> str:
+    """A hash of the whole backbone's weights, the same at every split (head and tail keep the original names)."""
+    from ..models.split import weights_fingerprint
+
+    whole = torch.nn.Module()
+    for i, (name, t) in enumerate(sorted({**model.head.state_dict(), **model.tail.state_dict()}.items())):
+        whole.register_buffer(f"b{i}", t)  # names and order fixed by the sort
+    return weights_fingerprint(whole) + f"-{len(whole._buffers)}"
+
+
 def tail_taps(model: SplitModel) -> List[str]:
     """The spec's feature taps that run in the tail (after the split): what the tail-feature loss matches."""
     called = {n.target for n in model.tail.graph.nodes if n.op == "call_module"}
@@ -157,7 +167,8 @@ class ViewStore:
 
 
 def _store_key(model: SplitModel, images: Sequence[str], seed: int, min_scale: float) -> str:
-    h = hashlib.sha256(json.dumps([model.spec.name, model.fingerprints(), _store_taps(model), sorted(images), seed,
+    h = hashlib.sha256(json.dumps([model.spec.name, backbone_fingerprint(model), sorted(model.spec.feature_taps),
+                                   sorted(images), seed,
                                    min_scale, STORE_VERSION]).encode())
     return h.hexdigest()[:12]
 
@@ -169,7 +180,7 @@ def open_view_store(cache_dir: Path, model: SplitModel, images: Sequence[str], s
     for meta in sorted(Path(cache_dir).glob("views-*/meta.json")):
         m = json.loads(meta.read_text())
         if (m.get("version") == STORE_VERSION and m["model"] == model.spec.name and m["seed"] == seed
-                and m["backbone_weights"] == model.fingerprints() and taps <= set(m["taps"])
+                and m["backbone_weights"] == backbone_fingerprint(model) and taps <= set(m["taps"])
                 and want <= set(m["images"])):
             return ViewStore(meta.parent)
     return None
@@ -191,7 +202,7 @@ def build_view_store(model: SplitModel, items: Sequence[Item], cache_dir: Path, 
         root = Path(cache_dir) / f"views-{_store_key(model, images, seed, min_scale)}"
         root.mkdir(parents=True, exist_ok=True)
         if not (root / "meta.json").is_file():
-            meta = {"version": STORE_VERSION, "model": model.spec.name, "backbone_weights": model.fingerprints(),
+            meta = {"version": STORE_VERSION, "model": model.spec.name, "backbone_weights": backbone_fingerprint(model),
                     "taps": _store_taps(model), "images": images,
                     "labels": [-1 if y is None or int(y) < 0 else int(y) for _, y in items],
                     "input_hw": list(model.spec.preprocess.input_size), "seed": seed, "min_scale": min_scale,
