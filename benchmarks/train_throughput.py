@@ -1,7 +1,10 @@
-"""Training throughput (images/s) of one bottleneck rung per split point, on cached features.
+"""Training throughput (images/s) of one bottleneck rung per split point: from the view store, and on the fly.
 
-What a training step costs once the frozen head's output is cached: bottleneck forward/backward,
-rate estimate, frozen tail forward/backward (input gradients only). Median of repeats, one run.
+From the store: what a training step costs once the frozen parts are cached: bottleneck forward/backward,
+rate estimate, frozen tail forward/backward (input gradients only). On the fly (fresh views every step, the
+Beyer et al. recipe run literally): the same step plus one full forward pass of the frozen network per view
+(head and teacher, no gradients, channels-last), which is also what building the store costs per view.
+Medians of repeats, one run, printed side by side.
 
     python benchmarks/train_throughput.py --model efficientnet_lite0 --device cpu --batch-size 16
 """
@@ -60,7 +63,18 @@ def measure(model_name: str, split: str, device: str, batch: int, steps: int, re
             step()
         sync()
         times.append((time.perf_counter() - t) / steps)
-    return batch / statistics.median(times)
+    step_ips = batch / statistics.median(times)
+    fwd = []
+    xc = x.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        for _ in range(repeats):
+            sync()
+            t = time.perf_counter()
+            m.tail(m.head(xc), xc)
+            sync()
+            fwd.append(time.perf_counter() - t)
+    fwd_ips = batch / statistics.median(fwd)
+    return step_ips, fwd_ips, 1.0 / (1.0 / step_ips + 1.0 / fwd_ips)
 
 
 def main(argv=None) -> int:
@@ -75,9 +89,10 @@ def main(argv=None) -> int:
     splits = a.splits.split(",") if a.splits else list(get_backbone(a.model).split_points)
     dev = torch.cuda.get_device_name() if a.device.startswith("cuda") else f"CPU ({torch.get_num_threads()} threads)"
     print(f"training throughput, {a.model}, batch {a.batch_size}, {dev}, median of {a.repeats} x {a.steps} steps")
+    print(f"  {'split':<10} {'from store':>12} {'on the fly':>12} {'ratio':>6} {'store build':>12}  (images/s)")
     for s in splits:
-        ips = measure(a.model, s, a.device, a.batch_size, a.steps, a.repeats)
-        print(f"  {s:<10} {ips:8.1f} images/s")
+        store, build, fly = measure(a.model, s, a.device, a.batch_size, a.steps, a.repeats)
+        print(f"  {s:<10} {store:12.1f} {fly:12.1f} {store / fly:5.1f}x {build:12.1f}")
     return 0
 
 

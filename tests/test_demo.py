@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 
 from shared.cli import main
@@ -21,13 +22,16 @@ def test_demo_round_trip_through_a_real_server(tiny_bundle, tiny_weights, tiny_i
             "--bitrates", hints]
     assert main(argv) == 0
     out = capsys.readouterr().out
-    assert "edge client connected over gRPC" in out
+    assert "edge clients connected over gRPC" in out
     assert "server stopped cleanly" in out
     for n in names:
         assert n in out
-    # every hint equal to a rung's measured bpp selects that rung
-    rows = [line.split() for line in out.splitlines() if line.strip().endswith("%)")]
+    # one row per image and hint; every hint equal to a rung's measured bpp selects that rung
+    rows = [line for line in out.splitlines() if re.search(r"\s(ok|--) ", line)]
     assert len(rows) == len(names) * len(tiny_bundle.rungs)
+    rungs = [int(re.search(r"\s(\d+)\s+\d+\s+\d+\.\d{3}\s", r).group(1)) for r in rows]
+    assert rungs == list(range(len(tiny_bundle.rungs))) * len(names)
+    assert "bytes per image on average" in out
     assert main(argv + ["--rest"]) == 0
     assert "connected over REST" in capsys.readouterr().out
 
