@@ -59,7 +59,9 @@ def run(args) -> int:
         res = evaluate_ladder(model, bundle, items, batch_size=args.batch_size)
         ref = res["reference"]
         cols = METRICS[model.spec.task]
-        print(f"bundle {bundle.bundle_id} ({bundle.model}/{bundle.split}) on {ref['n_images']} images; "
+        part = "held-out" if args.part == "heldout" else "all"
+        print(f"bundle {bundle.bundle_id} ({bundle.model}/{bundle.split}) on {ref['n_images']} images ({part} part of "
+              f"{args.data}); "
               f"unsplit {METRIC_LABELS[cols[0]]} {ref.get(cols[0], float('nan')):.2%}")
         print(f"{'rung':>4} {'lambda':>7} {'bpp':>7} {'est.bpp':>8} {'bytes':>7} "
               + " ".join(f"{METRIC_LABELS[k]:>10}" for k in cols) + f" {'agree':>6}")

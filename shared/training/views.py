@@ -153,7 +153,7 @@ class ViewStore:
         keep = torch.zeros(len(self.images), dtype=torch.bool)
         keep[[index[p] for p in images]] = True
         parts: Dict[str, List[torch.Tensor]] = {}
-        for r in have_plain[:plain] + have_mix[:mix]:
+        for r in tqdm(have_plain[:plain] + have_mix[:mix], desc="loading views", unit="round", mininterval=5.0):
             with safe_open(str(self._round_path(r)), framework="pt") as f:
                 img = f.get_tensor("image").long()
                 rows = keep[img]
