@@ -6,6 +6,7 @@
 #   A today's recipe: 539 images, 4 views, split MSE + logit KL
 #   B + more views per image (8)                C + tail-feature distillation (stages 7 and the pooled feature)
 #   D + the extra unlabelled images (2,539)     E + 2 CutMix views per image
+#   G + a learned latent gain (--latent-gain)      F + a wider latent (64 channels instead of 32)
 # then, with the winning recipe (W, default E): the factorized prior, the static table, supervised.
 # Usage: bash scripts/recipe_ablation.sh OUT [rows...]; OMP_NUM_THREADS sets the threads of each run.
 set -euo pipefail
@@ -26,6 +27,8 @@ for row in $ROWS; do
     C) args=(--views 8 --tail-features 1) ;;
     D) args=(--views 8 --tail-features 1 "${EXTRA[@]}") ;;
     E) args=(--views 8 --tail-features 1 "${EXTRA[@]}" --mix-views 2) ;;
+    G) args=(--views 8 --tail-features 1 "${EXTRA[@]}" --mix-views 2 --latent-gain) ;;
+    F) args=(--views 8 --tail-features 1 "${EXTRA[@]}" --mix-views 2 --latent 64) ;;
     factorized|static) args=("${W[@]}" --rate-model "$row") ;;
     supervised) args=("${W[@]}" --supervised) ;;
     *) echo "unknown row $row" >&2; exit 2 ;;

@@ -78,7 +78,7 @@ def test_rate_model_registry():
     with pytest.raises(ValueError, match="unknown rate model"):
         Bottleneck(small_config("laplace"))
     with pytest.raises(ValueError, match="unknown bottleneck config keys"):
-        BottleneckConfig.from_dict({**small_config("static").to_dict(), "gain": 1})
+        BottleneckConfig.from_dict({**small_config("static").to_dict(), "warp": 1})
     assert BottleneckConfig.from_dict(small_config("static").to_dict()) == small_config("static")
 
 
@@ -261,3 +261,23 @@ def test_rate_estimate_matches_real_bytes_on_real_cifar(shared_data, tmp_path):
     model = load_split_model("cifar_resnet20", "layer1")
     items = split_items(scan_images(listing), "heldout")
     assert _check_rate_estimates(model, bundle, items)
+
+
+def test_latent_gain_scales_y_and_is_undone_before_g_s():
+    """``gain=True``: y = g_a(.) * exp(latent_gain) on the edge, divided back before g_s in the cloud; the gain
+    learns in its own optimizer group at 10x the rate. Bundles without it load as before (gain defaults off)."""
+    import math
+
+    cfg = small_config("hyperprior")
+    plain, gained = Bottleneck(cfg), Bottleneck(BottleneckConfig(**{**cfg.to_dict(), "gain": True}))
+    gained.load_state_dict({**plain.state_dict(), "latent_gain": torch.full((1, cfg.latent, 1, 1), math.log(4.0))})
+    f = torch.randn(2, cfg.in_channels, 8, 8)
+    with torch.no_grad():
+        assert torch.allclose(gained._analysis(f), 4 * plain._analysis(f), atol=1e-5)
+        y = torch.randn(2, cfg.latent, 4, 4)
+        assert torch.allclose(gained._synthesis(4 * y, (8, 8)), plain._synthesis(y, (8, 8)), atol=1e-5)
+    groups = gained.param_groups(1e-3)
+    assert [g["lr_scale"] for g in groups] == [1.0, 10.0] and groups[1]["params"][0] is gained.latent_gain
+    assert sum(len(g["params"]) for g in groups) == len(gained.net_parameters())
+    assert [g["lr_scale"] for g in plain.param_groups(1e-3)] == [1.0]
+    assert BottleneckConfig.from_dict({k: v for k, v in cfg.to_dict().items() if k != "gain"}).gain is False

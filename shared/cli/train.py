@@ -63,6 +63,9 @@ def setup_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hyper-stride", type=int, default=None, help="side-information stride against y")
     p.add_argument("--hyper-decoder", default="integer", choices=["integer", "float"],
                    help="hyperprior h_s: integer (bit-exact decoding on every device) or float (comparison only)")
+    p.add_argument("--latent-gain", action="store_true",
+                   help="a learned per-channel gain on y with a 10x learning rate: lets a short run find the latent's "
+                        "scale, i.e. how finely it is quantised (shared/codec/bottleneck.py)")
     p.add_argument("--side-refit-steps", type=int, default=500,
                    help="hyperprior: refit the z density to the training z after training (0 = off; changes only "
                         "the bits of z, see shared/training/side_density.py)")

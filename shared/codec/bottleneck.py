@@ -36,6 +36,9 @@ class BottleneckConfig:
     means: bool = True  # mean-scale hyperprior (else scale only)
     qp: float = 1.0  # quantiser step of the "static" model
     hyper_decoder: str = "integer"  # integer (bit-exact on every device) | float (legacy, device-dependent)
+    # a learned per-channel gain on y (log-parameterised, its own 10x learning rate): y's scale sets how finely
+    # the unit quantiser resolves it, and plain weights grow that scale only ~lr per step (see latent_gain)
+    gain: bool = False
 
     def to_dict(self) -> Dict:
         return asdict(self)
@@ -64,15 +67,20 @@ class Bottleneck(nn.Module):
         # every split point look alike to the optimiser.
         self.register_buffer("feat_mean", torch.zeros(1, cfg.in_channels, 1, 1))
         self.register_buffer("feat_std", torch.ones(1, cfg.in_channels, 1, 1))
+        if cfg.gain:
+            self.latent_gain = nn.Parameter(torch.zeros(1, cfg.latent, 1, 1))  # log of the gain; exp(0) = 1
 
     def set_feature_stats(self, mean: Tensor, std: Tensor) -> None:
         self.feat_mean.copy_(mean.reshape(self.feat_mean.shape))
         self.feat_std.copy_(std.reshape(self.feat_std.shape).clamp_min(1e-6))
 
     def _analysis(self, feat: Tensor) -> Tensor:
-        return self.g_a((feat - self.feat_mean) / self.feat_std)
+        y = self.g_a((feat - self.feat_mean) / self.feat_std)
+        return y * self.latent_gain.exp() if self.cfg.gain else y
 
     def _synthesis(self, y_hat: Tensor, feat_hw: HW) -> Tensor:
+        if self.cfg.gain:  # float, like g_s: the symbols (edge) and table indexes (integer h_s) do not depend on it
+            y_hat = y_hat * (-self.latent_gain).exp()
         return self.g_s(y_hat)[..., : feat_hw[0], : feat_hw[1]] * self.feat_std + self.feat_mean
 
     def latent_shape(self, feat_hw: HW) -> HW:
@@ -116,6 +124,13 @@ class Bottleneck(nn.Module):
 
     def net_parameters(self) -> List[nn.Parameter]:
         return [p for n, p in self.named_parameters() if not n.endswith(".quantiles")]
+
+    def param_groups(self, lr: float) -> List[Dict]:
+        """Optimizer groups of :meth:`net_parameters`: the latent gain learns 10x faster (``lr_scale``)."""
+        gain = [self.latent_gain] if self.cfg.gain else []
+        rest = [p for p in self.net_parameters() if all(p is not g for g in gain)]
+        groups = [{"params": rest, "lr": lr, "lr_scale": 1.0}]
+        return groups + ([{"params": gain, "lr": 10 * lr, "lr_scale": 10.0}] if gain else [])
 
     def aux_parameters(self) -> List[nn.Parameter]:
         return [p for n, p in self.named_parameters() if n.endswith(".quantiles")]

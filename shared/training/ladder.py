@@ -145,7 +145,7 @@ def train_ladder(
         ddp = DDP(net, find_unused_parameters=True) if distributed else net
         params, aux_params = net.net_parameters(), net.aux_parameters()
         assert not set(map(id, params)) & set(map(id, aux_params))
-        opt = torch.optim.Adam(params, lr=cfg.lr)
+        opt = torch.optim.Adam(net.param_groups(cfg.lr))
         aux_opt = torch.optim.Adam(aux_params, lr=cfg.aux_lr)
         gen = torch.Generator().manual_seed(cfg.seed * 1000 + pos * 10 + rank)
         # With a time budget each rung gets a share proportional to its steps; the schedule follows
@@ -168,7 +168,7 @@ def train_ladder(
             idx = torch.randint(len(cache), (cfg.batch_size,), generator=gen)
             feat, teacher, labels = cache.batch(idx, device)
             for g in opt.param_groups:
-                g["lr"] = _lr_at(frac, cfg.lr)
+                g["lr"] = _lr_at(frac, cfg.lr) * g["lr_scale"]
             o = ddp(feat)
             warm = pos == 0 and frac < cfg.feature_warmup
             use_tail = cfg.tail_every > 0 and step % cfg.tail_every == 0 and not warm

@@ -52,6 +52,7 @@ class TrainOptions:
     stride: Optional[int] = None
     hyper_stride: Optional[int] = None
     hyper_decoder: str = "integer"
+    latent_gain: bool = False
     side_refit_steps: int = 500
     qp: float = 1.0
     limit: int = 0
@@ -81,6 +82,7 @@ def default_bottleneck(depth: str, in_channels: int, opts) -> dict:
         hyper_stride=g("hyper_stride") or (2 if deep else 4),
         qp=g("qp") or 1.0,
         hyper_decoder=g("hyper_decoder") or "integer",
+        gain=bool(g("latent_gain")),
     )
 
 
