@@ -15,7 +15,22 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from shared.summary import bd_rate, bpp_to_reach  # noqa: E402
+from shared.summary import bd_rate, bpp_to_reach, envelope  # noqa: E402
+
+
+def top1_at(points, bpp: float):
+    """Top-1 at ``bpp`` on the curve's envelope, interpolated in log bpp (above its top: the best rung's, which
+    fits; below its cheapest rung: None)."""
+    import math
+
+    env = envelope(points)
+    if env and bpp >= env[-1][0]:
+        return env[-1][1]
+    for (b0, a0), (b1, a1) in zip(env, env[1:]):
+        if b0 <= bpp <= b1:
+            t = (math.log(bpp) - math.log(b0)) / (math.log(b1) - math.log(b0))
+            return a0 + t * (a1 - a0)
+    return env[0][1] if len(env) == 1 and abs(env[0][0] - bpp) < 1e-9 else None
 
 
 def ladder(root: Path) -> dict:
@@ -29,7 +44,7 @@ def main() -> int:
     p.add_argument("root")
     p.add_argument("rows", nargs="+")
     p.add_argument("--codecs", default=None, help="results.json with codec points on the same images")
-    p.add_argument("--markdown", action="store_true")
+    p.add_argument("--at", default="0.05,0.08", help="bpp values to read each curve's top-1 at")
     a = p.parse_args()
     rows = [ladder(Path(a.root) / r) for r in a.rows if (Path(a.root) / r / "manifest.json").is_file()]
     codecs = {}
@@ -39,21 +54,25 @@ def main() -> int:
     anchor = rows[0]
     ref = anchor["reference"]["top1"]
     print(f"unsplit model: {100 * ref:.2f}% top-1 on {anchor['reference']['n_images']} held-out images\n")
-    print("| row | best rung | bpp within 1 point | within 3 points | BD-rate vs row " + anchor["name"]
-          + " | BD-rate vs best codec | views | train img/s | wall s |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    at = [float(v) for v in a.at.split(",")]
+    print("| row | best rung | " + " | ".join(f"top-1 at {b:g} bpp" for b in at) + " | bpp within 1 point | within 3 "
+          "points | BD-rate vs row " + anchor["name"] + " | BD-rate vs best codec | views | train img/s | wall s |")
+    print("|---|---|" + "---:|" * len(at) + "---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         best = max(r["rungs"], key=lambda m: m["top1"])
         w1, w3 = (bpp_to_reach(r["rungs"], ref - d) for d in (0.01, 0.03))
         bd = bd_rate(r["rungs"], anchor["rungs"]) if r is not anchor else {"bd_rate": 0.0}
-        vs = [(bd_rate(r["rungs"], pts)["bd_rate"], name) for name, pts in codecs.items()]
+        vs = [(bd_rate(r["rungs"], pts)["bd_rate"], name) for name, pts in sorted(codecs.items())]
         vs = [v for v in vs if v[0] is not None]
         worst = max(vs) if vs else None  # the codec this ladder beats by the least is the best codec here
         t = r["training"]
         ips = sum(t["images_per_second"]) / len(t["images_per_second"])
         fmt = lambda w: f"{w['bpp']:.4f}" if w["reached"] else "not reached"  # noqa: E731
-        print(f"| {r['name']} | {100 * best['top1']:.2f}% at {best['bpp']:.4f} | {fmt(w1)} | {fmt(w3)} | "
-              f"{bd['bd_rate']:+.1f}%" + (" " if bd["bd_rate"] is not None else "") + " | "
+        acc = [top1_at(r["rungs"], b) for b in at]
+        bdt = "no overlap" if bd["bd_rate"] is None else f"{bd['bd_rate']:+.1f}%"
+        print(f"| {r['name']} | {100 * best['top1']:.2f}% at {best['bpp']:.4f} | "
+              + " | ".join("-" if v is None else f"{100 * v:.2f}%" for v in acc)
+              + f" | {fmt(w1)} | {fmt(w3)} | {bdt} | "
               + (f"{worst[0]:+.1f}% ({worst[1]})" if worst else "-") +
               f" | {t['n_images']} x ({t['views']}+{t.get('mix_views', 0)}) | {ips:.0f} | {t.get('seconds', float('nan')):.0f} |")
     print()
