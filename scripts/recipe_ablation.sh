@@ -7,7 +7,8 @@
 #   B + more views per image (8)                C + tail-feature distillation (stages 7 and the pooled feature)
 #   D + the extra unlabelled images (2,539)     E + 2 CutMix views per image
 #   G + a learned latent gain (--latent-gain)      F + a wider latent (64 channels instead of 32)
-# then, with the winning recipe (W, default E): the factorized prior, the static table, supervised.
+# then, with the winning recipe (W, default E; WIN_EXTRA=--latent-gain adds G's change): the factorized prior,
+# the static table, supervised.
 # Usage: bash scripts/recipe_ablation.sh OUT [rows...]; OMP_NUM_THREADS sets the threads of each run.
 set -euo pipefail
 OUT=${1:?usage: recipe_ablation.sh OUT [ROW...]}; shift
@@ -19,7 +20,7 @@ EXTRA=(--extra-data "$D/imagenet_extra/images.csv" --extra-data "$D/imagenet_sam
 common=(--model efficientnet_lite0 --split block14 --data "$D/imagenet_val" --batch-size 32
         --steps ${STEPS:-900} --steps-per-rung ${STEPS_PER_RUNG:-500} --lambdas ${LAMBDAS:-8,2,0.5,0.12}
         --seed 0 --cache-dir "$CACHE")
-W=(--views 8 --tail-features 1 "${EXTRA[@]}" ${WIN_MIX:---mix-views 2})
+W=(--views 8 --tail-features 1 "${EXTRA[@]}" ${WIN_MIX:---mix-views 2} ${WIN_EXTRA:-})
 for row in $ROWS; do
   case $row in
     A) args=(--views 4) ;;

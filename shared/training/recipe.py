@@ -331,6 +331,7 @@ def train_bundle(opts: TrainOptions, say=print) -> int:
             "seed": opts.seed,
             "init_from": opts.init_from,
             "finetune": opts.finetune,
+            "source_bundle_id": src.bundle_id if (opts.init_from or opts.finetune) else None,
             "device": device,
             "processes": world,
             "threads": torch.get_num_threads(),
