@@ -69,8 +69,8 @@ def run(args) -> int:
         try:
             print(f"  edge clients connected over {'REST' if args.rest else 'gRPC'} to "
                   f"{', '.join(repr(c.model) for c in clients)}\n")
-            col = lambda c: f"{c.model[-12:]:>12}: {'rung':>4} {'bytes':>5} {'bpp':>5} {'ms':>5}  answer"  # noqa: E731
-            head = f"{'image':<24} {'true class':<14} {'unsplit':<14} " + " | ".join(col(c) for c in clients)
+            col = lambda b: f"{b.split[-12:]:>12}: {'rung':>4} {'bytes':>5} {'bpp':>5} {'ms':>5}  answer"  # noqa: E731
+            head = f"{'image':<24} {'true class':<14} {'unsplit':<14} " + " | ".join(col(b) for b in bundles)
             print(head)
             print("-" * len(head))
             hits = {(c.model, j): 0 for c in clients for j in range(3)}
