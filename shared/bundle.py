@@ -136,9 +136,18 @@ def save_bundle(
     metrics: Optional[Sequence[Dict]] = None,
     extra: Optional[Dict] = None,
     sort: bool = True,
+    transforms_dtype: str = "float32",
 ) -> Bundle:
     """Freeze (``update()``) and write every rung. Rungs are sorted from highest to lowest lambda,
-    or kept in the order given with ``sort=False`` (rung 0 must be the highest rate)."""
+    or kept in the order given with ``sort=False`` (rung 0 must be the highest rate).
+
+    ``transforms_dtype="float16"`` stores the weights of ``g_a`` and ``g_s`` (most of a deep split's rung) in
+    half precision; loading casts them back to float32. Edge and cloud read the same rounded weights, and
+    the entropy model, its tables and the integer ``h_s`` stay exact, so decoding stays bit-exact; the
+    rounding moves accuracy a little, so a ladder exported this way is measured again."""
+    if transforms_dtype not in ("float32", "float16"):
+        raise ValueError(f"transforms_dtype must be float32 or float16, not {transforms_dtype!r}")
+    half = transforms_dtype == "float16"
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     metrics = list(metrics) if metrics is not None else [{} for _ in nets]
@@ -148,7 +157,8 @@ def save_bundle(
         net = nets[i].to("cpu").eval()
         net.update(force=True)
         fname = f"rung-{idx:02d}.safetensors"
-        state = {k: v.detach().contiguous().clone() for k, v in net.state_dict().items()}
+        state = {k: (v.half() if half and k.split(".")[0] in ("g_a", "g_s") and v.is_floating_point() else v)
+                 .detach().contiguous().clone() for k, v in net.state_dict().items()}
         # one metadata entry: safetensors writes its metadata map in arbitrary order, and two keys would
         # make the same weights hash differently from one export to the next (the bundle id would drift)
         meta = json.dumps({"format": FORMAT, "lambda": float(lambdas[i])}, sort_keys=True)
@@ -164,6 +174,7 @@ def save_bundle(
         "config": cfg,
         "rungs": [r.__dict__ for r in rungs],
         **(extra or {}),
+        **({"transforms_dtype": transforms_dtype} if half else {}),
     }
     (root / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return load_bundle(root, allow_float_hyper=True)
@@ -241,14 +252,15 @@ def resolve_bundle(bundle: "Bundle | Path | str | None") -> Bundle:
     return load_bundle(default_bundle_path() if bundle is None else bundle)
 
 
-def merge_bundles(root: Path | str, picks: Sequence[tuple], extra: Optional[Dict] = None) -> Bundle:
+def merge_bundles(root: Path | str, picks: Sequence[tuple], extra: Optional[Dict] = None,
+                  transforms_dtype: Optional[str] = None) -> Bundle:
     """Assemble a ladder from rungs of compatible bundles (same model, split and codec config).
 
     ``picks``: ``(bundle, rung_index)`` pairs. A ladder is one bottleneck per operating point, so rungs
     trained in different runs (e.g. a feature-distillation stage and a logit-distillation stage) can
     share a ladder; each rung keeps its source bundle id and training record. Rungs are ordered by
     measured bpp (highest first). Rungs are re-exported (their CDF tables rebuilt), so the merged
-    ladder must be measured again.
+    ladder must be measured again. ``transforms_dtype``: see :func:`save_bundle` (default: the first source's).
     """
     root = Path(root)
     if not picks:
@@ -265,7 +277,9 @@ def merge_bundles(root: Path | str, picks: Sequence[tuple], extra: Optional[Dict
     metrics = [{"source": {"bundle_id": b.bundle_id, "rung": i, "metrics": b.rungs[i].metrics,
                            "training": b.manifest.get("training", {})}} for b, i in chosen]
     keep = {k: v for k, v in first.manifest.items()
-            if k not in ("format", "bundle_id", "model", "split", "rungs", "training", "config", "evaluation")}
+            if k not in ("format", "bundle_id", "model", "split", "rungs", "training", "config", "evaluation",
+                         "transforms_dtype")}
     extra = {**keep, "training": {"merged_from": sorted({b.bundle_id for b, _ in picks})}, **(extra or {})}
     return save_bundle(root, first.model, first.split, first.config, nets,
-                       [b.rungs[i].lam for b, i in chosen], metrics, extra, sort=False)
+                       [b.rungs[i].lam for b, i in chosen], metrics, extra, sort=False,
+                       transforms_dtype=transforms_dtype or first.manifest.get("transforms_dtype", "float32"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from shared.bundle import BundleError, load_bundle, merge_bundles
 from shared.cli import main
@@ -96,3 +97,30 @@ def test_ladder_refuses_backbone_weights_it_was_not_trained_against(tiny_bundle,
     assert main(["eval", "--bundle", str(tiny_bundle.root), "--data", str(tiny_images), "--weights", str(other),
                  "--limit", "2"]) == 2
     assert "splitinfer train" in capsys.readouterr().err
+
+
+def test_transforms_in_float16_halve_the_rung_and_load_as_float32(tiny_bundle, tmp_path):
+    """``transforms_dtype="float16"``: g_a/g_s weights stored in half precision (the bulk of a deep rung),
+    loaded back as float32; the entropy model and its tables are stored exactly as before; a merge of such a
+    ladder keeps the precision unless told otherwise."""
+    from safetensors import safe_open
+
+    half = merge_bundles(tmp_path / "half", [(tiny_bundle, 0)], transforms_dtype="float16")
+    full = merge_bundles(tmp_path / "full", [(tiny_bundle, 0)])
+    assert half.manifest["transforms_dtype"] == "float16" and "transforms_dtype" not in full.manifest
+    with safe_open(str(half.root / half.rungs[0].file), "pt") as fh, safe_open(str(full.root / full.rungs[0].file), "pt") as ff:
+        for k in ff.keys():
+            want = torch.float16 if k.split(".")[0] in ("g_a", "g_s") and ff.get_tensor(k).is_floating_point() \
+                else ff.get_tensor(k).dtype
+            assert fh.get_tensor(k).dtype == want, k
+            if not k.startswith(("g_a.", "g_s.")):
+                assert torch.equal(fh.get_tensor(k), ff.get_tensor(k)), k
+    net = half.load_rung(0)
+    assert all(p.dtype == torch.float32 for p in net.parameters())
+    ref = full.load_rung(0).state_dict()
+    for k, v in net.state_dict().items():
+        if k.startswith("g_s."):
+            assert torch.allclose(v, ref[k], rtol=1e-3, atol=1e-4), k
+    assert merge_bundles(tmp_path / "again", [(half, 0)]).manifest["transforms_dtype"] == "float16"
+    with pytest.raises(ValueError, match="float32 or float16"):
+        merge_bundles(tmp_path / "bad", [(tiny_bundle, 0)], transforms_dtype="int8")

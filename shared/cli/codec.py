@@ -92,6 +92,9 @@ def setup_merge(p: argparse.ArgumentParser) -> None:
     p.add_argument("out", help="bundle folder to write")
     p.add_argument("picks", nargs="+", metavar="BUNDLE:RUNG[,RUNG...]",
                    help="rungs to take from each (measured) source bundle")
+    p.add_argument("--transforms-dtype", choices=["float32", "float16"], default=None,
+                   help="store g_a/g_s weights in this precision (float16 halves a deep rung; measure it again); "
+                        "default: the first source's")
 
 
 def run_merge(args) -> int:
@@ -102,6 +105,6 @@ def run_merge(args) -> int:
         path, _, rungs = spec.rpartition(":")
         b = load_bundle(path)
         picks += [(b, int(r)) for r in rungs.split(",")]
-    m = merge_bundles(args.out, picks)
+    m = merge_bundles(args.out, picks, transforms_dtype=args.transforms_dtype)
     print(f"wrote bundle {m.bundle_id} with {len(m.rungs)} rungs to {args.out}")
     return 0

@@ -27,7 +27,7 @@ from ..codec import Bottleneck, BottleneckConfig
 from ..models.split import SplitModel
 from .cache import FeatureCache
 from .objectives import Objective, bpp_from_likelihoods, tail_feature_mse
-from .views import capture
+from .views import capture, tap_modules
 
 __all__ = ["LadderConfig", "train_ladder", "dist_info"]
 
@@ -109,9 +109,7 @@ def train_ladder(
     feat_mean, feat_var = (t.to(device) for t in cache.feature_stats())
     use_targets = cfg.tail_feature_weight > 0 and bool(cache.targets)
     target_var = {k: v.to(device) for k, v in cache.target_stats().items()} if use_targets else {}
-    from .views import tap_modules  # hooked while the student's tail runs
-
-    tap_modules = tap_modules(model, list(cache.targets)) if use_targets else {}
+    taps = tap_modules(model, list(cache.targets)) if use_targets else {}  # hooked while the student's tail runs
     n_pixels = cache.input_hw[0] * cache.input_hw[1]
     input_meta = torch.empty((cfg.batch_size, 3, *cache.input_hw), device="meta")
 
@@ -174,7 +172,7 @@ def train_ladder(
             use_tail = cfg.tail_every > 0 and step % cfg.tail_every == 0 and not warm
             student, tail_mse = None, None
             if use_tail:
-                with capture(tap_modules) as acts:
+                with capture(taps) as acts:
                     student = model.tail(o["feat_hat"], input_meta[: feat.shape[0]])
                 if use_targets:
                     tail_mse = tail_feature_mse(acts, cache.target_batch(idx, device), target_var)
