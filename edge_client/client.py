@@ -15,8 +15,9 @@ of them serves the bundle this edge encodes with (same bundle id); otherwise :cl
 says which bundles each side holds. Each request has a deadline (``timeout_s``, retries included); a server
 that is UNAVAILABLE (not up yet, restarting, overloaded) is retried with exponential backoff.
 
-Only ``shared`` (bundle, codec, head), ``grpc`` / the generated stubs and ``httpx`` are imported: never
-FastAPI, uvicorn, or the cloud server.
+The edge half runs on the torch-free runtime (:class:`OnnxEdgeEncoder`: ONNX Runtime + numpy); ``runtime="torch"``
+uses the PyTorch encoder instead (for comparison; it needs the full install). Only ``shared``'s torch-free
+modules, ``grpc`` / the generated stubs and ``httpx`` are imported: never torch, FastAPI, uvicorn, or the server.
 """
 
 from __future__ import annotations
@@ -34,9 +35,9 @@ from typing import Any, Deque, Dict, Iterable, Iterator, List, Optional, Sequenc
 
 from shared.hint import BitrateHint
 
-from .encoder import EdgeEncoder, EncodedFrame, ImageLike
+from .runtime import EncodedFrame, ImageLike, OnnxEdgeEncoder
 
-__all__ = ["EdgeClient", "InferResult", "ServiceError", "BundleMismatchError"]
+__all__ = ["EdgeClient", "InferResult", "ServiceError", "BundleMismatchError", "ImageError"]
 
 # gRPC status codes worth another try (the server may come back); the same idea for HTTP
 _RETRY_GRPC = ("UNAVAILABLE",)
@@ -56,6 +57,22 @@ class BundleMismatchError(ServiceError):
 
     def __init__(self, message: str):
         super().__init__("FAILED_PRECONDITION", message, "bundle_mismatch")
+
+
+class ImageError(ServiceError):
+    """An image this edge could not read or encode (missing, unreadable, not an image): nothing was sent."""
+
+    def __init__(self, message: str):
+        super().__init__("BAD_IMAGE", message, "bad_image")
+
+
+def _encode_error(image, e: Exception) -> ImageError:
+    return ImageError(f"{_name(image)}: cannot encode: {type(e).__name__}: {e}")
+
+
+# what reading or encoding one bad image raises (PIL's UnidentifiedImageError and DecompressionBombError are
+# OSError / ValueError subclasses); anything else is a bug and propagates
+_IMAGE_ERRORS = (OSError, ValueError, SyntaxError)
 
 
 @dataclass
@@ -221,12 +238,16 @@ class EdgeClient:
     Args:
         server: ``HOST:PORT`` of the gRPC front end, or of the REST one with ``rest=True`` (a full
             ``http(s)://`` URL also works for REST).
-        bundle, weights: the ladder and backbone weights the edge encodes with (default: embedded, pretrained).
+        bundle: the ladder the edge encodes with: an edge package (``splitinfer export-edge``), a bundle folder
+            (its edge package is exported once into ``$SPLITINFER_CACHE``, which needs PyTorch), or None (the
+            embedded ladder). weights: backbone weights for that export (default: pretrained).
         model: the server's model name; default: whichever server model serves this edge's bundle.
         timeout_s: deadline per request, retries included. retries / backoff_s: tries after an
             UNAVAILABLE answer, with exponential backoff (and jitter) starting at ``backoff_s``.
         api_key: sent as ``authorization: Bearer``. tls / root_cert: TLS (``root_cert``: PEM file of the CA).
-        encoder: an :class:`EdgeEncoder` to use instead of building one.
+        encoder: an encoder to use instead of building one (:class:`OnnxEdgeEncoder` or the PyTorch ``EdgeEncoder``).
+        runtime: "onnx" (default: ONNX Runtime + numpy, no torch) or "torch" (the PyTorch encoder).
+        threads: the ONNX runtime's threads (default ``$SPLITINFER_EDGE_THREADS``, else 1).
         grpc_options: extra gRPC channel arguments, e.g. ``[("grpc.lb_policy_name", "round_robin")]`` to spread
             requests over every address of ``server="dns:///cloud:50051"`` (cloud replicas behind one name);
             ``$SPLITINFER_GRPC_LB_POLICY`` sets the policy too (for ``splitinfer edge`` and the edge image).
@@ -237,8 +258,17 @@ class EdgeClient:
                  backoff_s: float = 0.1, tls: bool = False, root_cert: Optional[Union[str, Path]] = None,
                  encoder: Optional[EdgeEncoder] = None, device: str = "cpu", top_k: int = 5,
                  check_bundle: bool = True, max_message_bytes: int = 4 << 20,
-                 grpc_options: Sequence[Tuple[str, Any]] = ()):
-        self.encoder = encoder if encoder is not None else EdgeEncoder(bundle, weights=weights, device=device)
+                 grpc_options: Sequence[Tuple[str, Any]] = (), runtime: str = "onnx", threads: Optional[int] = None):
+        if encoder is None:
+            if runtime == "onnx":
+                encoder = OnnxEdgeEncoder(bundle, threads=threads, weights=weights)
+            elif runtime == "torch":
+                from .encoder import EdgeEncoder
+
+                encoder = EdgeEncoder(bundle, weights=weights, device=device)
+            else:
+                raise ValueError(f"runtime must be 'onnx' or 'torch', not {runtime!r}")
+        self.encoder = encoder
         self.bundle = self.encoder.bundle
         self.timeout_s, self.retries, self.backoff_s, self.top_k = timeout_s, retries, backoff_s, top_k
         self.rest = rest
@@ -341,10 +371,18 @@ class EdgeClient:
 
     def infer_many(self, images: Iterable[ImageLike], bitrate: Optional[float] = None, rung: Optional[int] = None,
                    hint: Optional[BitrateHint] = None) -> Iterator[InferResult]:
-        """One unary request per image; a refused image yields a result with ``error`` set."""
+        """One unary request per image; a refused or unreadable image yields a result with ``error`` set (an
+        :class:`ImageError` when the edge could not encode it) and the rest go on."""
+        self.connect()
         for image in images:
             try:
-                yield self.infer(image, bitrate, rung, hint)
+                frame, h, encode_ms = self.encode(image, bitrate, rung, hint)
+            except _IMAGE_ERRORS as e:
+                yield InferResult(_name(image), "", -1, 0, 0.0, [], 0.0, error=_encode_error(image, e))
+                continue
+            try:
+                yield self.send(frame, h, source=_name(image), encode_ms=encode_ms,
+                                expected_rung=frame.rung if rung is None else None)
             except BundleMismatchError:
                 raise
             except ServiceError as e:
@@ -353,7 +391,8 @@ class EdgeClient:
     def stream(self, images: Iterable[ImageLike], bitrate: Optional[float] = None, rung: Optional[int] = None,
                hint: Optional[BitrateHint] = None, timeout_s: Optional[float] = None) -> Iterator[InferResult]:
         """Frames over one ``InferStream`` (gRPC), answers in order; a refused frame yields a result with
-        ``error`` set and the stream goes on. ``timeout_s`` bounds the whole stream (default: none).
+        ``error`` set and the stream goes on; so does an image the edge cannot read (an :class:`ImageError`, in its
+        place in the order; nothing is sent for it). ``timeout_s`` bounds the whole stream (default: none).
         A broken stream raises :class:`ServiceError` (frames are not resent: a camera sends new ones).
         Over REST this falls back to one request per frame (with retries)."""
         if self.rest:
@@ -361,18 +400,30 @@ class EdgeClient:
             return
         self.connect()
         t = self.transport
-        pending: Deque[Tuple[str, float, float]] = deque()  # (source, encode ms, send time) per frame in flight
+        # per frame in send order: (source, encode ms, send time, None), or (source, 0, 0, error) for an image
+        # that could not be encoded; the encoding thread appends, this one pops
+        pending: Deque[Tuple[str, float, float, Optional[ImageError]]] = deque()
 
         def requests():
             for image in images:
-                frame, h, encode_ms = self.encode(image, bitrate, rung, hint)
+                try:
+                    frame, h, encode_ms = self.encode(image, bitrate, rung, hint)
+                except _IMAGE_ERRORS as e:
+                    pending.append((_name(image), 0.0, 0.0, _encode_error(image, e)))
+                    continue
                 rid = uuid.uuid4().hex
-                pending.append((_name(image), encode_ms, time.perf_counter()))
+                pending.append((_name(image), encode_ms, time.perf_counter(), None))
                 yield t.request(self._model, frame, h, frame.rung if rung is None else None, rid, self.top_k)
+
+        def failed() -> Iterator[InferResult]:
+            while pending and pending[0][3] is not None:
+                source, _, _, err = pending.popleft()
+                yield InferResult(source, "", -1, 0, 0.0, [], 0.0, error=err)
 
         try:
             for resp in t.stub.InferStream(requests(), timeout=timeout_s, metadata=t.metadata):
-                source, encode_ms, sent = pending.popleft()
+                yield from failed()
+                source, encode_ms, sent, _ = pending.popleft()
                 latency = 1e3 * (time.perf_counter() - sent)
                 if resp.WhichOneof("outcome") == "error":
                     err = ServiceError(_code_name(resp.error.code), resp.error.message, resp.error.kind)
@@ -381,6 +432,7 @@ class EdgeClient:
                     yield _result_from_pb(resp.result, source, latency, encode_ms)
         except t.grpc.RpcError as e:
             raise t.error(e) from None
+        yield from failed()
 
     # -- lifecycle -----------------------------------------------------------------------------------
     def close(self) -> None:

@@ -1,35 +1,24 @@
-"""Image -> bytes on the edge: preprocessing, the frozen head, the bottleneck encoder, rANS coding."""
+"""Image -> bytes with PyTorch: preprocessing, the frozen head, the bottleneck encoder, rANS coding.
+
+The reference encoder, for training, evaluation and the cloud's infer-image endpoint (which runs the edge
+half next to the backbone it holds). Devices run :class:`edge_client.runtime.OnnxEdgeEncoder`, which writes the
+same bitstreams without torch."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Optional, Tuple, Union
+import time
+from typing import Optional, Union
 
 import torch
 from PIL import Image
-
 from shared.bundle import Bundle, resolve_bundle
 from shared.data import eval_transform, load_image
 from shared.models import SplitModel, load_split_model
-from shared.pipeline import LadderCodec, bits_per_pixel
+from shared.pipeline import LadderCodec
 
-ImageLike = Union[str, Path, Image.Image]
+from .runtime import EncodedFrame, ImageLike
 
-
-@dataclass
-class EncodedFrame:
-    data: bytes
-    rung: int
-    input_hw: Tuple[int, int]
-
-    @property
-    def n_bytes(self) -> int:
-        return len(self.data)
-
-    @property
-    def bpp(self) -> float:
-        return bits_per_pixel(len(self.data), self.input_hw)
+__all__ = ["EdgeEncoder", "EncodedFrame"]
 
 
 class EdgeEncoder:
@@ -46,6 +35,7 @@ class EdgeEncoder:
             model = load_split_model(self.bundle.model, self.bundle.split, weights)
         self.bundle.check_backbone(model, ("head",))
         self.preprocess_spec = model.spec.preprocess
+        self.num_classes = model.spec.num_classes
         self.head = model.head.to(device).eval()  # the tail is not kept on the edge
         self.codec = codec if codec is not None else LadderCodec(self.bundle, device)
         self.device = device
@@ -61,8 +51,9 @@ class EdgeEncoder:
     @torch.no_grad()
     def encode(self, image: ImageLike, bitrate: Optional[float] = None, rung: Optional[int] = None) -> EncodedFrame:
         """Encode one image at the rung given, or at the rung the bitrate hint (bpp) selects."""
+        t0 = time.perf_counter()
         x = self.preprocess(image).to(self.device)
         r = self.select(bitrate) if rung is None else rung
         hw = tuple(x.shape[-2:])
         (data,) = self.codec.encode(self.head(x), hw, r)
-        return EncodedFrame(data, r, hw)
+        return EncodedFrame(data, r, hw, 1e3 * (time.perf_counter() - t0))

@@ -29,7 +29,8 @@ import zlib
 from dataclasses import dataclass, field
 from typing import List, Tuple
 
-__all__ = ["MAGIC", "VERSION", "BitstreamError", "Header", "pack", "unpack", "split_tag", "MAX_SIDE"]
+__all__ = ["MAGIC", "VERSION", "BitstreamError", "Header", "pack", "unpack", "split_tag", "MAX_SIDE", "symbols_crc",
+           "bits_per_pixel"]
 
 MAGIC = b"SI"
 VERSION = 1
@@ -51,6 +52,20 @@ class Header:
     side_hw: Tuple[int, int] = (0, 0)
     symbols_crc: int = 0
     payload_lengths: List[int] = field(default_factory=list)
+
+
+def bits_per_pixel(n_bytes: int, input_hw: Tuple[int, int]) -> float:
+    """Rate as sent: every byte of the message, headers included, over the network input's pixels."""
+    return 8.0 * n_bytes / (input_hw[0] * input_hw[1])
+
+
+def symbols_crc(*symbols, crc: int = 0) -> int:
+    """CRC32 of integer symbols (array-likes, as int32 little endian); the decoder recomputes it to detect a desync."""
+    import numpy as np
+
+    for s in symbols:
+        crc = zlib.crc32(np.asarray(s).astype("<i4").tobytes(), crc)
+    return crc
 
 
 def split_tag(model: str, split: str) -> int:

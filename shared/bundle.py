@@ -18,11 +18,15 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence
 
-from safetensors.torch import load_file, save_file
+from .codec.config import BottleneckConfig
 
-from .codec import Bottleneck, BottleneckConfig
+if TYPE_CHECKING:
+    from .codec.bottleneck import Bottleneck
+
+# torch (safetensors.torch, the Bottleneck) loads only where rung weights do: reading a manifest, picking a rung
+# and checking ids stay torch-free for the edge runtime
 
 __all__ = ["Rung", "Bundle", "save_bundle", "load_bundle", "select_rung", "BundleError", "FORMAT"]
 
@@ -79,13 +83,17 @@ class Bundle:
     def id_bytes(self) -> bytes:
         return bytes.fromhex(self.bundle_id)[:4]
 
-    def load_rung(self, index: int, device: str = "cpu") -> Bottleneck:
+    def load_rung(self, index: int, device: str = "cpu") -> "Bottleneck":
         if not 0 <= index < len(self.rungs):
             raise BundleError(f"bundle {self.bundle_id} has rungs 0..{len(self.rungs) - 1}, not {index}")
         rung = self.rungs[index]
         path = self.root / rung.file
         if _sha256(path) != rung.sha256:
             raise BundleError(f"{path} does not match the hash in manifest.json (corrupted or replaced)")
+        from safetensors.torch import load_file
+
+        from .codec.bottleneck import Bottleneck
+
         net = Bottleneck(self.config)
         net.load_state_dict(load_file(str(path), device=device))
         return net.to(device).eval()
@@ -131,7 +139,7 @@ def save_bundle(
     model: str,
     split: str,
     config: BottleneckConfig,
-    nets: Sequence[Bottleneck],
+    nets: Sequence["Bottleneck"],
     lambdas: Sequence[float],
     metrics: Optional[Sequence[Dict]] = None,
     extra: Optional[Dict] = None,
@@ -145,6 +153,8 @@ def save_bundle(
     half precision; loading casts them back to float32. Edge and cloud read the same rounded weights, and
     the entropy model, its tables and the integer ``h_s`` stay exact, so decoding stays bit-exact; the
     rounding moves accuracy a little, so a ladder exported this way is measured again."""
+    from safetensors.torch import save_file
+
     if transforms_dtype not in ("float32", "float16"):
         raise ValueError(f"transforms_dtype must be float32 or float16, not {transforms_dtype!r}")
     half = transforms_dtype == "float16"

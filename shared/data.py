@@ -18,6 +18,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import transforms as T
 
+from .imageprep import IMAGE_EXTS, input_crop, load_image, to_array
 from .models.registry import Preprocess
 
 __all__ = [
@@ -43,15 +44,9 @@ __all__ = [
     "make_dataset",
 ]
 
-IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".ppm", ".tif", ".tiff"}
 Item = Tuple[Path, Optional[Union[int, Path]]]  # (image, class index | mask file | None when unlabelled)
 VOID = 255  # mask value of pixels without a label (crop padding, unlabelled images)
 MASK_FOLDER_SUFFIX = "annot"  # SegNet's layout: masks of train/x.png in trainannot/x.png
-
-
-def load_image(path: Path | str) -> Image.Image:
-    with Image.open(path) as im:
-        return im.convert("RGB")
 
 
 def _read_csv(path: Path) -> List[Item]:
@@ -153,20 +148,9 @@ def spread(items: Sequence[Item], limit: int) -> List[Item]:
     return [items[int(i * step)] for i in range(limit)]
 
 
-def input_crop(img: Image.Image, pre: Preprocess, nearest: bool = False) -> Image.Image:
-    """The network's input crop as an image (what codec baselines compress): resize + centre crop.
-    ``nearest``: nearest-neighbour resampling, for masks (class indexes must not be blended)."""
-    h, w = pre.input_size
-    if pre.resize is None:
-        return img.resize((w, h), Image.NEAREST if nearest else Image.BICUBIC) if img.size != (w, h) else img
-    mode = T.InterpolationMode.NEAREST if nearest else T.InterpolationMode.BILINEAR
-    img = T.functional.resize(img, pre.resize, interpolation=mode)
-    return T.functional.center_crop(img, [h, w])
-
-
 def to_model_input(img: Image.Image, pre: Preprocess) -> torch.Tensor:
-    """(3, H, W) normalised tensor from an already cropped image."""
-    return T.functional.normalize(T.functional.to_tensor(img), pre.mean, pre.std)
+    """(3, H, W) normalised tensor from an already cropped image (``shared.imageprep.to_array``)."""
+    return torch.from_numpy(to_array(img, pre))
 
 
 def eval_transform(pre: Preprocess):

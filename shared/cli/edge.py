@@ -19,8 +19,15 @@ def setup_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--rung", type=int, default=None, help="force a rung (0 = highest rate)")
     p.add_argument("--fps", type=float, default=None, help="frame rate for --kbps")
     p.add_argument("--stream", action="store_true", help="send all frames over one InferStream (gRPC)")
-    p.add_argument("--bundle", default=None, help="bundle folder (default: the embedded ladder)")
-    p.add_argument("--weights", default=None, help="backbone weights file (default: pretrained)")
+    p.add_argument("--bundle", default=None,
+                   help="edge package (splitinfer export-edge) or bundle folder (exported once into the cache; needs "
+                        "PyTorch); default: the embedded ladder")
+    p.add_argument("--weights", default=None, help="backbone weights file for that export (default: pretrained)")
+    p.add_argument("--runtime", choices=("onnx", "torch"), default="onnx",
+                   help="onnx: ONNX Runtime + numpy, no PyTorch (default); torch: the PyTorch reference encoder")
+    p.add_argument("--threads", type=int, default=None,
+                   help="ONNX Runtime threads (default: $SPLITINFER_EDGE_THREADS, else 1: fastest per frame on a "
+                        "small, busy CPU)")
     p.add_argument("--model", default=None, help="server model name (default: the one serving this bundle)")
     p.add_argument("--api-key", default=None, help="API key (default: $SPLITINFER_API_KEY)")
     p.add_argument("--timeout", type=float, default=10.0, help="deadline per request in seconds (default 10)")
@@ -55,17 +62,17 @@ def write_mask(result, folder, model: str, num_classes: int) -> Path:
 
 
 def _expand(paths):
-    from shared.data import IMAGE_EXTS
+    """Folders -> their images (by extension); files as given. A missing path stays in the list: it fails on its
+    own line like any unreadable image, and the others go on."""
+    from shared.imageprep import IMAGE_EXTS
 
     out = []
     for p in map(Path, paths):
         if p.is_dir():  # masks written by an earlier --masks run are not inputs
             out += sorted(q for q in p.rglob("*")
                           if q.suffix.lower() in IMAGE_EXTS and not q.name.endswith(MASK_SUFFIX))
-        elif p.exists():
-            out.append(p)
         else:
-            raise FileNotFoundError(f"{p}: no such image or folder")
+            out.append(p)
     return out
 
 
@@ -83,13 +90,12 @@ def run(args) -> int:
     hint = BitrateHint(target_bpp=args.bitrate, kbit_per_s=args.kbps, fps=args.fps)
     client = EdgeClient(args.server, bundle=args.bundle, weights=args.weights, model=args.model, rest=args.rest,
                         api_key=args.api_key or os.environ.get("SPLITINFER_API_KEY"), timeout_s=args.timeout,
-                        retries=args.retries, tls=args.tls, root_cert=args.ca_cert, top_k=max(1, args.topk))
+                        retries=args.retries, tls=args.tls, root_cert=args.ca_cert, top_k=max(1, args.topk),
+                        runtime=args.runtime, threads=args.threads)
     failed = 0
     num_classes = None
     if args.masks or args.masks_dir:
-        from shared.models import get_backbone
-
-        num_classes = get_backbone(client.bundle.model).num_classes
+        num_classes = client.encoder.num_classes
     with client:
         try:
             client.connect()
@@ -117,8 +123,11 @@ def run(args) -> int:
                           f"{r.encode_ms:>7.1f} {r.latency_ms:>7.1f}  {pred}" + (f"  -> {mask}" if mask else ""),
                           flush=True)
                 else:
-                    print(f"{Path(r.source).name[:32]:<32} refused: {r.error.code}: {r.error.message}", flush=True)
+                    what = "failed" if r.error.kind == "bad_image" else "refused"
+                    print(f"{Path(r.source).name[:32]:<32} {what}: {r.error.code}: {r.error.message}", flush=True)
         except ServiceError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
+    if failed and not args.json:
+        print(f"{failed} of {len(images)} images failed", file=sys.stderr)
     return 1 if failed else 0

@@ -24,9 +24,11 @@ def _pair(s: str, sep: str, kind=float):
     return kind(a), kind(b)
 
 
-def setup_args(p: argparse.ArgumentParser) -> None:
-    from ..models.families import SEG_TEACHER_ENV
+# shared.models.families.SEG_TEACHER_ENV (not imported: `splitinfer --help` must not load torch; a test ties them)
+SEG_TEACHER_ENV = "SPLITINFER_SEG_TEACHER"
 
+
+def setup_args(p: argparse.ArgumentParser) -> None:
     p.formatter_class = argparse.ArgumentDefaultsHelpFormatter
     p.epilog = (f"The weights go to --out (default: where {MODEL} looks for them, ${SEG_TEACHER_ENV} or the user "
                 "cache); OUT.json records the command, the time taken and the test scores; OUT.ckpt lets an "

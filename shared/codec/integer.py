@@ -33,12 +33,9 @@ from torch import Tensor, nn
 
 __all__ = ["IntConv2d", "IntHyperSynthesis", "ConvFn", "conv_reference", "W_MAX", "ACT_MAX"]
 
-W_MAX = 127  # weights: 8-bit signed
-ACT_MAX = 255  # activations: 8-bit unsigned
-ACT_FRAC = 4  # activations live on a grid of 2**-4: [0, 15.94]
-OUT_FRAC = 8  # outputs (index logits, means) on a grid of 2**-8
-SHIFT = 24  # requantisation: multipliers carry 24 fractional bits
-IN_MAX = 127  # |z symbols| are clipped to this before h_s (bounds the first layer's sums)
+# the grid constants: one definition for this path and the numpy one the edge runs (integer_numpy.py)
+from .integer_numpy import ACT_FRAC, ACT_MAX, IN_MAX, OUT_FRAC, SHIFT, W_MAX  # noqa: E402
+
 _EXACT_LIMIT = 2**52  # every intermediate integer must stay below this (float64 is exact to 2**53)
 
 ConvFn = Callable[[Tensor, Tensor, int], Tensor]

@@ -21,7 +21,6 @@ Every model exposes ``compress`` (per image: payloads + a CRC of the integer sym
 from __future__ import annotations
 
 import abc
-import zlib
 from typing import ClassVar, Dict, List, Optional, Tuple
 
 import numpy as np
@@ -33,6 +32,7 @@ from compressai.models.utils import update_registered_buffers
 from compressai.ops import quantize_ste
 from torch import Tensor, nn
 
+from ..bitstream import symbols_crc as _symbols_crc
 from .integer import IntHyperSynthesis
 from .layers import make_hyper_analysis, make_hyper_synthesis
 
@@ -42,10 +42,8 @@ HW = Tuple[int, int]
 
 
 def symbols_crc(*symbols: Tensor, crc: int = 0) -> int:
-    """CRC32 of integer symbols (int32, little endian); the decoder recomputes it to detect a desync."""
-    for s in symbols:
-        crc = zlib.crc32(s.detach().to("cpu", torch.int32).numpy().astype("<i4").tobytes(), crc)
-    return crc
+    """CRC32 of integer symbols (``shared.bitstream.symbols_crc``, which the torch-free edge calls too)."""
+    return _symbols_crc(*(s.detach().to("cpu", torch.int32).numpy() for s in symbols), crc=crc)
 
 
 def scale_table(lo: float = 0.11, hi: float = 16.0, levels: int = 64) -> Tensor:

@@ -1,0 +1,289 @@
+"""The torch-free edge (ONNX Runtime + numpy) against the PyTorch edge, side by side, measured in one run.
+
+For each ladder (default: both embedded ones), on the same images:
+
+- per-frame edge time, batch 1, from the preprocessed image to the message (head + codec), medians of
+  interleaved repeats, each runtime at 1 thread (and the ONNX runtime at every ``--threads`` value);
+- the edge overhead in each runtime: head + codec over head alone;
+- agreement: messages byte-identical, cloud decodes with a checksum failure (must be 0), top-1 of the cloud's
+  answers equal between the two edges, mean bpp of each;
+- process start to first frame encoded, and peak RSS, of a fresh ``python`` that imports the edge and encodes
+  one image (each runtime; the child reports its own peak RSS, VmHWM);
+- installed size of each edge's dependencies: the distributions of ``requirements-edge.txt`` (ONNX edge) and of
+  the PyTorch edge's requirement set (``git show REV:requirements-edge.txt``), as installed in ``--venv``;
+- with ``--arm64``: does every pin of requirements-edge.txt resolve to a Linux arm64 wheel (``pip download``).
+
+    python benchmarks/edge_runtime.py                       # both embedded ladders, the sample images
+    python benchmarks/edge_runtime.py --images ../shared/data/imagenet_val --max-images 200 --arm64
+
+The cloud side (decode + tail) runs in this process with PyTorch: it is the judge, not a contestant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+SAMPLES = ROOT / "shared" / "assets" / "samples"
+TORCH_EDGE_REV = "8eafb8c"  # the last commit whose edge ran PyTorch (its requirements-edge.txt)
+GOALS = {"image_mb": 300, "deps_mb": 250, "start_s": 1.0, "rss_mb": 150, "frame_ratio": 0.8, "overhead": 1.15}
+
+
+# ----------------------------------------------------------------------------------------------- agreement
+def compare_edges(bundle, images: Sequence[Path], onnx_encoder, torch_encoder, decoder,
+                  rungs: Optional[Sequence[int]] = None, progress: bool = False) -> Dict:
+    """Encode every (image, rung) with both edges, decode both on the cloud: the agreement figures."""
+    from shared.bitstream import BitstreamError
+
+    rungs = [r.index for r in bundle.rungs] if rungs is None else list(rungs)
+    n = same_bytes = crc_fail = agree = 0
+    bpp_onnx: Dict[int, List[float]] = {r: [] for r in rungs}
+    bpp_torch: Dict[int, List[float]] = {r: [] for r in rungs}
+    it = [(p, r) for p in images for r in rungs]
+    if progress:
+        from tqdm import tqdm
+
+        it = tqdm(it, desc=f"agreement {bundle.model}/{bundle.split}", unit="pair", leave=False)
+    xs = {}
+    for path, r in it:
+        if path not in xs:
+            xs = {path: (onnx_encoder.preprocess(path), torch_encoder.preprocess(path))}
+        x_onnx, x_torch = xs[path]
+        a = onnx_encoder.encode_array(x_onnx, r)
+        with _no_grad():
+            (b,) = torch_encoder.codec.encode(torch_encoder.head(x_torch), tuple(x_torch.shape[-2:]), r)
+        n += 1
+        same_bytes += a == b
+        try:
+            pa = decoder.decode(a)
+        except BitstreamError:
+            crc_fail += 1
+            continue
+        pb = decoder.decode(b)
+        agree += pa.label == pb.label
+        bpp_onnx[r].append(pa.bpp)
+        bpp_torch[r].append(pb.bpp)
+    mean = lambda v: statistics.fmean(v) if v else float("nan")  # noqa: E731
+    per_rung = {r: {"bpp_onnx": mean(bpp_onnx[r]), "bpp_torch": mean(bpp_torch[r])} for r in rungs}
+    worst = max(abs(v["bpp_onnx"] / v["bpp_torch"] - 1) for v in per_rung.values())
+    return {"pairs": n, "same_bytes": same_bytes, "crc_failures": crc_fail, "top1_agree": agree / max(n, 1),
+            "bpp_rel_diff_max": worst, "per_rung": per_rung}
+
+
+def _no_grad():
+    import torch
+
+    return torch.no_grad()
+
+
+# ------------------------------------------------------------------------------------------------ timings
+def _median_ms(fns: Dict[str, callable], inputs: Sequence, repeats: int, warmup: int) -> Dict[str, float]:
+    """Median ms of each function; repeat ``i`` runs every function in turn on input ``i`` (interleaved)."""
+    times: Dict[str, List[float]] = {k: [] for k in fns}
+    for i in range(warmup + repeats):
+        x = inputs[i % len(inputs)]
+        for k, fn in fns.items():
+            t = time.perf_counter()
+            fn(x)
+            if i >= warmup:
+                times[k].append(1e3 * (time.perf_counter() - t))
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def frame_times(package, torch_encoder, images: Sequence[Path], rung: int, threads: Sequence[int], repeats: int,
+                warmup: int) -> Dict[str, float]:
+    import torch
+
+    from edge_client import OnnxEdgeEncoder
+
+    torch.set_num_threads(1)
+    onnx = {t: OnnxEdgeEncoder(package, threads=t) for t in threads}
+    first = onnx[threads[0]]
+    inputs = [(first.preprocess(p), torch_encoder.preprocess(p)) for p in images]
+    hw = tuple(inputs[0][1].shape[-2:])
+
+    def torch_full(x):
+        with torch.no_grad():
+            torch_encoder.codec.encode(torch_encoder.head(x[1]), hw, rung)
+
+    def torch_head(x):
+        with torch.no_grad():
+            torch_encoder.head(x[1])
+
+    fns = {"torch head": torch_head, "torch head+codec": torch_full}
+    for t, enc in onnx.items():
+        fns[f"onnx{t} head"] = (lambda e: lambda x: e.features(x[0]))(enc)
+        fns[f"onnx{t} head+codec"] = (lambda e: lambda x: e.encode_array(x[0], rung))(enc)
+    return _median_ms(fns, inputs, repeats, warmup)
+
+
+# ------------------------------------------------------------------------------------ fresh processes
+# the child's own peak RSS: VmHWM belongs to the exec'd process (ru_maxrss would carry the forking parent's peak)
+_HWM = "print(next(l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')))"
+_START = {
+    "onnx": ("import time; t0 = time.perf_counter()\n"
+             "from edge_client import OnnxEdgeEncoder\n"
+             "f = OnnxEdgeEncoder({pkg!r}).encode({img!r}, rung=0)\n"
+             + _HWM),
+    "torch": ("import torch; torch.set_num_threads(1)\n"
+              "from edge_client import EdgeEncoder\n"
+              "f = EdgeEncoder({bundle!r}, weights={weights!r}).encode({img!r}, rung=0)\n"
+              + _HWM),
+}
+
+
+def start_to_first_frame(kind: str, repeats: int, **kw) -> Dict[str, float]:
+    """Wall time from process start to the first frame's bytes (median of ``repeats`` starts; the page cache is
+    warm after the first) and the child's peak RSS (max over the starts, from its /proc VmHWM)."""
+    code = _START[kind].format(**kw)
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    walls, rss = [], []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
+        walls.append(time.perf_counter() - t0)
+        if out.returncode != 0:
+            raise RuntimeError(f"{kind} edge process failed: {out.stderr[-2000:]}")
+        rss.append(int(out.stdout.split()[-1]) / 1024)  # VmHWM is in kB
+    return {"start_s": statistics.median(walls), "rss_mb": max(rss)}
+
+
+# --------------------------------------------------------------------------------------------- sizes
+def _pins(text: str) -> List[str]:
+    return [ln.split("==")[0].strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
+
+
+def installed_mb(names: Sequence[str], venv: Path) -> Dict:
+    """Bytes on disk of the named distributions' files in ``venv`` (missing ones listed)."""
+    from importlib import metadata
+
+    site = next((venv / "lib").glob("python3*/site-packages"))
+    dists = {d.metadata["Name"].lower().replace("_", "-"): d for d in metadata.distributions(path=[str(site)])}
+    total, missing = 0, []
+    for n in names:
+        d = dists.get(n.lower().replace("_", "-"))
+        if d is None:
+            missing.append(n)
+            continue
+        for f in d.files or []:
+            p = Path(d.locate_file(f))
+            if p.is_file():
+                total += p.stat().st_size
+    return {"mb": total / 1e6, "missing": missing, "n": len(names)}
+
+
+def arm64_check(req: Path) -> Dict:
+    with tempfile.TemporaryDirectory() as d:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--python-version", "3.11",
+               "--implementation", "cp", "--platform", "manylinux2014_aarch64", "--platform", "manylinux_2_28_aarch64",
+               "-d", d, "-q", "-r", str(req)]
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+        wheels = sorted(p.name for p in Path(d).glob("*.whl"))
+    return {"ok": out.returncode == 0, "wheels": wheels, "error": out.stderr[-1500:] if out.returncode else ""}
+
+
+# ----------------------------------------------------------------------------------------------- main
+def main(argv: Optional[List[str]] = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--bundles", nargs="*", default=None, help="bundle folders (default: both embedded ladders)")
+    ap.add_argument("--weights", default=None, help="backbone weights file (default: pretrained)")
+    ap.add_argument("--images", default=str(SAMPLES), help="image folder (default: the bundled samples)")
+    ap.add_argument("--max-images", type=int, default=0, help="at most this many images for agreement (0: all)")
+    ap.add_argument("--rung", type=int, default=0, help="rung timed per frame (default 0)")
+    ap.add_argument("--threads", default="1,2", help="ONNX Runtime thread counts to time (default 1,2)")
+    ap.add_argument("--repeats", type=int, default=30, help="timed repeats per stage (default 30)")
+    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--starts", type=int, default=3, help="fresh processes per runtime for start time / RSS")
+    ap.add_argument("--venv", default=str(Path(sys.executable).parents[1]), help="venv whose installed sizes count")
+    ap.add_argument("--arm64", action="store_true", help="check that requirements-edge.txt resolves for linux/arm64")
+    ap.add_argument("--no-agreement", action="store_true", help="skip the agreement pass")
+    ap.add_argument("--json", default=None, help="write every figure here")
+    args = ap.parse_args(argv)
+
+    import torch
+
+    from cloud_server.decoder import CloudDecoder
+    from edge_client import EdgeEncoder, OnnxEdgeEncoder, find_package
+    from shared.bundle import embedded_bundle_paths, load_bundle
+    from shared.data import scan_images, spread
+
+    torch.set_num_threads(1)
+    threads = [int(t) for t in args.threads.split(",")]
+    paths = [Path(b) for b in args.bundles] if args.bundles else embedded_bundle_paths()
+    images = [p for p, _ in spread(scan_images(args.images, labels=False), args.max_images)]
+    print(f"# edge runtime benchmark: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+          f"python {platform.python_version()}, torch {torch.__version__}; {len(images)} images from {args.images}")
+    report: Dict = {"images": len(images), "ladders": {}}
+    for path in paths:
+        bundle = load_bundle(path)
+        pkg = find_package(bundle, weights=args.weights)
+        name = f"{bundle.model}/{bundle.split}"
+        torch_enc = EdgeEncoder(bundle, weights=args.weights)
+        ft = frame_times(pkg, torch_enc, images[: max(1, min(len(images), 8))], args.rung, threads, args.repeats,
+                         args.warmup)
+        row: Dict = {"bundle_id": bundle.bundle_id, "package_id": pkg.package_id, "frame_ms": ft}
+        print(f"\n## {name} (bundle {bundle.bundle_id}, edge package {pkg.package_id}), rung {args.rung}, batch 1")
+        print(f"{'':34}{'PyTorch edge':>14}" + "".join(f"{f'ONNX, {t} thr':>14}" for t in threads))
+        print(f"{'head ms':34}{ft['torch head']:>14.2f}" + "".join(f"{ft[f'onnx{t} head']:>14.2f}" for t in threads))
+        print(f"{'head + codec ms (per frame)':34}{ft['torch head+codec']:>14.2f}"
+              + "".join(f"{ft[f'onnx{t} head+codec']:>14.2f}" for t in threads))
+        print(f"{'overhead (head+codec / head)':34}{ft['torch head+codec'] / ft['torch head']:>14.2f}"
+              + "".join(f"{ft[f'onnx{t} head+codec'] / ft[f'onnx{t} head']:>14.2f}" for t in threads))
+        print(f"{'per frame vs PyTorch edge':34}{1.0:>14.2f}"
+              + "".join(f"{ft[f'onnx{t} head+codec'] / ft['torch head+codec']:>14.2f}" for t in threads))
+        if not args.no_agreement:
+            dec = CloudDecoder(bundle, weights=args.weights)
+            onnx_enc = OnnxEdgeEncoder(pkg)
+            t0 = time.perf_counter()
+            ag = compare_edges(bundle, images, onnx_enc, torch_enc, dec, progress=True)
+            row["agreement"] = ag
+            print(f"agreement over {ag['pairs']} image x rung pairs ({time.perf_counter() - t0:.0f} s): "
+                  f"{ag['same_bytes']} byte-identical, {ag['crc_failures']} checksum failures, top-1 agreement "
+                  f"{100 * ag['top1_agree']:.2f}%, bpp differs by at most {100 * ag['bpp_rel_diff_max']:.3f}% (rung mean)")
+        st_onnx = start_to_first_frame("onnx", args.starts, pkg=str(pkg.root), img=str(images[0]))
+        st_torch = start_to_first_frame("torch", args.starts, bundle=str(bundle.root), img=str(images[0]),
+                                        weights=args.weights)
+        row["start"] = {"onnx": st_onnx, "torch": st_torch}
+        print(f"{'process start -> first frame, s':34}{st_torch['start_s']:>14.2f}{st_onnx['start_s']:>14.2f}")
+        print(f"{'peak RSS of that process, MB':34}{st_torch['rss_mb']:>14.0f}{st_onnx['rss_mb']:>14.0f}")
+        report["ladders"][name] = row
+
+    venv = Path(args.venv)
+    edge_pins = _pins((ROOT / "requirements-edge.txt").read_text())
+    try:
+        old = subprocess.run(["git", "show", f"{TORCH_EDGE_REV}:requirements-edge.txt"], cwd=ROOT, capture_output=True,
+                             text=True, check=True).stdout
+        torch_pins = _pins(old)
+    except (subprocess.CalledProcessError, FileNotFoundError):
+        torch_pins = []
+    sizes = {"onnx": installed_mb(edge_pins, venv)}
+    if torch_pins:
+        sizes["torch"] = installed_mb(torch_pins, venv)
+    report["installed"] = sizes
+    print(f"\n## installed edge dependencies (files of each requirement set's distributions in {venv})")
+    for k, v in sizes.items():
+        miss = f" ({len(v['missing'])} not installed here: {', '.join(v['missing'][:6])})" if v["missing"] else ""
+        print(f"{'ONNX edge' if k == 'onnx' else 'PyTorch edge':14} {v['n']:>3} pins {v['mb']:>9.1f} MB{miss}")
+    if args.arm64:
+        a = arm64_check(ROOT / "requirements-edge.txt")
+        report["arm64"] = a
+        print(f"linux/arm64 wheels for every pin of requirements-edge.txt: {'yes' if a['ok'] else 'NO'} "
+              f"({len(a['wheels'])} wheels){': ' + a['error'] if a['error'] else ''}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2, default=float) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
