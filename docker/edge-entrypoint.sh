@@ -1,9 +1,14 @@
 #!/bin/sh
 # Edge container entry point: SPLITINFER_* environment -> `splitinfer edge` flags (see Dockerfile.edge).
-# Arguments, when given, replace the image list (or run another subcommand: `edge-entrypoint.sh info`).
+# Arguments, when given, replace the image list (or run `splitinfer edge ...` / `--help` as given).
+# SPLITINFER_EDGE_THREADS (ONNX Runtime threads, default 1) needs no flag: `splitinfer edge` reads it itself.
 set -eu
 case "${1:-}" in
-    info|models|encode|decode|edge|--help|-h) exec python -m shared.cli "$@" ;;
+    edge|--help|-h) exec python -m shared.cli "$@" ;;
+    # these load PyTorch, which the edge image does not have (the cloud image runs them)
+    models|train|train-teacher|encode|decode|eval|report|migrate|merge|demo|info|serve|export-edge)
+        echo "splitinfer $1 needs PyTorch, which this edge image does not have: run it in the cloud image" >&2
+        exit 2 ;;
 esac
 set -- --server "$SPLITINFER_SERVER" ${*:-${SPLITINFER_IMAGES}}
 if [ -n "${SPLITINFER_KBPS:-}" ]; then
