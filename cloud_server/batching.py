@@ -7,6 +7,9 @@ request never waits, and under load a batch fills up to what is actually coming.
 input size (a batch must stack). One worker thread per backbone runs the batches; callers block on their own future, so the
 batcher serves the threaded gRPC server and FastAPI's thread pool alike. With ``max_batch == 1`` the caller
 runs the tail itself (no thread, no queue).
+
+Work nobody waits for is dropped: a queued request whose deadline has passed, or whose caller's cancel token
+is set (the client went away), is taken out of its batch before the tail runs.
 """
 
 from __future__ import annotations
@@ -14,14 +17,14 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from concurrent.futures import Future
+from concurrent.futures import CancelledError, Future
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
-from .errors import DeadlineExceeded, Unavailable
+from .errors import Cancelled, DeadlineExceeded, Unavailable
 
 __all__ = ["TailBatcher", "BatchResult"]
 
@@ -41,6 +44,7 @@ class _Item:
     feature: torch.Tensor
     input_hw: Tuple[int, int]
     deadline: Optional[float]
+    token: object = None  # a dataplane.CancelToken (anything with .cancelled)
     enqueued: float = field(default_factory=time.perf_counter)
     future: Future = field(default_factory=Future)
 
@@ -71,11 +75,17 @@ class TailBatcher:
             with self._count_lock:
                 self._inflight -= 1
 
-    def run(self, feature: torch.Tensor, input_hw: Tuple[int, int], deadline: Optional[float] = None) -> BatchResult:
-        """Tail output for one decoded feature (1, C, h, w). ``deadline``: a ``time.monotonic()`` instant."""
+    def run(self, feature: torch.Tensor, input_hw: Tuple[int, int], deadline: Optional[float] = None,
+            token=None) -> BatchResult:
+        """Tail output for one decoded feature (1, C, h, w). ``deadline``: a ``time.monotonic()`` instant;
+        ``token``: a :class:`~cloud_server.dataplane.CancelToken` (cancelled: the request leaves the queue)."""
         if self._closed:
             raise Unavailable("the server is shutting down")
+        if token is not None and token.cancelled:
+            raise Cancelled("the client went away before the tail; the request was dropped")
         if self._thread is None:
+            if deadline is not None and time.monotonic() > deadline:
+                raise DeadlineExceeded("deadline exceeded before the tail")
             t0 = time.perf_counter()
             out = self.fn(feature, input_hw)
             if self.on_batch:
@@ -83,7 +93,9 @@ class TailBatcher:
             if deadline is not None and time.monotonic() > deadline:
                 raise DeadlineExceeded("deadline exceeded while running the tail")
             return BatchResult(out, 1, 0.0, 1e3 * (time.perf_counter() - t0))
-        item = _Item(feature, tuple(input_hw), deadline)
+        item = _Item(feature, tuple(input_hw), deadline, token)
+        # the client going away cancels the future: the caller stops waiting, the worker skips the item
+        remove = token.add_callback(item.future.cancel) if token is not None else None
         self._q.put(item)
         timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
         try:
@@ -92,6 +104,13 @@ class TailBatcher:
             # still queued: cancelled, the worker skips it; already running: its result is dropped
             item.future.cancel()
             raise DeadlineExceeded("deadline exceeded while waiting for the tail") from None
+        except CancelledError:
+            if token is not None and token.cancelled:
+                raise Cancelled("the client went away while the request waited for the tail; dropped") from None
+            raise DeadlineExceeded("deadline exceeded while waiting for the tail (dropped from the queue)") from None
+        finally:
+            if remove is not None:
+                remove()
 
     def close(self) -> None:
         """Finish what is queued, then stop the worker."""
@@ -126,7 +145,10 @@ class TailBatcher:
                 break
             items, stop = self._collect(first)
             groups: Dict[Tuple, List[_Item]] = {}
+            now = time.monotonic()
             for it in items:
+                if (it.deadline is not None and now > it.deadline) or (it.token is not None and it.token.cancelled):
+                    it.future.cancel()  # nobody waits for this one: drop it (its caller raises)
                 if it.future.set_running_or_notify_cancel():
                     groups.setdefault((it.input_hw, tuple(it.feature.shape[1:])), []).append(it)
             for (hw, _), group in groups.items():

@@ -3,6 +3,12 @@
 REST (``rest.py``) and gRPC (``grpc_server.py``) only translate their wire types to the pydantic types of
 ``types.py`` and call :class:`DataPlane`; errors leave as :mod:`cloud_server.errors`, which each front end
 maps to its status codes. Nothing here knows about HTTP or gRPC.
+
+What a front end knows about the call travels in a :class:`CallScope` (a context variable, so that it reaches the
+thread that runs the work): its :class:`CancelToken` (set when the client cancels, disconnects or its call ends)
+and, when the front end admitted the request before queueing it for a thread (REST), its :class:`Admission`.
+Work for a cancelled or timed-out request is dropped at the next stage boundary (before decoding, before the
+tail, and while queued for a batch), never run to the end for nobody.
 """
 
 from __future__ import annotations
@@ -10,27 +16,124 @@ from __future__ import annotations
 import hmac
 import io
 import logging
+import os
 import threading
 import time
 import uuid
 from contextlib import contextmanager
-from typing import Iterator, List, Optional
+from contextvars import ContextVar
+from typing import Callable, Iterator, List, Optional
 
 from shared import __version__
-from shared.bitstream import BitstreamError
+from shared.bitstream import BitstreamError, unpack
 from shared.hint import BitrateHint
+from shared.imageprep import resized_size
 
-from .errors import (DeadlineExceeded, InternalError, InvalidArgument, Overloaded, PayloadTooLarge, SplitInferError,
-                     Unauthenticated, Unavailable)
+from .errors import (BundleMismatch, Cancelled, DeadlineExceeded, InternalError, InvalidArgument, Overloaded,
+                     PayloadTooLarge, SplitInferError, Unauthenticated, Unavailable)
 from .metrics import Metrics
 from .repository import ModelRepository, ServedModel
 from .settings import Settings
 from .types import ClassScore, InferenceRequest, InferenceResponse, ModelMetadata, RungMetadata, parse_request
 
-__all__ = ["DataPlane", "IMAGE_FORMATS"]
+__all__ = ["DataPlane", "IMAGE_FORMATS", "CancelToken", "Admission", "CallScope", "current_scope", "call_scope"]
 
 log = logging.getLogger("splitinfer.server")
 IMAGE_FORMATS = ("JPEG", "PNG", "WEBP")
+# bytes per pixel of PIL's in-memory image by mode (everything else: 4, e.g. RGB is stored as RGBX)
+_PIL_BYTES_PER_PIXEL = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N": 2}
+
+
+# ------------------------------------------------------------------------------------------ call scope
+class CancelToken:
+    """Set once when the client is gone (gRPC call terminated, HTTP connection closed); callbacks run then."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._cancelled = False
+        self._callbacks: List[Callable[[], None]] = []
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled
+
+    def cancel(self) -> None:
+        with self._lock:
+            if self._cancelled:
+                return
+            self._cancelled = True
+            callbacks, self._callbacks = self._callbacks, []
+        for fn in callbacks:
+            try:
+                fn()
+            except Exception:  # noqa: BLE001 - one bad callback must not stop the others
+                log.exception("cancel callback failed")
+
+    def add_callback(self, fn: Callable[[], None]) -> Callable[[], None]:
+        """Run ``fn`` on cancel (at once if already cancelled); returns a function that removes it."""
+        with self._lock:
+            if not self._cancelled:
+                self._callbacks.append(fn)
+
+                def remove() -> None:
+                    with self._lock:
+                        try:
+                            self._callbacks.remove(fn)
+                        except ValueError:
+                            pass
+
+                return remove
+        fn()
+        return lambda: None
+
+
+class Admission:
+    """One slot of ``max_concurrent_requests``; :meth:`release` is idempotent."""
+
+    def __init__(self, dataplane: "DataPlane"):
+        self._dp, self._held = dataplane, True
+
+    def release(self) -> None:
+        if self._held:
+            self._held = False
+            self._dp._release_slot()
+
+
+class CallScope:
+    """What a front end knows about the call that data-plane methods run for (see the module docstring)."""
+
+    __slots__ = ("token", "admission")
+
+    def __init__(self, token: Optional[CancelToken] = None, admission: Optional[Admission] = None):
+        self.token = token if token is not None else CancelToken()
+        self.admission = admission
+
+    def take_admission(self) -> Optional[Admission]:
+        """The front end's slot, handed to the first request that runs in this scope."""
+        a, self.admission = self.admission, None
+        return a
+
+
+_SCOPE: ContextVar[Optional[CallScope]] = ContextVar("splitinfer_call_scope", default=None)
+
+
+def current_scope() -> Optional[CallScope]:
+    return _SCOPE.get()
+
+
+@contextmanager
+def call_scope(scope: CallScope) -> Iterator[CallScope]:
+    """Run the block (and whatever it hands to threads with a copied context) in ``scope``."""
+    reset = _SCOPE.set(scope)
+    try:
+        yield scope
+    finally:
+        _SCOPE.reset(reset)
+
+
+def enter_scope(scope: CallScope) -> None:
+    """Set ``scope`` for the rest of the current context (gRPC runs each call in a context of its own)."""
+    _SCOPE.set(scope)
 
 
 class DataPlane:
@@ -39,7 +142,11 @@ class DataPlane:
         self.repository = repository
         self.metrics = metrics or Metrics()
         repository.on_batch = lambda backbone, n: self.metrics.batch.labels(backbone).observe(n)
-        self._slots = threading.BoundedSemaphore(settings.max_concurrent_requests)
+        self._capacity = settings.max_concurrent_requests
+        self._inflight = 0
+        self._slot_lock = threading.Lock()
+        self._image_slots = threading.BoundedSemaphore(settings.max_concurrent_image_decodes)
+        self._decode_slots = threading.BoundedSemaphore(settings.max_concurrent_decodes or os.cpu_count() or 1)
         self._api_keys = [k.encode() for k in settings.all_api_keys()]
         self._ready = True
         self._update_resident()
@@ -115,8 +222,9 @@ class DataPlane:
         """Decode one bitstream and run the tail. Raises a :class:`SplitInferError` on any refusal."""
         with self._request(request.model, protocol, request.request_id) as ctx:
             served = self._served(request.model)
+            deadline = self._deadline(timeout_s)
             with served.batcher.track():
-                resp = self._infer(served, request, ctx, self._deadline(timeout_s))
+                resp = self._infer(served, request, ctx, deadline)
             ctx["response"] = resp
             return resp
 
@@ -133,14 +241,24 @@ class DataPlane:
                 raise PayloadTooLarge(f"image of {len(image)} bytes exceeds the limit of "
                                       f"{self.settings.max_upload_bytes} bytes")
             t0 = time.perf_counter()
-            img = self._open_image(image)
             n = len(served.bundle.rungs)
             if rung is not None and hint.is_set:
                 raise InvalidArgument("give either a rung or a bitrate hint, not both")
             if rung is not None and not 0 <= rung < n:
                 raise InvalidArgument(f"rung {rung} is not in bundle {served.bundle.bundle_id} (rungs 0..{n - 1})")
+            encoder = served.encoder()
             r = hint.rung(served.bundle) if rung is None else rung
-            frame = served.encoder().encode(img, rung=r)
+            # the big part (the decoded upload) lives only inside this block; a few at a time
+            if not self._image_slots.acquire(timeout=max(0.0, min(2.0, deadline - time.monotonic()))):
+                self._check(deadline, ctx["token"], "decoding the image")
+                raise Overloaded(f"{self.settings.max_concurrent_image_decodes} images are being decoded; retry later")
+            try:
+                img = self._open_image(image, encoder.preprocess_spec, deadline, ctx["token"])
+                self._check(deadline, ctx["token"], "encoding")
+                frame = encoder.encode(img, rung=r)
+                del img
+            finally:
+                self._image_slots.release()
             encode_ms = 1e3 * (time.perf_counter() - t0)
             req = parse_request(dict(model=model, bitstream=frame.data, target_bpp=hint.target_bpp,
                                      kbit_per_s=hint.kbit_per_s, fps=hint.fps, expected_rung=r,
@@ -153,8 +271,7 @@ class DataPlane:
             return resp
 
     def _served(self, name: str) -> ServedModel:
-        if not self._ready:
-            raise Unavailable("the server is shutting down")
+        # shutting down: refused at admission (``admit``); a request admitted before that finishes
         return self.repository.get(name)
 
     def _deadline(self, timeout_s: Optional[float]) -> float:
@@ -164,21 +281,57 @@ class DataPlane:
         return time.monotonic() + t
 
     @staticmethod
-    def _check_deadline(deadline: float, stage: str) -> None:
+    def _check(deadline: float, token: Optional[CancelToken], stage: str) -> None:
+        """Stage boundary: stop here when the client is gone or the deadline has passed."""
+        if token is not None and token.cancelled:
+            raise Cancelled(f"the client went away before {stage}; the request was dropped")
         if time.monotonic() > deadline:
             raise DeadlineExceeded(f"deadline exceeded before {stage}")
 
-    def _open_image(self, data: bytes):
+    def _wait_for(self, slots: threading.Semaphore, deadline: float, token: Optional[CancelToken], stage: str) -> None:
+        """Take one of ``slots`` (a blocked thread costs no CPU and no GIL), or raise once the client is gone or
+        the deadline passes."""
+        while True:
+            self._check(deadline, token, stage)
+            if slots.acquire(timeout=max(0.0, min(0.05, deadline - time.monotonic()))):
+                return
+
+    def check_image_size(self, size, pre, mode: str = "RGB") -> None:
+        """Refuse an image by its header alone: pixels, decoded memory (``mode``: PIL's), aspect ratio, and the
+        size the resize would produce (``pre``: the model's preprocessing). Nothing is decoded or resized before
+        this passes."""
+        s = self.settings
+        w, h = size
+        if w < 1 or h < 1:
+            raise InvalidArgument(f"image of {w}x{h} pixels is empty")
+        if w * h > s.max_image_pixels:
+            raise PayloadTooLarge(f"image of {w}x{h} pixels exceeds the limit of {s.max_image_pixels} pixels")
+        need = w * h * (_PIL_BYTES_PER_PIXEL.get(mode, 4) + (0 if mode == "RGB" else 4))
+        if need > s.max_image_decode_bytes:
+            raise PayloadTooLarge(f"image of {w}x{h} pixels ({mode}) would take {need >> 20} MiB to decode, over the "
+                                  f"limit of {s.max_image_decode_bytes >> 20} MiB")
+        if max(w, h) > s.max_image_aspect_ratio * min(w, h):
+            raise InvalidArgument(f"image of {w}x{h} pixels: aspect ratio {max(w, h) / min(w, h):.4g}:1 exceeds the "
+                                  f"limit of {s.max_image_aspect_ratio:g}:1")
+        rw, rh = resized_size((w, h), pre)
+        if rw * rh > s.max_resized_pixels:
+            raise PayloadTooLarge(f"image of {w}x{h} pixels would be resized to {rw}x{rh}, over the limit of "
+                                  f"{s.max_resized_pixels} pixels")
+
+    def _open_image(self, data: bytes, pre, deadline: float, token: Optional[CancelToken]):
         from PIL import Image, UnidentifiedImageError
 
         try:
             img = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
-            w, h = img.size
-            if w * h > self.settings.max_image_pixels:
-                raise PayloadTooLarge(f"image of {w}x{h} pixels exceeds the limit of "
-                                      f"{self.settings.max_image_pixels} pixels")
+            self.check_image_size(img.size, pre, img.mode)  # the header only: nothing decoded yet
+            self._check(deadline, token, "decoding the image")
             img.load()
-            return img.convert("RGB")
+            if img.mode != "RGB":
+                self._check(deadline, token, "converting the image")
+                rgb = img.convert("RGB")
+                img.close()
+                img = rgb
+            return img
         except UnidentifiedImageError:
             raise InvalidArgument(f"not an image in a supported format ({', '.join(IMAGE_FORMATS)})") from None
         except Image.DecompressionBombError as e:
@@ -195,7 +348,17 @@ class DataPlane:
             raise PayloadTooLarge(f"bitstream of {len(data)} bytes exceeds the limit of "
                                   f"{self.settings.max_bitstream_bytes} bytes")
         bundle, codec = served.bundle, served.codec
+        token = ctx["token"]
         n = len(bundle.rungs)
+        try:
+            sent_for = unpack(data)[0].bundle_id
+        except BitstreamError as e:
+            raise InvalidArgument(f"bad bitstream: {e}") from None
+        if sent_for != bundle.id_bytes:  # before any rung check: the rungs of another ladder mean nothing here
+            raise BundleMismatch(
+                f"the bitstream was encoded with bundle {sent_for.hex()}…, but model {served.name!r} serves bundle "
+                f"{bundle.bundle_id} ({bundle.model}/{bundle.split}): the server's bundle changed, or the edge holds "
+                "another one. Edge and cloud must hold the same bundle (re-read the server's models)")
         hint = req.hint
         hinted = hint.rung(bundle) if hint.is_set else None
         if req.expected_rung is not None:
@@ -212,20 +375,23 @@ class DataPlane:
         if req.expected_rung is not None and hdr.rung != req.expected_rung:
             raise InvalidArgument(f"the bitstream was encoded with rung {hdr.rung}, the request expects rung "
                                   f"{req.expected_rung}")
+        tw = time.perf_counter()
+        self._wait_for(self._decode_slots, deadline, token, "decoding")
         t1 = time.perf_counter()
-        self._check_deadline(deadline, "decoding")
         try:
             feat, hdr = codec.decode(data)
         except BitstreamError as e:
             raise InvalidArgument(f"bad bitstream: {e}") from None
+        finally:
+            self._decode_slots.release()
         t2 = time.perf_counter()
-        self._check_deadline(deadline, "the tail")
-        res = served.batcher.run(feat, hdr.input_hw, deadline)
+        self._check(deadline, token, "the tail")
+        res = served.batcher.run(feat, hdr.input_hw, deadline, token)
         top, mask, pixels = served.decoder.answer(res.output, req.top_k or self.settings.default_top_k)
         t3 = time.perf_counter()
         bpp = 8.0 * len(data) / (hdr.input_hw[0] * hdr.input_hw[1])
-        timings = {"parse": 1e3 * (t1 - t0), "decode": 1e3 * (t2 - t1), "queue": res.queue_ms, "tail": res.tail_ms,
-                   "total": 1e3 * (t3 - t0)}
+        timings = {"parse": 1e3 * (tw - t0), "decode_wait": 1e3 * (t1 - tw), "decode": 1e3 * (t2 - t1),
+                   "queue": res.queue_ms, "tail": res.tail_ms, "total": 1e3 * (t3 - t0)}
         m = self.metrics
         m.bytes.labels(served.name, str(hdr.rung)).observe(len(data))
         m.bpp.labels(served.name, str(hdr.rung)).observe(bpp)
@@ -238,20 +404,57 @@ class DataPlane:
             topk=[ClassScore(index=i, name=nm, score=s) for i, nm, s in top], timings_ms=timings,
             batch_size=res.batch_size, mask_png=mask, class_pixels=pixels)
 
+    # -- admission -------------------------------------------------------------------------------------
+    @property
+    def inflight(self) -> int:
+        """Admitted requests not finished yet."""
+        return self._inflight
+
+    @property
+    def capacity(self) -> int:
+        return self._capacity
+
+    @property
+    def at_capacity(self) -> bool:
+        """A new request would be refused now (a hint for front ends: :meth:`admit` decides)."""
+        return self._inflight >= self._capacity
+
+    def admit(self, protocol: str = "python", model: Optional[str] = None) -> Admission:
+        """Take a slot of ``max_concurrent_requests`` now or raise (Unavailable while shutting down, Overloaded at
+        capacity): never waits. Front ends that queue work for a thread call this before queueing it and hand the
+        slot to the request through :class:`CallScope`; otherwise the request takes its own."""
+        if not self._ready:
+            err: SplitInferError = Unavailable("the server is shutting down")
+        else:
+            with self._slot_lock:
+                if self._inflight < self._capacity:
+                    self._inflight += 1
+                    self.metrics.inflight.inc()
+                    return Admission(self)
+            err = Overloaded(f"too many requests in flight (limit {self._capacity}); retry later")
+        label = model if model is not None and model in self.repository else "unknown"
+        self.metrics.errors.labels(protocol, err.kind).inc()
+        self.metrics.requests.labels(protocol, label, err.kind).inc()
+        raise err
+
+    def _release_slot(self) -> None:
+        with self._slot_lock:
+            self._inflight -= 1
+            self.metrics.inflight.dec()
+
     @contextmanager
     def _request(self, model: str, protocol: str, request_id: Optional[str]) -> Iterator[dict]:
         """Admission (concurrency limit), metrics, one structured log line, and error normalisation."""
         rid = request_id or uuid.uuid4().hex
-        ctx = {"request_id": rid}
+        scope = _SCOPE.get()
+        ctx = {"request_id": rid, "token": scope.token if scope is not None else None}
         m = self.metrics
         label = model if model in self.repository else "unknown"  # no label per unknown name
         t0 = time.perf_counter()
-        if not self._slots.acquire(blocking=False):
-            m.errors.labels(protocol, Overloaded.kind).inc()
-            m.requests.labels(protocol, label, Overloaded.kind).inc()
-            raise Overloaded(f"too many requests in flight (limit {self.settings.max_concurrent_requests}); "
-                             "retry later")
-        m.inflight.inc()
+        # admitted by the front end (before shutdown began: it finishes), or now (refused while shutting down)
+        admission = scope.take_admission() if scope is not None else None
+        if admission is None:
+            admission = self.admit(protocol, model)
         outcome, err = "ok", None
         try:
             yield ctx
@@ -264,8 +467,7 @@ class DataPlane:
             outcome = err.kind
             raise err from e
         finally:
-            self._slots.release()
-            m.inflight.dec()
+            admission.release()
             dt = time.perf_counter() - t0
             m.requests.labels(protocol, label, outcome).inc()
             m.latency.labels(protocol, label).observe(dt)

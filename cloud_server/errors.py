@@ -1,8 +1,10 @@
 """One error hierarchy for the service, mapped to an HTTP status (REST) and a gRPC status code (gRPC).
 
 The data plane raises these; ``rest.py`` turns one into a JSON body ``{"error": message, "kind": kind}``
-with its ``status_code``, ``grpc_server.py`` aborts the call with ``grpc.StatusCode[grpc_code]`` and the
-same message. Nothing else reaches a client: an unexpected exception becomes :class:`InternalError`.
+with its ``status_code``, ``grpc_server.py`` aborts the call with ``grpc.StatusCode[grpc_code]``, the same
+message and the kind as trailing metadata (``splitinfer-error-kind``). Nothing else reaches a client: an
+unexpected exception becomes :class:`InternalError`. The ``kind`` is the contract (clients branch on it, e.g.
+the edge client retries ``overloaded`` and ``unavailable``); status codes are what each protocol makes of it.
 """
 
 from __future__ import annotations
@@ -10,11 +12,14 @@ from __future__ import annotations
 __all__ = [
     "SplitInferError",
     "InvalidArgument",
+    "BundleMismatch",
     "NotFound",
     "PayloadTooLarge",
     "Unauthenticated",
     "Overloaded",
     "DeadlineExceeded",
+    "RequestTimeout",
+    "Cancelled",
     "Unavailable",
     "InternalError",
 ]
@@ -24,6 +29,7 @@ class SplitInferError(Exception):
     status_code = 500
     grpc_code = "INTERNAL"  # name of a grpc.StatusCode member (kept as text: no grpc import here)
     kind = "internal"
+    retry_after_s = None  # a hint for clients (HTTP Retry-After, gRPC splitinfer-retry-after-ms); None: no retry
 
     def __init__(self, message: str):
         super().__init__(message)
@@ -37,6 +43,14 @@ class InvalidArgument(SplitInferError):
     """Malformed request, a bitstream that cannot be decoded, a rung that disagrees with the request."""
 
     status_code, grpc_code, kind = 400, "INVALID_ARGUMENT", "invalid_argument"
+
+
+class BundleMismatch(InvalidArgument):
+    """A bitstream encoded with another bundle than the one the model serves (typically: the server's bundle
+    changed after the edge checked it). Same status codes as InvalidArgument; its own kind, so that a client can
+    re-read the server's models instead of reporting a corrupt stream."""
+
+    kind = "bundle_mismatch"
 
 
 class NotFound(SplitInferError):
@@ -55,16 +69,31 @@ class Overloaded(SplitInferError):
     """Too many requests in flight; the client should retry later."""
 
     status_code, grpc_code, kind = 429, "RESOURCE_EXHAUSTED", "overloaded"
+    retry_after_s = 1.0
 
 
 class DeadlineExceeded(SplitInferError):
     status_code, grpc_code, kind = 504, "DEADLINE_EXCEEDED", "deadline_exceeded"
 
 
+class RequestTimeout(SplitInferError):
+    """The client did not send its request (headers or body) in time (REST)."""
+
+    status_code, grpc_code, kind = 408, "DEADLINE_EXCEEDED", "request_timeout"
+
+
+class Cancelled(SplitInferError):
+    """The client went away (cancelled the call, closed the connection): its work is dropped. Nobody reads this
+    answer; HTTP 499 is nginx's "client closed request"."""
+
+    status_code, grpc_code, kind = 499, "CANCELLED", "cancelled"
+
+
 class Unavailable(SplitInferError):
     """Not ready yet, or shutting down."""
 
     status_code, grpc_code, kind = 503, "UNAVAILABLE", "unavailable"
+    retry_after_s = 1.0
 
 
 class InternalError(SplitInferError):

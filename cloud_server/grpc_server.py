@@ -3,13 +3,34 @@
 Also serves ``grpc.health.v1.Health`` (SERVING once loaded, NOT_SERVING while shutting down) and server
 reflection. Health and reflection need no API key; the inference service does when keys are configured
 (``authorization: Bearer <key>`` or ``x-api-key: <key>`` metadata).
+
+Every call on the port, whatever its service, passes :class:`CallGuard` (a server interceptor, run on gRPC's
+polling thread before a worker is taken):
+
+- a call never waits for a worker: beyond ``grpc_threads`` calls, or ``grpc_stream_limit`` streaming calls, or
+  an inference call while the data plane is at ``max_concurrent_requests``, it is refused at once with
+  RESOURCE_EXHAUSTED (kind ``overloaded``), on the polling thread itself (no worker, no hand-off);
+- ``grpc.health.v1.Health/Check`` runs on a pool of its own, so it answers while every worker is busy;
+- a stream that neither sends nor reads for ``grpc_idle_timeout_s``, or a unary call whose request has not
+  arrived after ``grpc_message_timeout_s``, is cancelled (a watchdog thread; its worker is freed);
+- requests are deserialized by the guard: an undecodable message is INVALID_ARGUMENT, not INTERNAL;
+- each call runs in a :class:`~cloud_server.dataplane.CallScope` whose cancel token is set when the call ends
+  (client cancel, deadline, disconnect), so the data plane drops the work of a client that went away.
+
+Refusals carry their error kind as trailing metadata ``splitinfer-error-kind`` (and ``splitinfer-retry-after-ms``
+when a retry makes sense); :func:`abort` does that for any servicer on this port.
 """
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import logging
+import random
+import threading
+import time
 from concurrent import futures
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -17,20 +38,43 @@ from grpc_reflection.v1alpha import reflection
 
 from shared._proto import SERVICE_NAME, splitinfer_pb2 as pb, splitinfer_pb2_grpc as pb_grpc
 
-from .dataplane import DataPlane
-from .errors import SplitInferError, Unauthenticated, Unavailable
+from .dataplane import CallScope, DataPlane, enter_scope
+from .errors import Cancelled, InvalidArgument, Overloaded, SplitInferError, Unauthenticated, Unavailable
 from .settings import Settings
 from .types import InferenceResponse, ModelMetadata, parse_request
 
-__all__ = ["InferenceServicer", "GrpcFrontEnd", "to_request_fields", "from_response", "status_code"]
+__all__ = ["InferenceServicer", "GrpcFrontEnd", "CallGuard", "to_request_fields", "from_response", "status_code",
+           "abort", "error_metadata", "ERROR_KIND_KEY", "RETRY_AFTER_KEY"]
 
 log = logging.getLogger("splitinfer.server")
 # headroom over the largest bitstream for the other fields of a request
 _MESSAGE_SLACK = 64 * 1024
+ERROR_KIND_KEY = "splitinfer-error-kind"
+RETRY_AFTER_KEY = "splitinfer-retry-after-ms"
+HEALTH_CHECK = "/grpc.health.v1.Health/Check"
+# unary inference methods: refused by the guard itself (no worker, no decoding) while the data plane is full
+ADMITTED_METHODS = frozenset({"/splitinfer.v1.SplitInference/Infer", "/inference.GRPCInferenceService/ModelInfer"})
+_HEALTH_THREADS, _HEALTH_CALLS = 4, 16  # Health/Check: its own threads; calls beyond _HEALTH_CALLS are refused
 
 
 def status_code(e: SplitInferError) -> grpc.StatusCode:
     return grpc.StatusCode[e.grpc_code]
+
+
+def error_metadata(e: SplitInferError) -> tuple:
+    """Trailing metadata of a refusal: the error kind, and a retry hint for retryable kinds. The hint is spread
+    between half and all of the error's ``retry_after_s``: clients that wait exactly the hint, refused together
+    in a burst, come back spread out instead of as the next burst."""
+    md = [(ERROR_KIND_KEY, e.kind)]
+    if e.retry_after_s is not None:
+        md.append((RETRY_AFTER_KEY, str(int(round(1e3 * e.retry_after_s * random.uniform(0.5, 1.0))))))
+    return tuple(md)
+
+
+def abort(context: grpc.ServicerContext, e: SplitInferError):
+    """End the call with ``e``'s status code and message, its kind in the trailing metadata (raises)."""
+    context.set_trailing_metadata(error_metadata(e))
+    context.abort(status_code(e), e.message)
 
 
 # ------------------------------------------------------------------------------------------ converters
@@ -88,7 +132,7 @@ class InferenceServicer(pb_grpc.SplitInferenceServicer):
         self.dp = dataplane
 
     def _abort(self, context: grpc.ServicerContext, e: SplitInferError):
-        context.abort(status_code(e), e.message)
+        abort(context, e)
 
     def Infer(self, request: pb.InferRequest, context: grpc.ServicerContext) -> pb.InferResponse:
         try:
@@ -110,7 +154,7 @@ class InferenceServicer(pb_grpc.SplitInferenceServicer):
                 req = parse_request(to_request_fields(request))
                 resp = self.dp.infer(req, protocol="grpc-stream", timeout_s=context.time_remaining())
                 yield pb.InferStreamResponse(request_id=resp.request_id, result=from_response(resp))
-            except (Unauthenticated, Unavailable) as e:
+            except (Unauthenticated, Unavailable, Cancelled) as e:
                 self._abort(context, e)
             except SplitInferError as e:
                 yield pb.InferStreamResponse(
@@ -127,6 +171,289 @@ class InferenceServicer(pb_grpc.SplitInferenceServicer):
         return pb.ModelMetadataResponse(models=[from_metadata(m) for m in models], server_version=__version__)
 
 
+# ------------------------------------------------------------------------------------------ guard
+class _Watchdog:
+    """One thread that runs a callback when an armed timer expires (cancels calls that wait on the client)."""
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._heap: list = []  # (when, seq, entry)
+        self._seq = itertools.count()
+        self._stopped = False
+        self._thread = threading.Thread(target=self._run, name="grpc-watchdog", daemon=True)
+        self._thread.start()
+
+    def arm(self, seconds: float, fn: Callable[[], None]) -> list:
+        """Run ``fn`` in ``seconds`` unless :meth:`disarm` is called with the returned entry first."""
+        entry = [fn]
+        with self._cond:
+            when = time.monotonic() + seconds
+            first = not self._heap or when < self._heap[0][0]
+            heapq.heappush(self._heap, (when, next(self._seq), entry))
+            if first:
+                self._cond.notify()
+        return entry
+
+    @staticmethod
+    def disarm(entry: Optional[list]) -> None:
+        if entry is not None:
+            entry[0] = None  # lazily removed when it comes due
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopped = True
+            self._cond.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._stopped:
+                    now = time.monotonic()
+                    while self._heap and self._heap[0][2][0] is None:
+                        heapq.heappop(self._heap)
+                    if self._heap and self._heap[0][0] <= now:
+                        break
+                    self._cond.wait(timeout=(self._heap[0][0] - now) if self._heap else None)
+                if self._stopped:
+                    return
+                _, _, entry = heapq.heappop(self._heap)
+                fn, entry[0] = entry[0], None
+            try:
+                fn()
+            except Exception:  # noqa: BLE001
+                log.exception("watchdog callback failed")
+
+
+class _Inline(futures.ThreadPoolExecutor):
+    """An "executor" that runs what it is given at once, in the submitting thread (gRPC's polling thread). Only for
+    refusals: they read nothing and end the call at once, and running them where the call arrived spares the
+    hand-off to another thread (and its wait for the GIL) when the server is busiest."""
+
+    def __init__(self):
+        super().__init__(max_workers=1)
+
+    def submit(self, fn, /, *args, **kwargs):
+        f: futures.Future = futures.Future()
+        try:
+            f.set_result(fn(*args, **kwargs))
+        except BaseException as e:  # noqa: BLE001 - handed to the future, as a pool would
+            f.set_exception(e)
+        return f
+
+
+class _Call:
+    """One guarded call: its scope, its watchdog timer, and its place in the guard's counts."""
+
+    __slots__ = ("guard", "context", "method", "release_fn", "scope", "_timer", "timed_out")
+
+    def __init__(self, guard: "CallGuard", context, method: str, release_fn: Callable[[], None]):
+        self.guard, self.context, self.method, self.release_fn = guard, context, method, release_fn
+        self.scope = CallScope()
+        self._timer = None
+        self.timed_out = False
+        enter_scope(self.scope)  # gRPC runs each call in a contextvars.Context of its own
+        if not context.add_callback(self.scope.token.cancel):  # the call has already ended
+            self.scope.token.cancel()
+
+    def release(self) -> None:
+        fn, self.release_fn = self.release_fn, None
+        if fn is not None:
+            fn()
+
+    def arm(self, seconds: float) -> None:
+        self._timer = self.guard.watchdog.arm(seconds, self._expire)
+
+    def disarm(self) -> None:
+        _Watchdog.disarm(self._timer)
+        self._timer = None
+
+    def _expire(self) -> None:
+        self.timed_out = True
+        log.info("cancelling %s: no progress from the client", self.method,
+                 extra={"fields": {"event": "grpc_idle_cancel", "method": self.method}})
+        self.context.cancel()
+
+
+class CallGuard(grpc.ServerInterceptor):
+    """Admission, worker accounting, timeouts and request decoding for every call on the port (module docstring)."""
+
+    def __init__(self, settings: Settings, dataplane: Optional[DataPlane] = None):
+        self.threads = settings.grpc_threads
+        self.stream_limit = settings.grpc_stream_limit
+        self.idle_s = settings.grpc_idle_timeout_s
+        self.message_s = settings.grpc_message_timeout_s
+        self.dp = dataplane
+        self.health_pool = futures.ThreadPoolExecutor(_HEALTH_THREADS, thread_name_prefix="grpc-health")
+        self.refusal_pool = _Inline()
+        self.watchdog = _Watchdog()
+        self._lock = threading.Lock()
+        self.active = 0  # calls holding (or about to hold) a worker thread
+        self.streams = 0  # of which streaming calls
+        self.health_calls = 0
+
+    def close(self) -> None:
+        self.watchdog.stop()
+        self.health_pool.shutdown(wait=False)
+        self.refusal_pool.shutdown(wait=False)
+
+    # -- the interceptor (gRPC's polling thread: must not block) ------------------------------------------
+    def intercept_service(self, continuation, handler_call_details):
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return None  # UNIMPLEMENTED
+        method = handler_call_details.method
+        streaming = handler.request_streaming or handler.response_streaming
+        err: Optional[SplitInferError] = None
+        with self._lock:
+            if method == HEALTH_CHECK:
+                if self.health_calls >= _HEALTH_CALLS:
+                    err = Overloaded(f"too many health checks at once (limit {_HEALTH_CALLS}); retry later")
+                else:
+                    self.health_calls += 1
+            elif self.active >= self.threads:
+                err = Overloaded(f"all {self.threads} gRPC workers are busy; retry later")
+            elif method in ADMITTED_METHODS and self.dp is not None and self.dp.at_capacity:
+                err = Overloaded(f"too many requests in flight (limit {self.dp.capacity}); retry later")
+            elif streaming and self.streams >= self.stream_limit:
+                err = Overloaded(f"too many open streams (limit {self.stream_limit}); retry later")
+            else:
+                self.active += 1
+                self.streams += streaming
+        if err is not None:
+            if self.dp is not None:
+                self.dp.metrics.errors.labels("grpc", err.kind).inc()
+            return self._refusal(err)
+        if method == HEALTH_CHECK:
+            return self._wrap(handler, method, self._release_health, self.health_pool)
+        return self._wrap(handler, method, self._releaser(streaming), None)
+
+    def _release_health(self) -> None:
+        with self._lock:
+            self.health_calls -= 1
+
+    def _releaser(self, streaming: bool) -> Callable[[], None]:
+        def release() -> None:
+            with self._lock:
+                self.active -= 1
+                self.streams -= streaming
+
+        return release
+
+    def _refusal(self, err: SplitInferError) -> grpc.RpcMethodHandler:
+        def refuse(request_iterator, context):  # reads nothing: answers at once
+            abort(context, err)
+
+        refuse.experimental_thread_pool = self.refusal_pool
+        return grpc.stream_stream_rpc_method_handler(refuse)
+
+    # -- the wrapped handler (a worker thread) ---------------------------------------------------------------
+    def _wrap(self, handler: grpc.RpcMethodHandler, method: str, release: Callable[[], None],
+              pool: Optional[futures.ThreadPoolExecutor]) -> grpc.RpcMethodHandler:
+        """Every handler becomes request-streaming with raw bytes in: the guard reads (with a timeout) and
+        deserializes the request messages itself."""
+        guard, deserialize = self, handler.request_deserializer
+        ser = handler.response_serializer
+
+        def decode(call: _Call, raw: bytes):
+            if deserialize is None:
+                return raw
+            try:
+                return deserialize(raw)
+            except Exception as e:  # noqa: BLE001 - protobuf's DecodeError and friends
+                abort(call.context, InvalidArgument(f"cannot decode the request message of {method}: {e}"))
+
+        def first_request(call: _Call, request_iterator):
+            call.arm(guard.message_s)
+            try:
+                raw = next(request_iterator)
+            except StopIteration:
+                abort(call.context, InvalidArgument(f"{method} takes exactly one request message, got none"))
+            finally:
+                call.disarm()
+            return decode(call, raw)
+
+        def requests(call: _Call, request_iterator):
+            while True:
+                call.arm(guard.idle_s)
+                try:
+                    raw = next(request_iterator)
+                except StopIteration:
+                    return
+                finally:
+                    call.disarm()
+                yield decode(call, raw)
+
+        def responses(call: _Call, response_iterator, watch_inner: bool):
+            """``watch_inner``: the client can send nothing more (unary request), so the time the handler takes to
+            produce the next answer counts as idle too (Health/Watch); a bidirectional handler waits on the
+            client through ``requests``, which has its own timer."""
+            try:
+                while True:
+                    if watch_inner:
+                        call.arm(guard.idle_s)
+                    try:
+                        response = next(response_iterator)
+                    except StopIteration:
+                        return
+                    finally:
+                        if watch_inner:
+                            call.disarm()
+                    call.arm(guard.idle_s)  # until gRPC asks for the next one: the client took this one
+                    yield response
+                    call.disarm()
+            finally:
+                call.disarm()
+                call.release()
+                close = getattr(response_iterator, "close", None)
+                if close is not None:
+                    close()
+
+        if handler.request_streaming and handler.response_streaming:
+            inner = handler.stream_stream
+
+            def behavior(request_iterator, context):
+                call = _Call(guard, context, method, release)
+                try:
+                    return responses(call, inner(requests(call, request_iterator), context), False)
+                except BaseException:
+                    call.release()
+                    raise
+        elif handler.request_streaming:
+            inner = handler.stream_unary
+
+            def behavior(request_iterator, context):
+                call = _Call(guard, context, method, release)
+                try:
+                    return inner(requests(call, request_iterator), context)
+                finally:
+                    call.release()
+        elif handler.response_streaming:
+            inner = handler.unary_stream
+
+            def behavior(request_iterator, context):
+                call = _Call(guard, context, method, release)
+                try:
+                    return responses(call, inner(first_request(call, request_iterator), context), True)
+                except BaseException:
+                    call.release()
+                    raise
+        else:
+            inner = handler.unary_unary
+
+            def behavior(request_iterator, context):
+                call = _Call(guard, context, method, release)
+                try:
+                    return inner(first_request(call, request_iterator), context)
+                finally:
+                    call.release()
+
+        if pool is not None:
+            behavior.experimental_thread_pool = pool
+        if handler.response_streaming:
+            return grpc.stream_stream_rpc_method_handler(behavior, None, ser)
+        return grpc.stream_unary_rpc_method_handler(behavior, None, ser)
+
+
 # ------------------------------------------------------------------------------------------ server
 class GrpcFrontEnd:
     """The gRPC server around one data plane: inference service, health, reflection, limits, TLS."""
@@ -134,8 +461,10 @@ class GrpcFrontEnd:
     def __init__(self, dataplane: DataPlane, settings: Settings):
         self.dp, self.settings = dataplane, settings
         max_msg = settings.max_bitstream_bytes + _MESSAGE_SLACK
+        self.guard = CallGuard(settings, dataplane)
+        self._pool = futures.ThreadPoolExecutor(max_workers=settings.grpc_threads, thread_name_prefix="grpc")
         self.server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=settings.grpc_workers, thread_name_prefix="grpc"),
+            self._pool, interceptors=[self.guard],
             options=[("grpc.max_receive_message_length", max_msg),
                      ("grpc.max_send_message_length", max(max_msg, 4 << 20)),
                      ("grpc.so_reuseport", 0)])
@@ -165,3 +494,5 @@ class GrpcFrontEnd:
         """Report NOT_SERVING, refuse new calls, let calls in flight finish for up to ``grace`` seconds."""
         self.health.enter_graceful_shutdown()
         self.server.stop(self.settings.shutdown_grace_s if grace is None else grace).wait()
+        self.guard.close()
+        self._pool.shutdown(wait=False)

@@ -1,13 +1,16 @@
-"""The REST front end (FastAPI): the Open Inference Protocol (KServe v2) where it fits, plus an image upload.
+"""The REST front end (FastAPI): the Open Inference Protocol (KServe v2 / Triton HTTP), plus an image upload.
 
 Routes (the table in :func:`create_app`):
 
 - ``GET /v2/health/live``, ``GET /v2/health/ready``, ``GET /v2`` (server metadata), ``GET /metrics``: open;
-- ``GET /v2/models``, ``GET /v2/models/{name}``, ``GET /v2/models/{name}/ready``: model metadata;
-- ``POST /v2/models/{name}/infer``: a KServe v2 inference request whose one BYTES input holds the bitstream,
-  base64 in the JSON, or raw with the binary data extension (``Inference-Header-Content-Length``);
-  the bitrate hint and the rest are request ``parameters`` (``target_bpp``, or ``kbit_per_s`` + ``fps``,
-  ``expected_rung``, ``top_k``);
+- ``GET /v2/models``, ``GET /v2/models/{name}[/versions/{version}]``, ``.../ready``: model metadata, readiness
+  (a model's one version is its bundle id);
+- ``POST /v2/models/{name}[/versions/{version}]/infer``: an OIP inference request whose one BYTES input
+  ``bitstream`` holds the bitstream: base64 in the JSON, or with the binary tensor extension
+  (``Inference-Header-Content-Length``; the element framed as a 4-byte little-endian length + bytes).
+  Requested ``outputs`` come back as JSON or binary (``binary_data``, ``binary_data_output``), with
+  ``classification`` on ``topk_score``; the bitrate hint and the rest are request ``parameters``
+  (``target_bpp``, or ``kbit_per_s`` + ``fps``, ``expected_rung``, ``top_k``). Tensor conversion: :mod:`.oip`;
 - ``POST /v2/models/{name}/infer-image``: a JPEG/PNG/WebP upload (multipart field ``image``, or the raw
   body), encoded by the edge half in-process; the hint and ``rung`` / ``top_k`` are query parameters.
 
@@ -18,10 +21,8 @@ Endpoints only translate; the data plane validates and answers. Every refusal is
 from __future__ import annotations
 
 import base64
-import binascii
-import json
 import logging
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -31,20 +32,23 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from shared.hint import BitrateHint
 
+from . import oip
 from .dataplane import DataPlane
-from .errors import InternalError, InvalidArgument, PayloadTooLarge, SplitInferError
+from .errors import InternalError, InvalidArgument, NotFound, PayloadTooLarge, SplitInferError
 from .settings import Settings
-from .types import InferenceResponse, parse_request
+from .types import InferenceResponse, ModelMetadata
 
-__all__ = ["create_app", "to_request_fields", "to_kserve_response"]
+__all__ = ["create_app", "parse_infer_body", "requested_outputs"]
 
 log = logging.getLogger("splitinfer.server")
 BINARY_HEADER = "inference-header-content-length"
-_PARAMS = ("target_bpp", "kbit_per_s", "fps", "expected_rung", "top_k")
 
 
 # ------------------------------------------------------------------------------------------ converters
-def _split_binary(body: bytes, header_len: str) -> tuple[bytes, bytes]:
+def _binary_split(body: bytes, header_len: Optional[str]) -> Tuple[bytes, bytes]:
+    """Split a body into its JSON and the binary tensor data after it (the binary tensor extension)."""
+    if header_len is None:
+        return body, b""
     try:
         n = int(header_len)
     except ValueError:
@@ -54,78 +58,51 @@ def _split_binary(body: bytes, header_len: str) -> tuple[bytes, bytes]:
     return body[:n], body[n:]
 
 
-def to_request_fields(name: str, body: bytes, binary_header: Optional[str] = None) -> Dict[str, Any]:
-    """A KServe v2 inference request (JSON, or JSON + binary tensor data) -> data-plane request fields."""
-    binary = b""
-    if binary_header is not None:
-        body, binary = _split_binary(body, binary_header)
-    try:
-        doc = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise InvalidArgument(f"the request body is not JSON: {e}") from None
-    if not isinstance(doc, dict):
-        raise InvalidArgument("the request body must be a JSON object")
-    inputs = doc.get("inputs")
-    if not isinstance(inputs, list) or not inputs:
-        raise InvalidArgument("missing field 'inputs': one BYTES input holding the bitstream")
-    if len(inputs) != 1 or not isinstance(inputs[0], dict):
-        raise InvalidArgument(f"expected exactly one input (the bitstream), got {len(inputs)}")
-    inp = inputs[0]
-    if inp.get("datatype", "BYTES") != "BYTES":
-        raise InvalidArgument(f"input {inp.get('name')!r} must have datatype BYTES, not {inp.get('datatype')!r}")
-    iparams = inp.get("parameters") or {}
-    if not isinstance(iparams, dict):
-        raise InvalidArgument("input 'parameters' must be an object")
-    if "binary_data_size" in iparams:
-        size = iparams["binary_data_size"]
-        if not isinstance(size, int) or size != len(binary):
-            raise InvalidArgument(f"binary_data_size {size!r} does not match the {len(binary)} bytes after the "
-                                  f"JSON header")
-        data = binary
-    else:
-        if binary:
-            raise InvalidArgument("binary data sent, but the input has no 'binary_data_size' parameter")
-        raw = inp.get("data")
-        if isinstance(raw, list) and len(raw) == 1:
-            raw = raw[0]
-        if not isinstance(raw, str) or not raw:
-            raise InvalidArgument("missing field 'inputs[0].data': the bitstream as one base64 string")
-        try:
-            data = base64.b64decode(raw, validate=True)
-        except (binascii.Error, ValueError) as e:
-            raise InvalidArgument(f"inputs[0].data is not valid base64: {e}") from None
-    params = doc.get("parameters") or {}
-    if not isinstance(params, dict):
-        raise InvalidArgument("'parameters' must be an object")
-    unknown = sorted(set(params) - set(_PARAMS))
-    if unknown:
-        raise InvalidArgument(f"unknown parameters {unknown}; known: {list(_PARAMS)}")
-    fields = {"model": name, "bitstream": data, **{k: params[k] for k in _PARAMS if params.get(k) is not None}}
-    if doc.get("id") is not None:
-        fields["request_id"] = doc["id"]
-    return fields
+def parse_infer_body(body: bytes, header_len: Optional[str]) -> Tuple[oip.InferRequestBody, List[oip.InputTensor]]:
+    """An OIP REST inference request (JSON, or JSON + binary tensor data) -> the typed request and its inputs.
+
+    Binary inputs take their ``binary_data_size`` bytes of the binary section in input order; a BYTES tensor
+    there is framed element by element (4-byte little-endian length + bytes), as the spec and tritonclient's
+    ``serialize_byte_tensor`` do. JSON BYTES data are base64 strings."""
+    header, binary = _binary_split(body, header_len)
+    doc = oip.parse_model(oip.InferRequestBody, oip.load_json(header), "inference request")
+    inputs, pos = [], 0
+    for i in doc.inputs:
+        p = i.parameters
+        if p is not None and p.shared_memory_region is not None:
+            raise InvalidArgument(f"input {i.name!r}: shared memory is not supported; send the data in the request")
+        size = p.binary_data_size if p is not None else None
+        if size is not None:
+            if i.data is not None:
+                raise InvalidArgument(f"input {i.name!r} has both 'data' and 'binary_data_size'")
+            if header_len is None:
+                raise InvalidArgument(f"input {i.name!r} has 'binary_data_size' but the request has no "
+                                      f"{BINARY_HEADER} header")
+            if size > len(binary) - pos:
+                raise InvalidArgument(f"input {i.name!r}: binary_data_size {size} exceeds the {len(binary) - pos} "
+                                      "bytes of binary data left")
+            raw = binary[pos:pos + size]
+            pos += size
+            elements = oip.unpack_bytes(raw, i.name, 1) if i.datatype == "BYTES" else None
+        elif i.data is None:
+            raise InvalidArgument(f"input {i.name!r} has no data: give 'data' (base64 strings) or "
+                                  "'parameters.binary_data_size'")
+        else:
+            elements = oip.decode_base64_elements(i.data, i.name) if i.datatype == "BYTES" else None
+        inputs.append(oip.InputTensor(i.name, i.datatype, tuple(i.shape), elements))
+    if pos != len(binary):
+        raise InvalidArgument(f"{len(binary) - pos} bytes of binary data that no input's binary_data_size covers")
+    return doc, inputs
 
 
-def to_kserve_response(r: InferenceResponse) -> Dict[str, Any]:
-    k = len(r.topk)
-    outputs: List[Dict[str, Any]] = [
-        {"name": "topk_index", "datatype": "INT64", "shape": [1, k], "data": [c.index for c in r.topk]},
-        {"name": "topk_score", "datatype": "FP32", "shape": [1, k], "data": [c.score for c in r.topk]},
-        {"name": "topk_name", "datatype": "BYTES", "shape": [1, k], "data": [c.name for c in r.topk]},
-    ]
-    if r.mask_png:
-        outputs.append({"name": "mask_png", "datatype": "BYTES", "shape": [1],
-                        "parameters": {"content_type": "base64"}, "data": [base64.b64encode(r.mask_png).decode()]})
-    if r.class_pixels is not None:
-        outputs.append({"name": "class_pixels", "datatype": "INT64", "shape": [1, len(r.class_pixels)],
-                        "data": list(r.class_pixels)})
-    params = {"rung": r.rung, "bytes_received": r.bytes_received, "bpp": r.bpp, "bundle_id": r.bundle_id,
-              "batch_size": r.batch_size, "input_height": r.input_hw[0], "input_width": r.input_hw[1],
-              **{f"{stage}_ms": v for stage, v in r.timings_ms.items()}}
-    if r.hinted_rung is not None:
-        params["hinted_rung"] = r.hinted_rung
-    return {"model_name": r.model, "model_version": r.bundle_id, "id": r.request_id, "parameters": params,
-            "outputs": outputs}
+def requested_outputs(doc: oip.InferRequestBody) -> List[oip.RequestedOutput]:
+    out = []
+    for o in doc.outputs or ():
+        p = o.parameters or oip.OutputParameters()
+        if p.shared_memory_region is not None:
+            raise InvalidArgument(f"output {o.name!r}: shared memory is not supported")
+        out.append(oip.RequestedOutput(o.name, p.binary_data, p.classification or 0))
+    return out
 
 
 def plain_response(r: InferenceResponse) -> Dict[str, Any]:
@@ -197,7 +174,7 @@ class Endpoints:
         return JSONResponse({"ready": ok}, status_code=200 if ok else 503)
 
     async def server_metadata(self) -> Dict[str, Any]:
-        return self.dp.server_metadata()
+        return oip.server_metadata(self.dp.server_metadata())
 
     async def metrics(self) -> Response:
         body, ctype = self.dp.metrics.render()
@@ -207,30 +184,64 @@ class Endpoints:
         self._auth(request)
         return {"models": [m.model_dump() for m in self.dp.metadata()]}
 
+    # Each OIP route exists with and without /versions/{version}: the endpoints FastAPI sees take exactly their
+    # path parameters (an optional ``version`` argument would become a query parameter)
     async def model_metadata(self, name: str, request: Request) -> Dict[str, Any]:
+        return self._model_metadata(name, None, request)
+
+    async def version_metadata(self, name: str, version: str, request: Request) -> Dict[str, Any]:
+        return self._model_metadata(name, version, request)
+
+    async def model_ready(self, name: str, request: Request) -> JSONResponse:
+        return self._model_ready(name, None, request)
+
+    async def version_ready(self, name: str, version: str, request: Request) -> JSONResponse:
+        return self._model_ready(name, version, request)
+
+    async def infer(self, name: str, request: Request) -> Response:
+        return await self._infer(name, None, request)
+
+    async def version_infer(self, name: str, version: str, request: Request) -> Response:
+        return await self._infer(name, version, request)
+
+    def _model_metadata(self, name: str, version: Optional[str], request: Request) -> Dict[str, Any]:
         self._auth(request)
         m = self.dp.model_metadata(name)
-        outputs = [{"name": "topk_index", "datatype": "INT64", "shape": [1, -1]},
-                   {"name": "topk_score", "datatype": "FP32", "shape": [1, -1]},
-                   {"name": "topk_name", "datatype": "BYTES", "shape": [1, -1]}]
-        if m.task == "segmentation":
-            outputs += [{"name": "mask_png", "datatype": "BYTES", "shape": [1]},
-                        {"name": "class_pixels", "datatype": "INT64", "shape": [1, m.num_classes]}]
-        return {**m.model_dump(), "versions": [m.bundle_id],
-                "inputs": [{"name": "bitstream", "datatype": "BYTES", "shape": [1]}], "outputs": outputs}
+        oip.check_version(m, version)
+        return oip.model_metadata(m).model_dump()
 
-    async def model_ready(self, name: str, request: Request):
+    def _model_ready(self, name: str, version: Optional[str], request: Request) -> JSONResponse:
         self._auth(request)
+        oip.check_version(self.dp.model_metadata(name), version)
         ok = self.dp.model_ready(name)
         return JSONResponse({"name": name, "ready": ok}, status_code=200 if ok else 503)
 
-    async def infer(self, name: str, request: Request) -> Dict[str, Any]:
+    def _lookup(self, name: str) -> Optional[ModelMetadata]:
+        try:
+            return self.dp.model_metadata(name)
+        except NotFound:
+            return None
+
+    async def _infer(self, name: str, version: Optional[str], request: Request) -> Response:
         self._auth(request)
         body = await request.body()
-        fields = to_request_fields(name, body, request.headers.get(BINARY_HEADER))
-        req = parse_request(fields)
-        resp = await run_in_threadpool(self.dp.infer, req, "rest")
-        return to_kserve_response(resp)
+        # parsing a large body is CPU work too: off the event loop, in the same thread as the inference
+        content, header_len = await run_in_threadpool(self._infer_body, name, version, body,
+                                                      request.headers.get(BINARY_HEADER))
+        if header_len is None:
+            return Response(content, media_type="application/json")
+        return Response(content, media_type="application/octet-stream",
+                        headers={"Inference-Header-Content-Length": str(header_len)})
+
+    def _infer_body(self, name: str, version: Optional[str], body: bytes,
+                    header_len: Optional[str]) -> Tuple[bytes, Optional[int]]:
+        meta = self._lookup(name)  # None: unknown, which the data plane reports (and counts)
+        oip.check_version(meta, version)
+        doc, inputs = parse_infer_body(body, header_len)
+        call = oip.make_call(name, meta, doc.id, doc.parameters or oip.RequestParameters(), inputs,
+                             requested_outputs(doc), self.dp.settings.default_top_k)
+        resp = self.dp.infer(call.request, "rest", call.timeout_s)
+        return oip.render_rest(resp, oip.answer_tensors(resp, call))
 
     async def infer_image(self, name: str, request: Request, target_bpp: Optional[float] = None,
                           kbit_per_s: Optional[float] = None, fps: Optional[float] = None,
@@ -263,7 +274,8 @@ class Endpoints:
 
 def create_app(dataplane: DataPlane, settings: Settings) -> FastAPI:
     app = FastAPI(title="splitinfer", version=dataplane.server_metadata()["version"],
-                  description="Split inference: the cloud half. Open Inference Protocol (KServe v2) endpoints.")
+                  description="Split inference: the cloud half. Open Inference Protocol (KServe v2 / Triton) "
+                              "endpoints.")
     e = Endpoints(dataplane)
     routes = [
         ("GET", "/v2/health/live", e.live),
@@ -274,6 +286,9 @@ def create_app(dataplane: DataPlane, settings: Settings) -> FastAPI:
         ("GET", "/v2/models/{name}", e.model_metadata),
         ("GET", "/v2/models/{name}/ready", e.model_ready),
         ("POST", "/v2/models/{name}/infer", e.infer),
+        ("GET", "/v2/models/{name}/versions/{version}", e.version_metadata),
+        ("GET", "/v2/models/{name}/versions/{version}/ready", e.version_ready),
+        ("POST", "/v2/models/{name}/versions/{version}/infer", e.version_infer),
         ("POST", "/v2/models/{name}/infer-image", e.infer_image),
     ]
     for method, path, endpoint in routes:
@@ -299,5 +314,8 @@ def create_app(dataplane: DataPlane, settings: Settings) -> FastAPI:
         log.exception("unexpected error on %s", request.url.path)
         return error_response(InternalError(f"internal error: {type(exc).__name__}"))
 
+    from .rest_guards import RequestGuard  # shutdown 503, docs auth, body timeout, admission (429), cancel
+
+    app.add_middleware(RequestGuard, dataplane=dataplane, settings=settings)  # inside the body limit
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_request_bytes)
     return app

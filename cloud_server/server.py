@@ -7,6 +7,7 @@ and calls :meth:`SplitInferServer.serve_forever`; tests use it as a context mana
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 import socket
@@ -32,8 +33,10 @@ class SplitInferServer:
         self.app = None
         if s.enable_grpc:
             from .grpc_server import GrpcFrontEnd
+            from .oip_grpc import register as register_oip
 
             self.grpc = GrpcFrontEnd(self.dataplane, s)
+            register_oip(self.grpc)  # inference.GRPCInferenceService (OIP) on the same port
         self._http = None
         self._http_thread: Optional[threading.Thread] = None
         self._sock: Optional[socket.socket] = None
@@ -69,16 +72,26 @@ class SplitInferServer:
     # -- lifecycle -----------------------------------------------------------------------------------
     def start(self) -> "SplitInferServer":
         s = self.settings
+        # what is loaded by now (modules, models) lives as long as the process: out of the cyclic collector's
+        # reach, a full collection under load takes milliseconds instead of 100-200 ms that stall every thread
+        # (refusals and health checks included; measured with benchmarks/hardening_limits.py)
+        gc.collect()
+        gc.freeze()
         if self.grpc is not None:
             self.grpc.start()
         if self.app is not None:
             import uvicorn
 
+            from .rest_guards import guarded_h11
+
             config = uvicorn.Config(
                 self.app, log_config=None, access_log=False, lifespan="off",
                 timeout_graceful_shutdown=max(1, int(round(s.shutdown_grace_s))) if s.shutdown_grace_s else None,
                 ssl_certfile=str(s.tls_cert_file) if s.tls else None,
-                ssl_keyfile=str(s.tls_key_file) if s.tls else None)
+                ssl_keyfile=str(s.tls_key_file) if s.tls else None,
+                # read limits: header timeout (the protocol class), header size, idle keep-alive, connections
+                http=guarded_h11(s.rest_header_timeout_s), h11_max_incomplete_event_size=s.rest_max_header_bytes,
+                timeout_keep_alive=s.rest_keep_alive_s, limit_concurrency=s.rest_max_connections)
             self._http = uvicorn.Server(config)
             self._http_thread = threading.Thread(target=self._http.run, kwargs={"sockets": [self._sock]},
                                                  name="http", daemon=True)
@@ -99,14 +112,19 @@ class SplitInferServer:
                 return
             grace = self.settings.shutdown_grace_s if grace is None else grace
             log.info("shutting down (grace %.1f s)", grace)
+            t0 = time.monotonic()
             self.dataplane.begin_shutdown()
             threads = []
             if self.grpc is not None:
                 threads.append(threading.Thread(target=self.grpc.stop, args=(grace,)))
-            if self._http is not None:
-                self._http.should_exit = True
             for t in threads:
                 t.start()
+            if self._http is not None:
+                # keep accepting while requests are in flight: new REST requests get a clean 503 (the guard),
+                # not a refused connection; then uvicorn stops (waiting for what is left, up to the grace)
+                while self.dataplane.inflight > 0 and time.monotonic() - t0 < grace:
+                    time.sleep(0.01)
+                self._http.should_exit = True
             if self._http_thread is not None:
                 self._http_thread.join(grace + 5)
             for t in threads:
@@ -114,6 +132,7 @@ class SplitInferServer:
             if self._sock is not None:
                 self._sock.close()
             self.dataplane.close()
+            gc.unfreeze()  # what start() froze may be garbage now (the models of this server)
             self._stopped.set()
             log.info("stopped")
 

@@ -55,19 +55,55 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(10 << 20, ge=1024)
     """Largest image accepted by the infer-image endpoint."""
     max_image_pixels: int = Field(40_000_000, ge=1)
-    """Largest decoded image (width x height) accepted by infer-image (decompression bombs)."""
+    """Largest decoded image (width x height) accepted by infer-image (decompression bombs); checked on the
+    header, before anything is decoded."""
+    max_image_decode_bytes: int = Field(256 << 20, ge=1 << 20)
+    """Memory the decoded upload may take (PIL holds RGB, RGBA, CMYK and LA at 4 bytes a pixel, L and P at 1; an
+    image that is not RGB is converted, which costs another 4 bytes a pixel): an RGB image up to 40 MP fits,
+    RGBA or CMYK up to about 33 MP. Checked on the header, before decoding."""
+    max_concurrent_image_decodes: int = Field(2, ge=1)
+    """infer-image uploads decoded and encoded at once (each may take up to ``max_image_decode_bytes``); others
+    wait up to 2 s, then get 429 / RESOURCE_EXHAUSTED (kind ``overloaded``)."""
+    max_image_aspect_ratio: float = Field(20.0, ge=1.0)
+    """Longest over shortest side of an infer-image upload (a 1x20000 PNG would be resized to 256 x 5,120,000)."""
+    max_resized_pixels: int = Field(4_000_000, ge=1)
+    """Largest image the resize before the centre crop may produce (checked before resizing)."""
     max_concurrent_requests: int = Field(64, ge=1)
-    """Inference requests in flight at once, both front ends together; more get 429 / RESOURCE_EXHAUSTED."""
+    """Inference requests in flight at once, both front ends together; more are refused at once with
+    429 (Retry-After) / RESOURCE_EXHAUSTED, kind ``overloaded``."""
+    max_concurrent_decodes: Optional[int] = Field(None, ge=1)
+    """Admitted requests that entropy-decode at once (the others wait their turn, holding their slot but not the
+    CPU or the GIL, so refusals and health checks stay fast); None: the number of CPUs."""
     request_timeout_s: float = Field(30.0, gt=0)
-    """Server-side time limit per request (a client deadline, when shorter, wins)."""
+    """Server-side time limit per request (a client deadline, when shorter, wins); work not done by then is
+    dropped."""
 
     batch_max_size: int = Field(8, ge=1)
     """Largest batch for one tail call; 1 disables batching."""
     batch_max_wait_ms: float = Field(2.0, ge=0)
     """How long the first request of a batch waits for others."""
 
-    grpc_workers: int = Field(32, ge=1)
-    """Threads serving gRPC calls (each stream holds one while open)."""
+    grpc_workers: Optional[int] = Field(None, ge=1)
+    """Threads serving gRPC calls; a call beyond them is refused at once (RESOURCE_EXHAUSTED, kind
+    ``overloaded``), never queued. None: ``max_concurrent_requests + grpc_max_streams + 8``."""
+    grpc_max_streams: int = Field(16, ge=1)
+    """Streaming calls open at once (InferStream, ModelStreamInfer, Health/Watch, reflection); each holds a thread.
+    More are refused with RESOURCE_EXHAUSTED. At most half the workers, whatever this says."""
+    grpc_idle_timeout_s: float = Field(30.0, gt=0)
+    """A stream that neither sends a message nor reads an answer for this long is cancelled."""
+    grpc_message_timeout_s: float = Field(5.0, gt=0)
+    """A unary call whose request message has not arrived after this long is cancelled."""
+
+    rest_header_timeout_s: float = Field(10.0, gt=0)
+    """A REST connection must deliver a request's headers within this time of its first byte (or of opening)."""
+    rest_body_timeout_s: float = Field(60.0, gt=0)
+    """A REST request body must arrive completely within this time (slow bodies get 408 and are cut)."""
+    rest_keep_alive_s: int = Field(5, ge=1)
+    """An idle keep-alive REST connection is closed after this many seconds."""
+    rest_max_header_bytes: int = Field(16 * 1024, ge=1024)
+    """Largest request line + headers accepted on REST."""
+    rest_max_connections: int = Field(1000, ge=1)
+    """REST connections (and requests) open at once; beyond, uvicorn answers 503."""
 
     api_keys: List[SecretStr] = Field(default_factory=list)
     """Accepted API keys (bearer token on REST, ``authorization: Bearer`` or ``x-api-key`` metadata on gRPC).
@@ -106,6 +142,18 @@ class Settings(BaseSettings):
     @property
     def tls(self) -> bool:
         return self.tls_cert_file is not None
+
+    @property
+    def grpc_threads(self) -> int:
+        """gRPC worker threads: ``grpc_workers``, or enough for every admitted request and stream."""
+        if self.grpc_workers is not None:
+            return self.grpc_workers
+        return self.max_concurrent_requests + self.grpc_max_streams + 8
+
+    @property
+    def grpc_stream_limit(self) -> int:
+        """Streams open at once: ``grpc_max_streams``, at most half the workers (unary calls keep the rest)."""
+        return max(1, min(self.grpc_max_streams, self.grpc_threads // 2))
 
     @property
     def max_request_bytes(self) -> int:

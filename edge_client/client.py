@@ -12,8 +12,10 @@
 
 Before the first request the client asks the server for its models (``ModelMetadata``) and checks that one
 of them serves the bundle this edge encodes with (same bundle id); otherwise :class:`BundleMismatchError`
-says which bundles each side holds. Each request has a deadline (``timeout_s``, retries included); a server
-that is UNAVAILABLE (not up yet, restarting, overloaded) is retried with exponential backoff.
+says which bundles each side holds (and a request refused for another bundle, after the server's bundle
+changed, raises it too). Each request has a deadline (``timeout_s``, retries included); an answer of kind
+``overloaded`` or ``unavailable`` (on gRPC the ``splitinfer-error-kind`` trailing metadata, on REST the JSON
+``kind``), or a server that cannot be reached, is retried with exponential backoff.
 
 The edge half runs on the torch-free runtime (:class:`OnnxEdgeEncoder`: ONNX Runtime + numpy); ``runtime="torch"``
 uses the PyTorch encoder instead (for comparison; it needs the full install). Only ``shared``'s torch-free
@@ -26,6 +28,7 @@ import base64
 import json
 import os
 import random
+import struct
 import time
 import uuid
 from collections import deque
@@ -39,17 +42,28 @@ from .runtime import EncodedFrame, ImageLike, OnnxEdgeEncoder
 
 __all__ = ["EdgeClient", "InferResult", "ServiceError", "BundleMismatchError", "ImageError"]
 
-# gRPC status codes worth another try (the server may come back); the same idea for HTTP
-_RETRY_GRPC = ("UNAVAILABLE",)
-_RETRY_HTTP = (429, 502, 503, 504)
+# Retries follow the server's error kind, the same on both transports: "overloaded" (429 / RESOURCE_EXHAUSTED)
+# and "unavailable" (503 / UNAVAILABLE: starting, shutting down). An answer without a kind did not come from the
+# server's data plane (a proxy, a refused connection): retried on these transport codes only.
+_RETRY_KINDS = ("overloaded", "unavailable")
+_RETRY_WITHOUT_KIND = ("UNAVAILABLE", 429, 502, 503, 504)
+_KIND_KEY, _RETRY_AFTER_KEY = "splitinfer-error-kind", "splitinfer-retry-after-ms"  # gRPC trailing metadata
 
 
 class ServiceError(Exception):
-    """The server refused a request or could not be reached. ``code``: gRPC status name or HTTP status."""
+    """The server refused a request or could not be reached. ``code``: gRPC status name or HTTP status;
+    ``kind``: the server's error kind (``overloaded``, ``invalid_argument``, ...; empty when the answer did not
+    come from the server); ``retry_after_s``: the server's retry hint, when it gave one."""
 
-    def __init__(self, code: Union[str, int], message: str, kind: str = ""):
+    def __init__(self, code: Union[str, int], message: str, kind: str = "", retry_after_s: Optional[float] = None):
         super().__init__(f"{code}: {message}")
-        self.code, self.message, self.kind = code, message, kind
+        self.code, self.message, self.kind, self.retry_after_s = code, message, kind, retry_after_s
+
+    @property
+    def retryable(self) -> bool:
+        if self.kind:
+            return self.kind in _RETRY_KINDS
+        return self.code in _RETRY_WITHOUT_KIND
 
 
 class BundleMismatchError(ServiceError):
@@ -133,7 +147,21 @@ class _GrpcTransport:
 
     def error(self, e) -> ServiceError:
         code = e.code()
-        return ServiceError(code.name if code is not None else "UNKNOWN", e.details() or str(e))
+        name = code.name if code is not None else "UNKNOWN"
+        try:
+            md = dict(e.trailing_metadata() or ())
+        except Exception:  # noqa: BLE001 - not every RpcError carries metadata
+            md = {}
+        kind = md.get(_KIND_KEY, "")
+        retry_after = None
+        try:
+            if _RETRY_AFTER_KEY in md:
+                retry_after = int(md[_RETRY_AFTER_KEY]) / 1e3
+        except ValueError:
+            pass
+        if kind == "bundle_mismatch":
+            return BundleMismatchError(e.details() or str(e))
+        return ServiceError(name, e.details() or str(e), kind, retry_after)
 
     def request(self, model: str, frame: EncodedFrame, hint: BitrateHint, expected_rung: Optional[int],
                 request_id: str, top_k: int):
@@ -185,7 +213,8 @@ class _RestTransport:
         except ValueError:
             body = {"error": r.text[:200]}
         if r.status_code != 200:
-            raise ServiceError(r.status_code, body.get("error", str(body)), body.get("kind", ""))
+            raise ServiceError(r.status_code, body.get("error", str(body)), body.get("kind", ""),
+                               _retry_after(r.headers))
         return body
 
     def _send(self, method: str, url: str, timeout: float, **kw) -> Dict[str, Any]:
@@ -200,13 +229,15 @@ class _RestTransport:
                 request_id: str, top_k: int):
         params = {"target_bpp": hint.target_bpp, "kbit_per_s": hint.kbit_per_s, "fps": hint.fps,
                   "expected_rung": expected_rung, "top_k": top_k}
+        # the binary tensor extension: a BYTES element is a 4-byte little-endian length, then its bytes
+        data = struct.pack("<I", len(frame.data)) + frame.data
         header = json.dumps({
             "id": request_id,
             "parameters": {k: v for k, v in params.items() if v is not None},
             "inputs": [{"name": "bitstream", "datatype": "BYTES", "shape": [1],
-                        "parameters": {"binary_data_size": len(frame.data)}}],
+                        "parameters": {"binary_data_size": len(data)}}],
         }).encode()
-        return model, header, frame.data
+        return model, header, data
 
     def models(self, timeout: float) -> List[Dict[str, Any]]:
         return self._send("GET", "/v2/models", timeout)["models"]
@@ -243,7 +274,7 @@ class EdgeClient:
             embedded ladder). weights: backbone weights for that export (default: pretrained).
         model: the server's model name; default: whichever server model serves this edge's bundle.
         timeout_s: deadline per request, retries included. retries / backoff_s: tries after an
-            UNAVAILABLE answer, with exponential backoff (and jitter) starting at ``backoff_s``.
+            overloaded or unavailable answer, with exponential backoff (and jitter) starting at ``backoff_s``.
         api_key: sent as ``authorization: Bearer``. tls / root_cert: TLS (``root_cert``: PEM file of the CA).
         encoder: an encoder to use instead of building one (:class:`OnnxEdgeEncoder` or the PyTorch ``EdgeEncoder``).
         runtime: "onnx" (default: ONNX Runtime + numpy, no torch) or "torch" (the PyTorch encoder).
@@ -273,6 +304,7 @@ class EdgeClient:
         self.timeout_s, self.retries, self.backoff_s, self.top_k = timeout_s, retries, backoff_s, top_k
         self.rest = rest
         self._model = model
+        self._check_bundle = check_bundle
         self._checked = not check_bundle
         if rest:
             url = server if "://" in server else f"{'https' if tls else 'http'}://{server}"
@@ -326,6 +358,10 @@ class EdgeClient:
 
     # -- requests ------------------------------------------------------------------------------------
     def _with_retries(self, call, deadline: float):
+        """``call(seconds_left)`` until it answers; retries what :attr:`ServiceError.retryable` says (the server's
+        error kind, on either transport) with exponential backoff and jitter, within the deadline. A bitstream
+        refused for another bundle (the server's bundle changed) raises :class:`BundleMismatchError`, and the
+        next request checks the server's models again."""
         attempt = 0
         while True:
             left = deadline - time.monotonic()
@@ -334,10 +370,16 @@ class EdgeClient:
             try:
                 return call(left)
             except ServiceError as e:
-                retry = e.code in _RETRY_GRPC or e.code in _RETRY_HTTP
-                if not retry or attempt >= self.retries:
+                if e.kind == "bundle_mismatch":
+                    self._checked = not self._check_bundle  # look at the server's models again next time
+                    if not isinstance(e, BundleMismatchError):
+                        raise BundleMismatchError(e.message) from None
+                    raise
+                if not e.retryable or attempt >= self.retries:
                     raise
                 pause = self.backoff_s * (2 ** attempt) * (0.5 + random.random())
+                if e.retry_after_s:  # the server's hint (overloaded, shutting down), spread out
+                    pause = max(pause, e.retry_after_s * (1.0 + 0.5 * random.random()))
                 if time.monotonic() + pause >= deadline:
                     raise
                 time.sleep(pause)
@@ -426,7 +468,10 @@ class EdgeClient:
                 source, encode_ms, sent, _ = pending.popleft()
                 latency = 1e3 * (time.perf_counter() - sent)
                 if resp.WhichOneof("outcome") == "error":
-                    err = ServiceError(_code_name(resp.error.code), resp.error.message, resp.error.kind)
+                    if resp.error.kind == "bundle_mismatch":
+                        err: ServiceError = BundleMismatchError(resp.error.message)
+                    else:
+                        err = ServiceError(_code_name(resp.error.code), resp.error.message, resp.error.kind)
                     yield InferResult(source, resp.request_id, -1, 0, 0.0, [], latency, encode_ms, error=err)
                 else:
                     yield _result_from_pb(resp.result, source, latency, encode_ms)
@@ -443,6 +488,19 @@ class EdgeClient:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _retry_after(headers) -> Optional[float]:
+    """The server's retry hint in seconds: ``retry-after-ms`` when sent (finer, spread by the server), else
+    ``Retry-After`` (whole seconds; the date form is ignored)."""
+    for name, scale in (("retry-after-ms", 1e-3), ("retry-after", 1.0)):
+        try:
+            value = headers.get(name)
+            if value:
+                return max(0.0, float(value) * scale)
+        except ValueError:
+            continue
+    return None
 
 
 def _code_name(code: int) -> str:

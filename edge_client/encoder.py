@@ -46,7 +46,9 @@ class EdgeEncoder:
 
     def preprocess(self, image: ImageLike) -> torch.Tensor:
         img = image if isinstance(image, Image.Image) else load_image(image)
-        return self._transform(img.convert("RGB")).unsqueeze(0)
+        if img.mode != "RGB":  # convert() of an RGB image is a full copy (the cloud's infer-image: up to 40 MP)
+            img = img.convert("RGB")
+        return self._transform(img).unsqueeze(0)
 
     @torch.no_grad()
     def encode(self, image: ImageLike, bitrate: Optional[float] = None, rung: Optional[int] = None) -> EncodedFrame:

@@ -9,12 +9,12 @@ images (the same PIL resampling, rounding and float32 arithmetic; ``tests/test_d
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Union
+from typing import Tuple, Union
 
 import numpy as np
 from PIL import Image
 
-__all__ = ["IMAGE_EXTS", "load_image", "input_crop", "to_array"]
+__all__ = ["IMAGE_EXTS", "load_image", "input_crop", "resized_size", "to_array"]
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".ppm", ".tif", ".tiff"}
 
@@ -32,13 +32,24 @@ def input_crop(img: Image.Image, pre, nearest: bool = False) -> Image.Image:
     h, w = pre.input_size
     if pre.resize is None:
         return img.resize((w, h), Image.NEAREST if nearest else Image.BICUBIC) if img.size != (w, h) else img
-    iw, ih = img.size
-    short, long = (iw, ih) if iw <= ih else (ih, iw)
-    new_short, new_long = pre.resize, int(pre.resize * long / short)  # torchvision's rule for an int size
-    size = (new_short, new_long) if iw <= ih else (new_long, new_short)
-    if size != (iw, ih):
+    size = resized_size(img.size, pre)
+    if size != img.size:
         img = img.resize(size, Image.NEAREST if nearest else Image.BILINEAR)
     return _center_crop(img, h, w)
+
+
+def resized_size(size: Tuple[int, int], pre) -> Tuple[int, int]:
+    """(width, height) of the image :func:`input_crop` resizes a ``size`` = (width, height) image to, before
+    cropping: the short side to ``pre.resize``, the long side in proportion (torchvision's rule for an int size),
+    or ``pre.input_size`` when ``pre.resize`` is None. Costs nothing: servers check it before resizing (a 1x20000
+    image would become 256 x 5,120,000)."""
+    if pre.resize is None:
+        h, w = pre.input_size
+        return (w, h)
+    iw, ih = size
+    short, long = (iw, ih) if iw <= ih else (ih, iw)
+    new_short, new_long = pre.resize, int(pre.resize * long / short)
+    return (new_short, new_long) if iw <= ih else (new_long, new_short)
 
 
 def _center_crop(img: Image.Image, h: int, w: int) -> Image.Image:

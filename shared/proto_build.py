@@ -1,15 +1,23 @@
-"""Generate the gRPC stubs of ``proto/splitinfer.proto`` into ``shared/_proto/`` (never committed).
+"""Generate the gRPC stubs of ``proto/*.proto`` into ``shared/_proto/`` (never committed).
+
+Two files: ``proto/splitinfer.proto`` (the native ``splitinfer.v1.SplitInference``) and
+``proto/grpc_service.proto`` (the Open Inference Protocol's ``inference.GRPCInferenceService``).
 
 ``make`` runs ``python -m shared.proto_build`` at install time; :mod:`shared._proto` calls
 :func:`ensure_generated` on first import, so a fresh clone or a changed ``.proto`` needs no manual step.
-The generated files record the SHA-256 of the ``.proto`` they came from (``_source.sha256``); they are
+The generated files record the SHA-256 of the ``.proto`` files they came from (``_source.sha256``); they are
 regenerated whenever it differs. Generation writes to a temporary folder and renames file by file, so
 processes that import the package at the same time never see a half-written module.
 
 The stubs live in ``shared`` (not ``cloud_server``) because the edge client needs them too, and must not
-import the server. protoc derives Python import paths from the ``.proto``'s path, so the file is staged as
-``shared/_proto/splitinfer.proto`` and the generated ``splitinfer_pb2_grpc`` imports
-``shared._proto.splitinfer_pb2`` without any rewriting.
+import the server. protoc derives Python import paths from the ``.proto``'s path, so each file is staged as
+``shared/_proto/<name>.proto`` and the generated ``*_pb2_grpc`` modules import ``shared._proto.<name>_pb2``
+without any rewriting.
+
+One rewrite there is: ``grpc_service_pb2`` registers its messages in a private descriptor pool, not protobuf's
+default one. Its symbols (``inference.ModelInferRequest``, ...) are those of every OIP client's own stubs
+(tritonclient.grpc ships them), and two files defining one symbol in the default pool cannot both be imported:
+with a private pool the server, the edge client and tritonclient load side by side in one process.
 """
 
 from __future__ import annotations
@@ -20,39 +28,56 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional, Sequence, Tuple
 
-__all__ = ["PROTO_FILE", "OUT_DIR", "ensure_generated", "generate", "is_stale"]
+__all__ = ["PROTO_FILE", "OIP_PROTO_FILE", "OUT_DIR", "GENERATED", "ensure_generated", "generate", "is_stale"]
 
 ROOT = Path(__file__).resolve().parents[1]
 PROTO_FILE = ROOT / "proto" / "splitinfer.proto"
+OIP_PROTO_FILE = ROOT / "proto" / "grpc_service.proto"
 OUT_DIR = Path(__file__).resolve().parent / "_proto"
 STAMP = "_source.sha256"
-GENERATED = ("splitinfer_pb2.py", "splitinfer_pb2.pyi", "splitinfer_pb2_grpc.py")
+# (name staged for protoc, default source); ``proto`` arguments below replace the first one's source
+_SOURCES: Tuple[Tuple[str, Path], ...] = (("splitinfer", PROTO_FILE), ("grpc_service", OIP_PROTO_FILE))
+# stems whose messages go into a private descriptor pool (see the module docstring)
+_PRIVATE_POOL = ("grpc_service",)
+_DEFAULT_POOL, _OWN_POOL = "_descriptor_pool.Default()", "_descriptor_pool.DescriptorPool()"
+GENERATED = tuple(f"{stem}{suffix}" for stem, _ in _SOURCES for suffix in ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py"))
 
 
 class ProtoBuildError(RuntimeError):
     """The stubs are missing and cannot be generated (no .proto, no grpcio-tools, or protoc failed)."""
 
 
-def _digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+def _sources(proto: Path) -> List[Tuple[str, Path]]:
+    return [(_SOURCES[0][0], Path(proto))] + list(_SOURCES[1:])
+
+
+def _digest(sources: Sequence[Tuple[str, Path]]) -> str:
+    h = hashlib.sha256()
+    for stem, path in sources:
+        h.update(f"{stem}\0{hashlib.sha256(path.read_bytes()).hexdigest()}\n".encode())
+    return h.hexdigest()
 
 
 def is_stale(proto: Path = PROTO_FILE, out: Path = OUT_DIR) -> bool:
-    """True when a generated file is missing or was made from another version of the ``.proto``."""
+    """True when a generated file is missing or was made from other versions of the ``.proto`` files."""
     if any(not (out / f).is_file() for f in GENERATED):
         return True
-    if not proto.is_file():  # an install without the source: use what was generated
+    sources = _sources(proto)
+    if not all(p.is_file() for _, p in sources):  # an install without the sources: use what was generated
         return False
     stamp = out / STAMP
-    return not stamp.is_file() or stamp.read_text().strip() != _digest(proto)
+    return not stamp.is_file() or stamp.read_text().strip() != _digest(sources)
 
 
 def generate(proto: Path = PROTO_FILE, out: Path = OUT_DIR) -> None:
-    """Run protoc (from grpcio-tools) on ``proto``; write the modules and the stamp into ``out``."""
-    if not proto.is_file():
-        raise ProtoBuildError(f"{proto} not found: cannot generate the gRPC stubs")
+    """Run protoc (from grpcio-tools) on ``proto`` (the native service) and the OIP proto; write the modules and
+    the stamp into ``out``."""
+    sources = _sources(proto)
+    for _, path in sources:
+        if not path.is_file():
+            raise ProtoBuildError(f"{path} not found: cannot generate the gRPC stubs")
     try:
         from grpc_tools import protoc
     except ImportError as e:  # pragma: no cover - grpcio-tools is a pinned dependency
@@ -63,10 +88,13 @@ def generate(proto: Path = PROTO_FILE, out: Path = OUT_DIR) -> None:
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="splitinfer-proto-") as tmp:
         src, dst = Path(tmp) / "src", Path(tmp) / "out"
-        staged = src / "shared" / "_proto" / "splitinfer.proto"
-        staged.parent.mkdir(parents=True)
+        staged_dir = src / "shared" / "_proto"
+        staged_dir.mkdir(parents=True)
         dst.mkdir()
-        shutil.copyfile(proto, staged)
+        staged = []
+        for stem, path in sources:
+            shutil.copyfile(path, staged_dir / f"{stem}.proto")
+            staged.append(str(staged_dir / f"{stem}.proto"))
         argv = [
             "grpc_tools.protoc",
             f"-I{src}",
@@ -74,18 +102,24 @@ def generate(proto: Path = PROTO_FILE, out: Path = OUT_DIR) -> None:
             f"--python_out={dst}",
             f"--pyi_out={dst}",
             f"--grpc_python_out={dst}",
-            str(staged),
+            *staged,
         ]
         rc = protoc.main(argv)
         if rc != 0:
-            raise ProtoBuildError(f"protoc failed on {proto} (exit {rc})")
+            raise ProtoBuildError(f"protoc failed on {', '.join(str(p) for _, p in sources)} (exit {rc})")
         made = dst / "shared" / "_proto"
+        for stem in _PRIVATE_POOL:
+            module = made / f"{stem}_pb2.py"
+            text = module.read_text()
+            if text.count(_DEFAULT_POOL) != 1:
+                raise ProtoBuildError(f"unexpected protoc output in {module.name}: cannot move it to its own pool")
+            module.write_text(text.replace(_DEFAULT_POOL, _OWN_POOL))
         for name in GENERATED:
             tmp_file = out / f".{name}.{os.getpid()}.tmp"
             shutil.copyfile(made / name, tmp_file)
             os.replace(tmp_file, out / name)
         stamp_tmp = out / f".{STAMP}.{os.getpid()}.tmp"
-        stamp_tmp.write_text(_digest(proto) + "\n")
+        stamp_tmp.write_text(_digest(sources) + "\n")
         os.replace(stamp_tmp, out / STAMP)
 
 

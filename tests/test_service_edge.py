@@ -288,3 +288,27 @@ def test_generated_stubs_are_built_not_committed(tmp_path):
         assert ignored.returncode == 0, "generated stubs must be ignored by git"
         tracked = subprocess.run(["git", "check-ignore", "-q", "shared/_proto/__init__.py"], cwd=ROOT)
         assert tracked.returncode == 1
+
+
+@pytest.mark.skipif(not (ROOT / ".git").exists() or shutil.which("git") is None, reason="needs a git checkout")
+def test_a_wheel_from_a_clean_checkout_carries_the_stubs(tmp_path):
+    """The stubs are not committed: ``setup.py``'s build hook generates them into the wheel, so an install from it
+    (which has no proto/ to generate from) imports both services' stubs without grpcio-tools."""
+    import zipfile
+
+    subprocess.run(["git", "clone", "-q", str(ROOT), str(tmp_path / "src")], check=True)
+    for rel in ("setup.py", "pyproject.toml", "shared/proto_build.py", "proto/grpc_service.proto",
+                "proto/splitinfer.proto"):  # this working tree's versions (a clone has the committed ones)
+        shutil.copy(ROOT / rel, tmp_path / "src" / rel)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
+                    str(tmp_path / "wheel"), str(tmp_path / "src")], check=True, capture_output=True)
+    (whl,) = (tmp_path / "wheel").glob("splitinfer-*.whl")
+    names = set(zipfile.ZipFile(whl).namelist())
+    assert {"shared/_proto/splitinfer_pb2_grpc.py", "shared/_proto/grpc_service_pb2_grpc.py"} <= names
+    zipfile.ZipFile(whl).extractall(tmp_path / "site")
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); sys.modules['grpc_tools'] = None\n"
+            "from shared._proto import splitinfer_pb2_grpc, grpc_service_pb2_grpc\n"
+            "import shared; print(shared.__file__)")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "site")], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0 and str(tmp_path / "site") in out.stdout, out.stderr[-2000:]

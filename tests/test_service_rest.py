@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import struct
 import threading
 import time
 
@@ -37,11 +38,13 @@ def kserve_body(data: bytes, **parameters) -> dict:
 
 
 def binary_request(data: bytes, **parameters):
+    """The binary tensor extension: a BYTES element is a 4-byte little-endian length followed by its bytes."""
+    element = struct.pack("<I", len(data)) + data
     header = json.dumps({"parameters": parameters, "inputs": [
-        {"name": "bitstream", "datatype": "BYTES", "shape": [1], "parameters": {"binary_data_size": len(data)}}]})
+        {"name": "bitstream", "datatype": "BYTES", "shape": [1], "parameters": {"binary_data_size": len(element)}}]})
     header = header.encode()
-    return header + data, {"inference-header-content-length": str(len(header)),
-                           "content-type": "application/octet-stream"}
+    return header + element, {"inference-header-content-length": str(len(header)),
+                              "content-type": "application/octet-stream"}
 
 
 def outputs(resp: dict) -> dict:
@@ -99,6 +102,22 @@ def test_infer_base64_and_binary_extension(http, frames, reference):
         r = http.post(f"/v2/models/{MODEL}/infer", content=content, headers=headers)
         assert r.status_code == 200, r.text
         assert outputs(r.json())["topk_index"] == [i for i, _, _ in ref.topk][:2]
+
+
+def test_unknown_parameters_are_ignored(http, frames):
+    """The protocol lets a request carry parameters a server does not know (tritonclient adds some itself)."""
+    r = http.post(f"/v2/models/{MODEL}/infer", json=kserve_body(frames[0].data, bitrate=3, priority=1))
+    assert r.status_code == 200 and r.json()["parameters"]["rung"] == frames[0].rung
+
+
+def test_binary_element_without_its_length_is_refused(http, frames):
+    """The bitstream sent raw, without the 4-byte length the spec frames a BYTES element with: a clear 400."""
+    data = frames[0].data
+    header = json.dumps({"inputs": [{"name": "bitstream", "datatype": "BYTES", "shape": [1],
+                                     "parameters": {"binary_data_size": len(data)}}]}).encode()
+    r = http.post(f"/v2/models/{MODEL}/infer", content=header + data,
+                  headers={"inference-header-content-length": str(len(header))})
+    assert "4-byte little-endian length" in refused(r, 400)["error"]
 
 
 def test_bitrate_hint_as_parameter(http, encoder, heldout_items, tiny_bundle):
@@ -160,7 +179,8 @@ def _bad_infer(frames):
         "rung_disagrees": (kserve_body(f.data, expected_rung=0), 400),
         "negative_hint": (kserve_body(f.data, target_bpp=-3), 400),
         "half_link_hint": (kserve_body(f.data, kbit_per_s=30), 400),
-        "unknown_parameter": (kserve_body(f.data, bitrate=3), 400),
+        "mistyped_parameter": (kserve_body(f.data, top_k="many"), 400),
+        "top_k_out_of_range": (kserve_body(f.data, top_k=0), 400),
         "missing_inputs": ({"parameters": {}}, 400),
         "missing_data": (one(), 400),
         "empty_data": (one(data=[""]), 400),
@@ -174,7 +194,7 @@ def _bad_infer(frames):
 
 
 BAD_INFER_CASES = ["garbage", "truncated", "mutated", "unknown_rung", "rung_disagrees", "negative_hint",
-                   "half_link_hint", "unknown_parameter", "missing_inputs", "missing_data", "empty_data", "not_base64",
+                   "half_link_hint", "mistyped_parameter", "top_k_out_of_range", "missing_inputs", "missing_data", "empty_data", "not_base64",
                    "wrong_datatype", "two_inputs", "inputs_not_a_list", "body_not_object", "oversized_bitstream"]
 
 
@@ -191,7 +211,7 @@ def test_more_refusals(http, frames):
     refused(http.post(url, content=b"{not json", headers={"content-type": "application/json"}), 400)
     refused(http.post(url, content=b"\xff\xfe\x00", headers={"content-type": "application/json"}), 400)
     content, headers = binary_request(frames[0].data)
-    for bad in ("abc", "0", str(len(content) + 1)):
+    for bad in ("abc", "0", str(len(content) + 1), "10"):
         refused(http.post(url, content=content, headers={**headers, "inference-header-content-length": bad}), 400)
     refused(http.post(url, content=content[:-3], headers=headers), 400)  # binary_data_size disagrees
     refused(http.post(url, content=b"x" * 200_000), 413)  # over the body limit (by Content-Length)

@@ -1,7 +1,11 @@
-"""Generated gRPC stubs of ``proto/splitinfer.proto``, shared by the edge client and the cloud server.
+"""Generated gRPC stubs of ``proto/*.proto``, shared by the edge client and the cloud server.
+
+- ``splitinfer_pb2`` / ``splitinfer_pb2_grpc``: the native service ``splitinfer.v1.SplitInference``;
+- ``grpc_service_pb2`` / ``grpc_service_pb2_grpc``: the Open Inference Protocol's
+  ``inference.GRPCInferenceService`` (KServe v2 / Triton), served by ``cloud_server.oip_grpc``.
 
 The modules themselves are not committed: importing this package generates them on first use (or when
-the ``.proto`` changed) via :mod:`shared.proto_build`. Import them as::
+a ``.proto`` changed) via :mod:`shared.proto_build`. Import them as::
 
     from shared._proto import splitinfer_pb2 as pb, splitinfer_pb2_grpc as pb_grpc
 
@@ -19,8 +23,10 @@ except (OSError, RuntimeError) as _e:  # e.g. a read-only install: use the stubs
 
     warnings.warn(f"could not regenerate the gRPC stubs ({_e}); using the existing ones", RuntimeWarning)
 
-from . import splitinfer_pb2, splitinfer_pb2_grpc  # noqa: E402
+from . import grpc_service_pb2, grpc_service_pb2_grpc, splitinfer_pb2, splitinfer_pb2_grpc  # noqa: E402
 
 SERVICE_NAME = splitinfer_pb2.DESCRIPTOR.services_by_name["SplitInference"].full_name
+OIP_SERVICE_NAME = grpc_service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 
-__all__ = ["splitinfer_pb2", "splitinfer_pb2_grpc", "SERVICE_NAME"]
+__all__ = ["splitinfer_pb2", "splitinfer_pb2_grpc", "grpc_service_pb2", "grpc_service_pb2_grpc", "SERVICE_NAME",
+           "OIP_SERVICE_NAME"]

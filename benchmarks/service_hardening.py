@@ -1,0 +1,1249 @@
+"""The service-hardening goals (issue 14), measured together on loopback against a server subprocess.
+
+    python benchmarks/service_hardening.py                       # the embedded ladder; a few minutes
+    python benchmarks/service_hardening.py --json out.json       # also write every figure
+    python benchmarks/service_hardening.py --server-root DIR     # serve from another checkout (e.g. `git archive`)
+    python benchmarks/service_hardening.py --only a,d            # some sections only
+
+The server is ``python -m shared.cli serve`` in a subprocess (so a crash shows), on free loopback ports, with one
+torch thread and ``SPLITINFER_LOG_LEVEL=WARNING``. To fit its time budget the benchmark sets REST header and body
+read timeouts of 5 and 8 s (``SPLITINFER_REST_HEADER_TIMEOUT_S``, ``SPLITINFER_REST_BODY_TIMEOUT_S``; a server
+without those settings ignores them); everything else is the server's default, ``--capacity`` and ``--server-env``
+aside. The settings used are printed first.
+
+(a) tritonclient 2.73, unmodified: ``tritonclient.http`` and ``tritonclient.grpc`` ``infer`` with default calls
+    (one BYTES input set from numpy, binary by default, no outputs named), then with outputs named (binary and
+    JSON); each answer's ``topk_index`` against the native gRPC answer for the same bitstream. Goal: both work.
+(b) The adversarial list (``rest_cases``, ``grpc_cases``, three slow-loris connections): counts answers that are
+    5xx (HTTP >= 500; gRPC INTERNAL, UNKNOWN, DATA_LOSS), and reports connections dropped without an answer,
+    slow connections held past the read timeouts, and server deaths. Goal: 0 5xx.
+(c) Peak server RSS for each upload within the limits (extreme aspect ratios such as the issue's 1x20000 PNG,
+    large squares under the pixel limit, a gzip-compressed gRPC message), from ``/proc/PID/status``: VmHWM, reset
+    through ``/proc/PID/clear_refs`` before each upload, and VmRSS sampled every 10 ms, after the server has gone
+    idle again; each upload on a clean server (restarted when an earlier one left it more than 30 MB larger than
+    after its start and one small upload: allocator caches would hide the next upload's cost). A server that
+    passes ``--rss-cap-mb`` over its baseline is killed (this machine is shared) and
+    restarted; the figure is then ">= cap". Goal: <= +300 MB.
+(d) ``grpc.health.v1.Health/Check`` latency (20 checks, 1 s deadline each) while 100 ``InferStream`` calls that
+    send nothing are open (10 channels x 10 streams). Goal: <= 100 ms for the worst check.
+(e) Overload: C = ``--capacity`` closed-loop clients (default: the server's own ``max_concurrent_requests``),
+    then 4C, alternated ``--repeats`` times, through gRPC and then REST (asyncio, one process, light raw-HTTP clients); each request has a
+    ``--deadline``, and a refused client backs off for the server's retry hint (Retry-After,
+    ``splitinfer-retry-after-ms``) up to ``--max-backoff``, or ``--backoff`` without one. Figures, from the 4C run:
+    of the requests not served, the share refused (429 / 503 / RESOURCE_EXHAUSTED) within 50 ms (goal >= 99%);
+    goodput (answers per second) at 4C over goodput at C (goal >= 0.9). The clients' own event-loop lag is
+    printed beside them (a large lag would mean client-bound latencies).
+
+Today's figure is printed next to each goal. A section that cannot run (a server that does not start, a client
+library that fails) is reported, not raised; a non-zero exit status means only that the server did not start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ast
+import base64
+import contextlib
+import io
+import json
+import os
+import platform
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+import traceback
+import zlib
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+for _p in (str(ROOT), str(HERE)):
+    if _p not in sys.path:
+        sys.path.insert(0, _p)
+
+import fuzz_soak as fz  # noqa: E402  (server subprocess, senders, message encoding, git state)
+
+GRPC_5XX = {"INTERNAL", "UNKNOWN", "DATA_LOSS"}
+GOALS = {
+    "a": "tritonclient http/grpc default infer: both work, unmodified",
+    "b": "5xx over every abuse case of the adversarial list: 0",
+    "c": "peak RSS for any single upload within the limits: <= +300 MB",
+    "d": "Health/Check latency while 100 idle streams are open: <= 100 ms",
+    "e1": "overload (4x capacity): share of refused requests answered within 50 ms: >= 99%",
+    "e2": "goodput under 4x overload against goodput at capacity: >= 0.9",
+}
+
+
+def short(e: BaseException, n: int = 240) -> str:
+    s = f"{type(e).__name__}: {e}"
+    return s if len(s) <= n else s[: n - 3] + "..."
+
+
+def grpc_code(e) -> str:
+    try:
+        c = e.code()
+        return c.name if c is not None else "UNKNOWN"
+    except Exception:  # noqa: BLE001
+        return "UNKNOWN"
+
+
+# ====================================================================================== server with RSS tools
+class Server(fz.ServerProcess):
+    """The server subprocess (from ``root``, another checkout if asked) plus what the goals need: CPU-idle waits,
+    restarts after a death."""
+
+    def ensure(self) -> bool:
+        """Restart the server if it is dead; True if it was."""
+        if self.alive():
+            return False
+        with contextlib.suppress(Exception):
+            self.log.close()
+        self.start()
+        return True
+
+    def cpu_s(self) -> Optional[float]:
+        try:
+            with open(f"/proc/{self.pid}/stat") as f:
+                parts = f.read().rsplit(")", 1)[1].split()
+            return (int(parts[11]) + int(parts[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, IndexError, ValueError, TypeError):
+            return None
+
+    def wait_idle(self, timeout: float = 30.0, threshold: float = 0.15, window: float = 0.5) -> float:
+        """Wait until the server uses under ``threshold`` of a core over ``window`` s; returns the seconds waited."""
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < timeout and self.alive():
+            a = self.cpu_s()
+            time.sleep(window)
+            b = self.cpu_s()
+            if a is None or b is None or (b - a) / window < threshold:
+                break
+        return time.monotonic() - t0
+
+
+class PeakRss:
+    """Peak RSS of the server around one request: VmHWM (reset first where the kernel allows) and VmRSS sampled
+    every 10 ms; the server is killed when it passes ``cap_mb`` over its baseline."""
+
+    def __init__(self, server: Server, cap_mb: float):
+        self.server, self.cap_mb = server, cap_mb
+        self.killed = False
+        self.peak_kb = self.base_kb = 0
+        self.hwm_reset = False
+        self._stop = threading.Event()
+        self._t: Optional[threading.Thread] = None
+
+    def start(self) -> "PeakRss":
+        pid = self.server.pid
+        self.base_kb = fz.rss_kb(pid) or 0
+        try:
+            with open(f"/proc/{pid}/clear_refs", "w") as f:
+                f.write("5")  # resets VmHWM to the current RSS
+            self.hwm_reset = True
+        except OSError:
+            pass
+        self.peak_kb = self.base_kb
+        self._t = threading.Thread(target=self._watch, args=(pid,), daemon=True)
+        self._t.start()
+        return self
+
+    def _watch(self, pid: int) -> None:
+        while not self._stop.is_set():
+            kb = fz.rss_kb(pid)
+            if kb is None:
+                return
+            self.peak_kb = max(self.peak_kb, kb)
+            if (kb - self.base_kb) / 1024 > self.cap_mb:
+                self.killed = True
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
+                return
+            time.sleep(0.01)
+
+    def finish(self, idle_timeout: float = 20.0) -> None:
+        """After the answer: let the server finish what it still computes (a timed-out request may go on), then
+        read the high-water mark."""
+        if self.killed:
+            with contextlib.suppress(Exception):
+                self.server.proc.wait(15)  # reaped, so that the next case restarts it
+        elif self.server.alive():
+            self.server.wait_idle(timeout=idle_timeout)
+            if self.hwm_reset:
+                hwm = fz.rss_kb(self.server.pid, "VmHWM")
+                if hwm:
+                    self.peak_kb = max(self.peak_kb, hwm)
+        self.stop()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._t is not None:
+            self._t.join(2)
+
+    @property
+    def increase_mb(self) -> float:
+        return (self.peak_kb - self.base_kb) / 1024
+
+
+# ====================================================================================== (a) tritonclient
+def section_a(server: Server, model: str, msg: bytes, native: Tuple[int, Tuple[int, ...]]) -> Dict[str, Any]:
+    import numpy as np
+
+    want = list(native[1])
+    out: Dict[str, Any] = {"native_topk": want}
+
+    def check(idx) -> str:
+        if idx is None:
+            return "no topk_index output"
+        got = [int(x) for x in np.asarray(idx).reshape(-1)]
+        return "works, equal to native" if got == want else f"works, but topk {got} != native {want}"
+
+    try:
+        import tritonclient.http as th
+
+        c = th.InferenceServerClient(f"127.0.0.1:{server.http_port}", network_timeout=30)
+        res: Dict[str, str] = {}
+        for name, outputs in [("default", None),
+                              ("outputs binary", [th.InferRequestedOutput("topk_index", binary_data=True),
+                                                  th.InferRequestedOutput("topk_score", binary_data=True)]),
+                              ("outputs JSON", [th.InferRequestedOutput("topk_index", binary_data=False)])]:
+            try:
+                inp = th.InferInput("bitstream", [1], "BYTES")
+                inp.set_data_from_numpy(np.array([msg], dtype=np.object_))
+                r = c.infer(model, [inp], outputs=outputs)
+                res[name] = check(r.as_numpy("topk_index"))
+            except Exception as e:  # noqa: BLE001
+                res[name] = "ERROR " + short(e)
+        with contextlib.suppress(Exception):
+            res["is_server_live"] = str(c.is_server_live())
+        c.close()
+        out["http"] = res
+    except Exception as e:  # noqa: BLE001
+        out["http"] = {"default": "ERROR " + short(e)}
+    try:
+        import tritonclient.grpc as tg
+
+        c = tg.InferenceServerClient(f"127.0.0.1:{server.grpc_port}")
+        res = {}
+        for name, outputs in [("default", None), ("outputs named", [tg.InferRequestedOutput("topk_index")])]:
+            try:
+                inp = tg.InferInput("bitstream", [1], "BYTES")
+                inp.set_data_from_numpy(np.array([msg], dtype=np.object_))
+                r = c.infer(model, [inp], outputs=outputs, client_timeout=30)
+                res[name] = check(r.as_numpy("topk_index"))
+            except Exception as e:  # noqa: BLE001
+                res[name] = "ERROR " + short(e)
+        with contextlib.suppress(Exception):
+            res["is_server_live"] = str(c.is_server_live())
+        c.close()
+        out["grpc"] = res
+    except Exception as e:  # noqa: BLE001
+        out["grpc"] = {"default": "ERROR " + short(e)}
+    ok = [all(v.startswith("works, equal") for k, v in out[t].items() if k != "is_server_live")
+          for t in ("http", "grpc")]
+    out["met"] = all(ok)
+    out["figure"] = " / ".join(f"{t}: {'works' if good else _first_error(out[t])}"
+                               for t, good in zip(("http", "grpc"), ok))
+    return out
+
+
+def _first_error(res: Dict[str, str]) -> str:
+    for k, v in res.items():
+        if k != "is_server_live" and not v.startswith("works, equal"):
+            return f"{k}: {v[:160]}"
+    return "?"
+
+
+# ====================================================================================== (d) idle streams
+def section_d(server: Server, model: str, msg: bytes, n_streams: int = 100, samples: int = 20) -> Dict[str, Any]:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from shared._proto import splitinfer_pb2 as pb, splitinfer_pb2_grpc as pb_grpc
+
+    hch = grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}")
+    health = health_pb2_grpc.HealthStub(hch)
+    with contextlib.suppress(grpc.RpcError):
+        health.Check(health_pb2.HealthCheckRequest(), timeout=5)  # connected before the streams open
+    stop = threading.Event()
+
+    def idle():
+        stop.wait()
+        return
+        yield  # a generator that sends nothing until the end
+
+    channels = [grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") for _ in range(10)]
+    stubs = [pb_grpc.SplitInferenceStub(c) for c in channels]
+    calls = [stubs[i % len(stubs)].InferStream(idle(), timeout=300) for i in range(n_streams)]
+    time.sleep(2.0)  # every stream reaches the server (and takes a thread there, if it does)
+    refused: Dict[str, int] = {}
+    for c in calls:
+        if c.done():
+            code = grpc_code(c) if c.exception() is not None else "OK"
+            refused[code] = refused.get(code, 0) + 1
+    lat, fails, in_a_row, tried = [], {}, 0, 0
+    for _ in range(samples):  # 1 s deadline each; three failures in a row end the series
+        t0 = time.perf_counter()
+        tried += 1
+        try:
+            r = health.Check(health_pb2.HealthCheckRequest(), timeout=1.0)
+            lat.append(1e3 * (time.perf_counter() - t0))
+            in_a_row = 0
+            if r.status != health_pb2.HealthCheckResponse.SERVING:
+                fails[f"status {r.status}"] = fails.get(f"status {r.status}", 0) + 1
+        except grpc.RpcError as e:
+            fails[grpc_code(e)] = fails.get(grpc_code(e), 0) + 1
+            in_a_row += 1
+            if in_a_row >= 3:
+                break
+        time.sleep(0.05)
+    t0 = time.perf_counter()
+    try:
+        pb_grpc.SplitInferenceStub(hch).Infer(pb.InferRequest(model=model, bitstream=msg), timeout=5)
+        infer = {"Infer": "ok", "ms": round(1e3 * (time.perf_counter() - t0), 1)}
+    except grpc.RpcError as e:
+        infer = {"Infer": grpc_code(e), "ms": round(1e3 * (time.perf_counter() - t0), 1)}
+    stop.set()
+    for c in calls:
+        c.cancel()
+    for c in channels:
+        c.close()
+    hch.close()
+    worst = max(lat) if lat and len(lat) == tried else None
+    out = {"streams": n_streams, "streams_refused": refused, "checks": tried, "ok": len(lat), "failures": fails,
+           "p50_ms": fz.pct(lat, 50) if lat else None, "max_ms": max(lat) if lat else None,
+           "infer_while_open": infer}
+    out["met"] = worst is not None and worst <= 100 and not fails
+    out["figure"] = (f"max {worst:.1f} ms (p50 {fz.pct(lat, 50):.1f})" if worst is not None else
+                     f"{tried - len(lat)}/{tried} checks failed ({', '.join(f'{k} x{v}' for k, v in fails.items())}, "
+                     f"1 s deadline)")
+    if refused:
+        out["figure"] += f"; streams refused at once: {refused}"
+    out["figure"] += f"; an Infer meanwhile: {infer['Infer']} in {infer['ms']} ms"
+    return out
+
+
+# ====================================================================================== (e) overload
+async def _grpc_client(stub, pb, grpc, model, msgs, i, t_end, deadline, backoff, max_backoff, rec):
+    k = i
+    while time.perf_counter() < t_end:
+        data = msgs[k % len(msgs)]
+        k += 1
+        t0 = time.perf_counter()
+        wait = 0.0
+        try:
+            await stub.Infer(pb.InferRequest(model=model, bitstream=data), timeout=deadline)
+            outcome = "ok"
+        except grpc.aio.AioRpcError as e:
+            code = e.code().name
+            if code == "RESOURCE_EXHAUSTED":
+                outcome, hint = "refused", None
+                for key, v in (e.trailing_metadata() or ()):
+                    if key in ("splitinfer-retry-after-ms", "retry-after-ms"):
+                        with contextlib.suppress(ValueError):
+                            hint = float(v) / 1e3
+                wait = min(hint, max_backoff) if hint is not None else backoff
+            elif code == "DEADLINE_EXCEEDED":
+                outcome = "timeout"
+            else:
+                outcome, wait = f"error {code}", backoff
+        except asyncio.CancelledError:
+            return
+        t1 = time.perf_counter()
+        rec.append((t1, t1 - t0, outcome))
+        if wait:
+            await asyncio.sleep(wait)
+
+
+class _AsyncHttp:
+    """A minimal HTTP/1.1 keep-alive client on asyncio streams: far lighter than an httpx AsyncClient, so that
+    hundreds of them on a 2-core machine measure the server, not the client (measured: httpx's client loop lagged
+    1.5 s at 256 clients, this one a few ms)."""
+
+    def __init__(self, port: int):
+        self.port = port
+        self.reader = self.writer = None
+
+    async def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            with contextlib.suppress(Exception):
+                await self.writer.wait_closed()
+        self.reader = self.writer = None
+
+    async def post(self, path: str, content: bytes, headers: Dict[str, str]) -> Tuple[int, Dict[str, str], bytes]:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
+        head = f"POST {path} HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-length: {len(content)}\r\n" + "".join(
+            f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
+        self.writer.write(head.encode() + content)
+        await self.writer.drain()
+        raw = await self.reader.readuntil(b"\r\n\r\n")
+        lines = raw.decode("latin-1").split("\r\n")
+        status = int(lines[0].split(" ", 2)[1])
+        hdrs = {}
+        for ln in lines[1:]:
+            if ":" in ln:
+                k, v = ln.split(":", 1)
+                hdrs[k.strip().lower()] = v.strip()
+        body = await self.reader.readexactly(int(hdrs.get("content-length", "0")))
+        if hdrs.get("connection", "").lower() == "close":
+            await self.close()
+        return status, hdrs, body
+
+
+async def _rest_client(port, path, body_fn, msgs, i, t_end, deadline, backoff, max_backoff, rec):
+    k = i
+    conn = _AsyncHttp(port)
+    try:
+        while time.perf_counter() < t_end:
+            content, headers = body_fn(msgs[k % len(msgs)], f"load-{i}-{k}")
+            k += 1
+            t0 = time.perf_counter()
+            wait = 0.0
+            try:
+                status, hdrs, _ = await asyncio.wait_for(conn.post(path, content, headers), deadline)
+                if status == 200:
+                    outcome = "ok"
+                elif status in (429, 503):
+                    outcome = "refused"
+                    try:
+                        wait = min(float(hdrs["retry-after"]), max_backoff)
+                    except (KeyError, ValueError):
+                        wait = backoff
+                elif status == 504:
+                    outcome = "timeout"
+                else:
+                    outcome, wait = f"error {status}", backoff
+            except asyncio.TimeoutError:
+                outcome = "timeout"
+                await conn.close()  # as a client that gives up does: the server sees the disconnect
+            except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError, IndexError) as e:
+                outcome, wait = f"error {type(e).__name__}", backoff
+                await conn.close()
+            t1 = time.perf_counter()
+            rec.append((t1, t1 - t0, outcome))
+            if wait:
+                await asyncio.sleep(wait)
+    except asyncio.CancelledError:
+        pass
+    finally:
+        await conn.close()
+
+
+async def _run_load(front: str, server: Server, model: str, msgs: List[bytes], clients: int, warmup: float,
+                    duration: float, deadline: float, backoff: float, max_backoff: float, rest_fmt: str):
+    rec: List[Tuple[float, float, str]] = []
+    t_start = time.perf_counter()
+    t_end = t_start + warmup + duration
+    lags: List[float] = []
+
+    async def loop_lag():  # how late this client's event loop runs: large lags mean client-bound latencies
+        while time.perf_counter() < t_end:
+            t0 = time.perf_counter()
+            await asyncio.sleep(0.01)
+            if t0 >= t_start + warmup:
+                lags.append(time.perf_counter() - t0 - 0.01)
+
+    lag_task = asyncio.create_task(loop_lag())
+    if front == "grpc":
+        import grpc
+
+        from shared._proto import splitinfer_pb2 as pb, splitinfer_pb2_grpc as pb_grpc
+
+        channels = [grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}") for _ in range(min(8, clients))]
+        stubs = [pb_grpc.SplitInferenceStub(c) for c in channels]
+        tasks = [asyncio.create_task(_grpc_client(stubs[i % len(stubs)], pb, grpc, model, msgs, i, t_end, deadline,
+                                                  backoff, max_backoff, rec)) for i in range(clients)]
+        try:
+            await asyncio.wait(tasks, timeout=warmup + duration + deadline + 10)
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            for c in channels:
+                await c.close()
+    else:
+        body = fz.REST_FORMATS[rest_fmt]
+        tasks = [asyncio.create_task(_rest_client(server.http_port, f"/v2/models/{model}/infer", body, msgs, i, t_end,
+                                                  deadline, backoff, max_backoff, rec)) for i in range(clients)]
+        try:
+            await asyncio.wait(tasks, timeout=warmup + duration + deadline + 10)
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+    lag_task.cancel()
+    w0, w1 = t_start + warmup, t_start + warmup + duration
+    window = [r for r in rec if w0 <= r[0] <= w1]
+    counts: Dict[str, int] = {}
+    for _, _, o in window:
+        counts[o] = counts.get(o, 0) + 1
+    ok = [lat for _, lat, o in window if o == "ok"]
+    not_served = [(lat, o) for _, lat, o in window if o != "ok"]
+    refused = [lat for lat, o in not_served if o == "refused"]
+    fast = sum(1 for lat in refused if lat <= 0.05)
+    return {"front": front, "clients": clients, "seconds": duration, "counts": counts,
+            "goodput_rps": len(ok) / duration, "ok_p50_ms": 1e3 * fz.pct(ok, 50) if ok else None,
+            "ok_p99_ms": 1e3 * fz.pct(ok, 99) if ok else None,
+            "not_served": len(not_served), "refused": len(refused), "refused_within_50ms": fast,
+            "refused_p50_ms": 1e3 * fz.pct(refused, 50) if refused else None,
+            "refused_p99_ms": 1e3 * fz.pct(refused, 99) if refused else None,
+            "share_fast_refusals": (fast / len(not_served)) if not_served else None,
+            "client_loop_lag_ms": {"p50": 1e3 * fz.pct(lags, 50), "p99": 1e3 * fz.pct(lags, 99),
+                                   "max": 1e3 * max(lags, default=float("nan"))}}
+
+
+def _aggregate(runs: List[Dict[str, Any]]) -> Dict[str, Any]:
+    """Several load runs of one kind -> totals: goodput over their summed time, refusal share over their sums."""
+    secs = sum(r["seconds"] for r in runs)
+    counts: Dict[str, int] = {}
+    for r in runs:
+        for k, v in r["counts"].items():
+            counts[k] = counts.get(k, 0) + v
+    not_served = sum(r["not_served"] for r in runs)
+    fast = sum(r["refused_within_50ms"] for r in runs)
+    return {"runs": len(runs), "seconds": secs, "counts": counts, "goodput_rps": counts.get("ok", 0) / secs,
+            "not_served": not_served, "refused": sum(r["refused"] for r in runs), "refused_within_50ms": fast,
+            "refused_p50_ms": fz.pct([r["refused_p50_ms"] for r in runs if r["refused_p50_ms"] is not None], 50)
+            if any(r["refused_p50_ms"] is not None for r in runs) else None,
+            "share_fast_refusals": fast / not_served if not_served else None,
+            "goodput_per_run": [round(r["goodput_rps"], 1) for r in runs]}
+
+
+def section_e(server: Server, model: str, msgs: List[bytes], capacity: int, args, rest_fmt: Optional[str]):
+    out: Dict[str, Any] = {"capacity": capacity, "deadline_s": args.deadline, "duration_s": args.duration,
+                           "repeats": args.repeats, "backoff_s": args.backoff, "max_backoff_s": args.max_backoff}
+    fronts = ["grpc"] + (["rest"] if rest_fmt else [])
+    for front in fronts:
+        runs: Dict[str, Any] = {"at_capacity": [], "x4": []}
+        # C and 4C alternate (C, 4C, C, 4C, ...): a machine whose speed drifts (other work on it) biases neither
+        for rep in range(args.repeats):
+            for label, clients in (("at_capacity", capacity), ("x4", 4 * capacity)):
+                server.ensure()
+                server.wait_idle(timeout=30)
+                r = asyncio.run(_run_load(front, server, model, msgs, clients, args.warmup, args.duration,
+                                          args.deadline, args.backoff, args.max_backoff, rest_fmt or "json"))
+                r["busy_after_s"] = round(server.wait_idle(timeout=30), 1)  # work still done for gone clients
+                runs[label].append(r)
+                print(f"  (e) {front} {label:<11} {clients:>4} clients: goodput {r['goodput_rps']:.1f}/s, "
+                      f"{r['counts']}, refused p50/p99 {r['refused_p50_ms'] or 0:.1f}/{r['refused_p99_ms'] or 0:.1f} "
+                      f"ms, client loop lag p99 {r['client_loop_lag_ms']['p99']:.1f} ms, server busy "
+                      f"{r['busy_after_s']} s after", flush=True)
+        agg = {label: _aggregate(rs) for label, rs in runs.items()}
+        cap, x4 = agg["at_capacity"], agg["x4"]
+        out[front] = {"runs": runs, "at_capacity": cap, "x4": x4,
+                      "goodput_ratio": x4["goodput_rps"] / cap["goodput_rps"] if cap["goodput_rps"] else None,
+                      "share_fast_refusals": x4["share_fast_refusals"]}
+    shares = [out[f]["share_fast_refusals"] for f in fronts]
+    ratios = [out[f]["goodput_ratio"] for f in fronts]
+    out["met_share"] = len(fronts) == 2 and all(s is not None and s >= 0.99 for s in shares)
+    out["met_ratio"] = len(fronts) == 2 and all(r is not None and r >= 0.9 for r in ratios)
+
+    def fmt_share(f):
+        s, x4 = out[f]["share_fast_refusals"], out[f]["x4"]
+        if s is None:
+            return f"{f}: n/a (nothing refused or timed out)"
+        return (f"{f}: {100 * s:.1f}% ({x4['refused_within_50ms']}/{x4['not_served']} not served; refused p50 "
+                f"{x4['refused_p50_ms'] or 0:.0f} ms; {x4['counts']})")
+
+    out["figure_share"] = f"C={capacity}: " + "; ".join(fmt_share(f) for f in fronts)
+    out["figure_ratio"] = f"C={capacity}: " + "; ".join(
+        f"{f}: {out[f]['goodput_ratio']:.2f} ({out[f]['x4']['goodput_rps']:.1f} / "
+        f"{out[f]['at_capacity']['goodput_rps']:.1f} req/s; runs {out[f]['x4']['goodput_per_run']} / "
+        f"{out[f]['at_capacity']['goodput_per_run']})" if out[f]["goodput_ratio"] is not None else f"{f}: n/a"
+        for f in fronts)
+    if not rest_fmt:
+        out["figure_share"] += "; rest: not run (no REST framing accepted)"
+    return out
+
+
+# ====================================================================================== (b)/(c) abuse cases
+def raw_http(port: int, parts: Sequence[Any], timeout: float = 10.0) -> Dict[str, Any]:
+    """Send ``parts`` (bytes, or a number = sleep that long) on one connection, read one answer.
+    -> {"status": int | None, "ms", "closed": closed without an answer, "head": the answer's first bytes}"""
+    t0 = time.perf_counter()
+    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    send_error, buf, closed = None, b"", False
+    try:
+        for p in parts:
+            if isinstance(p, (int, float)) and not isinstance(p, bool):
+                time.sleep(p)
+                continue
+            try:
+                s.sendall(p)
+            except OSError as e:  # the server answered early and closed (413, 431...): read what it said
+                send_error = short(e, 80)
+                break
+        try:
+            while b"\r\n\r\n" not in buf and len(buf) < 1 << 20:
+                chunk = s.recv(65536)
+                if not chunk:
+                    closed = True
+                    break
+                buf += chunk
+        except socket.timeout:
+            pass
+        except OSError as e:
+            closed = True
+            send_error = send_error or short(e, 80)
+    finally:
+        s.close()
+    status = None
+    if buf.startswith(b"HTTP/"):
+        with contextlib.suppress(ValueError, IndexError):
+            status = int(buf.split(b" ", 2)[1])
+    return {"status": status, "ms": 1e3 * (time.perf_counter() - t0), "closed": closed and status is None,
+            "head": buf[:160].decode("latin-1"), "send_error": send_error}
+
+
+def http_req(method: str, path: str, headers: Dict[str, str], body: Optional[bytes] = b"", host: str = "x") -> bytes:
+    h = {"host": host, **headers}
+    names = {k.lower() for k in h}
+    if body is not None and "content-length" not in names and "transfer-encoding" not in names:
+        h["content-length"] = str(len(body))
+    lines = [f"{method} {path} HTTP/1.1"] + [f"{k}: {v}" for k, v in h.items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8") + (body or b"")
+
+
+def png(size: Tuple[int, int], mode: str = "RGB", fmt: str = "PNG", **kw) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new(mode, size).save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def png_header_only(w: int, h: int) -> bytes:
+    """A PNG whose IHDR claims w x h, with one tiny IDAT."""
+    def chunk(t: bytes, d: bytes) -> bytes:
+        return struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d))
+
+    ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(bytes(100))) + chunk(b"IEND", b"")
+
+
+def multipart(fields: Sequence[Tuple[str, str, bytes]], boundary: str = "splitinferbench") -> Tuple[bytes, str]:
+    out = b""
+    for name, filename, data in fields:
+        disp = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename else "")
+        out += (f"--{boundary}\r\nContent-Disposition: {disp}\r\nContent-Type: application/octet-stream\r\n\r\n"
+                .encode() + data + b"\r\n")
+    return out + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+def rest_cases(model: str, msg: bytes) -> List[Tuple[str, str, Callable[[], List[Any]], bool]]:
+    """(name, kind, make() -> parts for :func:`raw_http`, measure RSS)."""
+    infer = f"/v2/models/{model}/infer"
+    image = f"/v2/models/{model}/infer-image"
+    jh = {"content-type": "application/json"}
+    pngh = {"content-type": "image/png"}
+    b64 = base64.b64encode(msg).decode()
+    valid_input = {"name": "bitstream", "datatype": "BYTES", "shape": [1], "data": [b64]}
+
+    def jreq(body: bytes, path: str = infer, headers: Optional[Dict[str, str]] = None) -> bytes:
+        return http_req("POST", path, headers or jh, body)
+
+    def jdoc(extra: bytes = b"", **changes) -> bytes:
+        """A valid base64 JSON request, with ``changes`` and raw JSON ``extra`` members added."""
+        d = {"inputs": [dict(valid_input)], **changes}
+        raw = json.dumps(d).encode()
+        return raw[:-1] + b", " + extra + b"}" if extra else raw
+
+    def kserve(prefix: Optional[bytes] = None, header_len: Any = None, size: Any = None) -> bytes:
+        blob = (struct.pack("<I", len(msg)) if prefix is None else prefix) + msg
+        hdr = json.dumps({"inputs": [{"name": "bitstream", "datatype": "BYTES", "shape": [1],
+                                      "parameters": {"binary_data_size": len(blob) if size is None else size}}]})
+        hdr = hdr.encode()
+        return http_req("POST", infer, {"content-type": "application/octet-stream",
+                                        "inference-header-content-length": str(len(hdr) if header_len is None
+                                                                               else header_len)}, hdr + blob)
+
+    def form(path: str, fields, cut: int = 0) -> bytes:
+        body, ctype = multipart(fields)
+        return http_req("POST", path, {"content-type": ctype}, body[: len(body) - cut])
+
+    def upload(data: bytes, ctype: str = "image/png", query: str = "") -> bytes:
+        return http_req("POST", image + query, {"content-type": ctype}, data)
+
+    def deep(n: int) -> bytes:
+        return b"[" * n + b"]" * n
+
+    return [
+        # -- the JSON parser
+        ("deep JSON array, 1,000 levels", "json", lambda: [jreq(deep(1000))], False),
+        ("deep JSON objects, 1,000 levels", "json", lambda: [jreq(b'{"a":' * 1000 + b"1" + b"}" * 1000)], False),
+        ("deep JSON inside parameters, 1,000 levels", "json",
+         lambda: [jreq(jdoc(b'"parameters": {"x": ' + deep(1000) + b"}"))], False),
+        ("deep JSON, 100,000 levels", "json", lambda: [jreq(deep(100_000))], False),
+        ("unterminated JSON, 100,000 '['", "json", lambda: [jreq(b"[" * 100_000)], False),
+        ("JSON integer of 5,000 digits", "json", lambda: [jreq(jdoc(b'"id": ' + b"7" * 5000))], False),
+        ("JSON number 1e999 as top_k", "json", lambda: [jreq(jdoc(b'"parameters": {"top_k": 1e999}'))], False),
+        ("JSON NaN / Infinity hints", "json",
+         lambda: [jreq(jdoc(b'"parameters": {"target_bpp": NaN, "fps": Infinity, "kbit_per_s": -Infinity}'))], False),
+        ("JSON lone surrogates in id", "json", lambda: [jreq(jdoc(b'"id": "\\ud800\\udfff\\ud800"'))], False),
+        ("invalid UTF-8 body", "json", lambda: [jreq(b'{"inputs": "\xff\xfe\xfd"}')], False),
+        ("JSON not an object", "json", lambda: [jreq(b'"just a string"')], False),
+        ("JSON with 100,000 inputs", "json",
+         lambda: [jreq(json.dumps({"inputs": [{"name": "x", "datatype": "BYTES", "shape": [1], "data": ["AA=="]}]
+                                   * 100_000}).encode())], False),
+        ("JSON input shape [10^18]", "json",
+         lambda: [jreq(json.dumps({"inputs": [{**valid_input, "shape": [10 ** 18]}]}).encode())], False),
+        ("JSON wrong types everywhere", "json",
+         lambda: [jreq(json.dumps({"inputs": [{"name": 5, "datatype": [], "shape": "x", "data": {"a": 1}}],
+                                   "parameters": [], "outputs": 7, "id": {"x": 1}}).encode())], False),
+        ("JSON id of 1 MB", "json", lambda: [jreq(jdoc(id="i" * 1_000_000))], False),
+        ("JSON invalid base64", "json",
+         lambda: [jreq(json.dumps({"inputs": [{**valid_input, "data": ["!!!notbase64"]}]}).encode())], False),
+        ("JSON unknown outputs, bad parameter types", "json",
+         lambda: [jreq(jdoc(outputs=[{"name": "nope", "parameters": {"binary_data": "yes", "classification": -3}}],
+                            parameters={"binary_data_output": "maybe", "top_k": "ten", "expected_rung": -1}))],
+         False),
+        ("classification 10^9 on an output", "json",
+         lambda: [jreq(jdoc(outputs=[{"name": "topk_score", "parameters": {"classification": 10 ** 9}}]))], False),
+        # -- the binary tensor extension
+        ("binary: header length -1", "binary", lambda: [kserve(header_len=-1)], False),
+        ("binary: header length 10^30", "binary", lambda: [kserve(header_len=10 ** 30)], False),
+        ("binary: header length in Arabic-Indic digits", "binary", lambda: [kserve(header_len="\u0661\u0662")], False),
+        ("binary: element length prefix 0xFFFFFFFF", "binary", lambda: [kserve(prefix=b"\xff\xff\xff\xff")], False),
+        ("binary: no element length prefix (raw bytes)", "binary", lambda: [kserve(prefix=b"")], False),
+        ("binary: binary_data_size -5", "binary", lambda: [kserve(size=-5)], False),
+        ("binary: binary_data_size 2^63", "binary", lambda: [kserve(size=2 ** 63)], False),
+        # -- content types, methods, routes
+        ("text/plain body on infer", "content-type", lambda: [jreq(jdoc(), headers={"content-type": "text/plain"})],
+         False),
+        ("form-urlencoded on infer", "content-type",
+         lambda: [jreq(b"a=1&b=2", headers={"content-type": "application/x-www-form-urlencoded"})], False),
+        ("multipart on infer", "content-type", lambda: [form(infer, [("image", "a.png", png((4, 4)))])], False),
+        ("raw bitstream, octet-stream, no header length", "content-type",
+         lambda: [jreq(msg, headers={"content-type": "application/octet-stream"})], False),
+        ("JSON to infer-image", "content-type", lambda: [jreq(jdoc(), path=image)], False),
+        ("multipart without boundary", "content-type",
+         lambda: [jreq(b"--x\r\n\r\n", path=image, headers={"content-type": "multipart/form-data"})], False),
+        ("multipart with 1,000 fields", "content-type",
+         lambda: [form(image, [(f"f{i}", "", b"x") for i in range(1000)])], False),
+        ("multipart, two files", "content-type",
+         lambda: [form(image, [("image", "a.png", png((8, 8))), ("image", "b.png", png((8, 8)))])], False),
+        ("multipart, truncated", "content-type", lambda: [form(image, [("image", "a.png", png((8, 8)))], cut=30)],
+         False),
+        ("unknown route", "route", lambda: [http_req("GET", "/nope/../../etc/passwd", {}, b"")], False),
+        ("unknown model", "route", lambda: [jreq(jdoc(), path="/v2/models/nope/infer")], False),
+        ("model name with NUL and %ff", "route", lambda: [jreq(jdoc(), path="/v2/models/a%00%ff%c0/infer")], False),
+        ("versions route, unknown version", "route",
+         lambda: [jreq(jdoc(), path=f"/v2/models/{model}/versions/999/infer")], False),
+        ("wrong method DELETE on infer", "route", lambda: [http_req("DELETE", infer, {}, b"")], False),
+        ("method BREW", "route", lambda: [http_req("BREW", infer, {}, b"")], False),
+        ("OPTIONS *", "route", lambda: [http_req("OPTIONS", "*", {}, b"")], False),
+        ("URL of 100 KB", "route", lambda: [http_req("GET", "/v2/models/" + "a" * 100_000, {}, b"")], False),
+        ("query: rung 10^30, top_k 0, target_bpp nan", "route",
+         lambda: [upload(png((32, 32)), query="?rung=" + "9" * 30 + "&top_k=0&target_bpp=nan")], False),
+        ("query: id of 20 KB", "route", lambda: [upload(png((32, 32)), query="?id=" + "i" * 20_000)], False),
+        # -- headers
+        ("one header of 1 MB", "headers", lambda: [http_req("GET", "/v2", {"x-big": "a" * 1_000_000}, b"")], False),
+        ("10,000 headers", "headers", lambda: [http_req("GET", "/v2", {f"x-h{i}": "v" for i in range(10_000)}, b"")],
+         False),
+        ("header with control bytes", "headers", lambda: [b"GET /v2 HTTP/1.1\r\nhost: x\r\nx-a: \x00\x01\x7f\r\n\r\n"],
+         False),
+        ("TLS ClientHello on the plaintext port", "headers",
+         lambda: [b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(200)], False),
+        ("HTTP/2 preface on the REST port", "headers",
+         lambda: [b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes(64)], False),
+        # -- bodies
+        ("Content-Length 10^12 declared", "body",
+         lambda: [http_req("POST", infer, {**jh, "content-length": str(10 ** 12)}, b"{")], False),
+        ("Content-Length not a number", "body",
+         lambda: [http_req("POST", infer, {**jh, "content-length": "12abc"}, b"{}")], False),
+        ("two different Content-Lengths", "body",
+         lambda: [b"POST " + infer.encode() + b" HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\ncontent-length: 9\r\n"
+                  b"content-type: application/json\r\n\r\n{}"], False),
+        ("chunked body of 30 MB", "body",
+         lambda: [http_req("POST", infer, {**jh, "transfer-encoding": "chunked"}, None)]
+         + [b"100000\r\n" + b" " * 0x100000 + b"\r\n"] * 30 + [b"0\r\n\r\n"], False),
+        ("body of 30 MB with its Content-Length", "body",
+         lambda: [http_req("POST", image, {"content-type": "image/png", "content-length": str(30 << 20)}, b"")]
+         + [bytes(1 << 20)] * 30, False),
+        ("Expect: 100-continue with 200 MB announced", "body",
+         lambda: [http_req("POST", infer, {**jh, "expect": "100-continue", "content-length": str(200 << 20)}, b"")],
+         False),
+        ("Content-Length larger than the body (the client waits)", "slow",
+         lambda: [http_req("POST", infer, {**jh, "content-length": "5000"}, b'{"inputs": [')], False),
+        # -- images that are refused before any pixel work
+        ("infer-image: not an image", "image", lambda: [upload(b"\x89PNG\r\n\x1a\n" + bytes(100))], False),
+        ("infer-image: GIF (unsupported format)", "image", lambda: [upload(png((16, 16), "P", "GIF"), "image/gif")],
+         False),
+        ("infer-image: truncated JPEG", "image", lambda: [upload(png((640, 480), fmt="JPEG")[:2000], "image/jpeg")],
+         False),
+        ("infer-image: 60000x60000 PNG header (over the pixel limit)", "image",
+         lambda: [upload(png_header_only(60000, 60000))], False),
+        # -- uploads within the limits: (c) measures the server's peak RSS for each
+        ("infer-image: 1x1 PNG", "upload", lambda: [upload(png((1, 1)))], True),
+        ("infer-image: 1x20000 PNG", "upload", lambda: [upload(png((1, 20000)))], True),
+        ("infer-image: 20000x1 PNG", "upload", lambda: [upload(png((20000, 1)))], True),
+        ("infer-image: 3x60000 PNG", "upload", lambda: [upload(png((3, 60000)))], True),
+        ("infer-image: 64x16000 PNG (aspect 250)", "upload", lambda: [upload(png((64, 16000)))], True),
+        ("infer-image: 316x6320 PNG (aspect 20)", "upload", lambda: [upload(png((316, 6320)))], True),
+        ("infer-image: 1000x40000 PNG (40 Mpx, aspect 40)", "upload", lambda: [upload(png((1000, 40000), "L"))], True),
+        ("infer-image: 6000x6000 RGB PNG (36 Mpx)", "upload", lambda: [upload(png((6000, 6000)))], True),
+        ("infer-image: 6320x6320 RGBA PNG (under the pixel limit)", "upload",
+         lambda: [upload(png((6320, 6320), "RGBA"))], True),
+        ("infer-image: 6320x6320 JPEG", "upload", lambda: [upload(png((6320, 6320), fmt="JPEG", quality=5),
+                                                                  "image/jpeg")], True),
+        ("infer-image: 16-bit 6320x6320 PNG", "upload", lambda: [upload(png((6320, 6320), "I;16"))], True),
+    ]
+
+
+def grpc_cases(model: str, msg: bytes) -> List[Tuple[str, Callable[[Any], Tuple[str, str]], bool]]:
+    """(name, run(channel) -> (status code name, details), measure RSS)."""
+    import grpc
+
+    from shared._proto import splitinfer_pb2 as pb
+
+    def raw_unary(path: str, payload: bytes, compression=None, metadata=None):
+        def run(ch):
+            call = ch.unary_unary(path, request_serializer=None, response_deserializer=None)
+            try:
+                call(payload, timeout=30, compression=compression, metadata=metadata)
+                return "OK", ""
+            except grpc.RpcError as e:
+                return grpc_code(e), (e.details() or "")[:200]
+        return run
+
+    def raw_stream(path: str, payloads: List[bytes]):
+        def run(ch):
+            call = ch.stream_stream(path, request_serializer=None, response_deserializer=None)
+            try:
+                for _ in call(iter(payloads), timeout=30):
+                    pass
+                return "OK", ""
+            except grpc.RpcError as e:
+                return grpc_code(e), (e.details() or "")[:200]
+        return run
+
+    infer_path = "/splitinfer.v1.SplitInference/Infer"
+    oip_path = "/inference.GRPCInferenceService/ModelInfer"
+
+    def infer(**fields):
+        return raw_unary(infer_path, pb.InferRequest(**fields).SerializeToString())
+
+    garbage = b"\xff\xff\xff\xff\x0f" + bytes(range(256)) * 4
+    bomb = b"\x12" + fz.uvarint(64 << 20) + bytes(64 << 20)  # a 64 MB bitstream field: ~64 KB once gzipped
+    cases = [
+        ("garbage protobuf to Infer", raw_unary(infer_path, garbage), False),
+        ("garbage protobuf to InferStream", raw_stream("/splitinfer.v1.SplitInference/InferStream", [garbage]), False),
+        ("garbage protobuf to ModelMetadata", raw_unary("/splitinfer.v1.SplitInference/ModelMetadata", garbage),
+         False),
+        ("garbage protobuf to Health/Check", raw_unary("/grpc.health.v1.Health/Check", garbage), False),
+        ("garbage protobuf to OIP ModelInfer", raw_unary(oip_path, garbage), False),
+        ("garbage protobuf to OIP ModelStreamInfer",
+         raw_stream("/inference.GRPCInferenceService/ModelStreamInfer", [garbage]), False),
+        ("invalid UTF-8 in the model field", raw_unary(infer_path, b"\x0a\x03\xff\xfe\xfd\x12\x01\x00"), False),
+        ("100,000 nested groups", raw_unary(infer_path, b"\x7b" * 100_000), False),
+        ("overlong varint", raw_unary(infer_path, b"\x38" + b"\xff" * 11 + b"\x01"), False),
+        ("unknown method", raw_unary("/splitinfer.v1.SplitInference/Nope", b""), False),
+        ("unknown service", raw_unary("/evil.Service/Call", b""), False),
+        ("message of 4 MB (over the limit)", infer(model=model, bitstream=bytes(4 << 20)), False),
+        ("metadata value of 1 MB", raw_unary(infer_path, pb.InferRequest(model=model, bitstream=msg)
+                                             .SerializeToString(), metadata=[("x-big", "a" * 1_000_000)]), False),
+        ("empty request", infer(), False),
+        ("top_k 2^32-1", infer(model=model, bitstream=msg, top_k=2 ** 32 - 1), False),
+        ("expected_rung 2^32-1", infer(model=model, bitstream=msg, expected_rung=2 ** 32 - 1), False),
+        ("target_bpp NaN", infer(model=model, bitstream=msg, target_bpp=float("nan")), False),
+        ("target_bpp -inf", infer(model=model, bitstream=msg, target_bpp=float("-inf")), False),
+        ("link 1e308 kbit/s at 1e-308 fps", infer(model=model, bitstream=msg,
+                                                  link=pb.LinkRate(kbit_per_s=1e308, fps=1e-308)), False),
+        ("link fps NaN", infer(model=model, bitstream=msg, link=pb.LinkRate(kbit_per_s=100, fps=float("nan"))), False),
+        ("request_id of 900 KB", infer(model=model, bitstream=msg, request_id="r" * 900_000), False),
+        ("model name of 900 KB", infer(model="m" * 900_000, bitstream=msg), False),
+        ("model name with NUL and RTL override", infer(model="\x00\u202e" + model, bitstream=msg), False),
+        ("gzip bomb: 64 MB bitstream field in ~64 KB", raw_unary(infer_path, bomb, compression=grpc.Compression.Gzip),
+         True),
+    ]
+    try:  # OIP gRPC requests with wrong contents (UNIMPLEMENTED where the service does not exist)
+        from tritonclient.grpc import service_pb2 as tpb
+
+        t = tpb.ModelInferRequest.InferInputTensor
+        framed = struct.pack("<I", len(msg)) + msg
+
+        def oip(**kw):
+            return raw_unary(oip_path, tpb.ModelInferRequest(model_name=model, **kw).SerializeToString())
+
+        cases += [
+            ("OIP ModelInfer: no inputs", oip(), False),
+            ("OIP ModelInfer: FP32 input, no data", oip(inputs=[t(name="bitstream", datatype="FP32", shape=[1])]),
+             False),
+            ("OIP ModelInfer: BYTES with a bad length prefix",
+             oip(inputs=[t(name="bitstream", datatype="BYTES", shape=[1])], raw_input_contents=[b"\xff\xff\xff\x7f"]),
+             False),
+            ("OIP ModelInfer: shape [2^62]",
+             oip(inputs=[t(name="bitstream", datatype="BYTES", shape=[2 ** 62])], raw_input_contents=[framed]), False),
+            ("OIP ModelInfer: two raw contents for one input",
+             oip(inputs=[t(name="bitstream", datatype="BYTES", shape=[1])], raw_input_contents=[framed] * 2), False),
+            ("OIP ModelInfer: unknown model version",
+             oip(model_version="999", inputs=[t(name="bitstream", datatype="BYTES", shape=[1])],
+                 raw_input_contents=[framed]), False),
+        ]
+    except ImportError:
+        pass
+    return cases
+
+
+def _slowloris(port: int, kind: str, path: str, budget: float, results: Dict[str, Any]) -> None:
+    """One connection kept busy for up to ``budget`` s: headers a line a second, a body a byte a second, or
+    nothing at all; records when (and how) the server ends it."""
+    t0 = time.perf_counter()
+    status, cut, answer = None, False, b""
+    try:
+        s = socket.create_connection(("127.0.0.1", port), timeout=budget + 5)
+    except OSError as e:
+        results[kind] = {"cut": True, "after_s": 0.0, "status": None, "error": short(e)}
+        return
+    try:
+        if kind == "headers":
+            s.sendall(f"POST {path} HTTP/1.1\r\nhost: x\r\n".encode())
+        elif kind == "body":
+            s.sendall(f"POST {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                      f"content-length: 100000\r\n\r\n".encode())
+        s.settimeout(1.0)
+        while time.perf_counter() - t0 < budget:
+            try:
+                data = s.recv(4096)
+                if not data:
+                    cut = True
+                    break
+                answer += data
+                if b"\r\n\r\n" in answer:
+                    cut = True
+                    break
+            except socket.timeout:
+                pass
+            try:
+                if kind == "headers":
+                    s.sendall(b"x-slow: 1\r\n")
+                elif kind == "body":
+                    s.sendall(b" ")
+            except OSError:
+                cut = True
+                break
+    except OSError:
+        cut = True
+    finally:
+        s.close()
+    if answer.startswith(b"HTTP/"):
+        with contextlib.suppress(ValueError, IndexError):
+            status = int(answer.split(b" ", 2)[1])
+    results[kind] = {"cut": cut, "after_s": round(time.perf_counter() - t0, 1), "status": status}
+
+
+def section_bc(server: Server, model: str, msg: bytes, args) -> Dict[str, Any]:
+    import grpc
+
+    rows: List[Dict[str, Any]] = []
+
+    def record(row: Dict[str, Any]) -> None:
+        if not server.alive() and not row.get("killed"):
+            row["server_died"] = True
+            row["log_tail"] = server.log_tail(1500)
+            row["verdict"] = "SERVER DIED"
+        if server.ensure():
+            row["restarted"] = True
+        rows.append(row)
+        if row["verdict"] != "ok" or args.verbose:
+            print(f"  (b) {row['front']:<4} {row['case'][:58]:<58} {str(row.get('answer'))[:26]:<26} {row['verdict']}"
+                  + (f"  RSS +{row['rss_mb']:.0f} MB" if row.get("rss_mb") is not None else ""), flush=True)
+
+    clean: Dict[str, Any] = {"kb": None}
+
+    def clean_server() -> None:
+        """Before a measured upload: a server whose memory is as after its start and one small upload (what an
+        earlier upload left in the allocators' caches would hide the next one's cost): restarted when it is not."""
+        kb = fz.rss_kb(server.pid) if server.alive() else None
+        if kb is not None and clean["kb"] is not None and (kb - clean["kb"]) / 1024 <= 30:
+            return
+        if server.alive():
+            server.stop()
+        server.start()
+        raw_http(server.http_port, [http_req("POST", f"/v2/models/{model}/infer-image", {"content-type": "image/png"},
+                                             png((32, 32)))], timeout=60)
+        server.wait_idle(timeout=10)
+        clean["kb"] = fz.rss_kb(server.pid)
+
+    def run_rest(name: str, kind: str, make: Callable[[], List[Any]], measure: bool) -> None:
+        row: Dict[str, Any] = {"front": "rest", "case": name, "kind": kind}
+        try:
+            parts = make()
+        except Exception as e:  # noqa: BLE001 - a case the client cannot even build
+            row.update(answer="(not sent)", verdict="client error: " + short(e, 100))
+            rows.append(row)
+            return
+        if measure:
+            clean_server()
+        probe = PeakRss(server, args.rss_cap_mb).start() if measure else None
+        try:
+            r = raw_http(server.http_port, parts, timeout=args.slowloris_s if kind == "slow" else args.case_timeout)
+            if probe:
+                probe.finish()
+                row["rss_mb"], row["killed"] = probe.increase_mb, probe.killed
+            status = r["status"]
+            row.update(status=status, ms=round(r["ms"], 1), head=r["head"][:120], send_error=r["send_error"])
+            if probe and probe.killed:
+                row.update(answer="(killed at the RSS cap)", verdict=f"RSS over +{args.rss_cap_mb:.0f} MB: killed")
+            elif status is None and kind == "slow" and not r["closed"]:
+                row.update(answer=f"held {r['ms'] / 1e3:.1f} s", verdict="held (no read timeout)")
+            elif status is None:
+                row.update(answer="no answer" + (" (closed)" if r["closed"] else " (timeout)"), verdict="no answer")
+            else:
+                row.update(answer=str(status), verdict="5xx" if status >= 500 else "ok")
+        except Exception as e:  # noqa: BLE001
+            row.update(answer="(client error)", verdict="client error: " + short(e, 100))
+        finally:
+            if probe:
+                probe.stop()
+        record(row)
+
+    channel_opts = [("grpc.max_send_message_length", 128 << 20), ("grpc.max_receive_message_length", 128 << 20),
+                    ("grpc.max_metadata_size", 4 << 20)]
+
+    def run_grpc(name: str, run: Callable[[Any], Tuple[str, str]], measure: bool) -> None:
+        row: Dict[str, Any] = {"front": "grpc", "case": name}
+        if measure:
+            clean_server()
+        ch = grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}", channel_opts)
+        probe = PeakRss(server, args.rss_cap_mb).start() if measure else None
+        t0 = time.perf_counter()
+        try:
+            code, detail = run(ch)
+            if probe:
+                probe.finish()
+                row["rss_mb"], row["killed"] = probe.increase_mb, probe.killed
+            row.update(status=code, detail=detail, ms=round(1e3 * (time.perf_counter() - t0), 1))
+            if probe and probe.killed:
+                row.update(answer="(killed at the RSS cap)", verdict=f"RSS over +{args.rss_cap_mb:.0f} MB: killed")
+            else:
+                row.update(answer=code, verdict="5xx" if code in GRPC_5XX else "ok")
+        except Exception as e:  # noqa: BLE001
+            row.update(answer="(client error)", verdict="client error: " + short(e, 100))
+        finally:
+            if probe:
+                probe.stop()
+            ch.close()
+        record(row)
+
+    # 1. slow-loris connections, open while 2. the cases that cannot blow the server up run; 3. the uploads whose
+    # RSS is measured last (one of them may get the server killed at the cap, and restarted)
+    slow: Dict[str, Any] = {}
+    slow_threads = [threading.Thread(target=_slowloris, args=(server.http_port, k, f"/v2/models/{model}/infer",
+                                                               args.slowloris_s, slow), daemon=True)
+                    for k in ("headers", "body", "idle")]
+    for t in slow_threads:
+        t.start()
+    rcases, gcases = rest_cases(model, msg), grpc_cases(model, msg)
+    for name, kind, make, measure in rcases:
+        if not measure:
+            run_rest(name, kind, make, measure)
+    for name, run, measure in gcases:
+        if not measure:
+            run_grpc(name, run, measure)
+    for t in slow_threads:
+        t.join(args.slowloris_s + 10)
+    for kind in ("headers", "body", "idle"):
+        r = slow.get(kind, {})
+        held, st = not r.get("cut"), r.get("status")
+        answer = (f"{st} after {r.get('after_s')} s" if st else
+                  (f"held {r.get('after_s')} s" if held else f"closed after {r.get('after_s')} s"))
+        case = f"slow-loris: {kind} (a line/byte a second, up to {args.slowloris_s:.0f} s)"
+        rows.append({"front": "rest", "case": case,
+                     "kind": "slowloris", "status": st, "answer": answer, "detail": r,
+                     "verdict": "5xx" if st and st >= 500 else ("held (no read timeout)" if held else "ok")})
+        if rows[-1]["verdict"] != "ok" or args.verbose:
+            print(f"  (b) rest {rows[-1]['case'][:58]:<58} {answer[:26]:<26} {rows[-1]['verdict']}", flush=True)
+    for name, kind, make, measure in rcases:
+        if measure:
+            run_rest(name, kind, make, measure)
+    for name, run, measure in gcases:
+        if measure:
+            run_grpc(name, run, measure)
+
+    n5 = sum(1 for r in rows if r["verdict"] == "5xx")
+    dead = sum(1 for r in rows if r.get("server_died"))
+    noans = sum(1 for r in rows if r["verdict"] == "no answer")
+    killed = sum(1 for r in rows if r.get("killed"))
+    held = sum(1 for r in rows if r["verdict"].startswith("held"))
+    client_err = sum(1 for r in rows if r["verdict"].startswith("client error"))
+    b = {"cases": len(rows), "5xx": n5, "server_deaths": dead, "no_answer": noans, "held_slow": held,
+         "killed_at_cap": killed, "client_errors": client_err, "met": n5 == 0 and dead == 0,
+         "figure": f"{n5} x 5xx over {len(rows)} cases" + (f", {dead} server deaths" if dead else "")
+         + (f", {noans} dropped without an answer" if noans else "")
+         + (f", {held} slow connections held past {args.slowloris_s:.0f} s" if held else "")
+         + (f", {killed} uploads killed at the RSS cap" if killed else "")
+         + (f", {client_err} cases the client could not run" if client_err else "")}
+    rss_rows = [r for r in rows if r.get("rss_mb") is not None]
+    worst = max(rss_rows, key=lambda r: (bool(r.get("killed")), r["rss_mb"]), default=None)
+    c: Dict[str, Any] = {"uploads": [{k: r.get(k) for k in ("front", "case", "answer", "rss_mb", "killed")}
+                                     for r in rss_rows],
+                         "cap_mb": args.rss_cap_mb, "killed_at_cap": killed}
+    if worst:
+        c.update(worst_case=worst["case"], worst_mb=worst["rss_mb"],
+                 met=(not worst.get("killed")) and worst["rss_mb"] <= 300)
+        c["figure"] = (f">= +{args.rss_cap_mb:.0f} MB ({worst['case']}: killed at the cap; {killed} upload(s) hit it)"
+                       if worst.get("killed") else f"+{worst['rss_mb']:.0f} MB ({worst['case']}, answered "
+                                                   f"{worst['answer']})")
+    else:
+        c.update(met=False, figure="not measured")
+    return {"rows": rows, "b": b, "c": c}
+
+
+# ====================================================================================== main
+def server_setting(root: Path, env: Dict[str, str], name: str) -> Optional[Any]:
+    """One setting as the server at ``root`` reads it with ``env`` (in a subprocess: that checkout's code)."""
+    code = f"from cloud_server.settings import load_settings; print(repr(load_settings().{name}))"
+    try:
+        out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120,
+                             env={**os.environ, **env, "PYTHONPATH": str(root)})
+        return ast.literal_eval(out.stdout.strip().splitlines()[-1])
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=__doc__.split("\n\n", 1)[1])
+    p.add_argument("--bundle", default=str(fz.DEFAULT_BUNDLE), help="bundle folder (default: the embedded ladder)")
+    p.add_argument("--weights", default=None, help="backbone weights file (default: pretrained)")
+    p.add_argument("--images", default=str(fz.SAMPLES), help="images for the valid bitstreams (default: samples)")
+    p.add_argument("--server-root", default=None, help="run the server from this checkout (default: this one)")
+    p.add_argument("--only", default="a,b,c,d,e", help="sections to run (b and c run together)")
+    p.add_argument("--capacity", type=int, default=0,
+                   help="(e) capacity C: the server's max_concurrent_requests is set to it (default 0: the server's "
+                        "own setting)")
+    p.add_argument("--duration", type=float, default=8.0, help="(e) measured seconds per load run (default 8)")
+    p.add_argument("--warmup", type=float, default=3.0, help="(e) seconds before measuring (default 3)")
+    p.add_argument("--repeats", type=int, default=2, help="(e) C / 4C pairs per front end, alternated (default 2)")
+    p.add_argument("--deadline", type=float, default=5.0, help="(e) client deadline per request, s (default 5)")
+    p.add_argument("--backoff", type=float, default=0.25, help="(e) back-off after a refusal without a retry hint")
+    p.add_argument("--max-backoff", type=float, default=1.0, help="(e) longest back-off a retry hint may ask for")
+    p.add_argument("--rss-cap-mb", type=float, default=2048.0,
+                   help="(c) kill the server when an upload takes it this far over its baseline (default 2048)")
+    p.add_argument("--slowloris-s", type=float, default=15.0, help="(b) how long slow connections try (default 15)")
+    p.add_argument("--case-timeout", type=float, default=60.0, help="(b) client timeout per abuse case")
+    p.add_argument("--server-env", action="append", default=[], metavar="KEY=VALUE", help="more server settings")
+    p.add_argument("--json", default=None, help="write every figure here")
+    p.add_argument("-v", "--verbose", action="store_true", help="print every abuse case, not only the failures")
+    args = p.parse_args(argv)
+    only = set(args.only.replace(" ", "").split(","))
+    if only & {"b", "c"}:
+        only |= {"b", "c"}
+
+    t_all = time.perf_counter()
+    messages, bundle = fz.encode_messages(args.bundle, args.weights, args.images, 3)
+    model = f"{bundle.model}-{bundle.split}"
+    msg = messages[0]
+    server_root = Path(args.server_root).resolve() if args.server_root else fz.ROOT
+    env = {"SPLITINFER_REST_HEADER_TIMEOUT_S": "5", "SPLITINFER_REST_BODY_TIMEOUT_S": "8"}
+    if args.capacity:
+        env["SPLITINFER_MAX_CONCURRENT_REQUESTS"] = str(args.capacity)
+    for kv in args.server_env:
+        k, _, v = kv.partition("=")
+        env[k] = v
+    if not args.capacity and "e" in only:
+        args.capacity = server_setting(server_root, env, "max_concurrent_requests") or 64
+    git = fz.git_state() if server_root == fz.ROOT else {"server_root": str(server_root)}
+    results: Dict[str, Any] = {"git": git, "bundle": bundle.bundle_id, "model": model, "server_env": env,
+                               "capacity": args.capacity, "cpus": os.cpu_count(),
+                               "python": platform.python_version(), "args": vars(args)}
+    print(f"server: {server_root} ({fz.git_label(git)}), bundle {bundle.bundle_id} ({model}), {os.cpu_count()} CPUs")
+    print(f"server settings: {' '.join(f'{k}={v}' for k, v in env.items())} OMP_NUM_THREADS=1"
+          + (f"; capacity C = {args.capacity}" if "e" in only else ""), flush=True)
+    server = Server(str(bundle.root), model, args.weights, env=env, root=server_root)
+    try:
+        server.start()
+    except Exception as e:  # noqa: BLE001
+        print(f"the server does not start: {short(e, 3000)}")
+        results["error"] = f"the server did not start: {e}"
+        _summary(results)
+        _write(args.json, results)
+        return 1
+    try:
+        gs = fz.GrpcSender(server.grpc_port, model, 30)
+        cls, native, detail = gs.send(msg, "native")
+        gs.close()
+        if cls != "ok":
+            print(f"a valid bitstream is refused on the native gRPC Infer: {detail}")
+        fmt, tried = fz.pick_rest_format(server.http_port, model, messages, {}, 30, "auto")
+        results["native_answer"] = native
+        results["rest_framing"] = {"picked": fmt, "tried": tried}
+        print(f"native gRPC answer {native}; REST infer framing accepted: {fmt} ({tried})", flush=True)
+        sections = [
+            ("a", "(a) tritonclient", lambda: section_a(server, model, msg, native or (0, ()))),
+            ("d", "(d) Health/Check while 100 idle streams are open", lambda: section_d(server, model, msg)),
+            ("e", "(e) overload", lambda: section_e(server, model, messages, args.capacity, args, fmt)),
+            ("b", "(b)+(c) adversarial list and upload RSS", lambda: section_bc(server, model, msg, args)),
+        ]
+        for key, title, fn in sections:
+            if key not in only:
+                continue
+            print(f"\n{title} ...", flush=True)
+            t0 = time.perf_counter()
+            try:
+                server.ensure()
+                r = fn()
+            except Exception as e:  # noqa: BLE001 - report, do not crash
+                traceback.print_exc()
+                r = {"error": short(e, 1000), "met": False, "figure": "ERROR " + short(e, 160)}
+            secs = round(time.perf_counter() - t0, 1)
+            if key == "b" and "rows" in r:
+                results["b"], results["c"], results["abuse_rows"] = r["b"], r["c"], r["rows"]
+                results["b"]["seconds"] = secs
+            elif key == "b":
+                results["b"] = results["c"] = r
+            else:
+                results[key] = r
+                r["seconds"] = secs
+            print(f"  done in {secs} s", flush=True)
+    finally:
+        results["server_exit_code"] = server.stop()
+        results["server_log"] = str(server.log_path)
+    results["total_seconds"] = round(time.perf_counter() - t_all, 1)
+    _summary(results)
+    _write(args.json, results)
+    return 0
+
+
+def _write(path: Optional[str], results: Dict[str, Any]) -> None:
+    if path:
+        Path(path).write_text(json.dumps(results, indent=1, default=str))
+        print(f"wrote {path}")
+
+
+def _summary(results: Dict[str, Any]) -> None:
+    rows = []
+    for key, goal_key, fig_key, met_key in [("a", "a", "figure", "met"), ("b", "b", "figure", "met"),
+                                            ("c", "c", "figure", "met"), ("d", "d", "figure", "met"),
+                                            ("e", "e1", "figure_share", "met_share"),
+                                            ("e", "e2", "figure_ratio", "met_ratio")]:
+        r = results.get(key)
+        if r is None:
+            rows.append((GOALS[goal_key], "not run", "-"))
+            continue
+        fig = r.get(fig_key) or r.get("figure") or r.get("error", "?")
+        rows.append((GOALS[goal_key], fig, "MET" if r.get(met_key) else "NOT MET"))
+    print("\n" + "=" * 110)
+    print(f"service hardening goals (server {fz.git_label(results.get('git', {}))}; "
+          f"{results.get('total_seconds', '?')} s)")
+    print("=" * 110)
+    for goal, fig, verdict in rows:
+        print(f"- {goal}\n    today: {fig}\n    -> {verdict}")
+    bad = [r for r in results.get("abuse_rows", []) if r["verdict"] != "ok"]
+    if bad:
+        print("\nabuse cases that failed:")
+        for r in bad:
+            print(f"  {r['front']:<4} {r['case'][:62]:<62} {str(r.get('answer'))[:30]:<30} {r['verdict']}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,671 @@
+"""Hardening and the error model (issue 14): bounded image uploads (D2), gRPC workers that idle or unread streams
+cannot hold (D3), admission that refuses at once and drops abandoned work (D4), and the minor items: undecodable
+protobuf, 503 during shutdown, the docs pages behind the API key, REST read timeouts, bundle-mismatch refusals, the
+error kind on gRPC and the edge client retrying on it."""
+
+from __future__ import annotations
+
+import io
+import socket
+import statistics
+import threading
+import time
+from types import SimpleNamespace
+
+import grpc
+import httpx
+import pytest
+
+from _service import MODEL, encoder, frames, grpc_stub, running_server, slow_tail, wait_for  # noqa: F401 (fixtures)
+
+from shared._proto import splitinfer_pb2 as pb
+
+KIND = "splitinfer-error-kind"
+
+
+def _png(size, mode="RGB", fmt="PNG") -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new(mode, size).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def _kind(e: grpc.RpcError) -> str:
+    return dict(e.trailing_metadata() or ()).get(KIND, "")
+
+
+def _count_tail_calls(server):
+    """Wrap every tail function of ``server``: returns the list each call appends to."""
+    calls = []
+    for b in server.repository._batchers.values():
+        fn = b.fn
+
+        def counted(x, hw, fn=fn):
+            calls.append(x.shape[0])
+            return fn(x, hw)
+
+        b.fn = counted
+    return calls
+
+
+@pytest.fixture(scope="module")
+def dataplane(tiny_bundle, tiny_weights):
+    from cloud_server.dataplane import DataPlane
+    from cloud_server.repository import ModelRepository
+
+    from _service import make_settings
+
+    s = make_settings(tiny_bundle, tiny_weights, max_image_pixels=30_000_000)
+    dp = DataPlane(s, ModelRepository(s).load())
+    yield dp
+    dp.close()
+
+
+# ------------------------------------------------------------------------------------------ D2: image uploads
+def test_image_bounds_are_checked_on_the_header(dataplane):
+    """Aspect ratio, pixels, decoded memory and the resized size are refused before anything is decoded."""
+    from cloud_server.errors import InvalidArgument, PayloadTooLarge
+    from shared.imageprep import input_crop, resized_size
+
+    pre = SimpleNamespace(input_size=(224, 224), resize=256)  # the embedded ladders' preprocessing
+    check = dataplane.check_image_size
+    check((640, 480), pre)
+    check((1, 20), pre)  # 256 x 5120 after the resize: allowed
+    with pytest.raises(InvalidArgument, match="aspect ratio"):
+        check((1, 20000), pre)  # was: resized to 256 x 5,120,000 (+5.2 GB)
+    with pytest.raises(InvalidArgument, match="aspect ratio"):
+        check((20000, 900), pre)
+    with pytest.raises(PayloadTooLarge, match="pixels"):
+        check((6000, 6000), pre)  # 36 MP > this fixture's 30 MP
+    with pytest.raises(InvalidArgument, match="empty"):
+        check((0, 10), pre)
+    # decoded memory (PIL: 4 bytes a pixel for RGB/RGBA, plus the RGB copy of a non-RGB image) and the resize
+    # bound (the size input_crop itself resizes to)
+    assert resized_size((10, 200), pre) == (256, 5120)
+    small = SimpleNamespace(settings=dataplane.settings.model_copy(
+        update={"max_resized_pixels": 1_000_000, "max_image_decode_bytes": 64 << 20}))
+    small_check = type(dataplane).check_image_size.__get__(small)
+    small_check((3000, 3000), pre, "RGB")  # 36 MB
+    with pytest.raises(PayloadTooLarge, match="MiB to decode"):
+        small_check((4000, 4000), pre, "L")  # 16 MB + 64 MB for its RGB copy
+    with pytest.raises(PayloadTooLarge, match="MiB to decode"):
+        small_check((3000, 3000), pre, "RGBA")  # 36 MB + 36 MB
+    with pytest.raises(PayloadTooLarge, match="resized to 256x5120"):
+        small_check((10, 200), pre)
+    from PIL import Image
+
+    img = Image.new("RGB", (300, 500))
+    assert input_crop(img, pre).size == (224, 224)
+
+
+def test_a_thin_png_is_refused_at_once_over_rest(tiny_bundle, tiny_weights):
+    with running_server(tiny_bundle, tiny_weights, enable_grpc=False) as s:
+        with httpx.Client(base_url=f"http://127.0.0.1:{s.http_port}", timeout=10) as c:
+            t0 = time.monotonic()
+            r = c.post(f"/v2/models/{MODEL}/infer-image", content=_png((1, 20000)),
+                       headers={"content-type": "image/png"})
+            assert r.status_code == 400 and r.json()["kind"] == "invalid_argument", r.text
+            assert "aspect ratio" in r.json()["error"] and time.monotonic() - t0 < 2.0
+            r = c.post(f"/v2/models/{MODEL}/infer-image", content=_png((2000, 2000), "RGBA"))
+            assert r.status_code == 200, r.text  # a large but sane image still works
+
+
+def test_peak_memory_of_a_thin_png_is_flat(dataplane):
+    """The 157-byte PNG of the issue: no decode, no resize, no memory (peak RSS, Linux)."""
+    from cloud_server.errors import InvalidArgument
+
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets VmHWM (the peak) to the current RSS
+    except OSError:
+        pytest.skip("needs /proc/self/clear_refs")
+
+    def status(key):
+        for line in open("/proc/self/status"):
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) / 1024
+
+    data = _png((1, 20000))
+    base = status("VmRSS")
+    with pytest.raises(InvalidArgument):
+        dataplane.infer_image(MODEL, data)
+    assert status("VmHWM") - base < 50
+
+
+def test_a_timed_out_or_cancelled_upload_does_no_work(dataplane, monkeypatch):
+    """The deadline and the client's cancel token are checked before decoding and before encoding: an upload
+    whose time is up is never decoded or encoded (it used to run 40 s, then answer 504)."""
+    from cloud_server.dataplane import CallScope, call_scope
+    from cloud_server.errors import Cancelled, DeadlineExceeded
+
+    served = dataplane.repository.get(MODEL)
+    enc = served.encoder()
+    calls = []
+    monkeypatch.setattr(enc, "encode", lambda *a, **kw: calls.append(1))
+    opened = []
+    real_open = dataplane._open_image
+    monkeypatch.setattr(dataplane, "_open_image", lambda *a: (opened.append(1), real_open(*a))[1])
+    data = _png((64, 48))
+    with pytest.raises(DeadlineExceeded):
+        dataplane.infer_image(MODEL, data, timeout_s=0.0)
+    scope = CallScope()
+    scope.token.cancel()
+    with call_scope(scope), pytest.raises(Cancelled):
+        dataplane.infer_image(MODEL, data)
+    assert calls == []
+    assert dataplane.inflight == 0
+
+
+def test_image_decodes_are_bounded(dataplane, monkeypatch):
+    """At most max_concurrent_image_decodes uploads are decoded at once; the others wait, then get overloaded."""
+    from cloud_server.errors import Overloaded
+
+    slots = dataplane._image_slots
+    for _ in range(dataplane.settings.max_concurrent_image_decodes):
+        assert slots.acquire(blocking=False)
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(Overloaded):
+            dataplane.infer_image(MODEL, _png((64, 48)))  # waits 2 s at most
+        assert 1.5 < time.monotonic() - t0 < 3.0
+    finally:
+        for _ in range(dataplane.settings.max_concurrent_image_decodes):
+            slots.release()
+
+
+# ------------------------------------------------------------------------------------------ D3: gRPC streams
+def _idle_requests(stop: threading.Event):
+    stop.wait()
+    return
+    yield  # noqa: unreachable - a generator that sends nothing until stopped
+
+
+def _health_ms(channel) -> float:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    t0 = time.perf_counter()
+    status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5).status
+    assert status == health_pb2.HealthCheckResponse.SERVING
+    return 1e3 * (time.perf_counter() - t0)
+
+
+def test_idle_streams_cannot_starve_the_server(tiny_bundle, tiny_weights, frames):
+    """100 InferStreams that send nothing: a few are accepted (bounded), the rest refused at once with
+    RESOURCE_EXHAUSTED (kind overloaded); Health/Check, Infer and ModelMetadata keep answering; the accepted idle
+    streams are cancelled after the idle timeout and their workers come back."""
+    with running_server(tiny_bundle, tiny_weights, enable_rest=False, grpc_idle_timeout_s=3.0,
+                        grpc_max_streams=4, grpc_workers=16) as s:
+        guard = s.grpc.guard
+        channels = [grpc.insecure_channel(f"127.0.0.1:{s.grpc_port}") for _ in range(4)]
+        stop = threading.Event()
+        t0 = time.monotonic()
+        calls = [channels[i % 4].stream_stream(
+            "/splitinfer.v1.SplitInference/InferStream", request_serializer=pb.InferRequest.SerializeToString,
+            response_deserializer=pb.InferStreamResponse.FromString)(_idle_requests(stop), timeout=30)
+            for i in range(100)]
+        assert wait_for(lambda: sum(c.done() for c in calls) >= 96, timeout=10)
+        assert time.monotonic() - t0 < 3.0  # refusals wait for nothing
+        refused = [c for c in calls if c.done()]
+        assert len(refused) == 96 and guard.streams == 4
+        for c in refused:
+            assert c.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and c.details()
+            assert dict(c.trailing_metadata())[KIND] == "overloaded"
+        channel, stub = grpc_stub(s.grpc_port)
+        latencies = [_health_ms(channel) for _ in range(10)]
+        assert statistics.median(latencies) <= 100, latencies
+        assert stub.Infer(pb.InferRequest(model=MODEL, bitstream=frames[0].data), timeout=5).rung == frames[0].rung
+        assert stub.ModelMetadata(pb.ModelMetadataRequest(), timeout=5).models
+        # the idle ones are cancelled after the idle timeout: the workers are free again
+        assert wait_for(lambda: guard.streams == 0 and guard.active == 0, timeout=15)
+        assert all(c.code() == grpc.StatusCode.CANCELLED for c in calls if c not in refused)
+        out = list(stub.InferStream(iter([pb.InferRequest(model=MODEL, bitstream=frames[0].data)]), timeout=10))
+        assert out[0].result.rung == frames[0].rung
+        stop.set()
+        for c in channels:
+            c.close()
+        channel.close()
+
+
+def test_unread_streams_are_cut():
+    """A stream whose client never reads: once flow control stalls the server's writes, the idle timeout cancels
+    it and frees its worker (the guard on a bare server, with a handler that floods 1 MB answers)."""
+    from concurrent import futures
+
+    from cloud_server.grpc_server import CallGuard
+    from cloud_server.settings import Settings
+
+    sent = []
+
+    def flood(request, context):
+        while True:
+            sent.append(1)
+            yield b"x" * (1 << 20)
+
+    guard = CallGuard(Settings(grpc_workers=4, grpc_idle_timeout_s=0.5))
+    server = grpc.server(futures.ThreadPoolExecutor(4), interceptors=[guard])
+    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(
+        "test.Flood", {"Flood": grpc.unary_stream_rpc_method_handler(flood)})])
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        call = channel.unary_stream("/test.Flood/Flood")(b"go", timeout=30)
+        assert wait_for(lambda: guard.active == 1)
+        assert wait_for(lambda: guard.active == 0, timeout=10)  # cancelled, the worker is back
+        n = len(sent)
+        time.sleep(0.3)
+        assert len(sent) == n and n < 100  # and it stopped producing
+        call.cancel()
+        channel.close()
+    finally:
+        server.stop(0)
+        guard.close()
+
+
+def test_idle_unary_calls_are_cut(tiny_bundle, tiny_weights, frames):
+    """A unary call whose request message never comes (a stream-unary call on the wire) is cancelled after
+    grpc_message_timeout_s."""
+    with running_server(tiny_bundle, tiny_weights, enable_rest=False, grpc_message_timeout_s=0.5) as s:
+        channel, stub = grpc_stub(s.grpc_port)
+        stop = threading.Event()
+        idle = channel.stream_unary("/splitinfer.v1.SplitInference/Infer",
+                                    request_serializer=pb.InferRequest.SerializeToString,
+                                    response_deserializer=pb.InferResponse.FromString)
+        t0 = time.monotonic()
+        with pytest.raises(grpc.RpcError) as e:
+            idle(_idle_requests(stop), timeout=10)
+        assert e.value.code() == grpc.StatusCode.CANCELLED and time.monotonic() - t0 < 3.0
+        stop.set()
+        assert wait_for(lambda: s.grpc.guard.active == 0)
+        assert stub.Infer(pb.InferRequest(model=MODEL, bitstream=frames[0].data), timeout=5).rung == frames[0].rung
+        channel.close()
+
+
+def test_health_answers_while_every_worker_is_busy(tiny_bundle, tiny_weights, frames):
+    with running_server(tiny_bundle, tiny_weights, enable_rest=False, grpc_workers=4, batch_max_size=1) as s:
+        channel, stub = grpc_stub(s.grpc_port)
+        req = pb.InferRequest(model=MODEL, bitstream=frames[0].data)
+        with slow_tail(s, 1.0):
+            busy = [stub.Infer.future(req, timeout=10) for _ in range(4)]
+            assert wait_for(lambda: s.dataplane.inflight == 4)
+            assert s.grpc.guard.active == 4
+            assert statistics.median([_health_ms(channel) for _ in range(5)]) <= 100
+            t0 = time.monotonic()
+            with pytest.raises(grpc.RpcError) as e:  # a fifth call: refused at once, not queued
+                stub.Infer(req, timeout=5)
+            assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and _kind(e.value) == "overloaded"
+            assert time.monotonic() - t0 < 0.5
+            assert all(f.result().rung == frames[0].rung for f in busy)
+        channel.close()
+
+
+# ------------------------------------------------------------------------------------------ D4: admission
+def _refusal_times(fn, n: int) -> list:
+    out = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def test_grpc_capacity_is_reachable_and_refusals_are_immediate(tiny_bundle, tiny_weights, frames):
+    """More admitted requests than the old 32 workers; beyond capacity RESOURCE_EXHAUSTED (kind overloaded, a
+    retry hint) within milliseconds."""
+    cap = 40
+    with running_server(tiny_bundle, tiny_weights, enable_rest=False, max_concurrent_requests=cap,
+                        batch_max_size=1, grpc_workers=None) as s:
+        assert s.settings.grpc_threads >= cap
+        channel, stub = grpc_stub(s.grpc_port)
+        req = pb.InferRequest(model=MODEL, bitstream=frames[0].data)
+        with slow_tail(s, 2.0):
+            admitted = [stub.Infer.future(req, timeout=30) for _ in range(cap)]
+            assert wait_for(lambda: s.dataplane.inflight == cap, timeout=10)
+
+            def refused():
+                with pytest.raises(grpc.RpcError) as e:
+                    stub.Infer(req, timeout=5)
+                assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                md = dict(e.value.trailing_metadata())
+                assert md[KIND] == "overloaded" and 500 <= int(md["splitinfer-retry-after-ms"]) <= 1000
+
+            times = _refusal_times(refused, 20)
+            assert sorted(times)[len(times) // 2] < 0.05, times
+            assert all(f.result().rung == frames[0].rung for f in admitted)
+        channel.close()
+
+
+def test_rest_capacity_is_reachable_and_refusals_are_immediate(tiny_bundle, tiny_weights, frames):
+    """50 requests in flight through REST alone (anyio's default pool has 40 threads), then 429 + Retry-After."""
+    import base64
+
+    cap = 50
+    body = {"inputs": [{"name": "bitstream", "datatype": "BYTES", "shape": [1],
+                        "data": [base64.b64encode(frames[0].data).decode()]}]}
+    with running_server(tiny_bundle, tiny_weights, enable_grpc=False, max_concurrent_requests=cap,
+                        batch_max_size=1) as s:
+        url = f"http://127.0.0.1:{s.http_port}/v2/models/{MODEL}/infer"
+        results = []
+        with slow_tail(s, 2.0):
+            def call():
+                results.append(httpx.post(url, json=body, timeout=30).status_code)
+
+            threads = [threading.Thread(target=call) for _ in range(cap)]
+            for t in threads:
+                t.start()
+            assert wait_for(lambda: s.dataplane.inflight == cap, timeout=15), s.dataplane.inflight
+            with httpx.Client(timeout=5) as c:
+                def refused():
+                    r = c.post(url, json=body)
+                    assert r.status_code == 429 and r.json()["kind"] == "overloaded", r.text
+                    assert int(r.headers["retry-after"]) >= 1 and 500 <= int(r.headers["retry-after-ms"]) <= 1000
+
+                times = _refusal_times(refused, 20)
+            assert sorted(times)[len(times) // 2] < 0.05, times
+            for t in threads:
+                t.join(30)
+        assert results == [200] * cap
+
+
+def test_abandoned_requests_are_dropped(tiny_bundle, tiny_weights, frames):
+    """A request whose client gave up (gRPC deadline, REST disconnect) while it waited for the tail never runs
+    it; the worker goes on with the others."""
+    import base64
+
+    with running_server(tiny_bundle, tiny_weights, batch_max_size=4, batch_max_wait_ms=0.0) as s:
+        channel, stub = grpc_stub(s.grpc_port)
+        req = pb.InferRequest(model=MODEL, bitstream=frames[0].data)
+        with slow_tail(s, 1.5):
+            calls = _count_tail_calls(s)  # counts on entry, then the slow tail
+            first = stub.Infer.future(req, timeout=10)  # occupies the tail worker
+            assert wait_for(lambda: len(calls) == 1)
+            with pytest.raises(grpc.RpcError) as e:
+                stub.Infer(req, timeout=0.3)  # queued behind it, gives up
+            assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            body = {"inputs": [{"name": "bitstream", "datatype": "BYTES", "shape": [1],
+                                "data": [base64.b64encode(frames[0].data).decode()]}]}
+            with pytest.raises(httpx.TimeoutException):  # the REST client disconnects while queued
+                httpx.post(f"http://127.0.0.1:{s.http_port}/v2/models/{MODEL}/infer", json=body, timeout=0.3)
+            assert first.result().rung == frames[0].rung
+            assert wait_for(lambda: s.dataplane.inflight == 0)
+        assert calls == [1], calls  # only the first one ran the tail
+        reg = s.dataplane.metrics.registry
+        dropped = sum(reg.get_sample_value("splitinfer_errors_total", {"protocol": p, "kind": k}) or 0
+                      for p in ("grpc", "rest") for k in ("cancelled", "deadline_exceeded"))
+        assert dropped >= 2
+        assert stub.Infer(req, timeout=5).rung == frames[0].rung
+        channel.close()
+
+
+def test_batcher_drops_expired_and_cancelled_items():
+    import torch
+
+    from cloud_server.batching import TailBatcher
+    from cloud_server.dataplane import CancelToken
+    from cloud_server.errors import Cancelled, DeadlineExceeded
+
+    ran = []
+    gate = threading.Event()
+
+    def fn(x, hw):
+        ran.append(x.shape[0])
+        gate.wait(5)
+        return x
+
+    b = TailBatcher(fn, max_batch=2, max_wait_s=0.0)
+    try:
+        with b.track():
+            first = threading.Thread(target=b.run, args=(torch.ones(1, 1), (1, 1)))
+            first.start()
+            assert wait_for(lambda: ran == [1])
+            token = CancelToken()
+            out = {}
+
+            def cancelled_call():
+                try:
+                    b.run(torch.ones(1, 1), (1, 1), None, token)
+                except Cancelled as e:
+                    out["cancelled"] = (e, time.monotonic())
+
+            t = threading.Thread(target=cancelled_call)
+            t.start()
+            time.sleep(0.1)
+            t_cancel = time.monotonic()
+            token.cancel()
+            t.join(2)
+            assert out["cancelled"][1] - t_cancel < 0.1  # the caller stops waiting at once
+            # a queued item whose deadline passes is not run either
+            with pytest.raises(DeadlineExceeded):
+                b.run(torch.ones(1, 1), (1, 1), time.monotonic() + 0.1)
+            gate.set()
+            first.join(5)
+            assert b.run(torch.ones(1, 1), (1, 1)).output.shape == (1, 1)
+        assert ran == [1, 1], ran  # the first and the last: neither dropped item reached the tail
+    finally:
+        gate.set()
+        b.close()
+
+
+# ------------------------------------------------------------------------------------------ minor items
+@pytest.fixture(scope="module")
+def server(tiny_bundle, tiny_weights):
+    with running_server(tiny_bundle, tiny_weights, api_keys=["k1"], rest_header_timeout_s=0.5,
+                        rest_body_timeout_s=0.5) as s:
+        yield s
+
+
+AUTH = [("authorization", "Bearer k1")]
+
+
+def test_undecodable_protobuf_is_invalid_argument(server, frames):
+    channel = grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}")
+    raw_unary = channel.unary_unary("/splitinfer.v1.SplitInference/Infer")
+    with pytest.raises(grpc.RpcError) as e:
+        raw_unary(b"\xff\xff\xff\xff", timeout=5, metadata=AUTH)
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and _kind(e.value) == "invalid_argument"
+    raw_stream = channel.stream_stream("/splitinfer.v1.SplitInference/InferStream")
+    with pytest.raises(grpc.RpcError) as e:
+        list(raw_stream(iter([b"\x0a\xff"]), timeout=5, metadata=AUTH))
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    _, stub = grpc_stub(server.grpc_port)
+    r = stub.Infer(pb.InferRequest(model=MODEL, bitstream=frames[0].data), timeout=5, metadata=AUTH)
+    assert r.rung == frames[0].rung
+    channel.close()
+
+
+def test_grpc_refusals_carry_the_error_kind(server, frames):
+    channel, stub = grpc_stub(server.grpc_port)
+    cases = [
+        (pb.InferRequest(model="nope", bitstream=frames[0].data), AUTH, "NOT_FOUND", "not_found"),
+        (pb.InferRequest(model=MODEL, bitstream=b"\x00garbage" * 8), AUTH, "INVALID_ARGUMENT", "invalid_argument"),
+        (pb.InferRequest(model=MODEL, bitstream=frames[0].data), None, "UNAUTHENTICATED", "unauthenticated"),
+    ]
+    for req, md, code, kind in cases:
+        with pytest.raises(grpc.RpcError) as e:
+            stub.Infer(req, timeout=5, metadata=md)
+        assert e.value.code().name == code and _kind(e.value) == kind
+    channel.close()
+
+
+def test_docs_pages_follow_the_api_key_setting(server, tiny_bundle, tiny_weights):
+    with httpx.Client(base_url=f"http://127.0.0.1:{server.http_port}", timeout=5) as c:
+        for path in ("/docs", "/redoc", "/openapi.json"):
+            r = c.get(path)
+            assert r.status_code == 401 and r.json()["kind"] == "unauthenticated", (path, r.text)
+            assert r.headers["www-authenticate"] == "Bearer"
+            assert c.get(path, headers={"authorization": "Bearer k1"}).status_code == 200
+        assert c.get("/v2/health/ready").status_code == 200  # probes stay open
+    with running_server(tiny_bundle, tiny_weights, enable_grpc=False) as s:  # no keys: open
+        assert httpx.get(f"http://127.0.0.1:{s.http_port}/openapi.json", timeout=5).status_code == 200
+
+
+def _raw(port: int, data: bytes, wait: float) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(data)
+        t0 = time.monotonic()
+        out = b""
+        while time.monotonic() - t0 < wait:
+            try:
+                chunk = sock.recv(65536)
+            except socket.timeout:
+                break
+            if not chunk:
+                return out  # closed by the server
+            out += chunk
+        raise AssertionError(f"the connection stayed open for {wait} s (got {out[:80]!r})")
+
+
+def test_rest_header_and_body_timeouts(server, frames):
+    port = server.http_port
+    # slow-loris headers: an incomplete request line and headers, then silence
+    out = _raw(port, b"POST /v2/models/x/infer HTTP/1.1\r\nHost: x\r\n", wait=5)
+    assert out.startswith(b"HTTP/1.1 408")
+    # a connection that never sends anything
+    assert _raw(port, b"", wait=5).startswith(b"HTTP/1.1 408")
+    # slow body: headers complete, 10 of 1000 body bytes, then silence
+    head = (f"POST /v2/models/{MODEL}/infer HTTP/1.1\r\nHost: x\r\nauthorization: Bearer k1\r\n"
+            "content-type: application/json\r\ncontent-length: 1000\r\n\r\n").encode()
+    out = _raw(port, head + b'{"inputs":', wait=5)
+    assert out.startswith(b"HTTP/1.1 408") and b"request_timeout" in out
+    # the server still answers
+    import base64
+
+    body = {"inputs": [{"name": "bitstream", "datatype": "BYTES", "shape": [1],
+                        "data": [base64.b64encode(frames[0].data).decode()]}]}
+    r = httpx.post(f"http://127.0.0.1:{port}/v2/models/{MODEL}/infer", json=body,
+                   headers={"authorization": "Bearer k1"}, timeout=5)
+    assert r.status_code == 200, r.text
+
+
+def test_new_rest_requests_get_503_during_shutdown(tiny_bundle, tiny_weights, frames):
+    import base64
+
+    body = {"inputs": [{"name": "bitstream", "datatype": "BYTES", "shape": [1],
+                        "data": [base64.b64encode(frames[0].data).decode()]}]}
+    with running_server(tiny_bundle, tiny_weights, enable_grpc=False) as s:
+        url = f"http://127.0.0.1:{s.http_port}"
+        result = {}
+        with slow_tail(s, 1.5):
+            t = threading.Thread(target=lambda: result.update(r=httpx.post(f"{url}/v2/models/{MODEL}/infer",
+                                                                           json=body, timeout=10)))
+            t.start()
+            assert wait_for(lambda: s.dataplane.inflight == 1)
+            stopper = threading.Thread(target=s.stop, kwargs={"grace": 5.0})
+            stopper.start()
+            assert wait_for(lambda: not s.dataplane.ready())
+            r = httpx.post(f"{url}/v2/models/{MODEL}/infer", json=body, timeout=5)  # not a connection error
+            assert r.status_code == 503 and r.json()["kind"] == "unavailable" and "retry-after" in r.headers
+            assert httpx.get(f"{url}/v2/health/ready", timeout=5).status_code == 503
+            t.join(10)
+            stopper.join(10)
+        assert result["r"].status_code == 200
+
+
+def test_bundle_change_is_named_as_a_bundle_mismatch(tiny_bundle, tiny_weights, encoder, frames, tmp_path):
+    """The server's bundle changed under the same model name: the refusal says bundle mismatch (kind
+    bundle_mismatch), not 'rung 2 is not in the bundle'; the edge client raises BundleMismatchError on both
+    transports."""
+    from cloud_server.settings import BundleSpec
+    from edge_client import BundleMismatchError, EdgeClient
+    from shared.bundle import merge_bundles
+
+    other = merge_bundles(tmp_path / "two-rungs", [(tiny_bundle, 0), (tiny_bundle, 1)])
+    f2 = next(f for f in frames if f.rung == 2)
+    with running_server(tiny_bundle, tiny_weights, bundles=[BundleSpec(path=other.root, name=MODEL)]) as s:
+        channel, stub = grpc_stub(s.grpc_port)
+        with pytest.raises(grpc.RpcError) as e:
+            stub.Infer(pb.InferRequest(model=MODEL, bitstream=f2.data, expected_rung=2, target_bpp=1e-6), timeout=5)
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and _kind(e.value) == "bundle_mismatch"
+        msg = e.value.details()
+        assert tiny_bundle.bundle_id[:8] in msg and other.bundle_id in msg and "rung" not in msg
+        channel.close()
+        for rest in (False, True):
+            port = s.http_port if rest else s.grpc_port
+            with EdgeClient(f"127.0.0.1:{port}", encoder=encoder, rest=rest,
+                            model=MODEL, check_bundle=False, retries=0) as c:
+                with pytest.raises(BundleMismatchError, match="bundle"):
+                    c.infer(_image(), rung=2)
+
+
+def _image():
+    from PIL import Image
+
+    return Image.new("RGB", (32, 32), (90, 10, 200))
+
+
+@pytest.mark.parametrize("rest", [False, True], ids=["grpc", "rest"])
+def test_edge_client_retries_on_the_overloaded_kind(tiny_bundle, tiny_weights, encoder, rest):
+    from edge_client import EdgeClient
+
+    with running_server(tiny_bundle, tiny_weights, max_concurrent_requests=1, batch_max_size=1) as s:
+        frame = encoder.encode(_image(), rung=0)
+        port = s.http_port if rest else s.grpc_port
+        with EdgeClient(f"127.0.0.1:{port}", encoder=encoder, rest=rest, retries=6, backoff_s=0.1,
+                        timeout_s=10) as c, slow_tail(s, 0.5):
+            c.connect()
+            other = threading.Thread(target=lambda: c.send(frame))
+            other.start()
+            assert wait_for(lambda: s.dataplane.inflight == 1)
+            r = c.send(frame)  # refused at first (overloaded), then served
+            assert r.rung == 0
+            other.join(10)
+        reg = s.dataplane.metrics.registry
+        assert sum(reg.get_sample_value("splitinfer_errors_total", {"protocol": p, "kind": "overloaded"}) or 0
+                   for p in ("grpc", "rest")) >= 1
+
+
+def test_service_error_retry_rule():
+    from edge_client import BundleMismatchError, ServiceError
+
+    assert ServiceError("RESOURCE_EXHAUSTED", "busy", "overloaded").retryable
+    assert ServiceError(429, "busy", "overloaded").retryable
+    assert ServiceError(503, "stopping", "unavailable").retryable
+    assert ServiceError("UNAVAILABLE", "connection refused").retryable  # no kind: not the server's answer
+    assert ServiceError(502, "bad gateway").retryable
+    assert not ServiceError("RESOURCE_EXHAUSTED", "message too large").retryable
+    assert not ServiceError("RESOURCE_EXHAUSTED", "too large", "payload_too_large").retryable
+    assert not ServiceError(504, "slow", "deadline_exceeded").retryable
+    assert not ServiceError("INVALID_ARGUMENT", "bad", "invalid_argument").retryable
+    assert not BundleMismatchError("other bundle").retryable
+
+
+def test_error_classes_and_settings():
+    import grpc as _grpc
+
+    from cloud_server import errors
+    from cloud_server.settings import Settings
+
+    for cls in (errors.Cancelled, errors.RequestTimeout, errors.BundleMismatch):
+        assert _grpc.StatusCode[cls.grpc_code] and cls.kind
+    assert errors.BundleMismatch.status_code == 400 and issubclass(errors.BundleMismatch, errors.InvalidArgument)
+    s = Settings()
+    assert s.grpc_threads == s.max_concurrent_requests + s.grpc_max_streams + 8
+    assert Settings(grpc_workers=8).grpc_stream_limit == 4
+    assert Settings(grpc_workers=8).grpc_threads == 8
+
+
+def test_hardening_benchmark_smoke(tiny_bundle, tiny_weights, tiny_images, tmp_path, capsys):
+    """``benchmarks/hardening_limits.py`` runs end to end on the tiny bundle (tiny runs: figures not checked)."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "hardening_limits.py"
+    spec = importlib.util.spec_from_file_location("hardening_limits", script)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = tmp_path / "bench.json"
+    rc = mod.main(["--bundle", str(tiny_bundle.root), "--weights", str(tiny_weights), "--images", str(tiny_images),
+                   "--capacity", "2", "--factor", "2", "--duration", "0.5", "--warmup", "0.2", "--repeat", "1",
+                   "--skip-uploads", "--json", str(out)])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "goodput at 2x" in text and "Health/Check with 100 idle InferStreams" in text
+    res = json.loads(out.read_text())
+    assert [o["transport"] for o in res["overload"]] == ["grpc", "rest"]
+    assert all(r["ok"] > 0 for o in res["overload"] for r in o["runs"]["capacity"])
+    assert res["health"]["refused"] > 0 and res["health"]["max_ms"] > 0
+    if Path("/proc/self/clear_refs").exists():
+        u = mod.upload_worker("1x20000 PNG (the issue's)")
+        assert u["outcome"] == "InvalidArgument" and u["peak_mb"] < 50
