@@ -412,8 +412,12 @@ async def _rest_client(port, path, body_fn, msgs, i, t_end, deadline, backoff, m
                     outcome = "ok"
                 elif status in (429, 503):
                     outcome = "refused"
+                    # the server's millisecond hint (spread to de-synchronise clients) when it sends one, as the
+                    # gRPC path reads it from the trailing metadata; else Retry-After's whole seconds
                     try:
-                        wait = min(float(hdrs["retry-after"]), max_backoff)
+                        hint = (float(hdrs["retry-after-ms"]) / 1e3 if "retry-after-ms" in hdrs
+                                else float(hdrs["retry-after"]))
+                        wait = min(hint, max_backoff)
                     except (KeyError, ValueError):
                         wait = backoff
                 elif status == 504:
