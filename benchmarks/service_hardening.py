@@ -146,8 +146,8 @@ class PeakRss:
             with open(f"/proc/{pid}/clear_refs", "w") as f:
                 f.write("5")  # resets VmHWM to the current RSS
             self.hwm_reset = True
-        except OSError:
-            pass
+        except OSError as e:  # not permitted here: peaks are then sampled from VmRSS (see peak())
+            print(f"  note: cannot reset VmHWM of the server ({e}); sampling VmRSS instead", file=sys.stderr)
         self.peak_kb = self.base_kb
         self._t = threading.Thread(target=self._watch, args=(pid,), daemon=True)
         self._t.start()
@@ -435,7 +435,7 @@ async def _rest_client(port, path, body_fn, msgs, i, t_end, deadline, backoff, m
             if wait:
                 await asyncio.sleep(wait)
     except asyncio.CancelledError:
-        pass
+        return  # the run's end cancels every client: a normal stop, the records so far stand
     finally:
         await conn.close()
 
@@ -573,7 +573,7 @@ def raw_http(port: int, parts: Sequence[Any], timeout: float = 10.0) -> Dict[str
     -> {"status": int | None, "ms", "closed": closed without an answer, "head": the answer's first bytes}"""
     t0 = time.perf_counter()
     s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
-    send_error, buf, closed = None, b"", False
+    send_error, buf, closed, read_timed_out = None, b"", False, False
     try:
         for p in parts:
             if isinstance(p, (int, float)) and not isinstance(p, bool):
@@ -591,8 +591,8 @@ def raw_http(port: int, parts: Sequence[Any], timeout: float = 10.0) -> Dict[str
                     closed = True
                     break
                 buf += chunk
-        except socket.timeout:
-            pass
+        except socket.timeout:  # no more bytes within the timeout: what arrived is the server's whole answer
+            read_timed_out = True
         except OSError as e:
             closed = True
             send_error = send_error or short(e, 80)
@@ -603,7 +603,8 @@ def raw_http(port: int, parts: Sequence[Any], timeout: float = 10.0) -> Dict[str
         with contextlib.suppress(ValueError, IndexError):
             status = int(buf.split(b" ", 2)[1])
     return {"status": status, "ms": 1e3 * (time.perf_counter() - t0), "closed": closed and status is None,
-            "head": buf[:160].decode("latin-1"), "send_error": send_error}
+            "head": buf[:160].decode("latin-1"), "send_error": send_error,
+            "read_timed_out": read_timed_out}
 
 
 def http_req(method: str, path: str, headers: Dict[str, str], body: Optional[bytes] = b"", host: str = "x") -> bytes:
@@ -891,8 +892,8 @@ def grpc_cases(model: str, msg: bytes) -> List[Tuple[str, Callable[[Any], Tuple[
              oip(model_version="999", inputs=[t(name="bitstream", datatype="BYTES", shape=[1])],
                  raw_input_contents=[framed]), False),
         ]
-    except ImportError:
-        pass
+    except ImportError as e:  # no OIP stubs in this checkout (an older server): those cases are skipped, said once
+        print(f"  note: OIP gRPC cases skipped ({e})", file=sys.stderr)
     return cases
 
 
@@ -924,7 +925,7 @@ def _slowloris(port: int, kind: str, path: str, budget: float, results: Dict[str
                     cut = True
                     break
             except socket.timeout:
-                pass
+                data = b""  # nothing yet: keep trickling, the server must cut us within the budget
             try:
                 if kind == "headers":
                     s.sendall(b"x-slow: 1\r\n")
