@@ -15,7 +15,8 @@ The scale run of the same idea (a million mutated messages, and the server's fro
 from __future__ import annotations
 
 import struct
-import zlib
+import sys
+from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
 import pytest
@@ -32,23 +33,10 @@ DECODE = settings(max_examples=400, deadline=None,
 
 
 # ------------------------------------------------------------------------------------------ helpers
-def reseal(body: bytes) -> bytes:
-    """``body`` followed by its CRC32 (big endian), as the format stores it: the parser gets past the checksum."""
-    return bytes(body) + struct.pack(">I", zlib.crc32(bytes(body)))
-
-
-def uvarint(n: int, pad: int = 0) -> bytes:
-    """Unsigned LEB128; ``pad`` extra continuation bytes make a non-canonical (still valid if short) encoding."""
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        out.append(b | (0x80 if (n or pad) else 0))
-        if not n:
-            break
-    for i in range(pad):
-        out.append(0x80 if i < pad - 1 else 0x00)
-    return bytes(out)
+# the mutation helpers live with the soak command (one definition); it is importable by name, as its spawned
+# workers need
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from fuzz_soak import reseal, uvarint  # noqa: E402
 
 
 def raw_message(hdr: Header, payloads: Sequence[bytes], *, n_payloads: Optional[int] = None,
