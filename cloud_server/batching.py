@@ -17,6 +17,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from concurrent import futures
 from concurrent.futures import CancelledError, Future
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -100,8 +101,9 @@ class TailBatcher:
         timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
         try:
             return item.future.result(timeout=timeout)
-        except TimeoutError:
-            # still queued: cancelled, the worker skips it; already running: its result is dropped
+        except futures.TimeoutError:
+            # ``Future.result``'s timeout: the builtin TimeoutError from Python 3.11 on, a class of its own on 3.10
+            # (which pyproject allows); still queued: cancelled, the worker skips it; already running: its result is dropped
             item.future.cancel()
             raise DeadlineExceeded("deadline exceeded while waiting for the tail") from None
         except CancelledError:
