@@ -1,9 +1,23 @@
-"""Rate-accuracy plots (log-scale bpp) from evaluation results, and segmentation masks side by side."""
+"""Rate-accuracy plots (log-scale bpp) from evaluation results, and segmentation masks side by side.
+
+Figures are plain ``matplotlib.figure.Figure`` objects drawn by an Agg canvas of their own: no pyplot, no
+global backend switch (``matplotlib.use``), so calling these from a program with an interactive backend, or
+from several threads, leaves matplotlib's global state alone.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Dict, List, Optional
+
+
+def _figure(**kwargs):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(**kwargs)
+    FigureCanvasAgg(fig)
+    return fig
 
 
 
@@ -15,12 +29,8 @@ def rate_accuracy_plot(
     title: str = "",
 ) -> Path:
     """``curves``: label -> points with ``bpp`` and ``metric`` (fractions). Writes a PNG and returns its path."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    fig = _figure(figsize=(7, 4.5), dpi=120)
+    ax = fig.subplots()
     for label, pts in curves.items():
         pts = sorted((p for p in pts if metric in p), key=lambda p: p["bpp"])
         ax.plot([p["bpp"] for p in pts], [100 * p[metric] for p in pts], "o-", ms=4, label=label)
@@ -40,17 +50,12 @@ def rate_accuracy_plot(
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out)
-    plt.close(fig)
     return out
 
 
 def mask_comparison_plot(examples: List[Dict], out: Path | str, model: str, num_classes: int) -> Path:
     """One row per example of :func:`shared.evaluation.segmentation_examples`: input, ground truth, unsplit
     model, each rung and the codec at equal rate, masks in the class palette (void black), bpp in the titles."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
 
     from .labels import class_names, palette, palette_image
@@ -66,7 +71,8 @@ def mask_comparison_plot(examples: List[Dict], out: Path | str, model: str, num_
 
     rows = [list(panels(ex)) for ex in examples]
     n_cols = max(len(r) for r in rows)
-    fig, axes = plt.subplots(len(rows), n_cols, figsize=(2.4 * n_cols, 1.9 * len(rows) + 0.5), dpi=110, squeeze=False)
+    fig = _figure(figsize=(2.4 * n_cols, 1.9 * len(rows) + 0.5), dpi=110)
+    axes = fig.subplots(len(rows), n_cols, squeeze=False)
     for ax_row, row in zip(axes, rows):
         for ax, (img, title) in zip(ax_row, row):
             ax.imshow(img.convert("RGB"))
@@ -81,5 +87,4 @@ def mask_comparison_plot(examples: List[Dict], out: Path | str, model: str, num_
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out)
-    plt.close(fig)
     return out
