@@ -125,19 +125,35 @@ def _result_from_pb(r, source: str, latency_ms: float, encode_ms: float) -> Infe
 
 
 # ------------------------------------------------------------------------------------------ transports
+LB_POLICY_ENV = "SPLITINFER_GRPC_LB_POLICY"
+_FROM_ENV = object()
+
+
+def grpc_channel_options(max_message: int, extra_options: Sequence[Tuple[str, Any]] = (),
+                         lb_policy: Optional[str] = None) -> List[Tuple[str, Any]]:
+    """The channel arguments, from the arguments alone: message limits, then ``extra_options``; ``lb_policy``
+    (e.g. round_robin over every address of dns:///cloud:50051, replicas behind one name) only where
+    ``extra_options`` names no ``grpc.lb_policy_name`` itself (an explicit option wins)."""
+    options = [("grpc.max_send_message_length", max_message), ("grpc.max_receive_message_length", max_message)]
+    extra = list(extra_options)
+    if lb_policy and not any(k == "grpc.lb_policy_name" for k, _ in extra):
+        options.append(("grpc.lb_policy_name", lb_policy))
+    return options + extra
+
+
 class _GrpcTransport:
     def __init__(self, target: str, api_key: Optional[str], tls: bool, root_cert: Optional[bytes],
-                 max_message: int, extra_options: Sequence[Tuple[str, Any]] = ()):
+                 max_message: int, extra_options: Sequence[Tuple[str, Any]] = (), lb_policy: Any = _FROM_ENV):
+        """``lb_policy``: the gRPC load-balancing policy; its default (only) is ``$SPLITINFER_GRPC_LB_POLICY``,
+        read here once; None: gRPC's own. The options passed are then the one source of the channel's settings."""
         import grpc
 
         from shared._proto import splitinfer_pb2 as pb, splitinfer_pb2_grpc as pb_grpc
 
         self.grpc, self.pb = grpc, pb
-        options = [("grpc.max_send_message_length", max_message), ("grpc.max_receive_message_length", max_message)]
-        lb_policy = os.environ.get("SPLITINFER_GRPC_LB_POLICY")
-        if lb_policy:  # e.g. round_robin over every address of dns:///cloud:50051 (replicas behind one name)
-            options.append(("grpc.lb_policy_name", lb_policy))
-        options += list(extra_options)
+        if lb_policy is _FROM_ENV:
+            lb_policy = os.environ.get(LB_POLICY_ENV) or None
+        options = grpc_channel_options(max_message, extra_options, lb_policy)
         if tls:
             self.channel = grpc.secure_channel(target, grpc.ssl_channel_credentials(root_cert), options)
         else:
@@ -281,7 +297,8 @@ class EdgeClient:
         threads: the ONNX runtime's threads (default ``$SPLITINFER_EDGE_THREADS``, else 1).
         grpc_options: extra gRPC channel arguments, e.g. ``[("grpc.lb_policy_name", "round_robin")]`` to spread
             requests over every address of ``server="dns:///cloud:50051"`` (cloud replicas behind one name);
-            ``$SPLITINFER_GRPC_LB_POLICY`` sets the policy too (for ``splitinfer edge`` and the edge image).
+            ``$SPLITINFER_GRPC_LB_POLICY`` is the policy's default (for ``splitinfer edge`` and the edge image)
+            where ``grpc_options`` name none.
     """
 
     def __init__(self, server: str, *, bundle=None, weights: Optional[str] = None, model: Optional[str] = None,
