@@ -9,7 +9,6 @@ arithmetic simulated in the loop, from ``(z symbols, y)`` pairs computed once pe
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -21,6 +20,7 @@ from tqdm import tqdm
 from ..bundle import Bundle, BundleError, save_bundle
 from ..codec import Bottleneck
 from .cache import FeatureCache
+from .schedule import warmup_cosine_lr
 
 __all__ = ["migrate_bundle", "fit_integer_hyper_decoder", "latents"]
 
@@ -68,7 +68,7 @@ def fit_integer_hyper_decoder(
     net.rate.train()
     for step in bar:
         for g in opt.param_groups:  # cosine decay
-            g["lr"] = lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * step / steps)))
+            g["lr"] = warmup_cosine_lr(step / steps, lr, warmup=0.0, floor=0.02)
         idx = torch.randint(len(y), (batch_size,), generator=gen).to(device)
         bpp = _y_bits(net.rate, z[idx], y[idx]) / (batch_size * n_pix)
         opt.zero_grad(set_to_none=True)

@@ -10,13 +10,13 @@ to before; only the CDF tables of ``z``, hence its bits, change.
 
 from __future__ import annotations
 
-import math
 from typing import Dict
 
 import torch
 
 from ..codec import Bottleneck
 from .migrate import latents
+from .schedule import warmup_cosine_lr
 
 __all__ = ["refit_side_density"]
 
@@ -61,7 +61,7 @@ def refit_side_density(net: Bottleneck, features: torch.Tensor, steps: int = 500
     m = values.shape[-1]
     for step in range(steps):
         for g in opt.param_groups:
-            g["lr"] = lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * step / steps)))
+            g["lr"] = warmup_cosine_lr(step / steps, lr, warmup=0.0, floor=0.02)
         v = values[..., torch.randint(m, (min(sample, m),), generator=gen)] if m > sample else values
         loss = _bits_per_value(eb, v)
         opt.zero_grad(set_to_none=True)
