@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from shared.bundle import BundleError, _bundle_id, default_bundle_path, load_bundle
 from shared.codec import Bottleneck, BottleneckConfig
-from shared.codec.arithmetic import PERTURBATIONS, index_drift, round_mantissa
+from perturb import PERTURBATIONS, index_drift, round_mantissa
 from shared.codec.integer import IntConv2d, IntHyperSynthesis
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

@@ -1,6 +1,7 @@
-"""Ways another device's arithmetic differs from ours, as drop-in convolutions.
+"""Test support: ways another device's arithmetic differs from ours, as drop-in float perturbations of a
+convolution (formerly ``shared/codec/arithmetic.py``; nothing here codes anything, so it does not ship).
 
-Used by the determinism tests and ``benchmarks/cross_device_decode.py`` to show what they do to the
+Used by the determinism tests (``tests/test_determinism.py``) to show what they do to the
 hyper-decoder's table indexes: a float ``h_s`` changes its indexes under them (and the decoder
 desynchronises); the integer ``h_s`` (``integer.py``) does not.
 
@@ -16,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .integer import ConvFn, conv_reference
+from shared.codec.integer import ConvFn, conv_reference
 
 __all__ = ["round_mantissa", "PERTURBATIONS", "num_threads"]
 
@@ -85,7 +86,7 @@ def index_drift(rate, y: Tensor, names=tuple(PERTURBATIONS)) -> Dict[str, Dict[s
     integer form. Returns ``{path: {perturbation: {"indexes": n_differing, "broken": 0|1}}}``, where
     broken means the decoded symbols differ from the encoded ones.
     """
-    from .rate_models import rans_decode, rans_encode
+    from shared.codec.rate_models import rans_decode, rans_encode
 
     hs, gc = rate.h_s, rate.gaussian_conditional
     hw = y.shape[-2:]
