@@ -35,6 +35,7 @@ from shared.bitstream import pack  # noqa: E402
 from shared.bundle import Bundle, BundleError, default_bundle_path, load_bundle, save_bundle  # noqa: E402
 from shared.training.recipe import default_bottleneck  # noqa: E402
 from shared.codec import Bottleneck, BottleneckConfig  # noqa: E402
+from shared.codec.compressai_adapter import medians  # noqa: E402
 from shared.data import eval_transform, load_image, scan_images  # noqa: E402
 from shared.models import load_split_model  # noqa: E402
 from shared.pipeline import LadderCodec, bits_per_pixel  # noqa: E402
@@ -109,7 +110,7 @@ def measure(model, bundle: Bundle, rung: int, xs: List[torch.Tensor], trained: b
             y_hat, _ = rate.decompress(payloads, hdr.y_hw)
             p = SimpleNamespace(x=x, feat=feat, y=y, data=data, hdr=hdr, payloads=payloads, y_hat=y_hat)
             if hyper:
-                med = rate.entropy_bottleneck._get_medians().reshape(1, -1, 1, 1)
+                med = medians(rate.entropy_bottleneck).reshape(1, -1, 1, 1)
                 p.z_sym = rate.side_symbols(y).float()
                 p.z_hat = p.z_sym + med
             P.append(p)

@@ -29,7 +29,7 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from shared.bitstream import BitstreamError  # noqa: E402
 from shared.bundle import default_bundle_path, load_bundle  # noqa: E402
-from shared.codec.rate_models import rans_decode, rans_encode  # noqa: E402
+from shared.codec.compressai_adapter import rans_decode, rans_encode  # noqa: E402
 from shared.data import eval_transform, load_image, scan_images  # noqa: E402
 from shared.models import load_split_model  # noqa: E402
 from shared.pipeline import LadderCodec  # noqa: E402

@@ -33,6 +33,7 @@ from torch import Tensor, nn
 
 from .bundle import Bundle, resolve_bundle
 from .codec.bottleneck import Bottleneck
+from .codec.compressai_adapter import cdf_tables, medians
 from .codec.integer import IntHyperSynthesis
 from .codec.rate_models import FactorizedRate, HyperpriorRate, StaticRate
 
@@ -96,12 +97,12 @@ def _onnx(module: nn.Module, example: Tensor, path: Path, inputs: List[str], out
 
 
 def _tables(prefix: str, em) -> Dict[str, Tensor]:
-    return {f"{prefix}.cdf": em._quantized_cdf.to(torch.int32), f"{prefix}.cdf_length": em._cdf_length.to(torch.int32),
-            f"{prefix}.offset": em._offset.to(torch.int32)}
+    cdf, lengths, offsets = cdf_tables(em)
+    return {f"{prefix}.cdf": cdf, f"{prefix}.cdf_length": lengths, f"{prefix}.offset": offsets}
 
 
 def _medians(em) -> Tensor:
-    return em._get_medians().detach().reshape(-1).to(torch.float32)
+    return medians(em).detach().reshape(-1).to(torch.float32)
 
 
 def _int_layers(h_s: IntHyperSynthesis, prefix: str):

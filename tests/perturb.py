@@ -86,7 +86,7 @@ def index_drift(rate, y: Tensor, names=tuple(PERTURBATIONS)) -> Dict[str, Dict[s
     integer form. Returns ``{path: {perturbation: {"indexes": n_differing, "broken": 0|1}}}``, where
     broken means the decoded symbols differ from the encoded ones.
     """
-    from shared.codec.rate_models import rans_decode, rans_encode
+    from shared.codec.compressai_adapter import rans_decode, rans_encode
 
     hs, gc = rate.h_s, rate.gaussian_conditional
     hw = y.shape[-2:]

@@ -7,15 +7,20 @@
 
 Only this module trains; the backbone around it is frozen. ``forward`` is the training path and
 returns likelihoods for the rate term; ``compress`` / ``decompress`` code real bytes.
+
+A CompressAI ``CompressionModel``: its ``load_state_dict`` resizes the rate model's CDF buffers to the
+stored tables (whatever the rate model), and its ``aux_loss`` sums the entropy bottlenecks' losses;
+``update`` is the rate model's (our scale table, the integer ``h_s`` export).
 """
 
 from __future__ import annotations
 
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
 
+from .compressai_adapter import CompressionModel
 from .config import BottleneckConfig
 from .layers import make_decoder, make_encoder
 from .rate_models import HW, build_rate_model
@@ -23,7 +28,7 @@ from .rate_models import HW, build_rate_model
 __all__ = ["BottleneckConfig", "Bottleneck"]
 
 
-class Bottleneck(nn.Module):
+class Bottleneck(CompressionModel):
     def __init__(self, cfg: BottleneckConfig):
         super().__init__()
         self.cfg = cfg
@@ -79,19 +84,11 @@ class Bottleneck(nn.Module):
         y_hat, crc = self.rate.decompress(payloads, self.latent_shape(feat_hw))
         return self._synthesis(y_hat, feat_hw), crc
 
-    def update(self, force: bool = True) -> None:
-        self.rate.update(force=force)
-
-    def aux_loss(self) -> Tensor:
-        return self.rate.aux_loss()
-
-    def load_state_dict(self, state_dict, strict: bool = True):
-        sd = dict(state_dict)
-        rate_sd = {k[len("rate."):]: v for k, v in sd.items() if k.startswith("rate.")}
-        self.rate.load_state_dict(rate_sd, strict=strict)  # resizes the CDF buffers first
-        rest = {k: v for k, v in sd.items() if not k.startswith("rate.")}
-        missing, unexpected = super().load_state_dict({**rest, **{f"rate.{k}": v for k, v in self.rate.state_dict().items()}}, strict=strict)
-        return missing, unexpected
+    def update(self, force: bool = True, *, scale_table: Optional[Tensor] = None,
+               update_quantiles: bool = False) -> bool:
+        """The rate model's ``update`` (not ``CompressionModel``'s, which knows neither our scale table nor
+        the integer hyper-decoder's export)."""
+        return self.rate.update(force=force, scale_table=scale_table, update_quantiles=update_quantiles)
 
     def net_parameters(self) -> List[nn.Parameter]:
         return [p for n, p in self.named_parameters() if not n.endswith(".quantiles")]

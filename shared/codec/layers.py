@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 
-from compressai.layers import GDN
+from .compressai_adapter import GDN
 from torch import nn
 
 __all__ = ["make_encoder", "make_decoder", "make_hyper_analysis", "make_hyper_synthesis", "n_down"]

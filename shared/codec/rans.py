@@ -31,8 +31,8 @@ _M32 = 0xFFFFFFFF
 
 
 class RansTables:
-    """One entropy model's quantised CDF tables, as CompressAI stores them (``_quantized_cdf`` padded to
-    the longest table, ``_cdf_length``, ``_offset``)."""
+    """One entropy model's quantised CDF tables, as CompressAI stores them (``compressai_adapter.cdf_tables``:
+    the CDFs padded to the longest table, their lengths, their offsets)."""
 
     def __init__(self, cdf: np.ndarray, lengths: np.ndarray, offsets: np.ndarray):
         self.cdf = np.ascontiguousarray(cdf, dtype=np.int64)

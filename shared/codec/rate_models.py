@@ -15,24 +15,26 @@ shared by every latent element, no side information (coded with rANS instead of 
 Training uses additive uniform noise for the likelihoods and a straight-through rounding for the
 reconstruction that the decoder sees ("mixed" quantisation), so the tail trains on what it will get.
 Every model exposes ``compress`` (per image: payloads + a CRC of the integer symbols) and
-``decompress``; CompressAI's entropy models and rANS coder do the coding.
+``decompress``; CompressAI's entropy models and rANS coder do the coding. Every model is a CompressAI
+``CompressionModel`` (its ``load_state_dict``, which resizes the CDF buffers to the stored tables,
+``update`` and ``aux_loss``); whatever CompressAI keeps private is read in ``compressai_adapter``.
 """
 
 from __future__ import annotations
 
 import abc
+import inspect
 from typing import ClassVar, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
-from compressai.ans import RansDecoder, RansEncoder
-from compressai.entropy_models import EntropyBottleneck, GaussianConditional
-from compressai.entropy_models.entropy_models import EntropyModel
-from compressai.models.utils import update_registered_buffers
-from compressai.ops import quantize_ste
 from torch import Tensor, nn
 
 from ..bitstream import symbols_crc as _symbols_crc
+from .compressai_adapter import (  # noqa: F401 (_Tables, _padded, rans_*, scale_indexes: re-exported)
+    CompressionModel, EntropyBottleneck, GaussianConditional, _padded, _Tables, channel_indexes, medians,
+    quantize_ste, rans_decode, rans_encode, scale_indexes,
+)
 from .integer import IntHyperSynthesis
 from .layers import make_hyper_analysis, make_hyper_synthesis
 
@@ -54,73 +56,19 @@ def scale_table(lo: float = 0.11, hi: float = 16.0, levels: int = 64) -> Tensor:
     return torch.exp(torch.linspace(np.log(lo), np.log(hi), levels))
 
 
-def _padded(payload: bytes, n_symbols: int) -> bytes:
-    # CompressAI's rANS decoder reads 32-bit words without bounds checks. Zero padding sized for
-    # the worst case keeps a truncated or forged payload's reads inside our buffer (and zeros end
-    # every bypass run), so bad input yields wrong symbols (caught by the CRC), never a crash.
-    return payload + bytes(8 * n_symbols + 64)
-
-
-class _Tables:
-    """CompressAI's CDF tables as the Python lists its rANS coder takes, converted once per table.
-
-    ``EntropyModel.compress``/``decompress`` convert the whole table (``tolist()``) on every call,
-    which costs milliseconds per image, more than the coding itself; the tables never change after
-    loading, so we convert once and call the same rANS coder directly.
-    """
-
-    def __init__(self):
-        self._key = None
-        self.cdf = self.lengths = self.offsets = None
-
-    def of(self, em: EntropyModel) -> "_Tables":
-        key = (em._quantized_cdf.data_ptr(), tuple(em._quantized_cdf.shape), em._offset.data_ptr())
-        if key != self._key:
-            if em._quantized_cdf.numel() == 0:
-                raise ValueError("uninitialised CDF tables: run update() (at export) first")
-            self.cdf = em._quantized_cdf.tolist()
-            self.lengths = em._cdf_length.reshape(-1).int().tolist()
-            self.offsets = em._offset.reshape(-1).int().tolist()
-            self._key = key
-        return self
-
-
-def rans_encode(em: EntropyModel, tables: _Tables, symbols: Tensor, indexes: Tensor) -> bytes:
-    t = tables.of(em)
-    return RansEncoder().encode_with_indexes(
-        symbols.reshape(-1).int().tolist(), indexes.reshape(-1).int().tolist(), t.cdf, t.lengths, t.offsets
-    )
-
-
-def rans_decode(em: EntropyModel, tables: _Tables, string: bytes, indexes: Tensor) -> Tensor:
-    """Integer symbols shaped like ``indexes``. ``string`` is padded (see ``_padded``)."""
-    t = tables.of(em)
-    n = indexes.numel()
-    values = RansDecoder().decode_with_indexes(
-        _padded(string, n), indexes.reshape(-1).int().tolist(), t.cdf, t.lengths, t.offsets
-    )
-    return torch.tensor(values, dtype=torch.int32).reshape(indexes.shape)
-
-
-def scale_indexes(gc: GaussianConditional, scales: Tensor) -> Tensor:
-    """Same result as ``GaussianConditional.build_indexes`` (the number of table scales below each
-    scale, bounded scale first), with one binary search instead of a pass per table entry."""
-    table = gc.scale_table[:-1].contiguous()
-    return torch.searchsorted(table, gc.lower_bound_scale(scales).contiguous()).int()
-
-
 def _eb_indexes(eb: EntropyBottleneck, shape) -> Tensor:
-    """Channel index of every element of a (1, C, h, w) tensor: one table per channel."""
-    c = shape[1]
-    return torch.arange(c, dtype=torch.int32).reshape(1, c, 1, 1).expand(*shape)
+    """``channel_indexes(shape)``; ``eb`` is not used (kept so that existing callers keep working: prefer
+    ``compressai_adapter.channel_indexes``)."""
+    return channel_indexes(shape)
 
 
 def _crop(x: Tensor, hw: HW) -> Tensor:
     return x[..., : hw[0], : hw[1]]
 
 
-class RateModel(nn.Module, abc.ABC):
-    """Common interface of the rate models (CompressAI's forward / compress / decompress / update)."""
+class RateModel(CompressionModel, abc.ABC):
+    """Common interface of the rate models: a CompressAI ``CompressionModel`` (forward / compress /
+    decompress / update / aux_loss; ``load_state_dict`` resizes the CDF buffers to the stored tables)."""
 
     kind: ClassVar[str]
     n_payloads: ClassVar[int]
@@ -144,36 +92,24 @@ class RateModel(nn.Module, abc.ABC):
     def entropy_models(self) -> List[nn.Module]:
         return [m for m in self.modules() if isinstance(m, (EntropyBottleneck, GaussianConditional))]
 
-    def update(self, force: bool = True) -> None:
-        """Build the quantised CDF tables once, after training; they travel in the state dict."""
-        for m in self.entropy_models():
-            if isinstance(m, EntropyBottleneck):
-                m.update(force=force)
-            else:
-                m.update_scale_table(self.scale_table, force=force)
-
-    def aux_loss(self) -> Tensor:
-        losses = [m.loss() for m in self.modules() if isinstance(m, EntropyBottleneck)]
-        return torch.stack(losses).sum() if losses else torch.zeros(())
-
-    def load_state_dict(self, state_dict, strict: bool = True):
-        # CDF tables have data-dependent sizes: resize our buffers to the stored ones before loading.
-        state_dict = dict(state_dict)
-        for name, m in self.named_modules():
-            if isinstance(m, EntropyBottleneck):
-                update_registered_buffers(m, name, ["_quantized_cdf", "_offset", "_cdf_length"], state_dict)
-            elif isinstance(m, GaussianConditional):
-                update_registered_buffers(
-                    m, name, ["_quantized_cdf", "_offset", "_cdf_length", "scale_table"], state_dict
-                )
-        return super().load_state_dict(state_dict, strict=strict)
+    def update(self, force: bool = True, *, scale_table: Optional[Tensor] = None,
+               update_quantiles: bool = False) -> bool:
+        """Build the quantised CDF tables once, after training; they travel in the state dict.
+        ``CompressionModel.update`` with our defaults: ``force`` and the model's own ``scale_table``."""
+        if scale_table is None:
+            scale_table = getattr(self, "scale_table", None)
+        return super().update(scale_table=scale_table, force=force, update_quantiles=update_quantiles)
 
     scale_table: Tensor  # set by models that use a GaussianConditional
 
 
+def _median_offsets(eb: EntropyBottleneck) -> Tensor:
+    """The medians as (1, C, 1, 1), detached: what the coded symbols are offsets from."""
+    return medians(eb).detach().reshape(1, -1, 1, 1)
+
+
 def _eb_symbols(eb: EntropyBottleneck, z: Tensor) -> Tensor:
-    medians = eb._get_medians().detach().reshape(1, -1, 1, 1)
-    return torch.round(z - medians).int()
+    return torch.round(z - _median_offsets(eb)).int()
 
 
 HYPER_DECODERS = ("integer", "float")
@@ -191,7 +127,7 @@ class HyperpriorRate(RateModel):
     n_payloads = 2
 
     def __init__(self, latent: int, hyper: int = 32, hyper_stride: int = 4, means: bool = True,
-                 hyper_decoder: str = "integer", **_):
+                 hyper_decoder: str = "integer"):
         super().__init__()
         if hyper_decoder not in HYPER_DECODERS:
             raise ValueError(f"hyper_decoder must be one of {HYPER_DECODERS}, got {hyper_decoder!r}")
@@ -233,7 +169,7 @@ class HyperpriorRate(RateModel):
     def forward(self, y: Tensor) -> Dict:
         z = self.h_a(y)
         _, z_lik = self.entropy_bottleneck(z)
-        z_med = self.entropy_bottleneck._get_medians()
+        z_med = medians(self.entropy_bottleneck)
         if self.integer and not self.training and self.h_s.exported():
             # evaluation of an exported model: exactly what coding uses (indexes and means of the integer path)
             idx, means = self._int_params(torch.round(z - z_med), y.shape[-2:])
@@ -256,14 +192,16 @@ class HyperpriorRate(RateModel):
         """(table indexes, means) of y from the z symbols: what both coder sides compute."""
         if self.integer:
             return self._int_params(z_sym, y_hw)
-        z_med = self.entropy_bottleneck._get_medians().detach().reshape(1, -1, 1, 1)
+        z_med = _median_offsets(self.entropy_bottleneck)
         scales, means = self._params(z_sym.to(z_med.dtype) + z_med, y_hw)
         return scale_indexes(self.gaussian_conditional, scales), means
 
-    def update(self, force: bool = True) -> None:
-        super().update(force=force)
+    def update(self, force: bool = True, *, scale_table: Optional[Tensor] = None,
+               update_quantiles: bool = False) -> bool:
+        updated = super().update(force=force, scale_table=scale_table, update_quantiles=update_quantiles)
         if self.integer:
             self.h_s.export()
+        return updated
 
     def compress(self, y: Tensor) -> List[Tuple[List[bytes], int]]:
         # One image at a time: the decoder recomputes h_s(z_hat) for a single image, and a batched
@@ -274,7 +212,7 @@ class HyperpriorRate(RateModel):
     def _compress_one(self, y: Tensor) -> Tuple[List[bytes], int]:
         gc, eb = self.gaussian_conditional, self.entropy_bottleneck
         z_sym = self.side_symbols(y)
-        z_string = rans_encode(eb, self._eb_tables, z_sym, _eb_indexes(eb, z_sym.shape))
+        z_string = rans_encode(eb, self._eb_tables, z_sym, channel_indexes(z_sym.shape))
         indexes, means = self.coding_params(z_sym, y.shape[-2:])
         y_sym = gc.quantize(y, "symbols", means)
         y_string = rans_encode(gc, self._gc_tables, y_sym, indexes)
@@ -284,7 +222,7 @@ class HyperpriorRate(RateModel):
         y_str, z_str = payloads
         gc, eb = self.gaussian_conditional, self.entropy_bottleneck
         z_hw = self.side_shape(y_hw)
-        z_sym = rans_decode(eb, self._eb_tables, z_str, _eb_indexes(eb, (1, self.hyper, *z_hw)))
+        z_sym = rans_decode(eb, self._eb_tables, z_str, channel_indexes((1, self.hyper, *z_hw)))
         indexes, means = self.coding_params(z_sym, y_hw)
         y_sym = rans_decode(gc, self._gc_tables, y_str, indexes)
         y_hat = gc.dequantize(y_sym, means)
@@ -297,7 +235,7 @@ class FactorizedRate(RateModel):
     kind = "factorized"
     n_payloads = 1
 
-    def __init__(self, latent: int, **_):
+    def __init__(self, latent: int):
         super().__init__()
         self.latent = latent
         self.entropy_bottleneck = EntropyBottleneck(latent)
@@ -305,20 +243,20 @@ class FactorizedRate(RateModel):
 
     def forward(self, y: Tensor) -> Dict:
         _, y_lik = self.entropy_bottleneck(y)
-        med = self.entropy_bottleneck._get_medians()
+        med = medians(self.entropy_bottleneck)
         return {"y_hat": quantize_ste(y - med) + med, "likelihoods": {"y": y_lik}}
 
     def compress(self, y: Tensor) -> List[Tuple[List[bytes], int]]:
         eb = self.entropy_bottleneck
         sym = _eb_symbols(eb, y)
-        idx = _eb_indexes(eb, sym[:1].shape)
+        idx = channel_indexes(sym[:1].shape)
         return [([rans_encode(eb, self._tables, sym[i], idx)], symbols_crc(sym[i])) for i in range(y.shape[0])]
 
     def decompress(self, payloads: List[bytes], y_hw: HW) -> Tuple[Tensor, int]:
         eb = self.entropy_bottleneck
         (s,) = payloads
-        sym = rans_decode(eb, self._tables, s, _eb_indexes(eb, (1, self.latent, *y_hw)))
-        med = eb._get_medians().detach().reshape(1, -1, 1, 1)
+        sym = rans_decode(eb, self._tables, s, channel_indexes((1, self.latent, *y_hw)))
+        med = _median_offsets(eb)
         return sym.to(med.dtype) + med, symbols_crc(sym[0])
 
 
@@ -328,7 +266,7 @@ class StaticRate(RateModel):
     kind = "static"
     n_payloads = 1
 
-    def __init__(self, latent: int, qp: float = 1.0, **_):
+    def __init__(self, latent: int, qp: float = 1.0):
         super().__init__()
         self.latent, self.qp = latent, float(qp)
         self.entropy_bottleneck = EntropyBottleneck(1)  # one table shared by all channels
@@ -342,21 +280,21 @@ class StaticRate(RateModel):
     def forward(self, y: Tensor) -> Dict:
         v = self._flat(y / self.qp)
         _, lik = self.entropy_bottleneck(v)
-        med = self.entropy_bottleneck._get_medians()
+        med = medians(self.entropy_bottleneck)
         y_hat = (quantize_ste(y / self.qp - med) + med) * self.qp
         return {"y_hat": y_hat, "likelihoods": {"y": lik}}
 
     def compress(self, y: Tensor) -> List[Tuple[List[bytes], int]]:
         eb = self.entropy_bottleneck
         sym = _eb_symbols(eb, self._flat(y / self.qp))
-        idx = _eb_indexes(eb, sym[:1].shape)
+        idx = channel_indexes(sym[:1].shape)
         return [([rans_encode(eb, self._tables, sym[i], idx)], symbols_crc(sym[i])) for i in range(y.shape[0])]
 
     def decompress(self, payloads: List[bytes], y_hw: HW) -> Tuple[Tensor, int]:
         eb = self.entropy_bottleneck
         (s,) = payloads
-        sym = rans_decode(eb, self._tables, s, _eb_indexes(eb, (1, 1, self.latent * y_hw[0], y_hw[1])))
-        med = eb._get_medians().detach().reshape(1, -1, 1, 1)
+        sym = rans_decode(eb, self._tables, s, channel_indexes((1, 1, self.latent * y_hw[0], y_hw[1])))
+        med = _median_offsets(eb)
         v_hat = sym.to(med.dtype) + med
         return v_hat.reshape(1, self.latent, *y_hw) * self.qp, symbols_crc(sym[0])
 
@@ -364,9 +302,24 @@ class StaticRate(RateModel):
 RATE_MODELS = {m.kind: m for m in (HyperpriorRate, FactorizedRate, StaticRate)}
 
 
-def build_rate_model(kind: str, latent: int, **kwargs) -> RateModel:
+def _options(cls) -> Tuple[List[str], bool]:
+    """(keyword options of ``cls``'s constructor besides ``latent``, whether it takes ``**kwargs``)."""
+    params = list(inspect.signature(cls.__init__).parameters.values())[2:]  # self, latent
+    names = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    return names, any(p.kind is p.VAR_KEYWORD for p in params)
+
+
+def build_rate_model(kind: str, latent: int, **options) -> RateModel:
+    """The ``kind`` rate model with the ``options`` its constructor takes. ``options`` may hold every rate
+    model's options (a ``BottleneckConfig`` has them all): those of other models are left out, and one that no
+    registered model takes is an error."""
     try:
         cls = RATE_MODELS[kind]
     except KeyError:
         raise ValueError(f"unknown rate model {kind!r}; choose from {sorted(RATE_MODELS)}") from None
-    return cls(latent, **kwargs)
+    known = {n for m in RATE_MODELS.values() for n in _options(m)[0]}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise TypeError(f"no rate model takes the option(s) {unknown}")
+    names, takes_any = _options(cls)
+    return cls(latent, **(options if takes_any else {k: v for k, v in options.items() if k in names}))

@@ -230,14 +230,20 @@ def train_ladder(
 
 def _trainable(state: Dict) -> Dict:
     """A bundle rung's state without its frozen coding tables (rebuilt at export)."""
-    return {k: v for k, v in state.items() if "_quantized_cdf" not in k and "_offset" not in k
-            and "_cdf_length" not in k and not k.endswith("scale_table")}
+    from ..codec.compressai_adapter import is_table_key
+
+    return {k: v for k, v in state.items() if not is_table_key(k)}
 
 
 def _load_train_state(net: Bottleneck, state: Dict) -> None:
-    # training-time state (no CDF tables yet): plain load, ignoring our bookkeeping entries
+    """Load a training-time state (a checkpoint's, or a rung's through ``_trainable``) strictly: every other
+    key must match, so a resume cannot silently keep part of the weights. Our bookkeeping entries (``__*``)
+    are skipped; coding tables the state leaves out keep ``net``'s own (empty until export)."""
+    from ..codec.compressai_adapter import is_table_key
+
     sd = {k: v for k, v in state.items() if not k.startswith("__")}
-    torch.nn.Module.load_state_dict(net, sd, strict=False)
+    own_tables = {k: v for k, v in net.state_dict().items() if is_table_key(k) and k not in sd}
+    net.load_state_dict({**own_tables, **sd}, strict=True)
 
 
 def images_per_second(out: Path) -> List[float]:

@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 import torch
-from compressai.ops import quantize_ste
 from tqdm import tqdm
 
 from ..bundle import Bundle, BundleError, save_bundle
 from ..codec import Bottleneck
+from ..codec.compressai_adapter import quantize_ste
 from .cache import FeatureCache
 from .schedule import warmup_cosine_lr
 

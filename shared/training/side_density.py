@@ -15,6 +15,7 @@ from typing import Dict
 import torch
 
 from ..codec import Bottleneck
+from ..codec.compressai_adapter import likelihood, medians
 from .migrate import latents
 from .schedule import warmup_cosine_lr
 
@@ -24,11 +25,11 @@ __all__ = ["refit_side_density"]
 def _side_values(net: Bottleneck, features: torch.Tensor) -> torch.Tensor:
     """(C, 1, M): every z symbol of ``features`` plus its channel's median, as the density sees them."""
     _, z = latents(net, features)  # N, C, h, w
-    return z.transpose(0, 1).reshape(z.shape[1], 1, -1) + net.rate.entropy_bottleneck._get_medians().detach()
+    return z.transpose(0, 1).reshape(z.shape[1], 1, -1) + medians(net.rate.entropy_bottleneck).detach()
 
 
 def _bits_per_value(eb, values: torch.Tensor) -> torch.Tensor:
-    lik = eb._likelihood(values)[0]
+    lik = likelihood(eb, values)
     if eb.use_likelihood_bound:
         lik = eb.likelihood_lower_bound(lik)
     return -torch.log2(lik).mean()
@@ -50,7 +51,7 @@ def refit_side_density(net: Bottleneck, features: torch.Tensor, steps: int = 500
     if len(features) > max_images:
         features = features[torch.linspace(0, len(features) - 1, max_images).long()]
     values = _side_values(net, features)
-    medians = eb._get_medians().detach().clone()
+    pinned = medians(eb).detach().clone()
     density = [p for n, p in eb.named_parameters() if n != "quantiles"]
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -78,7 +79,7 @@ def refit_side_density(net: Bottleneck, features: torch.Tensor, steps: int = 500
         aux.backward()
         qopt.step()
         with torch.no_grad():
-            eb.quantiles[:, :, 1:2] = medians
+            eb.quantiles[:, :, 1:2] = pinned
     eb.quantiles.requires_grad_(False)
     with torch.no_grad():
         after = float(_bits_per_value(eb, values))
