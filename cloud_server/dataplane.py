@@ -200,16 +200,15 @@ class DataPlane:
         return self._model_metadata(self.repository.get(name))
 
     def _model_metadata(self, m: ServedModel) -> ModelMetadata:
-        b, resident = m.bundle, set(m.codec.resident)
+        b, resident, task = m.bundle, set(m.codec.resident), m.decoder.task
         rungs = []
         for r in b.rungs:
             mt = r.metrics
-            rungs.append(RungMetadata(index=r.index, lam=r.lam, bpp=mt.get("bpp"), top1=mt.get("top1"),
-                                      top5=mt.get("top5"), miou=mt.get("miou"), pixel_acc=mt.get("pixel_acc"),
-                                      agreement=mt.get("agreement"),
-                                      n_images=int(mt.get("n_images") or 0), resident=r.index in resident))
+            figures = {k: mt.get(k) for k in task.metrics}  # the task's accuracy figures, by name
+            rungs.append(RungMetadata(index=r.index, lam=r.lam, bpp=mt.get("bpp"), agreement=mt.get("agreement"),
+                                      n_images=int(mt.get("n_images") or 0), resident=r.index in resident, **figures))
         return ModelMetadata(name=m.name, bundle_id=b.bundle_id, backbone=b.model, split=b.split,
-                             task=m.decoder.task, input_hw=m.input_hw, rate_model=b.config.rate_model,
+                             task=task.name, input_hw=m.input_hw, rate_model=b.config.rate_model,
                              num_classes=m.decoder.model.spec.num_classes, backbone_loaded=True, rungs=rungs)
 
     def _update_resident(self) -> None:
@@ -387,7 +386,7 @@ class DataPlane:
         t2 = time.perf_counter()
         self._check(deadline, token, "the tail")
         res = served.batcher.run(feat, hdr.input_hw, deadline, token)
-        top, mask, pixels = served.decoder.answer(res.output, req.top_k or self.settings.default_top_k)
+        ans = served.decoder.answer(res.output, req.top_k or self.settings.default_top_k)
         t3 = time.perf_counter()
         bpp = 8.0 * len(data) / (hdr.input_hw[0] * hdr.input_hw[1])
         timings = {"parse": 1e3 * (tw - t0), "decode_wait": 1e3 * (t1 - tw), "decode": 1e3 * (t2 - t1),
@@ -401,8 +400,8 @@ class DataPlane:
         return InferenceResponse(
             request_id=ctx["request_id"], model=served.name, bundle_id=bundle.bundle_id, rung=hdr.rung,
             hinted_rung=hinted, bytes_received=len(data), bpp=bpp, input_hw=hdr.input_hw,
-            topk=[ClassScore(index=i, name=nm, score=s) for i, nm, s in top], timings_ms=timings,
-            batch_size=res.batch_size, mask_png=mask, class_pixels=pixels)
+            topk=[ClassScore(index=i, name=nm, score=s) for i, nm, s in ans.topk], timings_ms=timings,
+            batch_size=res.batch_size, **ans.extras)
 
     # -- admission -------------------------------------------------------------------------------------
     @property

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,9 +11,11 @@ import torch
 
 from shared.bitstream import Header
 from shared.bundle import Bundle, resolve_bundle
-from shared.labels import class_names
 from shared.models import SplitModel, load_split_model
 from shared.pipeline import LadderCodec, bits_per_pixel
+from shared.tasks import Answer, Task, get_task
+
+__all__ = ["Prediction", "CloudDecoder"]
 
 
 @dataclass
@@ -24,6 +25,7 @@ class Prediction:
     input_hw: Tuple[int, int]
     topk: List[Tuple[int, str, float]]  # (class index, name, probability)
     timings_ms: Dict[str, float] = field(default_factory=dict)
+    # the task's further outputs (shared.tasks.Task.outputs), None for a task without them
     mask_png: Optional[bytes] = None  # segmentation: per-pixel class indexes as an 8-bit PNG
     class_pixels: Optional[List[int]] = None  # segmentation: pixels of each class in the mask (class order)
 
@@ -52,14 +54,11 @@ class CloudDecoder:
         self.bundle.check_backbone(model, ("tail",))
         self.model = model.to(device)
         self.codec = codec if codec is not None else LadderCodec(self.bundle, device)
-        self.names = class_names(self.bundle.model, self.model.spec.num_classes)
+        self.task: Task = get_task(self.model.spec)
+        self.names = self.task.class_names(self.model.spec)
         self.device = device
         if preload:
             self.codec.preload()
-
-    @property
-    def task(self) -> str:
-        return self.model.spec.task
 
     @torch.no_grad()
     def run_tail(self, features: torch.Tensor, input_hw: Sequence[int]) -> torch.Tensor:
@@ -77,37 +76,13 @@ class CloudDecoder:
         return out, hdr, {"decode": 1e3 * (t1 - t0), "tail": 1e3 * (t2 - t1)}
 
     @torch.no_grad()
-    def answer(self, out: torch.Tensor, topk: int = 5) -> Tuple[List[Tuple[int, str, float]], Optional[bytes],
-                                                                 Optional[List[int]]]:
-        """One image's tail output (1, classes[, H, W]) -> (top-k classes, mask PNG, pixels per class).
-
-        Classification: softmax probabilities (no mask, no counts). Segmentation: the per-pixel argmax as a
-        PNG mask, the pixel count of every class, and the classes ranked by the share of pixels they take
-        (the share is the score).
-        """
-        if out.dim() == 4:  # segmentation
-            mask = out[0].argmax(0)
-            counts = torch.bincount(mask.flatten(), minlength=out.shape[1])
-            p, idx = (counts.double() / mask.numel()).topk(min(topk, counts.numel()))
-            top = [(int(i), self.names[int(i)], float(v)) for v, i in zip(p, idx) if v > 0]
-            return top, encode_mask_png(mask), counts.tolist()
-        probs = out.float().softmax(1)[0]
-        p, idx = probs.topk(min(topk, probs.numel()))
-        return [(int(i), self.names[int(i)], float(v)) for v, i in zip(p, idx)], None, None
+    def answer(self, out: torch.Tensor, topk: int = 5) -> Answer:
+        """One image's tail output (1, classes[, H, W]) -> its answer, as the model's task makes it: the top-k
+        classes, and the task's further outputs (segmentation: the mask PNG and the pixels of each class)."""
+        return self.task.answer(out, self.names, topk)
 
     def decode(self, data: bytes, topk: int = 5) -> Prediction:
         out, hdr, timings = self.decode_output(data)
-        top, mask, pixels = self.answer(out, topk)
-        return Prediction(hdr.rung, len(data), hdr.input_hw, top, timings, mask, pixels)
+        ans = self.answer(out, topk)
+        return Prediction(hdr.rung, len(data), hdr.input_hw, ans.topk, timings, **ans.extras)
 
-
-def encode_mask_png(mask: torch.Tensor) -> bytes:
-    """(H, W) integer class map -> 8-bit grayscale PNG (16-bit when there are more than 256 classes)."""
-    from PIL import Image
-    import numpy as np
-
-    m = mask.to("cpu").numpy()
-    img = Image.fromarray(m.astype(np.uint8) if m.max(initial=0) < 256 else m.astype(np.uint16))
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return buf.getvalue()

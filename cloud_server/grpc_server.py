@@ -102,14 +102,18 @@ def from_response(r: InferenceResponse) -> pb.InferResponse:
     return out
 
 
+_RUNG_FIELDS = frozenset(pb.RungInfo.DESCRIPTOR.fields_by_name) - {"metrics"}
+
+
 def from_metadata(m: ModelMetadata) -> pb.ModelInfo:
     rungs = []
     for r in m.rungs:
-        ri = pb.RungInfo(index=r.index, resident=r.resident, n_images=r.n_images)
+        figures = r.metrics()
+        ri = pb.RungInfo(index=r.index, resident=r.resident, n_images=r.n_images, metrics=figures)
         setattr(ri, "lambda", r.lam)  # a Python keyword
-        for k in ("bpp", "top1", "top5", "miou", "pixel_acc", "agreement"):
-            if getattr(r, k) is not None:
-                setattr(ri, k, getattr(r, k))
+        for k, v in (("bpp", r.bpp), ("agreement", r.agreement), *figures.items()):
+            if v is not None and k in _RUNG_FIELDS:  # the figures older clients read from fields of their own
+                setattr(ri, k, v)
         rungs.append(ri)
     return pb.ModelInfo(name=m.name, bundle_id=m.bundle_id, backbone=m.backbone, split=m.split, task=m.task,
                         input_height=m.input_hw[0], input_width=m.input_hw[1], rate_model=m.rate_model,

@@ -9,8 +9,8 @@ What a model looks like through the protocol (``docs/service.md`` has the table)
 
 - one input ``bitstream``, BYTES, shape ``[1]``: one message in the splitinfer bitstream format;
 - outputs ``topk_index`` INT64 ``[1, k]``, ``topk_score`` FP32 ``[1, k]``, ``topk_name`` BYTES ``[1, k]``
-  (best first; k = ``top_k``), and for segmentation models ``mask_png`` BYTES ``[1]`` and
-  ``class_pixels`` INT64 ``[1, num_classes]``;
+  (best first; k = ``top_k``), then the outputs of the model's task (``shared.tasks.Task.outputs``): for
+  segmentation models ``mask_png`` BYTES ``[1]`` and ``class_pixels`` INT64 ``[1, num_classes]``;
 - ``classification: N`` on ``topk_score``: that output becomes BYTES ``[1, N]`` of ``"score:index:name"``
   (Triton's classification extension);
 - the model's one version is its bundle id.
@@ -31,6 +31,8 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, ValidationError
 
+from shared.tasks import get_task, list_tasks
+
 from .errors import InvalidArgument, NotFound
 from .types import InferenceRequest, InferenceResponse, ModelMetadata, parse_request
 
@@ -46,8 +48,8 @@ __all__ = [
 # Our requests nest 4 deep ({inputs: [{parameters: {}}]}); anything far deeper is an attack on the parser
 MAX_JSON_DEPTH = 32
 INPUT_NAME = "bitstream"
-OUTPUT_NAMES = ("topk_index", "topk_score", "topk_name", "mask_png", "class_pixels")
-_SEGMENTATION_ONLY = ("mask_png", "class_pixels")
+# every output any task has (a model's own: its task's, shared.tasks.Task.outputs)
+OUTPUT_NAMES = tuple(dict.fromkeys(o.name for t in list_tasks() for o in get_task(t).outputs(0)))
 _MAX_CLASSIFICATION = 100  # the data plane's top_k limit
 
 
@@ -223,13 +225,9 @@ def check_version(meta: Optional[ModelMetadata], version: Optional[str]) -> None
 
 
 def model_outputs(meta: ModelMetadata) -> List[TensorMetadata]:
-    outs = [TensorMetadata(name="topk_index", datatype="INT64", shape=[1, -1]),
-            TensorMetadata(name="topk_score", datatype="FP32", shape=[1, -1]),
-            TensorMetadata(name="topk_name", datatype="BYTES", shape=[1, -1])]
-    if meta.task == "segmentation":
-        outs += [TensorMetadata(name="mask_png", datatype="BYTES", shape=[1]),
-                 TensorMetadata(name="class_pixels", datatype="INT64", shape=[1, meta.num_classes])]
-    return outs
+    """The model's outputs, as its task declares them (the ranked classes, then the task's own)."""
+    return [TensorMetadata(name=o.name, datatype=o.datatype, shape=list(o.shape))
+            for o in get_task(meta.task).outputs(meta.num_classes)]
 
 
 def model_metadata(meta: ModelMetadata) -> ModelMetadataBody:
@@ -361,12 +359,13 @@ def _tensor(r: InferenceResponse, o: RequestedOutput, k: int, binary: bool) -> T
         return Tensor(o.name, "FP32", (1, len(top)), [c.score for c in top], binary)
     if o.name == "topk_name":
         return Tensor(o.name, "BYTES", (1, len(top)), [c.name.encode() for c in top], binary)
-    if o.name == "mask_png" and r.mask_png is not None:
-        return Tensor(o.name, "BYTES", (1,), [r.mask_png], binary, text=False)
-    if o.name == "class_pixels" and r.class_pixels is not None:
-        return Tensor(o.name, "INT64", (1, len(r.class_pixels)), list(r.class_pixels), binary)
-    raise InvalidArgument(f"model {r.model!r} has no output {o.name!r} (only segmentation models have "
-                          f"{' and '.join(_SEGMENTATION_ONLY)})")
+    # a task's own output: the response field of the same name (shared.tasks.Task.outputs)
+    value = getattr(r, o.name, None) if o.name in OUTPUT_NAMES else None
+    if isinstance(value, bytes):  # one BYTES element, not text (base64 in JSON)
+        return Tensor(o.name, "BYTES", (1,), [value], binary, text=False)
+    if value is not None:  # a list of counts
+        return Tensor(o.name, "INT64", (1, len(value)), list(value), binary)
+    raise InvalidArgument(f"model {r.model!r} has no output {o.name!r} (its task's outputs do not include it)")
 
 
 def answer_tensors(r: InferenceResponse, call: OipCall) -> List[Tensor]:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import typing
 from typing import Any, Dict, List, Optional, Tuple
 
 from fastapi import FastAPI, Request
@@ -105,10 +106,17 @@ def requested_outputs(doc: oip.InferRequestBody) -> List[oip.RequestedOutput]:
     return out
 
 
+# fields of the response that hold bytes (a task's binary outputs, e.g. a mask PNG): base64 in JSON, left out when
+# the model's task has none
+_BYTES_FIELDS = frozenset(k for k, f in InferenceResponse.model_fields.items()
+                          if f.annotation is bytes or bytes in typing.get_args(f.annotation))
+
+
 def plain_response(r: InferenceResponse) -> Dict[str, Any]:
-    out = r.model_dump(exclude={"mask_png"})
-    if r.mask_png:
-        out["mask_png"] = base64.b64encode(r.mask_png).decode()
+    """The infer-image answer as JSON: the response's fields, bytes in base64."""
+    out = r.model_dump(exclude={k for k in _BYTES_FIELDS if getattr(r, k) is None})
+    for k in _BYTES_FIELDS & out.keys():
+        out[k] = base64.b64encode(out[k]).decode()
     return out
 
 

@@ -69,16 +69,22 @@ class InferenceResponse(BaseModel):
 
 
 class RungMetadata(BaseModel):
+    """One rung of a served ladder. Besides these fields it carries the accuracy figures of the model's task, by
+    name (``shared.tasks.Task.metrics``: ``top1``, ``top5`` or ``miou``, ``pixel_acc``), as measured at training
+    time; :meth:`metrics` lists them."""
+
+    model_config = ConfigDict(extra="allow")
+
     index: int
     lam: float
     bpp: Optional[float] = None
-    top1: Optional[float] = None
-    top5: Optional[float] = None
-    miou: Optional[float] = None
-    pixel_acc: Optional[float] = None
     agreement: Optional[float] = None
     n_images: int = 0
     resident: bool = False
+
+    def metrics(self) -> Dict[str, float]:
+        """The task's accuracy figures this rung carries (measured ones only)."""
+        return {k: v for k, v in (self.model_extra or {}).items() if v is not None}
 
 
 class ModelMetadata(BaseModel):

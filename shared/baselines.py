@@ -18,8 +18,9 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from .data import Item, input_crop, load_image, load_mask, mask_crop, to_model_input
+from .data import Item, input_crop, load_image, to_model_input
 from .models.split import SplitModel
+from .tasks import get_task
 
 __all__ = ["CODECS", "CodecUnavailable", "codec_roundtrip", "equal_rate_quality", "evaluate_codec", "parse_codecs",
            "require_codec"]
@@ -107,22 +108,18 @@ def evaluate_codec(
     progress: bool = True,
 ) -> List[Dict]:
     """One point per quality: mean bpp of the compressed crop and the unsplit model's accuracy on it (top-1/top-5,
-    or mIoU/pixel accuracy for segmentation: see :class:`shared.evaluation.Scores`)."""
-    from .evaluation import Scores
-
+    or mIoU/pixel accuracy for segmentation: the task's ``scores``)."""
     spec = model.spec
+    task = get_task(spec)
     pre = spec.preprocess
     n_pix = pre.input_size[0] * pre.input_size[1]
     require_codec(codec)
     qualities = list(qualities or CODECS[codec][1])
-    if spec.task == "segmentation":
-        labels = [mask_crop(None if y is None else load_mask(y), pre) for _, y in items]
-    else:
-        labels = [torch.tensor(-1 if y is None else y) for _, y in items]
+    labels = task.item_labels(items, pre)
     crops = [input_crop(load_image(p), pre) for p, _ in items]
     points = []
     for q in tqdm(qualities, desc=f"{codec} sweep", disable=not progress, unit="quality"):
-        total_bytes, scores = 0, Scores(spec.task, spec.num_classes)
+        total_bytes, scores = 0, task.scores(spec.num_classes)
         for i in range(0, len(crops), batch_size):
             decoded = [codec_roundtrip(img, codec, q) for img in crops[i : i + batch_size]]
             total_bytes += sum(n for _, n in decoded)

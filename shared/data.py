@@ -1,7 +1,8 @@
 """Images in, tensors out: dataset scanning (labelled or not), the fixed held-out rule, transforms.
 
 A label is a class index (classification) or the path of a mask image (segmentation: one class index per
-pixel; values >= the model's number of classes are void and ignored, as CamVid's 11).
+pixel; values >= the model's number of classes are void and ignored, as CamVid's 11). Which dataset a model
+trains or evaluates on is its task's choice: ``shared.tasks.get_task(spec).make_dataset``.
 """
 
 from __future__ import annotations
@@ -41,7 +42,6 @@ __all__ = [
     "seg_eval_transform",
     "seg_train_transform",
     "SegmentationDataset",
-    "make_dataset",
 ]
 
 Item = Tuple[Path, Optional[Union[int, Path]]]  # (image, class index | mask file | None when unlabelled)
@@ -248,13 +248,3 @@ class SegmentationDataset(Dataset):
         if m is not None and not isinstance(m, Path):
             raise ValueError(f"{p}: a segmentation label must be a mask file, not {m!r}")
         return self.transform(load_image(p), None if m is None else load_mask(m))
-
-
-def make_dataset(items: Sequence[Item], pre: Preprocess, task: str, train: bool = False) -> Dataset:
-    """The dataset a task trains or evaluates on: (input, class index or -1) or (input, mask)."""
-    if task == "segmentation":
-        # training views for a ladder stay nearer scale 1 than the teacher's fine-tuning: the bottleneck
-        # learns the features of inputs like those it will code
-        transform = seg_train_transform(pre, scale=(0.75, 1.5)) if train else seg_eval_transform(pre)
-        return SegmentationDataset(items, transform)
-    return ImageDataset(items, train_transform(pre) if train else eval_transform(pre))

@@ -1,8 +1,9 @@
 """Measure a ladder on held-out images: real bytes on the wire and the accuracy of the decoded result.
 
-Accuracy is task-specific and lives in :class:`Scores` (used by the ladder, the codec baselines and the
-segmentation teacher alike): top-1/top-5 against class labels, or, for segmentation, mean IoU and pixel
-accuracy from one confusion matrix over the whole data set (void pixels ignored).
+Accuracy is task-specific and lives in the task's metric accumulator (``shared.tasks.get_task(spec).scores``,
+used by the ladder, the codec baselines and the segmentation teacher alike): top-1/top-5 against class labels,
+or, for segmentation, mean IoU and pixel accuracy from one confusion matrix over the whole data set (void
+pixels ignored).
 """
 
 from __future__ import annotations
@@ -13,78 +14,25 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from .baselines import codec_roundtrip, equal_rate_quality
 from .bitstream import unpack
 from .bundle import Bundle
-from .data import Item, make_dataset
+from .data import Item, input_crop, load_image, load_mask, mask_crop, to_model_input
 from .models.split import SplitModel
 from .pipeline import LadderCodec, bits_per_pixel
+from .tasks import all_metrics, get_task
 from .training.objectives import bpp_from_likelihoods
 
-__all__ = ["METRICS", "Scores", "evaluate_ladder", "topk_correct", "segmentation_examples"]
+__all__ = ["METRICS", "Scores", "evaluate_ladder", "segmentation_examples"]
 
 # per task: the accuracy figures a point carries (fractions), the first being the one summaries compare
-# (their names in tables: shared.summary.METRIC_LABELS)
-METRICS = {"classification": ("top1", "top5"), "segmentation": ("miou", "pixel_acc")}
+# (each task declares its own: shared.tasks; their names in tables: shared.summary.METRIC_LABELS)
+METRICS = all_metrics()
 
 
-def topk_correct(logits: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
-    top = logits.topk(k, dim=1).indices
-    return (top == labels[:, None]).any(1)
-
-
-class Scores:
-    """Accuracy of one method, accumulated batch by batch.
-
-    ``add(logits, labels, reference)``: labels are class indexes (-1 = unknown) or (N, H, W) masks (values
-    >= the number of classes are void); ``reference``: the unsplit model's output on the same inputs, for
-    the agreement (share of images, or of pixels, where both predict the same class).
-    """
-
-    def __init__(self, task: str, num_classes: int):
-        self.task, self.c = task, num_classes
-        self.n = self.n_labelled = 0
-        self.top1 = self.top5 = 0
-        self.agree = self.compared = 0
-        self.confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64)
-
-    def add(self, logits: torch.Tensor, labels: torch.Tensor, reference: Optional[torch.Tensor] = None) -> None:
-        pred = logits.argmax(1)
-        self.n += len(logits)
-        if reference is not None:
-            same = pred == reference.argmax(1)
-            self.agree += int(same.sum())
-            self.compared += same.numel()
-        labels = labels.to(logits.device)
-        if self.task == "segmentation":
-            valid = labels < self.c
-            self.n_labelled += int(valid.flatten(1).any(1).sum())
-            idx = labels[valid].long() * self.c + pred[valid]
-            self.confusion += torch.bincount(idx, minlength=self.c * self.c).view(self.c, self.c).cpu()
-        else:
-            lab = labels >= 0
-            self.n_labelled += int(lab.sum())
-            self.top1 += int(topk_correct(logits[lab], labels[lab], 1).sum())
-            self.top5 += int(topk_correct(logits[lab], labels[lab], min(5, logits.shape[1])).sum())
-
-    def class_iou(self) -> List[Optional[float]]:
-        """IoU per class over the data set; None for a class neither in the labels nor predicted."""
-        cm = self.confusion.double()
-        inter, union = cm.diag(), cm.sum(0) + cm.sum(1) - cm.diag()
-        return [float(i / u) if u > 0 else None for i, u in zip(inter, union)]
-
-    def result(self) -> Dict:
-        out: Dict = {}
-        if self.compared:
-            out["agreement"] = self.agree / self.compared
-        if not self.n_labelled:
-            return out
-        if self.task == "segmentation":
-            ious = [v for v in self.class_iou() if v is not None]
-            out.update(miou=sum(ious) / len(ious), pixel_acc=float(self.confusion.diag().sum() / self.confusion.sum()),
-                       class_iou=self.class_iou())
-        else:
-            out.update(top1=self.top1 / self.n_labelled, top5=self.top5 / self.n_labelled)
-        return out
+def Scores(task: str, num_classes: int):
+    """A fresh metric accumulator of ``task`` (``shared.tasks.get_task(task).scores(num_classes)``)."""
+    return get_task(task).scores(num_classes)
 
 
 @torch.no_grad()
@@ -98,16 +46,17 @@ def evaluate_ladder(
     progress: bool = True,
 ) -> Dict:
     """Per rung: mean real bpp (all bytes of each message), estimated bpp, accuracy against labels (when
-    known; see :class:`Scores`) and agreement with the unsplit model; plus the unsplit model's own accuracy.
+    known; see the task's ``scores``) and agreement with the unsplit model; plus the unsplit model's own accuracy.
     ``metric`` names the figure summaries compare (``top1`` or ``miou``)."""
     codec = LadderCodec(bundle, device)
     rungs = list(range(len(bundle.rungs))) if rungs is None else list(rungs)
     spec = model.spec
+    task = get_task(spec)
     pre = spec.preprocess
     n_pix = pre.input_size[0] * pre.input_size[1]
-    ds = make_dataset(items, pre, spec.task)
-    acc = {r: {"bytes": 0, "side_bytes": 0, "est_bits": 0.0, "scores": Scores(spec.task, spec.num_classes)} for r in rungs}
-    ref = Scores(spec.task, spec.num_classes)
+    ds = task.make_dataset(items, pre)
+    acc = {r: {"bytes": 0, "side_bytes": 0, "est_bits": 0.0, "scores": task.scores(spec.num_classes)} for r in rungs}
+    ref = task.scores(spec.num_classes)
     n = 0
     loader = DataLoader(ds, batch_size=batch_size)
     for x, y in tqdm(loader, desc="evaluating ladder", disable=not progress, unit="batch"):
@@ -137,7 +86,7 @@ def evaluate_ladder(
             "n_images": n,
             **a["scores"].result(),
         })
-    return {"rungs": results, "reference": {"n_images": n, **ref.result()}, "metric": METRICS[spec.task][0]}
+    return {"rungs": results, "reference": {"n_images": n, **ref.result()}, "metric": task.metrics[0]}
 
 
 @torch.no_grad()
@@ -151,9 +100,6 @@ def segmentation_examples(
     """For each item: the input crop, its mask, the unsplit model's mask, the mask decoded at each rung (with
     its real bpp), and the mask of the unsplit model on the ``codec``-compressed input at the quality whose
     file is the largest not above the last rung's message (the codec at equal rate, per image)."""
-    from .baselines import codec_roundtrip, equal_rate_quality
-    from .data import input_crop, load_image, load_mask, mask_crop, to_model_input
-
     pre = model.spec.preprocess
     lc = LadderCodec(bundle)
     out = []

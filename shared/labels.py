@@ -1,11 +1,17 @@
-"""Human-readable class names per task, and the colours segmentation masks are drawn with."""
+"""Label sets: the class names of the data sets the backbones were trained on, and the colours masks are drawn
+with. Plain data, importable without PyTorch (the edge draws masks with it).
+
+Which set a model uses is its backbone's declaration (``BackboneSpec.labels``); code that has the spec asks its
+task (:meth:`shared.tasks.Task.class_names`, :meth:`~shared.tasks.Task.palette`). Without a spec (the torch-free
+edge, a results file) the set is the one registered with the model's number of classes.
+"""
 
 from __future__ import annotations
 
 import json
 from functools import lru_cache
 from importlib import resources
-from typing import List, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 # CamVid (SegNet's 11-class version) in class-index order: names and the data set's own RGB palette
 # (``classes.json`` of the team data kit; a test checks the two agree when the kit is present).
@@ -17,6 +23,7 @@ CAMVID_CLASSES: List[Tuple[str, Tuple[int, int, int]]] = [
 VOC_CLASSES = ["background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
                "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
                "tvmonitor"]
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 VOID_RGB = (0, 0, 0)  # pixels without a class (mask values >= the number of classes)
 
 
@@ -26,16 +33,47 @@ def imagenet_classes() -> List[str]:
     return json.loads(resources.files("shared").joinpath("assets/imagenet_classes.json").read_text())
 
 
+# ------------------------------------------------------------------------------------------ label sets
+# name -> (number of classes, class names (a function: ImageNet's are read on first use), colours or None).
+# A backbone names its set (``BackboneSpec.labels``); the task turns it into names and colours
+# (``shared.tasks.Task.class_names`` / ``palette``).
+LABEL_SETS: Dict[str, Tuple[int, Callable[[], List[str]], Optional[List[Tuple[int, int, int]]]]] = {
+    "imagenet": (1000, lambda: imagenet_classes(), None),
+    "cifar10": (10, lambda: list(CIFAR10_CLASSES), None),
+    "camvid": (len(CAMVID_CLASSES), lambda: [n for n, _ in CAMVID_CLASSES], [rgb for _, rgb in CAMVID_CLASSES]),
+    "voc": (len(VOC_CLASSES), lambda: list(VOC_CLASSES), None),
+}
+
+
+def label_set(labels: Optional[str], num_classes: int) -> Optional[str]:
+    """The label set to use for a model with ``num_classes`` outputs: ``labels`` when it is registered with that
+    many classes; when ``labels`` is None (the torch-free edge knows no backbone specs), the one registered set
+    of that size if there is exactly one; else None (classes are numbered)."""
+    if labels is not None:
+        if labels not in LABEL_SETS:
+            raise KeyError(f"unknown label set {labels!r}; known: {', '.join(sorted(LABEL_SETS))}")
+        return labels if LABEL_SETS[labels][0] == num_classes else None
+    sized = [k for k, (n, _, _) in LABEL_SETS.items() if n == num_classes]
+    return sized[0] if len(sized) == 1 else None
+
+
+def names_of(labels: Optional[str], num_classes: int) -> List[str]:
+    """Class names in class-index order (see :func:`label_set`); ``"0"``, ``"1"``, ... without a label set."""
+    name = label_set(labels, num_classes)
+    return LABEL_SETS[name][1]() if name else [str(i) for i in range(num_classes)]
+
+
+def colours_of(labels: Optional[str], num_classes: int) -> List[Tuple[int, int, int]]:
+    """One RGB colour per class: the data set's own when it has them (CamVid), VOC's colour map otherwise."""
+    name = label_set(labels, num_classes)
+    own = LABEL_SETS[name][2] if name else None
+    return list(own) if own else [_voc_colour(i) for i in range(num_classes)]
+
+
 def class_names(model: str, num_classes: int) -> List[str]:
-    if num_classes == 1000:
-        return imagenet_classes()
-    if model.startswith("cifar"):
-        return ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-    if model.endswith("_seg") and num_classes == len(CAMVID_CLASSES):
-        return [n for n, _ in CAMVID_CLASSES]
-    if model.startswith("deeplabv3") and num_classes == len(VOC_CLASSES):
-        return list(VOC_CLASSES)
-    return [str(i) for i in range(num_classes)]
+    """Class names of a model with ``num_classes`` outputs, for callers that know no backbone spec (the edge, a
+    results file). ``model`` does not choose the set (see :func:`label_set`); with a spec, ask the task."""
+    return names_of(None, num_classes)
 
 
 def _voc_colour(i: int) -> Tuple[int, int, int]:
@@ -50,21 +88,21 @@ def _voc_colour(i: int) -> Tuple[int, int, int]:
 
 
 def palette(model: str, num_classes: int) -> List[Tuple[int, int, int]]:
-    """One RGB colour per class (CamVid's own for the CamVid model, VOC's colour map otherwise)."""
-    if model.endswith("_seg") and num_classes == len(CAMVID_CLASSES):
-        return [rgb for _, rgb in CAMVID_CLASSES]
-    return [_voc_colour(i) for i in range(num_classes)]
+    """One RGB colour per class, for callers that know no backbone spec (``model`` does not choose; see
+    :func:`colours_of`)."""
+    return colours_of(None, num_classes)
 
 
-def palette_image(mask, model: str, num_classes: int):
+def palette_image(mask, model: str, num_classes: int, colours: Optional[Sequence[Tuple[int, int, int]]] = None):
     """(H, W) class indexes (numpy or tensor) -> a palette ("P" mode) PIL image: the file keeps the class
-    indexes as pixel values and shows them in the class colours; void (>= ``num_classes``) is black."""
+    indexes as pixel values and shows them in the class colours (``colours``: the task's palette; default
+    :func:`palette`); void (>= ``num_classes``) is black."""
     import numpy as np
     from PIL import Image
 
     m = np.asarray(mask.cpu() if hasattr(mask, "cpu") else mask)
     m = np.where(m < min(num_classes, 255), m, 255).astype(np.uint8)
-    colours = palette(model, num_classes)[:255]
+    colours = list(colours if colours is not None else palette(model, num_classes))[:255]
     colours += [VOID_RGB] * (256 - len(colours))
     img = Image.fromarray(m)
     img.putpalette([c for rgb in colours for c in rgb])  # an "L" image becomes "P": indexes kept

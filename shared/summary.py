@@ -25,13 +25,15 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .tasks import metric_labels
+
 __all__ = ["METRIC_LABELS", "bd_rate", "bpp_to_reach", "envelope", "ladder_label", "summarize", "summary_markdown"]
 
 MARGINS = (1, 3)  # percentage points below the reference
 VARIANTS = ("pchip", "cubic", "linear")
 _ORDER = {"jpeg": 0, "webp": 1, "avif": 2, "hevc": 3}  # codec columns in this order, others after
-# how the accuracy figures of results.json read in tables and plots
-METRIC_LABELS = {"top1": "top-1", "top5": "top-5", "miou": "mIoU", "pixel_acc": "pixel acc."}
+# how the accuracy figures of results.json read in tables and plots (each task declares its own)
+METRIC_LABELS = metric_labels()
 
 
 def envelope(points: Sequence[Dict], metric: str = "top1") -> List[Tuple[float, float]]:

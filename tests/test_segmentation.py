@@ -180,7 +180,7 @@ def test_label_free_loss_is_a_per_pixel_kl_on_pooled_logits():
     teacher = torch.randn(2, 11, 3, 4, generator=g)
     feat = torch.randn(2, 8, 3, 4, generator=g)
     var = torch.ones(1, 8, 1, 1)
-    obj = Objective("distill", feature_weight=0.0)
+    obj = Objective("distill", feature_weight=0.0, task="segmentation")
     # a student whose 2x2 average pools are the teacher's logits: the cached (pooled) teacher is matched exactly
     student = teacher.repeat_interleave(2, 2).repeat_interleave(2, 3).requires_grad_(True)
     assert obj.distortion(student, teacher, None, feat, feat, var)["kl"].item() == pytest.approx(0.0, abs=1e-6)
@@ -190,10 +190,10 @@ def test_label_free_loss_is_a_per_pixel_kl_on_pooled_logits():
     kl.backward()
     assert other.grad.abs().sum() > 0
     masks = torch.randint(0, 12, (2, 6, 8), generator=g, dtype=torch.uint8)
-    sup = Objective("supervised", feature_weight=0.0).distortion(other, teacher, masks, feat, feat, var)
+    sup = Objective("supervised", feature_weight=0.0, task="segmentation").distortion(other, teacher, masks, feat, feat, var)
     assert torch.allclose(sup["ce"], segmentation_ce(other, masks))
     with pytest.raises(ValueError, match="mask"):
-        Objective("supervised").distortion(other, teacher, torch.full((2,), -1), feat, feat, var)
+        Objective("supervised", task="segmentation").distortion(other, teacher, torch.full((2,), -1), feat, feat, var)
 
 
 def test_scores_miou_pixel_accuracy_and_agreement():

@@ -226,17 +226,24 @@ def test_segmentation_answer_is_a_png_mask(dataplane):
     import numpy as np
     from PIL import Image
 
-    dec = dataplane.repository.get(MODEL).decoder
+    from shared.tasks import get_task
+
+    names = dataplane.repository.get(MODEL).decoder.names
+
+    def answer(task, out, topk):  # the answer of each task to the same output
+        a = get_task(task).answer(out, names, topk)
+        return a.topk, a.extras.get("mask_png"), a.extras.get("class_pixels")
+
     logits = torch.zeros(1, 10, 6, 8)
     logits[0, 3, :, :4] = 5.0
     logits[0, 7, :, 4:] = 5.0
     logits[0, 7, 0, :] = 9.0
-    top, png, pixels = dec.answer(logits, topk=3)
+    top, png, pixels = answer("segmentation", logits, topk=3)
     mask = np.asarray(Image.open(io.BytesIO(png)))
     assert mask.shape == (6, 8) and set(np.unique(mask)) == {3, 7}
     assert [i for i, _, _ in top] == [7, 3] and sum(s for _, _, s in top) == pytest.approx(1.0)
     assert len(pixels) == 10 and pixels[3] == 20 and pixels[7] == 28 and sum(pixels) == 48
-    assert dec.answer(logits[:, :, 0, 0], topk=3)[1:] == (None, None)  # classification: no mask, no counts
+    assert answer("classification", logits[:, :, 0, 0], topk=3)[1:] == (None, None)  # classification: no mask, no counts
 
 
 def test_no_bundle_named_serves_the_embedded_ladders(tiny_bundle, tiny_weights, monkeypatch):

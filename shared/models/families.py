@@ -150,6 +150,7 @@ def efficientnet_lite0() -> BackboneSpec:
     ]
     return BackboneSpec(
         name="efficientnet_lite0",
+        labels="imagenet",
         task="classification",
         num_classes=1000,
         preprocess=Preprocess(input_size=(224, 224), resize=256),
@@ -189,6 +190,7 @@ def resnet50() -> BackboneSpec:
     ]
     return BackboneSpec(
         name="resnet50",
+        labels="imagenet",
         task="classification",
         num_classes=1000,
         preprocess=Preprocess(input_size=(224, 224), resize=256),
@@ -229,6 +231,7 @@ def deeplabv3_resnet50() -> BackboneSpec:
     ]
     return BackboneSpec(
         name="deeplabv3_resnet50",
+        labels="voc",
         task="segmentation",
         num_classes=21,
         preprocess=Preprocess(input_size=(520, 520), resize=None),
@@ -289,6 +292,7 @@ def efficientnet_lite0_seg() -> BackboneSpec:
     ]
     return BackboneSpec(
         name="efficientnet_lite0_seg",
+        labels="camvid",
         task="segmentation",
         num_classes=SEG_CLASSES,
         preprocess=Preprocess(input_size=SEG_INPUT, resize=None),
@@ -339,6 +343,7 @@ def _cifar_spec(depth: int) -> BackboneSpec:
     ]
     return BackboneSpec(
         name=f"cifar_resnet{depth}",
+        labels="cifar10",
         task="classification",
         num_classes=10,
         # trained with ImageNet mean/std (akamaster's trainer.py), not CIFAR statistics

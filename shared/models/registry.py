@@ -3,6 +3,10 @@
 Each backbone family registers one :class:`BackboneSpec`: how to build the network (with which weights),
 its preprocessing, and the split points at which the edge hands over to the cloud. Everything that cuts,
 lists or trains a model goes through :func:`get_backbone`, so tests iterate :func:`list_backbones`.
+
+The families register when they are imported, and the package (``shared/models/__init__.py``) imports them, as
+timm's ``models/__init__.py`` does: importing anything from ``shared.models`` fills the registry, and this module
+imports no family (no cycle).
 """
 
 from __future__ import annotations
@@ -48,7 +52,7 @@ class SplitPoint:
 @dataclass
 class BackboneSpec:
     name: str
-    task: str  # "classification" | "segmentation"
+    task: str  # the name of its task in shared.tasks ("classification" | "segmentation"): shared.tasks.get_task
     num_classes: int
     preprocess: Preprocess
     split_points: Dict[str, SplitPoint]
@@ -65,6 +69,8 @@ class BackboneSpec:
     # module paths of stage outputs, in forward order (timm's feature_info, narrowed): what the view store keeps
     # and what the tail-feature loss matches after a split (empty: the logits only)
     feature_taps: Tuple[str, ...] = ()
+    # the label set its classes come from (shared.labels.LABEL_SETS: names, colours); None = numbered classes
+    labels: Optional[str] = None
 
 
 _REGISTRY: Dict[str, Callable[[], BackboneSpec]] = {}
@@ -79,18 +85,11 @@ def register_backbone(fn: Callable[[], BackboneSpec]) -> Callable[[], BackboneSp
     return fn
 
 
-def _ensure_loaded() -> None:
-    # Families register on import; importing here keeps the registry closed and complete.
-    from . import families  # noqa: F401
-
-
 def list_backbones() -> List[str]:
-    _ensure_loaded()
     return sorted(_REGISTRY)
 
 
 def get_backbone(name: str) -> BackboneSpec:
-    _ensure_loaded()
     try:
         return _REGISTRY[name]()
     except KeyError:

@@ -4,29 +4,29 @@ The backbone never changes, so for each training image and augmentation the spli
 teacher's output are fixed. Computing them once turns every later step into bottleneck + tail
 work only, which is what makes ladder training feasible on a 2-core CPU.
 
-Segmentation: the teacher's per-pixel logits are cached average-pooled to 1/``DENSE_STRIDE`` of the input
-(full size would be 11x360x480 values per view for CamVid); the objective pools the student's logits the
-same way. Labels are the masks (uint8, full size) when the items have them, else -1 per view.
+What is kept of the teacher's output and of the labels is the task's choice (``Task.cache_output``,
+``Task.cache_labels``): classification keeps the logits and class indexes as they are; segmentation keeps the
+per-pixel logits average-pooled to 1/``DENSE_STRIDE`` of the input (full size would be 11x360x480 values per
+view for CamVid; the objective pools the student's logits the same way), and the masks (uint8, full size) when
+the items have them, else -1 per view.
 """
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Dict, Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from ..data import Item, make_dataset
+from ..data import Item
 from ..models.split import SplitModel
+from ..tasks import get_task
+from ..tasks.segmentation import DENSE_STRIDE
 
 __all__ = ["FeatureCache", "build_cache", "DENSE_STRIDE"]
-
-DENSE_STRIDE = 8  # cached segmentation logits: 45x60 for a 360x480 input (the teacher's own are 23x30, upsampled)
 
 
 class FeatureCache(Dataset):
@@ -104,7 +104,8 @@ def build_cache(
         return FeatureCache.load(Path(path))
     torch.manual_seed(seed)
     spec = model.spec
-    ds = make_dataset(items, spec.preprocess, spec.task, train=True)
+    task = get_task(spec)
+    ds = task.make_dataset(items, spec.preprocess, train=True)
     keep_masks = any(isinstance(lab, Path) for _, lab in items)  # label-free runs need no masks
     feats, teach, labels = [], [], []
     total = len(ds) * views
@@ -113,11 +114,8 @@ def build_cache(
             for x, y in DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers):
                 x = x.to(device)
                 f = model.head(x)
-                t = model.tail(f, x)
-                if t.dim() == 4:
-                    hw = [math.ceil(s / DENSE_STRIDE) for s in x.shape[-2:]]
-                    t = F.adaptive_avg_pool2d(t, hw)
-                    y = y if keep_masks else torch.full((len(x),), -1)
+                t = task.cache_output(model.tail(f, x), x.shape[-2:])
+                y = task.cache_labels(y, keep_masks)
                 feats.append(f.half().cpu())
                 teach.append(t.half().cpu())
                 labels.append(y)

@@ -105,7 +105,7 @@ def train_ladder(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed + rank)
-    objective = Objective(cfg.mode, cfg.temperature, cfg.feature_weight)
+    objective = Objective(cfg.mode, cfg.temperature, cfg.feature_weight, task=model.spec.task)
     feat_mean, feat_var = (t.to(device) for t in cache.feature_stats())
     use_targets = cfg.tail_feature_weight > 0 and bool(cache.targets)
     target_var = {k: v.to(device) for k, v in cache.target_stats().items()} if use_targets else {}

@@ -5,19 +5,23 @@ KL divergence between its softened logits and the student's, plus an MSE at the 
 bottleneck a dense, direct signal (normalised by the feature's variance so lambda means the same at
 every split). With labels, cross-entropy replaces the KL term.
 
-Segmentation is the same per pixel: the KL is averaged over pixels (the teacher's logits are cached at a
-reduced resolution, so the student's are average-pooled to match), and the cross-entropy runs on the
-full-size masks with void pixels ignored.
+What differs per task is the task's (``shared.tasks``): segmentation is the same per pixel, the KL averaged over
+pixels (the teacher's logits are cached at a reduced resolution, so the student's are average-pooled to match:
+``Task.match_teacher``), and the cross-entropy (``Task.supervised_loss``) runs on the full-size masks with void
+pixels ignored.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Dict, Optional
+from typing import Dict, Optional, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from ..tasks import Task, get_task
+from ..tasks.segmentation import segmentation_ce
 
 __all__ = ["bpp_from_likelihoods", "Objective", "segmentation_ce", "tail_feature_mse"]
 
@@ -45,29 +49,16 @@ def _dense_kl(student: Tensor, teacher: Tensor, t: float) -> Tensor:
     return kl.mean() * t * t
 
 
-def segmentation_ce(logits: Tensor, masks: Tensor, weight: Optional[Tensor] = None) -> Tensor:
-    """Per-pixel cross-entropy against (N, H, W) masks; values >= the number of classes are void (ignored).
-    A batch without a single labelled pixel gives 0 (with a gradient), not NaN."""
-    target = masks.long().masked_fill(masks.long() >= logits.shape[1], -100)
-    if not (target >= 0).any():
-        return logits.sum() * 0.0
-    return F.cross_entropy(logits, target, weight=weight, ignore_index=-100)
-
-
-def _pooled_like(student: Tensor, teacher: Tensor) -> Tensor:
-    """Dense student logits average-pooled to the (cached, reduced) resolution of the teacher's."""
-    if student.dim() == 4 and student.shape[-2:] != teacher.shape[-2:]:
-        return F.adaptive_avg_pool2d(student, teacher.shape[-2:])
-    return student
-
-
 class Objective:
-    """``mode``: "distill" (label-free, default) or "supervised" (cross-entropy with labels)."""
+    """``mode``: "distill" (label-free, default) or "supervised" (cross-entropy with labels); ``task``: the
+    model's task (a name, e.g. ``model.spec.task``, or a :class:`~shared.tasks.Task`)."""
 
-    def __init__(self, mode: str = "distill", temperature: float = 1.0, feature_weight: float = 1.0):
+    def __init__(self, mode: str = "distill", temperature: float = 1.0, feature_weight: float = 1.0,
+                 task: Union[str, Task] = "classification"):
         if mode not in ("distill", "supervised"):
             raise ValueError(f"mode must be distill or supervised, not {mode!r}")
         self.mode, self.t, self.feature_weight = mode, temperature, feature_weight
+        self.task = get_task(task)
 
     def distortion(
         self,
@@ -82,18 +73,11 @@ class Objective:
         out["feature_mse"] = ((feat_hat - feat) ** 2 / feat_var).mean()
         d = self.feature_weight * out["feature_mse"]
         if student_logits is not None:
-            if self.mode == "supervised" and student_logits.dim() == 4:
-                if labels is None or labels.dim() != 3:
-                    raise ValueError("supervised segmentation needs a mask for every image (use distill mode)")
-                out["ce"] = segmentation_ce(student_logits, labels)
-                d = d + out["ce"]
-            elif self.mode == "supervised":
-                if labels is None or (labels < 0).any():
-                    raise ValueError("supervised training needs a label for every image (use distill mode)")
-                out["ce"] = F.cross_entropy(student_logits, labels)
+            if self.mode == "supervised":
+                out["ce"] = self.task.supervised_loss(student_logits, labels)
                 d = d + out["ce"]
             else:
-                out["kl"] = _dense_kl(_pooled_like(student_logits, teacher_logits), teacher_logits, self.t)
+                out["kl"] = _dense_kl(self.task.match_teacher(student_logits, teacher_logits), teacher_logits, self.t)
                 d = d + out["kl"]
         out["distortion"] = d
         return out

@@ -169,12 +169,13 @@ def _views(model, opts: TrainOptions, items, rank: int, world: int, device: str,
     rungs and runs), the per-run cache for segmentation."""
     import torch
 
+    from ..tasks import get_task
     from .cache import build_cache
     from .views import build_view_store, tail_taps
 
     cache_dir = Path(opts.cache_dir) if opts.cache_dir else Path(opts.out) / "cache"
     shard = items[rank::world]
-    if model.spec.task != "classification":
+    if not get_task(model.spec).view_store:
         if opts.mix_views or opts.tail_features:
             raise ValueError("--mix-views and --tail-features need the view store (classification models)")
         tag = "-labels" if opts.supervised else ""
@@ -210,6 +211,7 @@ def train_bundle(opts: TrainOptions, say=print) -> int:
     from ..bundle import load_bundle, save_bundle
     from ..codec import BottleneckConfig
     from ..models import load_split_model
+    from ..tasks import get_task
     from .ladder import LadderConfig, dist_info, images_per_second, train_ladder, write_args
 
     t_start = time.monotonic()
@@ -229,7 +231,7 @@ def train_bundle(opts: TrainOptions, say=print) -> int:
     split = model.split.name
     # the view store records labels when there are any, so a supervised run can reuse a label-free run's views
     items = collect_items(opts.data, opts.part, opts.extra_data, labels=opts.supervised or
-                          model.spec.task == "classification", say=say)
+                          get_task(model.spec).labels_in_views, say=say)
     if opts.limit:
         items = items[: opts.limit]
     if opts.supervised and any(lab is None for _, lab in items):

@@ -34,6 +34,7 @@ from tqdm import tqdm
 
 from ..data import Item, load_image, train_transform
 from ..models.split import SplitModel
+from ..tasks import get_task
 from .cache import FeatureCache
 
 __all__ = ["ViewStore", "capture", "tap_modules", "build_view_store", "open_view_store", "tail_taps", "STORE_VERSION"]
@@ -194,7 +195,7 @@ def build_view_store(model: SplitModel, items: Sequence[Item], cache_dir: Path, 
     ``deadline``: a ``time.monotonic()`` value after which no new round starts (the caller's time budget)."""
     import time
 
-    if model.spec.task != "classification":
+    if not get_task(model.spec).view_store:
         raise ValueError("the view store holds classification views; segmentation uses build_cache")
     images = [str(p) for p, _ in items]
     store = open_view_store(cache_dir, model, images, seed)

@@ -1,0 +1,66 @@
+"""Classification: one class per image (ImageNet, CIFAR-10). Top-1/top-5 accuracy, softmax answers."""
+
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..data import ImageDataset, eval_transform, train_transform
+from .base import Answer, Scores, Task, register_task
+
+__all__ = ["Classification", "TopKScores", "topk_correct"]
+
+
+def topk_correct(logits: Tensor, labels: Tensor, k: int) -> Tensor:
+    top = logits.topk(k, dim=1).indices
+    return (top == labels[:, None]).any(1)
+
+
+class TopKScores(Scores):
+    """Top-1 and top-5 accuracy against class indexes; -1 = unknown (not counted)."""
+
+    def __init__(self, num_classes: int):
+        super().__init__(num_classes)
+        self.top1 = self.top5 = 0
+
+    def _add(self, logits: Tensor, pred: Tensor, labels: Tensor) -> None:
+        lab = labels >= 0
+        self.n_labelled += int(lab.sum())
+        self.top1 += int(topk_correct(logits[lab], labels[lab], 1).sum())
+        self.top5 += int(topk_correct(logits[lab], labels[lab], min(5, logits.shape[1])).sum())
+
+    def _figures(self) -> Dict:
+        return {"top1": self.top1 / self.n_labelled, "top5": self.top5 / self.n_labelled}
+
+
+@register_task
+class Classification(Task):
+    name = "classification"
+    metrics = ("top1", "top5")
+    metric_labels = {"top1": "top-1", "top5": "top-5"}
+    view_store = True
+    labels_in_views = True
+
+    def make_dataset(self, items: Sequence, pre, train: bool = False) -> ImageDataset:
+        """(input, class index or -1): random resized crops and flips for training, the input crop otherwise."""
+        return ImageDataset(items, train_transform(pre) if train else eval_transform(pre))
+
+    def item_labels(self, items: Sequence, pre) -> List[Tensor]:
+        return [torch.tensor(-1 if y is None else y) for _, y in items]
+
+    def scores(self, num_classes: int) -> TopKScores:
+        return TopKScores(num_classes)
+
+    def supervised_loss(self, logits: Tensor, labels: Optional[Tensor]) -> Tensor:
+        if labels is None or (labels < 0).any():
+            raise ValueError("supervised training needs a label for every image (use distill mode)")
+        return F.cross_entropy(logits, labels)
+
+    def answer(self, output: Tensor, names: Sequence[str], top_k: int) -> Answer:
+        """Softmax probabilities of the best ``top_k`` classes."""
+        probs = output.float().softmax(1)[0]
+        p, idx = probs.topk(min(top_k, probs.numel()))
+        return Answer([(int(i), names[int(i)], float(v)) for v, i in zip(p, idx)])

@@ -1,0 +1,249 @@
+"""The code's structure: what a task is decided by, and which module may import which.
+
+- The task (classification or segmentation) is decided in one place, :mod:`shared.tasks`: outside it no code
+  compares a task name, asks a tensor for its rank, or looks at a model name's prefix to tell the tasks apart.
+- The packages ``shared``, ``cloud_server`` and ``edge_client`` import each other without cycles, counting the
+  imports inside functions too (a cycle there still ties the two modules together, and breaks as soon as one
+  of the imports moves to the top).
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+from typing import Dict, Iterator, List, Optional, Set, Tuple
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("shared", "cloud_server", "edge_client")
+TASK_PACKAGE = ROOT / "shared" / "tasks"
+
+# what a task check looks like: a task name compared, a tensor's rank used to tell dense outputs from class scores,
+# a backbone family told apart by the prefix or suffix of its name
+TASK_CHECKS = [
+    ("task name compared", re.compile(r"""\btask\s*[!=]=|[!=]=\s*\S*\btask\b|[!=]=\s*["'](classification|segmentation)["']|["'](classification|segmentation)["']\s*[!=]=""")),
+    ("task name in a membership test", re.compile(r"""\btask\s+(not\s+)?in\s*[(\[{]""")),
+    ("tensor rank as a task check", re.compile(r"""\.dim\(\)\s*[!=<>]=?\s*[34]\b|\.ndim\s*[!=<>]=?\s*[34]\b|len\(\s*\w+\.shape\s*\)\s*[!=]=\s*[34]\b""")),
+    ("model name prefix as a task check", re.compile(
+        r"""\.(startswith|endswith)\(\s*\(?\s*["'](cifar|deeplab|efficientnet|resnet|_seg|seg_|mobilenet|vit)""")),
+]
+
+
+def _sources() -> Iterator[Path]:
+    for pkg in PACKAGES:
+        for path in sorted((ROOT / pkg).rglob("*.py")):
+            if "_proto" not in path.parts:  # generated stubs
+                yield path
+
+
+def test_no_task_checks_outside_the_task_module():
+    found = []
+    for path in _sources():
+        if TASK_PACKAGE in path.parents:
+            continue
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            code = line.split("#", 1)[0]
+            for what, pattern in TASK_CHECKS:
+                if pattern.search(code):
+                    found.append(f"{path.relative_to(ROOT)}:{n}: {what}: {line.strip()}")
+    assert not found, ("task checks outside shared/tasks/ (ask the task: shared.tasks.get_task(spec.task)):\n"
+                       + "\n".join(found))
+
+
+def test_the_task_check_patterns_catch_what_they_should():
+    caught = ['if spec.task == "segmentation":', "if model.spec.task != 'classification':", "if t.dim() == 4:",
+              "if out.ndim == 4:", 'if model.startswith("cifar"):', 'if name.endswith("_seg") and n == 11:',
+              'elif "segmentation" == task:', "if task in ('segmentation',):"]
+    fine = ["task=spec.task,", 'x = t.dim()', 'if k.startswith("rate."):', "self.task = get_task(spec.task)",
+            'key = METRICS[task]']
+    hit = lambda s: any(p.search(s) for _, p in TASK_CHECKS)  # noqa: E731
+    assert all(hit(s) for s in caught), [s for s in caught if not hit(s)]
+    assert not any(hit(s) for s in fine), [s for s in fine if hit(s)]
+
+
+# ------------------------------------------------------------------------------------------ import graph
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def _resolve(module: str, is_package: bool, level: int, target: Optional[str]) -> str:
+    """The absolute name of ``from <level dots><target> import ...`` written in ``module``."""
+    if level == 0:
+        return target or ""
+    base = module.split(".") if is_package else module.split(".")[:-1]
+    if level > 1:
+        base = base[: len(base) - (level - 1)]
+    return ".".join(base + ([target] if target else []))
+
+
+def import_graph() -> Dict[str, Set[str]]:
+    """module -> the modules of the three packages it imports (anywhere in the file: top level, functions,
+    ``TYPE_CHECKING`` blocks), relative imports resolved, ``from package import submodule`` counted as an import
+    of the submodule."""
+    files = {_module_name(p): p for p in _sources()}
+    known = set(files)
+
+    def closest(name: str) -> Optional[str]:
+        while name and name not in known:
+            name = name.rpartition(".")[0]
+        return name or None
+
+    graph: Dict[str, Set[str]] = {}
+    for mod, path in files.items():
+        is_package = path.name == "__init__.py"
+        edges: Set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = _resolve(mod, is_package, node.level, node.module)
+                targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in known else base for a in node.names]
+            else:
+                continue
+            for t in targets:
+                if t.split(".")[0] in PACKAGES:
+                    hit = closest(t)
+                    if hit is not None and hit != mod:
+                        edges.add(hit)
+        graph[mod] = edges
+    return graph
+
+
+def find_cycles(graph: Dict[str, Set[str]]) -> List[List[str]]:
+    """One cycle per strongly connected component with more than one module (Tarjan), each as a path."""
+    index: Dict[str, int] = {}
+    low: Dict[str, int] = {}
+    stack: List[str] = []
+    on_stack: Set[str] = set()
+    components: List[List[str]] = []
+    counter = [0]
+
+    def visit(v: str) -> None:  # the graph is small: recursion depth is at most the number of modules
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph.get(v, ())):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                components.append(comp)
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+
+    cycles = []
+    for comp in components:  # a shortest cycle through the component's first module (breadth-first)
+        members, start = set(comp), sorted(comp)[0]
+        prev: Dict[str, Optional[str]] = {start: None}
+        queue, end = [start], None
+        while queue and end is None:
+            nxt = []
+            for v in queue:
+                for w in sorted(graph[v] & members):
+                    if w == start:
+                        end = v
+                        break
+                    if w not in prev:
+                        prev[w] = v
+                        nxt.append(w)
+                if end is not None:
+                    break
+            queue = nxt
+        path, v = [], end
+        while v is not None:
+            path.append(v)
+            v = prev[v]
+        cycles.append(list(reversed(path)) + [start])
+    return cycles
+
+
+def test_no_import_cycles():
+    cycles = find_cycles(import_graph())
+    assert not cycles, "import cycles (imports inside functions count):\n" + "\n".join(
+        " -> ".join(c) for c in cycles)
+
+
+def test_the_cycle_finder_finds_cycles():
+    g = {"a": {"b"}, "b": {"c"}, "c": {"a", "d"}, "d": set(), "e": {"e2"}, "e2": {"e"}}
+    cycles = find_cycles(g)
+    assert sorted(tuple(c) for c in cycles) == [("a", "b", "c", "a"), ("e", "e2", "e")]
+    assert find_cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_the_import_graph_sees_imports_inside_functions_and_relative_ones():
+    g = import_graph()
+    # shared/models/split.py: "from .registry import ..." at the top
+    assert "shared.models.registry" in g["shared.models.split"]
+    # the package imports its families, so that they register (timm's way)
+    assert "shared.models.families" in g["shared.models"]
+
+
+# ------------------------------------------------------------------------------------------ docs
+def test_the_error_kinds_in_the_service_docs_are_the_ones_the_server_sends():
+    """docs/service.md's table of error kinds lists exactly the kinds of cloud_server/errors.py."""
+    import cloud_server.errors as errors
+
+    def subclasses(cls):
+        for c in cls.__subclasses__():
+            yield c
+            yield from subclasses(c)
+
+    sent = {errors.SplitInferError.kind} | {c.kind for c in subclasses(errors.SplitInferError)
+                                             if c.__module__ == errors.__name__}
+    lines = (ROOT / "docs" / "service.md").read_text().splitlines()
+    start = next(i for i, ln in enumerate(lines) if ln.replace(" ", "").startswith("|kind|HTTP|gRPC|"))
+    documented = set()
+    for ln in lines[start + 2:]:
+        if not ln.startswith("|"):
+            break
+        documented.add(ln.split("|")[1].strip())
+    assert documented == sent, f"documented only: {documented - sent}; sent but not documented: {sent - documented}"
+
+
+# ------------------------------------------------------------------------------------------ tasks
+def test_every_backbone_names_a_registered_task_and_a_label_set_of_its_size():
+    from shared.labels import LABEL_SETS, label_set
+    from shared.models import get_backbone, list_backbones
+    from shared.tasks import get_task, list_tasks
+
+    assert set(list_tasks()) >= {"classification", "segmentation"}
+    for name in list_backbones():
+        spec = get_backbone(name)
+        task = get_task(spec)
+        assert task.name == spec.task and task.metrics and set(task.metrics) <= set(task.metric_labels)
+        assert spec.labels in LABEL_SETS and LABEL_SETS[spec.labels][0] == spec.num_classes, name
+        # what the torch-free edge picks by the number of classes is the set the backbone names
+        assert label_set(None, spec.num_classes) == spec.labels, name
+        assert len(task.class_names(spec)) == len(task.palette(spec)) == spec.num_classes
+
+
+def test_a_metric_a_task_adds_reaches_both_transports_without_other_changes():
+    """A figure the data plane does not know by name travels in the rung metadata (REST JSON) and in
+    ``RungInfo.metrics`` (gRPC); the figures older clients read from fields of their own are set too."""
+    from cloud_server.grpc_server import from_metadata
+    from cloud_server.types import ModelMetadata, RungMetadata
+
+    rung = RungMetadata(index=0, lam=1.0, bpp=0.5, n_images=3, top1=0.75, boundary_f1=0.25, miou=None)
+    meta = ModelMetadata(name="m", bundle_id="b", backbone="x", split="y", task="classification", input_hw=(8, 8),
+                         rate_model="r", num_classes=3, backbone_loaded=True, rungs=[rung])
+    assert rung.metrics() == {"top1": 0.75, "boundary_f1": 0.25}
+    assert meta.model_dump()["rungs"][0]["boundary_f1"] == 0.25
+    info = from_metadata(meta).rungs[0]
+    assert dict(info.metrics) == {"top1": 0.75, "boundary_f1": 0.25}
+    assert info.HasField("top1") and info.top1 == 0.75 and not info.HasField("miou") and info.bpp == 0.5
