@@ -1,10 +1,10 @@
-# Two entry points do all set-up on a fresh machine: `make demo` and `make test`.
+# Two entry points do all set-up on a fresh machine: `make demo` and `make test` (`make test-all`: every test).
 PYTHON ?= python3.11
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test venv clean bench models images
+.PHONY: demo test test-all venv clean bench models images
 
 $(STAMP): requirements.txt pyproject.toml setup.py proto/splitinfer.proto proto/grpc_service.proto
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,7 +19,11 @@ demo: $(STAMP)
 	$(VENV)/bin/splitinfer demo
 
 # pytest exit code 5 (no tests collected) is a failure here, never a silent pass.
+# `make test` leaves out the tests marked slow (training loops, torchrun, long fuzzing); `make test-all` (CI) runs all.
 test: $(STAMP)
+	$(PY) -m pytest -q -m "not slow" tests
+
+test-all: $(STAMP)
 	$(PY) -m pytest -q tests
 
 models: $(STAMP)
