@@ -33,7 +33,6 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from shared.bitstream import pack  # noqa: E402
 from shared.bundle import Bundle, BundleError, default_bundle_path, load_bundle, save_bundle  # noqa: E402
-from shared.training.recipe import default_bottleneck  # noqa: E402
 from shared.codec import Bottleneck, BottleneckConfig  # noqa: E402
 from shared.codec.compressai_adapter import medians  # noqa: E402
 from shared.data import eval_transform, load_image, scan_images  # noqa: E402
@@ -77,19 +76,13 @@ def cpu_name() -> str:
 
 
 def untrained_bundle(model, split: str, feats: List[torch.Tensor], rate_model: str, root: Path) -> Bundle:
-    """One untrained rung, default config for the split's depth, feature stats from real features."""
-    c, fh, _ = feats[0].shape[1:]
-    args = SimpleNamespace(latent=None, hidden=None, dec_hidden=None, stride=None, hyper_stride=None,
-                           rate_model=rate_model, qp=1.0)
-    cfg = BottleneckConfig(**default_bottleneck(model.split.depth, int(c), args))
+    """One untrained rung, default config for the split's depth (``BottleneckConfig.for_split``, as ``splitinfer
+    train``), feature stats from real features; the manifest's shapes and preprocessing come from the model."""
+    cfg = BottleneckConfig.for_split(model.split.depth, int(feats[0].shape[1]), rate_model=rate_model)
     net = Bottleneck(cfg).eval()
     f = torch.cat(feats)
     net.set_feature_stats(f.mean(dim=(0, 2, 3)), f.std(dim=(0, 2, 3)))
-    pre = model.spec.preprocess
-    extra = {"feature_stride": pre.input_size[0] // int(fh),
-             "preprocess": {"input_size": list(pre.input_size), "resize": pre.resize,
-                            "mean": list(pre.mean), "std": list(pre.std)}}
-    return save_bundle(root, model.spec.name, split, cfg, [net], [0.0], extra=extra)  # runs net.update()
+    return save_bundle(root, model, split, cfg, [net], [0.0])  # runs net.update()
 
 
 # ------------------------------------------------------------------------------------------- one split

@@ -49,8 +49,8 @@ def peak_rss_mb(bundle: str | None, with_rungs: bool) -> float:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--bundle", default=None, help="bundle folder (default: the embedded ladder)")
-    p.add_argument("--repeats", type=int, default=10)
-    p.add_argument("--json", default=None)
+    p.add_argument("--repeats", type=int, default=10, help="timed switches and reloads (medians; default 10)")
+    p.add_argument("--json", default=None, metavar="PATH", help="also write the figures to this JSON file")
     a = p.parse_args(argv)
 
     import torch

@@ -20,7 +20,6 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from shared.training.recipe import default_bottleneck  # noqa: E402
 from shared.codec import Bottleneck, BottleneckConfig  # noqa: E402
 from shared.models import get_backbone, load_split_model  # noqa: E402
 from shared.training.objectives import Objective, bpp_from_likelihoods  # noqa: E402
@@ -33,9 +32,7 @@ def measure(model_name: str, split: str, device: str, batch: int, steps: int, re
     with torch.no_grad():
         feat = m.head(x)
         teacher = m.tail(feat, x)
-    args = argparse.Namespace(latent=None, hidden=None, dec_hidden=None, stride=None, hyper_stride=None,
-                              rate_model="hyperprior", qp=1.0)
-    net = Bottleneck(BottleneckConfig(**default_bottleneck(m.split.depth, feat.shape[1], args))).to(device).train()
+    net = Bottleneck(BottleneckConfig.for_split(m.split.depth, int(feat.shape[1]))).to(device).train()
     opt = torch.optim.Adam(net.parameters(), 1e-4)
     obj = Objective()
     var = feat.var(dim=(0, 2, 3), keepdim=True) + 1e-6

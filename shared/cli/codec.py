@@ -1,4 +1,5 @@
-"""``splitinfer encode`` / ``decode`` / ``info``: the edge and cloud halves on files."""
+"""``splitinfer encode`` / ``decode`` (the edge and cloud halves on files), ``info`` / ``merge`` / ``export-edge``
+(bundles) and ``models``."""
 
 from __future__ import annotations
 
@@ -7,24 +8,36 @@ import json
 import sys
 from pathlib import Path
 
-_BUNDLE_HELP = "bundle folder (default: the embedded efficientnet_lite0 ladder)"
+from . import BUNDLE_HELP, WEIGHTS_HELP
+from ..errors import UserError, input_file
+from ..options import positive
 
 
 def setup_encode(p: argparse.ArgumentParser) -> None:
     p.add_argument("image", help="input image (JPEG, PNG, WebP, ...)")
     p.add_argument("-o", "--output", required=True, help="bitstream file to write")
-    p.add_argument("--bundle", default=None, help=_BUNDLE_HELP)
+    p.add_argument("--bundle", default=None, help=BUNDLE_HELP)
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--bitrate", type=float, default=None, help="target bits per pixel; picks the rung")
+    g.add_argument("--bitrate", type=positive("a positive bpp"), default=None, metavar="BPP",
+                   help="target bits per pixel; picks the rung")
     g.add_argument("--rung", type=int, default=None, help="rung index (0 = highest rate)")
-    p.add_argument("--weights", default=None, help="backbone weights file (default: pretrained)")
+    p.add_argument("--weights", default=None, help=WEIGHTS_HELP)
 
 
 def run_encode(args) -> int:
     from edge_client import EdgeEncoder
 
+    from PIL import Image
+
+    from ..imageprep import load_image
+
+    path = input_file(args.image, "an image")
+    try:
+        image = load_image(path)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:  # PIL: not an image, truncated...
+        raise UserError(f"{args.image}: not a readable image ({e})") from None
     enc = EdgeEncoder(args.bundle, weights=args.weights)
-    frame = enc.encode(args.image, bitrate=args.bitrate, rung=args.rung)
+    frame = enc.encode(image, bitrate=args.bitrate, rung=args.rung)
     Path(args.output).write_bytes(frame.data)
     print(f"{args.output}: {frame.n_bytes} bytes, {frame.bpp:.4f} bpp over {frame.input_hw[0]}x{frame.input_hw[1]}, "
           f"rung {frame.rung} of bundle {enc.bundle.bundle_id}")
@@ -33,22 +46,22 @@ def run_encode(args) -> int:
 
 def setup_decode(p: argparse.ArgumentParser) -> None:
     p.add_argument("bitstream", help="file written by `splitinfer encode`")
-    p.add_argument("--bundle", default=None, help=_BUNDLE_HELP)
-    p.add_argument("--topk", type=int, default=5)
-    p.add_argument("--weights", default=None, help="backbone weights file (default: pretrained)")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--bundle", default=None, help=BUNDLE_HELP)
+    p.add_argument("--topk", type=int, default=5, help="classes to print, best first (default 5)")
+    p.add_argument("--weights", default=None, help=WEIGHTS_HELP)
+    p.add_argument("--json", action="store_true", help="print one JSON object (rung, bytes, bpp, topk, timings)")
 
 
 def run_decode(args) -> int:
     from cloud_server import CloudDecoder
     from shared.bitstream import BitstreamError
 
+    data = input_file(args.bitstream, "a bitstream").read_bytes()
     dec = CloudDecoder(args.bundle, weights=args.weights)
     try:
-        pred = dec.decode(Path(args.bitstream).read_bytes(), topk=args.topk)
+        pred = dec.decode(data, topk=args.topk)
     except BitstreamError as e:
-        print(f"error: {args.bitstream}: {e}", file=sys.stderr)
-        return 2
+        raise UserError(f"{args.bitstream}: {e}") from None
     if args.json:
         print(json.dumps({"rung": pred.rung, "bytes": pred.n_bytes, "bpp": pred.bpp, "topk": pred.topk,
                           "class_pixels": pred.class_pixels, "timings_ms": pred.timings_ms}))
@@ -60,31 +73,14 @@ def run_decode(args) -> int:
 
 
 def setup_info(p: argparse.ArgumentParser) -> None:
-    p.add_argument("bundle", nargs="?", default=None, help=_BUNDLE_HELP)
+    p.add_argument("bundle", nargs="?", default=None, help=BUNDLE_HELP)
 
 
 def run_info(args) -> int:
-    from shared.bundle import resolve_bundle
+    from ..bundle import resolve_bundle
+    from ..reporting import bundle_table
 
-    from shared.evaluation import METRICS
-    from shared.summary import METRIC_LABELS
-
-    b = resolve_bundle(args.bundle)
-    print(f"bundle {b.bundle_id}: {b.model} split {b.split}, rate model {b.config.rate_model}, {b.root}")
-    cols = [(k, METRIC_LABELS[k]) for k in METRICS.get(b.manifest.get("task"), METRICS["classification"])]
-    ref = b.manifest.get("evaluation", {}).get("reference", {})
-    if ref:
-        print(f"unsplit model on the same held-out images: {cols[0][1]} {ref.get(cols[0][0], float('nan')):.2%} "
-              f"({ref.get('n_images')} images)")
-    print(f"{'rung':>4} {'lambda':>8} {'bpp':>8} " + " ".join(f"{label:>10}" for _, label in cols))
-    for r in b.rungs:
-        m = r.metrics
-        f = lambda k, fmt: (fmt.format(m[k]) if k in m else "-")  # noqa: E731
-        print(f"{r.index:>4} {r.lam:>8g} {f('bpp', '{:.4f}'):>8} " + " ".join(f"{f(k, '{:.2%}'):>10}" for k, _ in cols))
-    from shared.training.recipe import ladder_warnings
-
-    for w in ladder_warnings(b.manifest):
-        print(f"WARNING: {w}")
+    print("\n".join(bundle_table(resolve_bundle(args.bundle))))
     return 0
 
 
@@ -98,13 +94,53 @@ def setup_merge(p: argparse.ArgumentParser) -> None:
 
 
 def run_merge(args) -> int:
-    from shared.bundle import load_bundle, merge_bundles
+    from ..bundle import load_bundle, merge_bundles
 
     picks = []
     for spec in args.picks:
         path, _, rungs = spec.rpartition(":")
+        if not path or not all(r.strip().isdigit() for r in rungs.split(",")):
+            raise UserError(f"{spec!r} is not BUNDLE:RUNG[,RUNG...]")
         b = load_bundle(path)
         picks += [(b, int(r)) for r in rungs.split(",")]
     m = merge_bundles(args.out, picks, transforms_dtype=args.transforms_dtype)
     print(f"wrote bundle {m.bundle_id} with {len(m.rungs)} rungs to {args.out}")
+    return 0
+
+
+def setup_export_edge(p: argparse.ArgumentParser) -> None:
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.epilog = (
+        "The package holds the head and each rung's bottleneck encoder (and hyper-encoder) as ONNX, the integer\n"
+        "hyper-decoder's weights and the entropy coder's tables as arrays, and the bundle's manifest; it is tied to\n"
+        "the bundle id and the head's weights fingerprint. Copy it to the device and run, without PyTorch:\n"
+        "  splitinfer edge --bundle EDGE_DIR --server CLOUD:50051 IMAGES...\n"
+        "The cloud serves the bundle itself (splitinfer serve --bundle BUNDLE).")
+    p.add_argument("--bundle", default=None, help=BUNDLE_HELP)
+    p.add_argument("--out", required=True, metavar="EDGE_DIR", help="folder to write (replaced if it exists)")
+    p.add_argument("--weights", default=None, help=WEIGHTS_HELP)
+
+
+def run_export_edge(args) -> int:
+    from edge_client.package import EdgePackage
+
+    from ..edge_export import export_edge
+
+    out = export_edge(args.bundle, Path(args.out), weights=args.weights, progress=lambda m: print(m, file=sys.stderr))
+    pkg, size = EdgePackage(out), sum(f.stat().st_size for f in out.iterdir())
+    print(f"edge package {pkg.package_id} -> {out} ({size / 1e6:.1f} MB): bundle {pkg.bundle_id} ({pkg.bundle.model}/"
+          f"{pkg.bundle.split}, {len(pkg.bundle.rungs)} rungs), head weights {pkg.manifest['head_weights']}")
+    return 0
+
+
+def setup_models(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def run_models(args) -> int:
+    from ..models.split import describe_models
+    from ..reporting import models_table
+
+    rows = describe_models()
+    print(json.dumps(rows, indent=2) if args.json else "\n".join(models_table(rows)))
     return 0

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
-from typing import Dict
+from typing import Dict, Optional
 
 __all__ = ["BottleneckConfig"]
 
@@ -24,6 +24,30 @@ class BottleneckConfig:
     # a learned per-channel gain on y (log-parameterised, its own 10x learning rate): y's scale sets how finely
     # the unit quantiser resolves it, and plain weights grow that scale only ~lr per step (see latent_gain)
     gain: bool = False
+
+    @classmethod
+    def for_split(cls, depth: str, in_channels: int, *, latent: Optional[int] = None, hidden: Optional[int] = None,
+                  dec_hidden: Optional[int] = None, stride: Optional[int] = None, hyper_stride: Optional[int] = None,
+                  rate_model: str = "hyperprior", qp: float = 1.0, hyper_decoder: str = "integer",
+                  gain: bool = False) -> "BottleneckConfig":
+        """The default sizing for a split of ``depth`` (a ``SplitPoint.depth``) whose feature has ``in_channels``
+        channels; a size given (not None) wins. Shallow features are large and fine: a narrow encoder and a
+        stride-2 latent. Deep ones are small and semantic: wider transforms scaled with the channels, no further
+        down-sampling of y and a finer side stride."""
+        deep = depth == "deep"
+        return cls(
+            in_channels=in_channels,
+            latent=latent or 32,
+            hidden=hidden or (max(64, in_channels // 2) if deep else 48),
+            dec_hidden=dec_hidden or (max(128, in_channels) if deep else 64),
+            stride=stride or (1 if deep else 2),
+            rate_model=rate_model or "hyperprior",
+            hyper=32,
+            hyper_stride=hyper_stride or (2 if deep else 4),
+            qp=qp or 1.0,
+            hyper_decoder=hyper_decoder or "integer",
+            gain=bool(gain),
+        )
 
     def to_dict(self) -> Dict:
         return asdict(self)

@@ -10,106 +10,161 @@ from __future__ import annotations
 import json
 import math
 import os
-import sys
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-__all__ = ["TrainOptions", "train_bundle", "default_bottleneck", "feature_stride", "collect_items",
-           "measure_heldout", "ladder_warnings"]
+from ..bundle import feature_stride  # noqa: F401  (re-exported: it used to live here)
+from ..errors import UserError
+from ..options import option
+
+__all__ = ["TrainOptions", "train_bundle", "collect_items", "measure_heldout", "ladder_warnings", "scan_data",
+           "check_model_split", "device_for", "cuda_training_flags", "MigrateOptions", "migrate_ladder"]
+
+
+def _floats(s: str) -> List[float]:
+    return [float(v) for v in s.split(",") if v.strip()]
 
 
 @dataclass
 class TrainOptions:
-    out: str
-    data: List[str]
-    model: str = "efficientnet_lite0"
-    split: Optional[str] = None
-    weights: Optional[str] = None
-    part: str = "train"
-    extra_data: List[str] = field(default_factory=list)
-    eval_data: Optional[List[str]] = None  # None: the held-out part of --data, when it has one
-    eval_limit: int = 0
-    supervised: bool = False
-    lambdas: List[float] = field(default_factory=lambda: [64, 32, 16, 8, 4, 2])
-    steps: int = 2000
-    steps_per_rung: int = 800
-    batch_size: int = 32
-    time_budget: float = 0.0
-    lr: float = 1e-3
-    views: int = 4
-    mix_views: int = 0
-    tail_features: float = 0.0
-    tail_every: int = 1
-    feature_warmup: float = 0.3
-    feature_weight: float = 1.0
-    temperature: float = 1.0
-    rate_model: str = "hyperprior"
-    latent: Optional[int] = None
-    hidden: Optional[int] = None
-    dec_hidden: Optional[int] = None
-    stride: Optional[int] = None
-    hyper_stride: Optional[int] = None
-    hyper_decoder: str = "integer"
-    latent_gain: bool = False
-    side_refit_steps: int = 500
-    qp: float = 1.0
-    limit: int = 0
-    device: str = "auto"
-    seed: int = 0
-    workers: int = 0
-    init_from: Optional[str] = None
-    finetune: Optional[str] = None
-    resume: bool = True
-    cache_dir: Optional[str] = None
-    command: Optional[str] = None
+    """Everything ``train_bundle`` needs; ``splitinfer train`` has one flag per field (``--steps-per-rung`` for
+    ``steps_per_rung``; a switch for a bool, ``--no-resume`` for ``resume``)."""
+
+    out: str = option(help="bundle folder to write (also holds the checkpoint and logs)")
+    data: List[str] = option(help="image folder or CSV (repeatable); segmentation masks: a folder X beside Xannot "
+                                  "(CamVid)")
+    model: str = option("efficientnet_lite0", "backbone (see `splitinfer models`)")
+    split: Optional[str] = option(None, "split point (default: the model's default split)")
+    weights: Optional[str] = option(None, "backbone weights file (default: the model's pretrained weights)")
+    part: str = option("train", "'all' trains on every --data image, e.g. a data set's own training split that is "
+                                "never evaluated (CamVid train/val against test)", choices=["train", "all"])
+    extra_data: List[str] = option(list, "unlabelled images used in full for training (no held-out rule): data you "
+                                         "never evaluate on")
+    eval_data: Optional[List[str]] = option(None, "folder/CSV whose held-out images measure each rung (default: the "
+                                                  "held-out part of --data)")
+    eval_limit: int = option(0, "evaluate on at most this many held-out images (0 = all)")
+    supervised: bool = option(False, "cross-entropy with labels (segmentation: masks, void ignored) instead of "
+                                     "distillation")
+    lambdas: List[float] = option(lambda: [64, 32, 16, 8, 4, 2], "comma-separated, one rung each", type=_floats)
+    steps: int = option(2000, "steps for the first (highest-rate) rung")
+    steps_per_rung: int = option(800, "steps for each warm-started rung")
+    batch_size: int = option(32, "training images per step")
+    time_budget: float = option(0.0, "seconds for the whole ladder (0 = no limit); each rung's schedule is "
+                                     "compressed to fit")
+    lr: float = option(1e-3, "peak learning rate (Adam; warm-up, then cosine decay)")
+    views: int = option(4, "augmented views per training image; classification keeps them in a view store under "
+                           "--cache-dir, built once and reused by every rung and run (shared/training/views.py)")
+    mix_views: int = option(0, "CutMix views per training image on top of --views (the teacher scores the mixed "
+                               "image)")
+    tail_features: float = option(0.0, "weight of the tail-feature loss: the teacher's activations at later stages "
+                                       "of the tail (BackboneSpec.feature_taps), matched on every tail step; 0 = off")
+    tail_every: int = option(1, "logit loss every k steps (0 = split MSE only)")
+    feature_warmup: float = option(0.3, "share of the first rung's steps trained on the split-feature MSE alone "
+                                        "(no tail: cheap)")
+    feature_weight: float = option(1.0, "weight of the split-feature MSE in the distortion")
+    temperature: float = option(1.0, "distillation temperature")
+    rate_model: str = option("hyperprior", "entropy model of y: hyperprior (side information z), factorized, or "
+                                           "static (fixed quantiser step --qp)",
+                             choices=["hyperprior", "factorized", "static"])
+    latent: Optional[int] = option(None, "latent channels of y (default by split depth: BottleneckConfig.for_split)")
+    hidden: Optional[int] = option(None, "encoder width")
+    dec_hidden: Optional[int] = option(None, "decoder width")
+    stride: Optional[int] = option(None, "latent stride against the split feature")
+    hyper_stride: Optional[int] = option(None, "side-information stride against y")
+    hyper_decoder: str = option("integer", "hyperprior h_s: integer (bit-exact decoding on every device) or float "
+                                           "(comparison only)", choices=["integer", "float"])
+    latent_gain: bool = option(False, "a learned per-channel gain on y with a 10x learning rate: lets a short run "
+                                      "find the latent's scale, i.e. how finely it is quantised "
+                                      "(shared/codec/bottleneck.py)")
+    side_refit_steps: int = option(500, "hyperprior: refit the z density to the training z after training (0 = off; "
+                                        "changes only the bits of z, see shared/training/side_density.py)")
+    qp: float = option(1.0, "quantiser step of the static rate model")
+    limit: int = option(0, "use at most this many training images (0 = all)")
+    device: str = option("auto", "cpu, cuda, cuda:N or auto")
+    seed: int = option(0, "random seed (initialisation, views, batch order)")
+    workers: int = option(0, "data-loading processes while caching")
+    init_from: Optional[str] = option(None, "start the first rung from a rung of an existing bundle with the same "
+                                            "config (two-stage recipes: features first, logits last)",
+                                      metavar="BUNDLE[:RUNG]")
+    finetune: Optional[str] = option(None, "start every rung from the rung of BUNDLE nearest in lambda (same "
+                                           "config): retrain an existing ladder with another recipe", metavar="BUNDLE")
+    resume: bool = option(True, "ignore an existing checkpoint in --out")  # the flag is --no-resume
+    cache_dir: Optional[str] = option(None, "where cached views go (default: OUT/cache); share one between runs to "
+                                            "reuse its views")
+    command: Optional[str] = field(default=None)  # the command line, recorded in the manifest (not a flag)
+
+    def __post_init__(self) -> None:
+        if not self.out or not self.data:
+            raise UserError("train needs an output folder (--out) and at least one data folder (--data)")
 
 
-def default_bottleneck(depth: str, in_channels: int, opts) -> dict:
-    """Sizes per split depth: shallow features are large and fine, deep ones small and semantic. ``opts``: any
-    object with the size fields of :class:`TrainOptions` (None = default)."""
-    deep = depth == "deep"
-    g = lambda k: getattr(opts, k, None)  # noqa: E731
-    return dict(
-        in_channels=in_channels,
-        latent=g("latent") or 32,
-        hidden=g("hidden") or (max(64, in_channels // 2) if deep else 48),
-        dec_hidden=g("dec_hidden") or (max(128, in_channels) if deep else 64),
-        stride=g("stride") or (1 if deep else 2),
-        rate_model=g("rate_model") or "hyperprior",
-        hyper=32,
-        hyper_stride=g("hyper_stride") or (2 if deep else 4),
-        qp=g("qp") or 1.0,
-        hyper_decoder=g("hyper_decoder") or "integer",
-        gain=bool(g("latent_gain")),
-    )
+def scan_data(path, labels: bool = True):
+    """``shared.data.scan_images`` with a user's mistakes (a missing path, an empty folder, a folder without the
+    masks it needs) as :class:`UserError`."""
+    from ..data import scan_images
+
+    try:
+        return scan_images(path, labels=labels)
+    except (FileNotFoundError, ValueError) as e:
+        raise UserError(str(e)) from e
 
 
-def feature_stride(input_hw, feature_hw) -> int:
-    """The stride s with ceil(input / s) == feature on both axes (the relation the bitstream checks):
-    360x480 -> 23x30 is stride 16, which 360 // 23 is not."""
-    for s in (1, 2, 4, 8, 16, 32, 64):
-        if all(math.ceil(i / s) == f for i, f in zip(input_hw, feature_hw)):
-            return s
-    raise ValueError(f"a {feature_hw[0]}x{feature_hw[1]} feature of a {input_hw[0]}x{input_hw[1]} input has no "
-                     "power-of-two stride with ceil rounding")
+def check_model_split(model: str, split: Optional[str]) -> None:
+    """An unknown model or split point is a :class:`UserError` naming the known ones (before any work)."""
+    from ..models import get_backbone
+
+    try:
+        spec = get_backbone(model)
+    except KeyError as e:
+        raise UserError(f"{e.args[0]} (see `splitinfer models`)") from None
+    if (split or spec.default_split) not in spec.split_points:
+        raise UserError(f"unknown split point {split!r} for model {model!r}; valid split points: "
+                        f"{', '.join(spec.split_points)} (see `splitinfer models`)")
+
+
+def device_for(name: str) -> str:
+    """``auto``: CUDA when there is one, else the CPU; any other name as given."""
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+@contextmanager
+def cuda_training_flags(device: str):
+    """TF32 matmuls and convolutions and cuDNN autotuning while training runs on CUDA, restored afterwards:
+    training tolerates TF32's rounding, and nothing else in the process (decoding, measuring) runs under it."""
+    if not str(device).startswith("cuda"):
+        yield
+        return
+    import torch
+
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = torch.backends.cudnn.benchmark = True
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark = saved
 
 
 def collect_items(data: Sequence[str], part: str, extra: Sequence[str], labels: bool, say=print):
     """Training items of ``data`` (the ``part`` the held-out rule leaves) and every image of ``extra``, with a
     line per source saying how many images it gave and how many the held-out rule kept out."""
-    from ..data import scan_images, split_items
+    from ..data import split_items
 
     items = []
     for d in data:
-        every = scan_images(d, labels=labels)
+        every = scan_data(d, labels=labels)
         kept = split_items(every, part)
         say(f"{d}: {len(every)} images, {len(kept)} train" +
             (f", {len(every) - len(kept)} held out by the rule (never train)" if part == "train" else " (--part all)"))
         items += kept
     for d in extra:
-        more = scan_images(d, labels=labels)
+        more = scan_data(d, labels=labels)
         say(f"{d}: {len(more)} images, all train (--extra-data)")
         items += more
     return items
@@ -119,10 +174,10 @@ def measure_heldout(model, bundle, eval_data, limit: int = 0, say=print):
     """Measure every rung on the held-out images of ``eval_data``, print the figures and record them (and the
     part measured) in the bundle's manifest (``train``, ``migrate --eval-data``)."""
     from ..bundle import update_metrics
-    from ..data import scan_images, split_items, spread
+    from ..data import split_items, spread
     from ..evaluation import evaluate_ladder
 
-    items = [it for d in eval_data for it in split_items(scan_images(d), "heldout")]
+    items = [it for d in eval_data for it in split_items(scan_data(d), "heldout")]
     items = spread(items, limit)
     say(f"measuring {len(bundle.rungs)} rungs on {len(items)} held-out images of {', '.join(map(str, eval_data))}")
     res = evaluate_ladder(model.to("cpu"), bundle, items)
@@ -156,14 +211,6 @@ def ladder_warnings(manifest: Dict, far: float = 0.10) -> List[str]:
     return out
 
 
-def _device(name: str) -> str:
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
-
-
 def _views(model, opts: TrainOptions, items, rank: int, world: int, device: str, deadline: Optional[float], say):
     """The run's training set: the view store for classification (built or extended as needed, reused across
     rungs and runs), the per-run cache for segmentation."""
@@ -177,7 +224,7 @@ def _views(model, opts: TrainOptions, items, rank: int, world: int, device: str,
     shard = items[rank::world]
     if not get_task(model.spec).view_store:
         if opts.mix_views or opts.tail_features:
-            raise ValueError("--mix-views and --tail-features need the view store (classification models)")
+            raise UserError("--mix-views and --tail-features need the view store (classification models)")
         tag = "-labels" if opts.supervised else ""
         path = cache_dir / f"{opts.model}-{model.split.name}-v{opts.views}-n{len(shard)}-s{opts.seed}-r{rank}{tag}.safetensors"
         return build_cache(model, shard, opts.views, device=device, seed=opts.seed + rank, path=path,
@@ -204,12 +251,12 @@ def _views(model, opts: TrainOptions, items, rank: int, world: int, device: str,
 
 
 def train_bundle(opts: TrainOptions, say=print) -> int:
-    """Run ``splitinfer train``. Returns a process exit code."""
+    """Run ``splitinfer train``. Returns a process exit code; a user's mistake raises :class:`UserError`."""
     import torch
     import torch.distributed as dist
 
     from ..bundle import load_bundle, save_bundle
-    from ..codec import BottleneckConfig
+    from ..codec.config import BottleneckConfig
     from ..models import load_split_model
     from ..tasks import get_task
     from .ladder import LadderConfig, dist_info, images_per_second, train_ladder, write_args
@@ -218,7 +265,10 @@ def train_bundle(opts: TrainOptions, say=print) -> int:
     deadline = t_start + opts.time_budget if opts.time_budget > 0 else None
     rank, world, distributed = dist_info()
     say = say if rank == 0 else (lambda *a, **k: None)
-    device = _device(opts.device)
+    check_model_split(opts.model, opts.split)
+    if not opts.lambdas:
+        raise UserError("--lambdas names no rung")
+    device = device_for(opts.device)
     if distributed:
         dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
         if device.startswith("cuda"):
@@ -226,7 +276,6 @@ def train_bundle(opts: TrainOptions, say=print) -> int:
             torch.cuda.set_device(device)
     torch.manual_seed(opts.seed)
     out = Path(opts.out)
-    out.mkdir(parents=True, exist_ok=True)
     model = load_split_model(opts.model, opts.split, opts.weights).to(device)
     split = model.split.name
     # the view store records labels when there are any, so a supervised run can reuse a label-free run's views
@@ -235,8 +284,8 @@ def train_bundle(opts: TrainOptions, say=print) -> int:
     if opts.limit:
         items = items[: opts.limit]
     if opts.supervised and any(lab is None for _, lab in items):
-        print("error: --supervised needs labels for every training image", file=sys.stderr)
-        return 2
+        raise UserError("--supervised needs labels for every training image")
+    out.mkdir(parents=True, exist_ok=True)
     eval_data = opts.eval_data
     if eval_data is None:  # measure on the held-out part of --data when it has one
         eval_data = list(opts.data) if opts.part == "train" else []
@@ -249,22 +298,21 @@ def train_bundle(opts: TrainOptions, say=print) -> int:
     view_deadline = t_start + opts.time_budget / 2 if deadline else None
     cache = _views(model, opts, items, rank, world, device, view_deadline, say)
     if device.startswith("cuda"):
-        torch.backends.cuda.matmul.allow_tf32 = True  # training only; decoding never depends on it
-        torch.backends.cudnn.allow_tf32 = True
-        torch.backends.cudnn.benchmark = True
         cache = cache.to(device)
     train_seconds = 0.0
     if deadline is not None:
         train_seconds = deadline - time.monotonic() - reserve
         if train_seconds < 10:
-            print(f"error: --time-budget {opts.time_budget:g} s leaves {train_seconds:.0f} s to train after the views "
-                  f"and a {reserve:.0f} s reserve for refit, export and measuring {n_eval} images", file=sys.stderr)
-            return 2
+            raise UserError(f"--time-budget {opts.time_budget:g} s leaves {train_seconds:.0f} s to train after the "
+                            f"views and a {reserve:.0f} s reserve for refit, export and measuring {n_eval} images")
         say(f"time budget: {train_seconds:.0f} s for the rungs, {reserve:.0f} s reserved for refit, export and "
             "measurement")
 
-    c, fh, fw = cache.features.shape[1:]
-    bcfg = BottleneckConfig(**default_bottleneck(model.split.depth, c, opts))
+    c = cache.features.shape[1]
+    bcfg = BottleneckConfig.for_split(
+        model.split.depth, int(c), latent=opts.latent, hidden=opts.hidden, dec_hidden=opts.dec_hidden,
+        stride=opts.stride, hyper_stride=opts.hyper_stride, rate_model=opts.rate_model, qp=opts.qp,
+        hyper_decoder=opts.hyper_decoder, gain=opts.latent_gain)
     lcfg = LadderConfig(
         lambdas=opts.lambdas, steps=opts.steps, steps_per_rung=opts.steps_per_rung, batch_size=opts.batch_size,
         lr=opts.lr, mode="supervised" if opts.supervised else "distill", temperature=opts.temperature,
@@ -278,8 +326,7 @@ def train_bundle(opts: TrainOptions, say=print) -> int:
         path, _, rung = (opts.init_from or opts.finetune).partition(":")
         src = load_bundle(path, allow_float_hyper=opts.hyper_decoder == "float")
         if src.config != bcfg or (src.model, src.split) != (opts.model, split):
-            print(f"error: {path}: its model/split/config differ from this run's", file=sys.stderr)
-            return 2
+            raise UserError(f"{path}: its model/split/config differ from this run's")
         if opts.init_from:
             init = src.load_rung(int(rung or len(src.rungs) - 1)).state_dict()
         else:  # each rung from the source rung nearest in log-lambda (a new top rung starts from the old top)
@@ -288,8 +335,9 @@ def train_bundle(opts: TrainOptions, say=print) -> int:
             say("fine-tuning: " + ", ".join(f"λ={lam:g} from rung {i} (λ={src.rungs[i].lam:g})"
                                             for lam, i in zip(opts.lambdas, picks)))
             init_rungs = [src.load_rung(i).state_dict() for i in picks]
-    nets = train_ladder(model, cache, bcfg, lcfg, out, device=device, resume=opts.resume, init=init,
-                        init_rungs=init_rungs)
+    with cuda_training_flags(device):
+        nets = train_ladder(model, cache, bcfg, lcfg, out, device=device, resume=opts.resume, init=init,
+                            init_rungs=init_rungs)
     if rank != 0:
         dist.destroy_process_group()
         return 0
@@ -300,19 +348,13 @@ def train_bundle(opts: TrainOptions, say=print) -> int:
         from tqdm import tqdm
 
         for lam, net in tqdm(list(zip(opts.lambdas, nets)), desc="refitting z densities", unit="rung"):
-            rec = refit_side_density(net.to(device), cache.features, steps=opts.side_refit_steps, seed=opts.seed)
+            with cuda_training_flags(device):
+                rec = refit_side_density(net.to(device), cache.features, steps=opts.side_refit_steps, seed=opts.seed)
             refits.append({"lambda": lam, **rec})
             say(f"rung λ={lam:g}: z density refitted, {rec['bits_per_z_before']:.3f} -> "
                 f"{rec['bits_per_z_after']:.3f} bits per z value (model estimate)")
 
-    pre = model.spec.preprocess
-    extra = {
-        "task": model.spec.task,
-        "feature_shape": [int(c), int(fh), int(fw)],
-        "feature_stride": feature_stride(pre.input_size, (int(fh), int(fw))),
-        "preprocess": {"input_size": list(pre.input_size), "resize": pre.resize, "mean": list(pre.mean),
-                       "std": list(pre.std)},
-        "backbone_weights": model.fingerprints(),  # edge and cloud refuse other weights (Bundle.check_backbone)
+    extra = {  # task, feature shape and stride, preprocessing, backbone fingerprints: save_bundle, from the model
         "training": {
             "objective": lcfg.mode,
             "data": [str(d) for d in opts.data],
@@ -343,7 +385,7 @@ def train_bundle(opts: TrainOptions, say=print) -> int:
             "command": opts.command,
         },
     }
-    bundle = save_bundle(out, opts.model, split, bcfg, nets, opts.lambdas, extra=extra)
+    bundle = save_bundle(out, model, split, bcfg, nets, opts.lambdas, extra=extra)
     say(f"wrote bundle {bundle.bundle_id} with {len(bundle.rungs)} rungs to {out}")
     if n_eval:
         bundle = measure_heldout(model, bundle, eval_data, opts.eval_limit, say=say)
@@ -360,9 +402,9 @@ def train_bundle(opts: TrainOptions, say=print) -> int:
 
 
 def _count_heldout(eval_data: Sequence[str], limit: int) -> int:
-    from ..data import scan_images, split_items
+    from ..data import split_items
 
-    n = sum(len(split_items(scan_images(d), "heldout")) for d in eval_data)
+    n = sum(len(split_items(scan_data(d), "heldout")) for d in eval_data)
     return min(n, limit) if limit else n
 
 
@@ -372,3 +414,58 @@ def _reserve_seconds(depth: str, rungs: int, n_eval: int, refit_steps: int) -> f
     per image plus a decode and tail pass per rung and image; slower at a shallow split)."""
     per_image = 0.06 + rungs * (0.012 if depth == "deep" else 0.05)
     return rungs * (10.0 * refit_steps / 500 + 1.0) + n_eval * per_image + 15.0
+
+
+@dataclass
+class MigrateOptions:
+    """What :func:`migrate_ladder` needs; ``splitinfer migrate`` has one flag per field."""
+
+    bundle: str = option(help="bundle to migrate (left untouched)")
+    data: List[str] = option(help="image folder or CSV (repeatable)")
+    out: str = option(help="bundle folder to write")
+    extra_data: List[str] = option(list, "unlabelled images used in full")
+    steps: int = option(2000, "training steps per rung")
+    batch_size: int = option(32, "views per step")
+    lr: float = option(2e-3, "peak learning rate of h_s")
+    views: int = option(4, "augmented views per training image")
+    limit: int = option(0, "at most this many training images (0 = all)")
+    eval_data: List[str] = option(list, "folder/CSV whose held-out images measure each rung")
+    eval_limit: int = option(0, "measure on at most this many held-out images (0 = all)")
+    cache_dir: Optional[str] = option(None, "where cached head features go (default: OUT/cache)")
+    weights: Optional[str] = option(None, "backbone weights file (default: the model's pretrained weights)")
+    device: str = option("cpu", "cpu, cuda or cuda:N")
+    seed: int = option(0, "random seed (views, batch order)")
+    command: Optional[str] = None  # the command line, recorded in the manifest (not a flag)
+
+
+def migrate_ladder(opts: MigrateOptions, say=print):
+    """``splitinfer migrate``: a float-hyper-decoder ladder (``opts.bundle``, left untouched) to the bit-exact
+    integer one in ``opts.out`` (:func:`shared.training.migrate.migrate_bundle`), trained on the training part of
+    ``data`` and all of ``extra_data``, measured on the held-out part of ``eval_data`` when given."""
+    from ..bundle import load_bundle
+    from ..data import split_items
+    from ..models import load_split_model
+    from .cache import build_cache
+    from .migrate import migrate_bundle
+
+    o = opts
+    src = load_bundle(o.bundle, allow_float_hyper=True)
+    if src.config.rate_model != "hyperprior" or src.config.hyper_decoder == "integer":
+        raise UserError(f"{o.bundle} has no floating-point hyper-decoder: nothing to migrate")
+    out = Path(o.out)
+    if out.resolve() == src.root.resolve():
+        raise UserError("--out must differ from --bundle (the source is kept)")
+    model = load_split_model(src.model, src.split, o.weights).to(o.device)
+    src.check_backbone(model)
+    items = [it for d in o.data for it in split_items(scan_data(d, labels=False), "train")]
+    items += [it for d in o.extra_data for it in scan_data(d, labels=False)]
+    items = items[:o.limit] if o.limit else items
+    if not items:
+        raise UserError("no training images found")
+    path = (Path(o.cache_dir) if o.cache_dir else out / "cache") / \
+        f"{src.model}-{src.split}-v{o.views}-n{len(items)}-s{o.seed}-r0.safetensors"
+    say(f"migrating {src.bundle_id} ({len(src.rungs)} rungs): {len(items)} images x {o.views} views")
+    cache = build_cache(model, items, o.views, device=o.device, seed=o.seed, path=path)
+    migrated = migrate_bundle(src, cache, out, o.steps, o.batch_size, o.lr, o.device, o.seed, o.command)
+    say(f"wrote bundle {migrated.bundle_id} with {len(migrated.rungs)} rungs to {out}")
+    return measure_heldout(model, migrated, o.eval_data, o.eval_limit, say=say) if o.eval_data else migrated

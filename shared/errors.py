@@ -1,0 +1,28 @@
+"""The one error type for a user's mistake (torch-free).
+
+Library code raises :class:`UserError` (or a subclass: ``BundleError``) for anything a user can fix: a file that
+is not an image, an empty data folder, an unknown model, a malformed bundle. ``splitinfer`` catches it and prints
+``error: <message>`` on one line with exit code 2, never a traceback; a Python caller gets an exception that
+says what to fix. It is a ``ValueError``, so code that already catches ``ValueError`` keeps working.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+__all__ = ["UserError", "input_file"]
+
+
+class UserError(ValueError):
+    """A mistake in what the user asked for or gave; the message says what and how to fix it, on one line."""
+
+
+def input_file(path, what: str = "a file") -> Path:
+    """``path`` as a :class:`Path` when it names an existing file; a folder or a missing path is a :class:`UserError`
+    (``what``: what the file should be, for the message: "an image", "a bitstream")."""
+    p = Path(path)
+    if p.is_dir():
+        raise UserError(f"{path} is a folder, not {what}")
+    if not p.is_file():
+        raise UserError(f"{path}: no such file")
+    return p

@@ -1,0 +1,286 @@
+"""Measuring ladders against codecs and rendering what was measured: ``splitinfer eval``, ``report`` and ``info``.
+
+- :func:`evaluate_bundles`: the ``eval`` use case (every rung of one or more bundles and the codec baselines on
+  the same images, the tables printed, results.json / results.md / rd.png / masks.png written);
+- :func:`write_report`, :func:`summary_text`: the report files and the summary table (also ``splitinfer report``);
+- :func:`bundle_table`, :func:`ladder_table`: a bundle's recorded and a ladder's measured figures as text;
+- :func:`write_mask`: a segmentation answer's mask as a palette PNG (``splitinfer edge --masks``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Optional
+
+from .errors import UserError
+from .options import option
+
+__all__ = ["EvalOptions", "evaluate_bundles", "write_report", "summary_text", "write_pictures", "bundle_table",
+           "ladder_table", "models_table", "edge_row", "EDGE_HEADER", "write_mask", "MASK_SUFFIX"]
+
+MASK_SUFFIX = ".mask.png"
+
+
+@dataclass
+class EvalOptions:
+    """What :func:`evaluate_bundles` measures; ``splitinfer eval`` has one flag per field."""
+
+    data: str = option(help="image folder or CSV with labels (only held-out images are used)")
+    bundle: Optional[List[str]] = option(None, "bundle folder (repeatable; default: embedded)")
+    part: str = option("heldout", "'all' evaluates every image, e.g. a folder that never trained anything",
+                       choices=["heldout", "all"])
+    limit: int = option(0, "at most this many images, spread evenly (0 = all)")
+    out: Optional[str] = option(None, "folder for results.json")
+    weights: Optional[str] = option(None, "backbone weights file (default: pretrained)")
+    batch_size: int = option(16, "images per batch through the backbone")
+    codecs: str = option("", "image-codec baselines on the same crops: any of jpeg,webp,avif,hevc (comma-separated)")
+    baselines_from: Optional[str] = option(
+        None, "reuse the codec points of an earlier results.json measured on the same images with the same model "
+              "(checked: image count and the unsplit model's score) instead of --codecs", metavar="RESULTS_JSON")
+    update_manifest: bool = option(False, "record the measured bpp/accuracy in each bundle's manifest.json")
+    pictures: int = option(0, "segmentation: masks.png in --out for N images spread over the data: input, truth, "
+                              "unsplit model, three rungs and the first --codecs codec (default webp) at the lowest "
+                              "rung's rate", metavar="N")
+
+
+def evaluate_bundles(opts: EvalOptions, say=print) -> dict:
+    """Measure every rung of each bundle and the codec baselines on the same images, print the tables, write the
+    report files to ``opts.out``; returns the summary (:mod:`shared.summary`). Mistakes raise :class:`UserError`
+    before any measurement where they can be seen then."""
+    from .baselines import CodecUnavailable, evaluate_codec, parse_codecs
+    from .bundle import resolve_bundle, update_metrics
+    from .data import split_items, spread
+    from .evaluation import METRICS, evaluate_ladder
+    from .models import load_split_model
+    from .summary import METRIC_LABELS, summarize
+    from .tasks import get_task
+    from .training.recipe import scan_data
+
+    try:  # before any work: a missing encoder is an error message, not a traceback an hour in
+        codecs = parse_codecs(opts.codecs)
+        picture_codec = (codecs or parse_codecs("webp"))[0] if opts.pictures else None
+    except CodecUnavailable as e:
+        raise UserError(str(e)) from None
+    if opts.pictures and not opts.out:
+        raise UserError("--pictures needs --out")
+    items = spread(split_items(scan_data(opts.data), opts.part), opts.limit)
+    if not items:
+        raise UserError(f"{opts.data} has no held-out images (the rule: CRC32 of the file name is odd); "
+                        "--part all measures every image")
+    ladders = []
+    first_model = first_bundle = None  # the codec baselines run the unsplit network of the first ladder's model
+    for b in opts.bundle or [None]:
+        bundle = resolve_bundle(b)
+        model = load_split_model(bundle.model, bundle.split, opts.weights)
+        bundle.check_backbone(model)
+        first_model, first_bundle = first_model or model, first_bundle or bundle
+        res = evaluate_ladder(model, bundle, items, batch_size=opts.batch_size)
+        part = "held-out" if opts.part == "heldout" else "all"
+        for line in ladder_table(bundle, res, METRICS[model.spec.task], f"{part} part of {opts.data}"):
+            say(line)
+        if opts.update_manifest:
+            update_metrics(bundle, res["rungs"], {"evaluation": {"data": str(opts.data), "part": opts.part,
+                                                                 "reference": res["reference"]}})
+        ladders.append({"bundle": str(bundle.root), "bundle_id": bundle.bundle_id, "model": bundle.model, **res})
+    key = METRICS[first_model.spec.task][0]
+    baselines = []
+    if opts.baselines_from:
+        old = json.loads(Path(opts.baselines_from).read_text())
+        ref_old = old["ladders"][0]["reference"] if old.get("ladders") else {}
+        ref_new = ladders[0]["reference"]
+        if ref_old.get("n_images") != ref_new["n_images"] or ref_old.get(key) != ref_new.get(key):
+            raise UserError(f"{opts.baselines_from} was measured on other images or another model "
+                            f"({ref_old.get('n_images')} images, unsplit {ref_old.get(key)}; here {ref_new['n_images']}, "
+                            f"{ref_new.get(key)})")
+        baselines = [p for p in old["baselines"] if not codecs or p["method"] in codecs]
+        say(f"codec points reused from {opts.baselines_from}: {len(baselines)} "
+            f"({', '.join(sorted({p['method'] for p in baselines}))})")
+        codecs = []
+    for codec in codecs:
+        pts = evaluate_codec(first_model, items, codec, batch_size=opts.batch_size)
+        for p in pts:
+            say(f"{codec:>5} {p['setting']:>5}  {p['bpp']:7.4f} bpp  {METRIC_LABELS[key]} {p.get(key, float('nan')):.2%}")
+        baselines += pts
+    if opts.out:
+        Path(opts.out).mkdir(parents=True, exist_ok=True)
+        summary = write_report(Path(opts.out), ladders, baselines)
+    else:
+        summary = summarize(ladders, baselines, metric=ladders[0]["metric"])
+    say(summary_text(summary))
+    if opts.pictures:
+        if not get_task(first_model.spec).dense:
+            raise UserError("--pictures needs a segmentation ladder")
+        path = write_pictures(Path(opts.out) / "masks.png", first_model, first_bundle, spread(items, opts.pictures),
+                              picture_codec)
+        say(f"wrote {path}")
+    return summary
+
+
+def ladder_table(bundle, res: dict, metrics, where: str) -> List[str]:
+    """One measured ladder (:func:`shared.evaluation.evaluate_ladder`'s result) as printed by ``eval``."""
+    from .summary import METRIC_LABELS
+
+    ref = res["reference"]
+    lines = [f"bundle {bundle.bundle_id} ({bundle.model}/{bundle.split}) on {ref['n_images']} images ({where}); "
+             f"unsplit {METRIC_LABELS[metrics[0]]} {ref.get(metrics[0], float('nan')):.2%}",
+             f"{'rung':>4} {'lambda':>7} {'bpp':>7} {'est.bpp':>8} {'bytes':>7} "
+             + " ".join(f"{METRIC_LABELS[k]:>10}" for k in metrics) + f" {'agree':>6}"]
+    for r in res["rungs"]:
+        lines.append(f"{r['rung']:>4} {r['lambda']:>7g} {r['bpp']:>7.4f} {r['bpp_estimated']:>8.4f} "
+                     f"{r['bytes_per_image']:>7.0f} " + " ".join(f"{r.get(k, float('nan')):>10.2%}" for k in metrics)
+                     + f" {r['agreement']:>6.1%}")
+    return lines
+
+
+def bundle_table(b) -> List[str]:
+    """A bundle's manifest as ``splitinfer info`` prints it: rungs, recorded bpp and accuracy, warnings."""
+    from .evaluation import METRICS
+    from .summary import METRIC_LABELS
+    from .training.recipe import ladder_warnings
+
+    cols = [(k, METRIC_LABELS[k]) for k in METRICS.get(b.task, METRICS["classification"])]
+    lines = [f"bundle {b.bundle_id}: {b.model} split {b.split}, rate model {b.config.rate_model}, {b.root}"]
+    ref = b.reference
+    if ref:
+        lines.append(f"unsplit model on the same held-out images: {cols[0][1]} "
+                     f"{ref.get(cols[0][0], float('nan')):.2%} ({ref.get('n_images')} images)")
+    lines.append(f"{'rung':>4} {'lambda':>8} {'bpp':>8} " + " ".join(f"{label:>10}" for _, label in cols))
+    for r in b.rungs:
+        m = r.metrics
+        f = lambda k, fmt: (fmt.format(m[k]) if k in m else "-")  # noqa: E731
+        lines.append(f"{r.index:>4} {r.lam:>8g} {f('bpp', '{:.4f}'):>8} "
+                     + " ".join(f"{f(k, '{:.2%}'):>10}" for k, _ in cols))
+    return lines + [f"WARNING: {w}" for w in ladder_warnings(b.manifest)]
+
+
+def models_table(rows: List[dict]) -> List[str]:
+    """``shared.models.split.describe_models()`` as the table ``splitinfer models`` prints."""
+    head = f"{'model':<22} {'task':<14} {'split':<8} {'depth':<8} {'feature (CxHxW)':<16} {'edge FLOPs':>10}  description"
+    return [head, "-" * len(head)] + [
+        f"{r['model']:<22} {r['task']:<14} {r['split']:<8} {r['depth']:<8} {'x'.join(map(str, r['feature_shape'])):<16} "
+        f"{100 * r['edge_flop_share']:>9.1f}%  {r.get('description', '')}" for r in rows] + [
+        "", "edge FLOPs: share of the unsplit model's FLOPs that the edge (head) runs, at the model's input size."]
+
+
+EDGE_HEADER = f"{'image':<32} {'rung':>4} {'bytes':>6} {'bpp':>7} {'enc ms':>7} {'rtt ms':>7}  prediction"
+
+
+def edge_row(r, mask: Optional[Path] = None, as_json: bool = False) -> str:
+    """One answer of the edge client (``edge_client.InferResult``) as ``splitinfer edge`` prints it: a row under
+    :data:`EDGE_HEADER`, a failure line, or (``as_json``) one JSON object."""
+    if as_json:
+        return json.dumps({"image": r.source, "ok": r.ok, "rung": r.rung, "bytes": r.n_bytes, "bpp": r.bpp,
+                           "encode_ms": r.encode_ms, "latency_ms": r.latency_ms, "topk": r.topk,
+                           "class_pixels": r.class_pixels, "mask": str(mask) if mask else None,
+                           "server_timings_ms": r.server_timings_ms, "error": r.error.message if r.error else None})
+    name = Path(r.source).name[:32]
+    if not r.ok:
+        return f"{name:<32} {'failed' if r.error.kind == 'bad_image' else 'refused'}: {r.error.code}: {r.error.message}"
+    pred = "  ".join(f"{label} ({score:.0%})" for _, label, score in r.topk)
+    return (f"{name:<32} {r.rung:>4} {r.n_bytes:>6} {r.bpp:>7.4f} {r.encode_ms:>7.1f} {r.latency_ms:>7.1f}  {pred}"
+            + (f"  -> {mask}" if mask else ""))
+
+
+def write_mask(result, folder, model: str, num_classes: int) -> Path:
+    """The answer's mask as a palette PNG: ``<image stem>.mask.png`` in ``folder`` (None: beside the image)."""
+    import io
+
+    from PIL import Image
+
+    from .labels import palette_image
+
+    src = Path(result.source)
+    out = (Path(folder) if folder else src.parent) / (src.stem + MASK_SUFFIX)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with Image.open(io.BytesIO(result.mask_png)) as m:
+        palette_image(m, model, num_classes).save(out)
+    return out
+
+
+def write_pictures(out: Path, model, bundle, items, codec: str) -> Path:
+    """masks.png: per image, input, truth, unsplit model, the top, middle and bottom rungs, the codec at the
+    bottom rung's rate (see :func:`shared.evaluation.segmentation_examples`)."""
+    from .evaluation import segmentation_examples
+    from .plots import mask_comparison_plot
+
+    n = len(bundle.rungs)
+    rungs = sorted({0, n // 2, n - 1})
+    examples = segmentation_examples(model, bundle, items, rungs, codec)
+    return mask_comparison_plot(examples, out, model.spec.name, model.spec.num_classes)
+
+
+def summary_text(summary: dict) -> str:
+    """The summary table as printed on the terminal (the markdown of results.md)."""
+    from .summary import summary_markdown
+
+    return "\n".join(summary_markdown(summary))
+
+
+def write_report(out: Path, ladders: list, baselines: list, bd_variant: str = "pchip") -> dict:
+    """results.json (every point plus a ``summary``), results.md (tables) and rd.png (rate-accuracy plot,
+    log bpp, every ladder and codec). Returns the summary (see :mod:`shared.summary`)."""
+    from .evaluation import METRICS
+    from .plots import rate_accuracy_plot
+    from .summary import METRIC_LABELS, ladder_label, summarize, summary_markdown
+
+    # results.json of classification ladders from before segmentation carry no "metric": top-1
+    metric = ladders[0].get("metric", "top1") if ladders else "top1"
+    cols = [(k, METRIC_LABELS[k]) for k in next(c for c in METRICS.values() if c[0] == metric)]
+    pct = lambda p, k: f"{100 * p.get(k, float('nan')):.2f}%"  # noqa: E731
+    summary = summarize(ladders, baselines, metric=metric, variant=bd_variant)
+    report = {"ladders": ladders, "baselines": baselines, "summary": summary}
+    (out / "results.json").write_text(json.dumps(report, indent=2) + "\n")
+    lines = ["### Summary", "", *summary_markdown(summary), ""]
+    curves = {}
+    for lad in ladders:
+        ref = lad["reference"]
+        name = ladder_label(lad)
+        lines += [f"### {name}", "", f"Unsplit model on the same {ref['n_images']} images: "
+                  + ", ".join(f"{label} {pct(ref, k)}" for k, label in cols), "",
+                  "| rung | lambda | bpp (real) | bpp (estimated) | bytes/image | side info (z) | "
+                  + " | ".join(label for _, label in cols) + " | agrees with unsplit |",
+                  "|---:|---:|---:|---:|---:|---:|" + "---:|" * len(cols) + "---:|"]
+        for r in lad["rungs"]:
+            side = f"{100 * r['side_share']:.0f}%" if "side_share" in r else "-"  # older results.json: not measured
+            lines.append(f"| {r['rung']} | {r['lambda']:g} | {r['bpp']:.4f} | {r['bpp_estimated']:.4f} | "
+                         f"{r['bytes_per_image']:.0f} | {side} | " + " | ".join(pct(r, k) for k, _ in cols)
+                         + f" | {100 * r['agreement']:.1f}% |")
+        lines.append("")
+        curves[name] = lad["rungs"]
+    for codec in sorted({p["method"] for p in baselines}):
+        pts = [p for p in baselines if p["method"] == codec]
+        lines += [f"### {codec.upper()} on the input crop, unsplit model in the cloud", "",
+                  "| setting | bpp | " + " | ".join(label for _, label in cols) + " |",
+                  "|---|---:|" + "---:|" * len(cols)]
+        lines += [f"| {p['setting']} | {p['bpp']:.4f} | " + " | ".join(pct(p, k) for k, _ in cols) + " |" for p in pts]
+        lines.append("")
+        curves[codec.upper()] = pts
+    if metric == "miou":
+        lines += _class_iou_table(ladders)
+    (out / "results.md").write_text("\n".join(lines) + "\n")
+    ref = ladders[0]["reference"].get(metric) if ladders else None
+    rate_accuracy_plot(curves, out / "rd.png", reference=ref, metric=metric,
+                       title=f"rate vs {cols[0][1]} on held-out images")
+    return summary
+
+
+def _class_iou_table(ladders: list) -> list:
+    """IoU per class (segmentation): the unsplit model and every rung of each ladder."""
+    from .labels import class_names
+
+    lad = ladders[0]
+    ref = lad["reference"]
+    if "class_iou" not in ref:
+        return []
+    names = class_names(lad.get("model", ""), len(ref["class_iou"]))
+    fmt = lambda v: "-" if v is None else f"{100 * v:.1f}"  # noqa: E731
+    lines = ["### IoU per class (%)", "", "| | bpp | " + " | ".join(names) + " |", "|---|---:|" + "---:|" * len(names),
+             "| unsplit | - | " + " | ".join(fmt(v) for v in ref["class_iou"]) + " |"]
+    for la in ladders:
+        for r in la["rungs"]:
+            if "class_iou" in r:
+                lines.append(f"| rung {r['rung']} ({la['bundle_id'][:8]}) | {r['bpp']:.4f} | "
+                             + " | ".join(fmt(v) for v in r["class_iou"]) + " |")
+    return lines + [""]
