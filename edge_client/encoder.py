@@ -50,12 +50,24 @@ class EdgeEncoder:
             img = img.convert("RGB")
         return self._transform(img).unsqueeze(0)
 
+    @property
+    def levels(self):
+        """The quality levels of a variable-rate bundle; None for a ladder."""
+        return self.codec.levels
+
     @torch.no_grad()
-    def encode(self, image: ImageLike, bitrate: Optional[float] = None, rung: Optional[int] = None) -> EncodedFrame:
-        """Encode one image at the rung given, or at the rung the bitrate hint (bpp) selects."""
+    def encode(self, image: ImageLike, bitrate: Optional[float] = None, rung: Optional[int] = None,
+               level: Optional[int] = None, controller=None) -> EncodedFrame:
+        """Encode one image; the arguments as :meth:`edge_client.runtime.OnnxEdgeEncoder.encode`'s."""
         t0 = time.perf_counter()
         x = self.preprocess(image).to(self.device)
-        r = self.select(bitrate) if rung is None else rung
         hw = tuple(x.shape[-2:])
+        if self.levels is not None:
+            budget = None if bitrate is None else bitrate * hw[0] * hw[1] / 8.0
+            (c,) = self.codec.encode_variable(self.head(x), hw, level=level, max_bytes=budget, controller=controller)
+            return EncodedFrame(c.message, 0, hw, 1e3 * (time.perf_counter() - t0), c.level, c.trials)
+        if level is not None or controller is not None:
+            raise ValueError("quality levels and stream rate control need a variable-rate bundle; this one is a ladder")
+        r = self.select(bitrate) if rung is None else rung
         (data,) = self.codec.encode(self.head(x), hw, r)
         return EncodedFrame(data, r, hw, 1e3 * (time.perf_counter() - t0))

@@ -33,6 +33,7 @@ from shared.bitstream import Header, bits_per_pixel, pack, split_tag, symbols_cr
 from shared.codec.integer_numpy import int_hyper_synthesis, layers_from_arrays
 from shared.codec.rans import RansTables, encode_with_indexes
 from shared.imageprep import input_crop, load_image, to_array
+from shared.ratecontrol import LevelCoder, RateChoice, StreamRateController, choose_level
 
 from .package import EdgePackage, find_package
 
@@ -47,6 +48,8 @@ class EncodedFrame:
     rung: int
     input_hw: Tuple[int, int]
     encode_ms: float = 0.0  # preprocessing, head, bottleneck encoder, entropy coding
+    level: Optional[int] = None  # the quality level of a variable-rate bundle (None: a ladder rung)
+    trials: int = 1  # entropy-coding passes rate control ran (variable-rate bundles)
 
     @property
     def n_bytes(self) -> int:
@@ -103,12 +106,31 @@ class _Rung:
         self.session = _session(pkg.root / spec["onnx"], threads)
         a = load_file(str(pkg.root / spec["arrays"]))
         self.y_tables = _tables(a, "y")
-        if self.kind == "hyperprior":
+        if self.kind in ("hyperprior", "vr-hyperprior"):
             self.z_tables = _tables(a, "z")
             self.z_medians = a["z.medians"].astype(np.float32).reshape(1, -1, 1, 1)
             self.h_s = layers_from_arrays(a, spec["h_s"], "h_s.")
         else:
             self.y_medians = a["y.medians"].astype(np.float32).reshape(1, -1, 1, 1)
+
+    @property
+    def variable(self) -> bool:
+        return self.kind == "vr-hyperprior"
+
+    def _side(self, y: np.ndarray, z: np.ndarray):
+        z_sym = np.rint(z - self.z_medians).astype(np.int64)  # torch.round: half to even, as np.rint
+        z_idx = np.broadcast_to(np.arange(z.shape[1]).reshape(1, -1, 1, 1), z_sym.shape)
+        z_str = encode_with_indexes(z_sym, z_idx, self.z_tables)
+        idx, means = int_hyper_synthesis(self.h_s, z_sym, self.spec["levels"], self.spec["means"], tuple(y.shape[-2:]))
+        return z_sym, z_str, idx, means
+
+    def level_coder(self, feature: np.ndarray) -> Tuple[LevelCoder, bytes, np.ndarray, Tuple[int, int], Tuple[int, int]]:
+        """A variable-rate rung: (coder for every level, z payload, z symbols, y_hw, side_hw) of one image."""
+        y, z = self.session.run(None, {"feature": feature})
+        z_sym, z_str, idx, means = self._side(y, z)
+        coder = LevelCoder(y[0], means[0], idx[0], self.y_tables, self.spec["log_ratio"],
+                           tuple(self.spec["quality_levels"]))
+        return coder, z_str, z_sym, tuple(y.shape[-2:]), tuple(z.shape[-2:])
 
     def code(self, feature: np.ndarray) -> Tuple[List[bytes], int, Tuple[int, int], Tuple[int, int]]:
         """(payloads, symbols CRC, y_hw, side_hw) of one image's feature (1, C, h, w)."""
@@ -117,10 +139,7 @@ class _Rung:
         y_hw = tuple(y.shape[-2:])
         if self.kind == "hyperprior":
             z = outs[1]
-            z_sym = np.rint(z - self.z_medians).astype(np.int64)  # torch.round: half to even, as np.rint
-            z_idx = np.broadcast_to(np.arange(z.shape[1]).reshape(1, -1, 1, 1), z_sym.shape)
-            z_str = encode_with_indexes(z_sym, z_idx, self.z_tables)
-            idx, means = int_hyper_synthesis(self.h_s, z_sym, self.spec["levels"], self.spec["means"], y_hw)
+            z_sym, z_str, idx, means = self._side(y, z)
             y_sym = np.rint(y - means if means is not None else y).astype(np.int64)
             y_str = encode_with_indexes(y_sym, idx, self.y_tables)
             return [y_str, z_str], symbols_crc(y_sym[0], z_sym[0]), y_hw, tuple(z.shape[-2:])
@@ -182,17 +201,43 @@ class OnnxEdgeEncoder:
     def features(self, x: np.ndarray) -> np.ndarray:
         return self.head.run(None, {"image": x})[0]
 
+    @property
+    def levels(self) -> Optional[Tuple[int, int]]:
+        """The quality levels of a variable-rate bundle; None for a ladder."""
+        return self.bundle.config.levels
+
     def encode_array(self, x: np.ndarray, rung: int) -> bytes:
-        """A preprocessed image (1, 3, H, W) float32 -> one message."""
+        """A preprocessed image (1, 3, H, W) float32 -> one message (a ladder rung)."""
         feature = self.features(x)
         payloads, crc, y_hw, side = self.rung(rung).code(feature)
         hw = tuple(x.shape[-2:])
         return pack(Header(self.bundle.id_bytes, self.tag, rung, hw, y_hw, side, crc), payloads)
 
-    def encode(self, image: ImageLike, bitrate: Optional[float] = None, rung: Optional[int] = None) -> EncodedFrame:
-        """Encode one image at the rung given, or at the rung the bitrate hint (bpp) selects."""
+    def encode_variable(self, x: np.ndarray, **how) -> RateChoice:
+        """A preprocessed image -> a variable-rate bundle's message; ``how``: see ``shared.ratecontrol.choose_level``."""
+        coder, z_str, z_sym, y_hw, side = self.rung(0).level_coder(self.features(x))
+        hw = tuple(x.shape[-2:])
+
+        def message(q: int, y_str: bytes, y_sym: np.ndarray) -> bytes:
+            hdr = Header(self.bundle.id_bytes, self.tag, 0, hw, y_hw, side, symbols_crc(y_sym, z_sym[0]), level=q)
+            return pack(hdr, [y_str, z_str])
+
+        return choose_level(coder, message, **how)
+
+    def encode(self, image: ImageLike, bitrate: Optional[float] = None, rung: Optional[int] = None,
+               level: Optional[int] = None, controller: Optional[StreamRateController] = None) -> EncodedFrame:
+        """Encode one image. A ladder: at the rung given, or the rung the bitrate hint (bpp) selects. A
+        variable-rate bundle: at the quality ``level`` given, within the hint (each message at most ``bitrate``
+        bpp), under a stream ``controller``, or at the finest level."""
         t0 = time.perf_counter()
         x = self.preprocess(image)
+        hw = tuple(x.shape[-2:])
+        if self.levels is not None:
+            budget = None if bitrate is None else bitrate * hw[0] * hw[1] / 8.0
+            c = self.encode_variable(x, level=level, max_bytes=budget, controller=controller)
+            return EncodedFrame(c.message, 0, hw, 1e3 * (time.perf_counter() - t0), c.level, c.trials)
+        if level is not None or controller is not None:
+            raise ValueError("quality levels and stream rate control need a variable-rate bundle; this one is a ladder")
         r = self.select(bitrate) if rung is None else rung
         data = self.encode_array(x, r)
-        return EncodedFrame(data, r, tuple(x.shape[-2:]), 1e3 * (time.perf_counter() - t0))
+        return EncodedFrame(data, r, hw, 1e3 * (time.perf_counter() - t0))

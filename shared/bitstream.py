@@ -1,14 +1,15 @@
-"""The splitinfer bitstream, version 1: one self-describing message per image. No pickle.
+"""The splitinfer bitstream, versions 1 and 2: one self-describing message per image. No pickle.
 
 Layout (``uvarint`` = unsigned LEB128; all fixed-width integers big endian)::
 
     offset  size  field
     0       2     magic b"SI"
-    2       1     version (1)
+    2       1     version (1: a ladder rung; 2: a variable-rate network, with the quality level below)
     3       4     bundle id: first 4 bytes of the bundle's content hash (model, split, rungs, weights)
     7       2     split point tag: CRC16 (CRC32 & 0xffff) of "model/split"
     9       1     rung index within the bundle
-    10      var   input height, input width          (uvarint, uvarint; the pixels bpp is counted over)
+    (10     1     version 2 only: the quality level q, a signed byte; shared/codec/variable_rate.py)
+    ..      var   input height, input width          (uvarint, uvarint; the pixels bpp is counted over)
     ..      var   y height, y width                  (uvarint, uvarint)
     ..      var   side height, side width            (uvarint each; 0, 0 when the rate model sends none)
     ..      1     n payloads (1 or 2)
@@ -17,9 +18,10 @@ Layout (``uvarint`` = unsigned LEB128; all fixed-width integers big endian)::
     ..      *     payloads, concatenated (y first, then z)
     end-4   4     CRC32 of every byte before it (detects truncation and corruption before decoding)
 
-Fixed overhead: 2+1+4+2+1+1+4+4 = 19 bytes, plus 1-2 bytes per varint: 29-31 bytes in all for a
-224x224 input with a hyperprior (224 and payload lengths above 127 take two bytes each), i.e.
-about 0.005 bpp. Every parse error raises :class:`BitstreamError`.
+Fixed overhead: 2+1+4+2+1+1+4+4 = 19 bytes (20 in version 2), plus 1-2 bytes per varint: 29-32 bytes in
+all for a 224x224 input with a hyperprior (224 and payload lengths above 127 take two bytes each), i.e.
+about 0.005 bpp. A ladder's messages stay version 1, byte for byte; a variable-rate bundle's are version 2.
+Every parse error raises :class:`BitstreamError`.
 """
 
 from __future__ import annotations
@@ -27,13 +29,15 @@ from __future__ import annotations
 import struct
 import zlib
 from dataclasses import dataclass, field
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
-__all__ = ["MAGIC", "VERSION", "BitstreamError", "Header", "pack", "unpack", "split_tag", "MAX_SIDE", "symbols_crc",
+__all__ = ["MAGIC", "VERSION", "VERSION_LEVEL", "BitstreamError", "Header", "pack", "unpack", "split_tag", "MAX_SIDE", "symbols_crc",
            "bits_per_pixel"]
 
 MAGIC = b"SI"
-VERSION = 1
+VERSION = 1  # a ladder rung
+VERSION_LEVEL = 2  # a variable-rate network: the header carries the quality level
+VERSIONS = (VERSION, VERSION_LEVEL)
 MAX_SIDE = 16384  # largest input side accepted; bounds every allocation made from header fields
 MAX_PAYLOADS = 2
 
@@ -52,6 +56,7 @@ class Header:
     side_hw: Tuple[int, int] = (0, 0)
     symbols_crc: int = 0
     payload_lengths: List[int] = field(default_factory=list)
+    level: Optional[int] = None  # the quality level of a variable-rate network (version 2); None: a ladder rung
 
 
 def bits_per_pixel(n_bytes: int, input_hw: Tuple[int, int]) -> float:
@@ -113,12 +118,16 @@ def pack(header: Header, payloads: List[bytes]) -> bytes:
         raise ValueError("bundle_id must be 4 bytes")
     if not 1 <= len(payloads) <= MAX_PAYLOADS:
         raise ValueError("1 or 2 payloads")
+    if header.level is not None and not -128 <= header.level <= 127:
+        raise ValueError("the quality level must fit a signed byte")
+    level = b"" if header.level is None else struct.pack(">b", header.level)
     parts = [
         MAGIC,
-        bytes([VERSION]),
+        bytes([VERSION if header.level is None else VERSION_LEVEL]),
         header.bundle_id,
         struct.pack(">H", header.split_tag),
         bytes([header.rung]),
+        level,
         *(_uvarint(v) for v in (*header.input_hw, *header.y_hw, *header.side_hw)),
         bytes([len(payloads)]),
         *(_uvarint(len(p)) for p in payloads),
@@ -136,8 +145,8 @@ def unpack(data: bytes) -> Tuple[Header, List[bytes]]:
     data = bytes(data)
     if len(data) < 4 or data[:2] != MAGIC:
         raise BitstreamError("not a splitinfer bitstream (bad magic)")
-    if data[2] != VERSION:
-        raise BitstreamError(f"unsupported bitstream version {data[2]} (this decoder reads version {VERSION})")
+    if data[2] not in VERSIONS:
+        raise BitstreamError(f"unsupported bitstream version {data[2]} (this decoder reads versions 1 and 2)")
     if len(data) < 24:
         raise BitstreamError("truncated bitstream")
     body, (crc,) = data[:-4], struct.unpack(">I", data[-4:])
@@ -148,6 +157,7 @@ def unpack(data: bytes) -> Tuple[Header, List[bytes]]:
     bundle_id = r.take(4)
     (tag,) = struct.unpack(">H", r.take(2))
     (rung,) = r.take(1)
+    level = struct.unpack(">b", r.take(1))[0] if data[2] == VERSION_LEVEL else None
     ih, iw, yh, yw, sh, sw = (r.uvarint(MAX_SIDE) for _ in range(6))
     if min(ih, iw, yh, yw) < 1:
         raise BitstreamError("zero-sized input or latent in header")
@@ -159,5 +169,5 @@ def unpack(data: bytes) -> Tuple[Header, List[bytes]]:
     payloads = [r.take(k) for k in lengths]
     if r.pos != len(body):
         raise BitstreamError("trailing bytes after payloads")
-    hdr = Header(bundle_id, tag, rung, (ih, iw), (yh, yw), (sh, sw), sym_crc, lengths)
+    hdr = Header(bundle_id, tag, rung, (ih, iw), (yh, yw), (sh, sw), sym_crc, lengths, level)
     return hdr, payloads

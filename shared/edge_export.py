@@ -36,6 +36,7 @@ from .codec.bottleneck import Bottleneck
 from .codec.compressai_adapter import cdf_tables, medians
 from .codec.integer import IntHyperSynthesis
 from .codec.rate_models import FactorizedRate, HyperpriorRate, StaticRate
+from .codec.variable_rate import VariableRateHyperprior
 
 __all__ = ["EDGE_FORMAT", "export_edge", "package_id"]
 
@@ -128,6 +129,8 @@ def _rung_arrays(net: Bottleneck):
         arrays.update(layers)
         spec = {"rate_model": "hyperprior", "hyper": rate.hyper, "hyper_stride": rate.hyper_stride,
                 "means": rate.means, "levels": rate.h_s.levels, "h_s": specs}
+        if isinstance(rate, VariableRateHyperprior):  # the same arrays; the edge shifts indexes by the level
+            spec.update(rate_model=rate.kind, quality_levels=list(rate.levels), log_ratio=rate.log_ratio)
     elif isinstance(rate, FactorizedRate):
         arrays = {**_tables("y", rate.entropy_bottleneck), "y.medians": _medians(rate.entropy_bottleneck)}
         spec = {"rate_model": "factorized"}
@@ -178,7 +181,7 @@ def export_edge(bundle, out: Path | str, weights: Optional[str] = None, model=No
             arrays, spec = _rung_arrays(net)
             stem = f"rung-{r.index:02d}"
             say(f"rung {r.index} (lambda {r.lam:g}) -> {stem}.onnx, {stem}.safetensors")
-            hyper = spec["rate_model"] == "hyperprior"
+            hyper = spec["rate_model"] in ("hyperprior", VariableRateHyperprior.kind)
             _onnx(_RungGraph(net), feature, tmp / f"{stem}.onnx", ["feature"], ["y", "z"] if hyper else ["y"])
             save_file(arrays, str(tmp / f"{stem}.safetensors"))
             rungs.append({"index": r.index, "onnx": f"{stem}.onnx", "arrays": f"{stem}.safetensors",

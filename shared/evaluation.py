@@ -44,12 +44,28 @@ def evaluate_ladder(
     batch_size: int = 16,
     device: str = "cpu",
     progress: bool = True,
+    levels: Optional[Sequence[int]] = None,
 ) -> Dict:
     """Per rung: mean real bpp (all bytes of each message), estimated bpp, accuracy against labels (when
     known; see the task's ``scores``) and agreement with the unsplit model; plus the unsplit model's own accuracy.
-    ``metric`` names the figure summaries compare (``top1`` or ``miou``)."""
+    ``metric`` names the figure summaries compare (``top1`` or ``miou``). A variable-rate bundle has one
+    network and is measured at quality ``levels`` (default :func:`default_levels`): one entry per level."""
     codec = LadderCodec(bundle, device)
-    rungs = list(range(len(bundle.rungs))) if rungs is None else list(rungs)
+    if codec.levels is not None:
+        points = [(0, int(q)) for q in (default_levels(codec.levels) if levels is None else levels)]
+    else:
+        points = [(r, None) for r in (range(len(bundle.rungs)) if rungs is None else rungs)]
+    return _evaluate_points(model, bundle, codec, items, points, batch_size, device, progress)
+
+
+def default_levels(levels, every: int = 4) -> List[int]:
+    """The quality levels a variable-rate bundle is measured at: every ``every``-th, both ends included."""
+    lo, hi = levels
+    return sorted({*range(lo, hi + 1, every), hi})
+
+
+def _evaluate_points(model, bundle, codec, items, points, batch_size, device, progress) -> Dict:
+    rungs = points
     spec = model.spec
     task = get_task(spec)
     pre = spec.preprocess
@@ -66,19 +82,22 @@ def evaluate_ladder(
         n += len(x)
         ref.add(teacher, y)
         for r in rungs:
-            msgs = codec.encode(feat, tuple(x.shape[-2:]), r)
+            rung, level = r
+            kw = {} if level is None else {"level": level}
+            msgs = codec.encode(feat, tuple(x.shape[-2:]), rung, **kw)
             feats = torch.cat([codec.decode(m)[0] for m in msgs])
             a = acc[r]
             a["bytes"] += sum(len(m) for m in msgs)
             a["side_bytes"] += sum(sum(unpack(m)[0].payload_lengths[1:]) for m in msgs)  # z after y
-            a["est_bits"] += float(bpp_from_likelihoods(codec.rung(r).likelihoods(feat), n_pix)) * n_pix * len(x)
+            a["est_bits"] += float(bpp_from_likelihoods(codec.rung(rung).likelihoods(feat, **kw), n_pix)) * n_pix * len(x)
             a["scores"].add(model.tail(feats, x), y, reference=teacher)
     results: List[Dict] = []
     for r in rungs:
         a = acc[r]
         results.append({
-            "rung": r,
-            "lambda": bundle.rungs[r].lam,
+            "rung": r[0],
+            **({} if r[1] is None else {"level": r[1]}),
+            "lambda": bundle.rungs[r[0]].lam,
             "bpp": bits_per_pixel(a["bytes"], pre.input_size) / n,
             "bpp_estimated": a["est_bits"] / n_pix / n,
             "bytes_per_image": a["bytes"] / n,

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import math
 import threading
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 from torch import Tensor
 
-from .bitstream import BitstreamError, Header, bits_per_pixel, pack, split_tag, unpack
+from .bitstream import BitstreamError, Header, bits_per_pixel, pack, split_tag, symbols_crc, unpack
 from .bundle import Bundle
 from .codec import Bottleneck
 
@@ -62,16 +62,55 @@ class LadderCodec:
         return math.ceil(input_hw[0] / s), math.ceil(input_hw[1] / s)
 
     # -- edge --------------------------------------------------------------------------------------
+    @property
+    def levels(self) -> Optional[Tuple[int, int]]:
+        """The quality levels of a variable-rate bundle (one network, shared/codec/variable_rate.py); None for a ladder."""
+        return self.bundle.config.levels
+
+    def _level_kw(self, level: Optional[int]) -> Dict:
+        if self.levels is None:
+            if level is not None:
+                raise ValueError("this bundle is a ladder of rungs: it takes a rung, not a quality level")
+            return {}
+        if level is None:
+            raise ValueError(f"this bundle is variable-rate: give a quality level in {self.levels[0]}..{self.levels[1]}")
+        return {"level": int(level)}
+
     @torch.no_grad()
-    def encode(self, feature: Tensor, input_hw: Tuple[int, int], rung: int) -> list[bytes]:
-        """Features of a batch (N, C, h, w) -> one message per image."""
+    def encode(self, feature: Tensor, input_hw: Tuple[int, int], rung: int = 0, level: Optional[int] = None) -> list[bytes]:
+        """Features of a batch (N, C, h, w) -> one message per image (``level``: variable-rate bundles only)."""
+        kw = self._level_kw(level)
         net = self.rung(rung)
         y_hw = net.latent_shape(tuple(feature.shape[-2:]))
         side = net.rate.side_shape(y_hw) or (0, 0)
         out = []
-        for payloads, crc in net.compress(feature.to(self.device)):
-            hdr = Header(self.bundle.id_bytes, self.tag, rung, tuple(input_hw), y_hw, side, crc)
+        for payloads, crc in net.compress(feature.to(self.device), **kw):
+            hdr = Header(self.bundle.id_bytes, self.tag, rung, tuple(input_hw), y_hw, side, crc, level=kw.get("level"))
             out.append(pack(hdr, payloads))
+        return out
+
+    @torch.no_grad()
+    def encode_variable(self, feature: Tensor, input_hw: Tuple[int, int], **how) -> list:
+        """A variable-rate bundle: features (N, C, h, w) -> one ``RateChoice`` per image (its message and level);
+        ``how``: a level, a byte budget or a stream controller (``shared.ratecontrol.choose_level``)."""
+        from .ratecontrol import choose_level
+
+        if self.levels is None:
+            raise ValueError("rate control needs a variable-rate bundle; this one is a ladder of rungs")
+        net = self.rung(0)
+        y_all = net._analysis(feature.to(self.device)).cpu()
+        y_hw = tuple(y_all.shape[-2:])
+        side = net.rate.side_shape(y_hw)
+        out = []
+        for i in range(y_all.shape[0]):
+            coder, z_str, z_sym = net.rate.level_coder(y_all[i : i + 1])
+
+            def message(q: int, y_str: bytes, y_sym, z_str=z_str, z_sym=z_sym) -> bytes:
+                hdr = Header(self.bundle.id_bytes, self.tag, 0, tuple(input_hw), y_hw, side,
+                             symbols_crc(y_sym, z_sym), level=q)
+                return pack(hdr, [y_str, z_str])
+
+            out.append(choose_level(coder, message, **how))
         return out
 
     # -- cloud -------------------------------------------------------------------------------------
@@ -88,6 +127,11 @@ class LadderCodec:
             raise BitstreamError("bitstream was made for another split point")
         if not 0 <= hdr.rung < len(b.rungs):
             raise BitstreamError(f"rung {hdr.rung} is not in this bundle (rungs 0..{len(b.rungs) - 1})")
+        if (hdr.level is None) != (self.levels is None):
+            raise BitstreamError("bitstream carries a quality level but this bundle is a ladder" if self.levels is None
+                                 else "bitstream carries no quality level but this bundle is variable-rate")
+        if hdr.level is not None and not self.levels[0] <= hdr.level <= self.levels[1]:
+            raise BitstreamError(f"quality level {hdr.level} is outside this bundle's {self.levels[0]}..{self.levels[1]}")
         if hdr.input_hw not in self.allowed_inputs(hdr.input_hw):
             raise BitstreamError(
                 f"input size {hdr.input_hw[0]}x{hdr.input_hw[1]} is not one this bundle encodes "
@@ -111,7 +155,7 @@ class LadderCodec:
         hdr, payloads = self.parse(data)
         feat_hw = self.feature_hw(hdr.input_hw)
         try:
-            feat, crc = self.rung(hdr.rung).decompress(payloads, feat_hw)
+            feat, crc = self.rung(hdr.rung).decompress(payloads, feat_hw, **self._level_kw(hdr.level))
         except (RuntimeError, ValueError, OverflowError) as e:  # the coder's own complaints
             raise BitstreamError(f"entropy decoding failed: {e}") from e
         if crc != hdr.symbols_crc:

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from .compressai_adapter import CompressionModel
 from .config import BottleneckConfig
 from .layers import make_decoder, make_encoder
+from . import variable_rate  # noqa: F401  (registers the "vr-hyperprior" rate model)
 from .rate_models import HW, build_rate_model
 
 __all__ = ["BottleneckConfig", "Bottleneck"]
@@ -35,7 +36,7 @@ class Bottleneck(CompressionModel):
         self.g_a = make_encoder(cfg.in_channels, cfg.hidden, cfg.latent, cfg.stride)
         self.rate = build_rate_model(
             cfg.rate_model, cfg.latent, hyper=cfg.hyper, hyper_stride=cfg.hyper_stride, means=cfg.means, qp=cfg.qp,
-            hyper_decoder=cfg.hyper_decoder,
+            hyper_decoder=cfg.hyper_decoder, **({"levels": cfg.levels} if cfg.levels is not None else {}),
         )
         self.g_s = make_decoder(cfg.latent, cfg.dec_hidden, cfg.in_channels, cfg.stride)
         # Per-channel statistics of the split feature, fixed before training and stored with the
@@ -64,24 +65,25 @@ class Bottleneck(CompressionModel):
         s = self.cfg.stride
         return (h + s - 1) // s, (w + s - 1) // s
 
-    def forward(self, feat: Tensor) -> Dict:
+    def forward(self, feat: Tensor, **level) -> Dict:
+        """``level=q`` for a variable-rate bottleneck (an int, or per image a (B, 1, 1, 1) tensor)."""
         y = self._analysis(feat)
-        out = self.rate(y)
+        out = self.rate(y, **level)
         feat_hat = self._synthesis(out["y_hat"], feat.shape[-2:])
         return {"feat_hat": feat_hat, "likelihoods": out["likelihoods"], "y": y}
 
-    def likelihoods(self, feat: Tensor) -> Dict:
+    def likelihoods(self, feat: Tensor, **level) -> Dict:
         """The rate model's likelihoods of ``feat``'s latent (the rate estimate without running ``g_s``)."""
-        return self.rate(self._analysis(feat))["likelihoods"]
+        return self.rate(self._analysis(feat), **level)["likelihoods"]
 
     @torch.no_grad()
-    def compress(self, feat: Tensor) -> List[Tuple[List[bytes], int]]:
+    def compress(self, feat: Tensor, **level) -> List[Tuple[List[bytes], int]]:
         """Per image: ``(payloads, symbols_crc)``. The latent shape follows from the feature's."""
-        return self.rate.compress(self._analysis(feat))
+        return self.rate.compress(self._analysis(feat), **level)
 
     @torch.no_grad()
-    def decompress(self, payloads: List[bytes], feat_hw: HW) -> Tuple[Tensor, int]:
-        y_hat, crc = self.rate.decompress(payloads, self.latent_shape(feat_hw))
+    def decompress(self, payloads: List[bytes], feat_hw: HW, **level) -> Tuple[Tensor, int]:
+        y_hat, crc = self.rate.decompress(payloads, self.latent_shape(feat_hw), **level)
         return self._synthesis(y_hat, feat_hw), crc
 
     def update(self, force: bool = True, *, scale_table: Optional[Tensor] = None,

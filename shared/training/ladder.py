@@ -114,6 +114,14 @@ def train_ladder(
     input_meta = torch.empty((cfg.batch_size, 3, *cache.input_hw), device="meta")
 
     order = sorted(range(len(cfg.lambdas)), key=lambda i: -cfg.lambdas[i])
+    levels = bcfg.levels
+    if levels is not None:
+        # one variable-rate network (shared/codec/variable_rate.py) instead of a rung per lambda, with the ladder's
+        # whole step budget: every step draws a quality level q and trains at the lambda that goes with it,
+        # log-linear from the smallest lambda at the coarsest level to the largest at the finest
+        lam_lo, lam_hi = min(cfg.lambdas), max(cfg.lambdas)
+        order = [0]
+        vr_steps = cfg.steps + cfg.steps_per_rung * (len(cfg.lambdas) - 1)
     trained: Dict[int, Dict] = {}
     ckpt = _load_checkpoint(out) if resume else None
     if ckpt is not None:
@@ -139,7 +147,7 @@ def train_ladder(
             continue
         if init_rungs is not None:
             _load_train_state(net, _trainable(init_rungs[i]))
-        steps = cfg.steps if pos == 0 else cfg.steps_per_rung
+        steps = (cfg.steps if pos == 0 else cfg.steps_per_rung) if levels is None else vr_steps
         ddp = DDP(net, find_unused_parameters=True) if distributed else net
         params, aux_params = net.net_parameters(), net.aux_parameters()
         assert not set(map(id, params)) & set(map(id, aux_params))
@@ -148,7 +156,7 @@ def train_ladder(
         gen = torch.Generator().manual_seed(cfg.seed * 1000 + pos * 10 + rank)
         # With a time budget each rung gets a share proportional to its steps; the schedule follows
         # whichever of step count and elapsed time is further along, so a rung always completes.
-        planned = cfg.steps + cfg.steps_per_rung * (len(order) - 1)
+        planned = cfg.steps + cfg.steps_per_rung * (len(order) - 1) if levels is None else vr_steps
         share = cfg.time_budget * steps / planned if cfg.time_budget > 0 else float("inf")
         bar = tqdm(total=steps, desc=f"rung λ={lam:g}", disable=not (progress and rank == 0), unit="step",
                    mininterval=2.0)
@@ -167,7 +175,12 @@ def train_ladder(
             feat, teacher, labels = cache.batch(idx, device)
             for g in opt.param_groups:
                 g["lr"] = _lr_at(frac, cfg.lr) * g["lr_scale"]
-            o = ddp(feat)
+            if levels is not None:
+                q = int(torch.randint(levels[0], levels[1] + 1, (1,), generator=gen))
+                lam = lam_lo * (lam_hi / lam_lo) ** ((q - levels[0]) / max(1, levels[1] - levels[0]))
+                o = ddp(feat, level=q)
+            else:
+                o = ddp(feat)
             warm = pos == 0 and frac < cfg.feature_warmup
             use_tail = cfg.tail_every > 0 and step % cfg.tail_every == 0 and not warm
             student, tail_mse = None, None
@@ -221,7 +234,7 @@ def train_ladder(
         log_file.close()
 
     nets = []
-    for i in range(len(cfg.lambdas)):
+    for i in (range(len(cfg.lambdas)) if levels is None else [0]):
         n = Bottleneck(bcfg)
         _load_train_state(n, trained[i])
         nets.append(n.eval())

@@ -14,18 +14,31 @@ import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from ..bundle import feature_stride  # noqa: F401  (re-exported: it used to live here)
 from ..errors import UserError
 from ..options import option
 
-__all__ = ["TrainOptions", "train_bundle", "collect_items", "measure_heldout", "ladder_warnings", "scan_data",
+__all__ = ["TrainOptions", "train_bundle", "collect_items", "measure_heldout", "record_measurement", "ladder_warnings", "scan_data",
            "check_model_split", "device_for", "cuda_training_flags", "MigrateOptions", "migrate_ladder"]
 
 
 def _floats(s: str) -> List[float]:
     return [float(v) for v in s.split(",") if v.strip()]
+
+
+def _levels(s: str) -> Tuple[int, int]:
+    import argparse
+
+    lo, sep, hi = s.partition(":")
+    try:
+        lo, hi = int(lo), int(hi)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"levels must be LO:HI (two integers), got {s!r}") from None
+    if not sep or lo >= hi or not -128 <= lo < hi <= 127:
+        raise argparse.ArgumentTypeError(f"levels must be LO:HI with -128 <= LO < HI <= 127, got {s!r}")
+    return (lo, hi)
 
 
 @dataclass
@@ -82,6 +95,11 @@ class TrainOptions:
     side_refit_steps: int = option(500, "hyperprior: refit the z density to the training z after training (0 = off; "
                                         "changes only the bits of z, see shared/training/side_density.py)")
     qp: float = option(1.0, "quantiser step of the static rate model")
+    levels: Optional[Tuple[int, int]] = option(
+        None, "train ONE variable-rate bottleneck over the integer quality levels LO..HI (quantiser step r**-q, "
+              "shared/codec/variable_rate.py) instead of a rung per lambda; the lambdas' range maps log-linearly onto "
+              "the levels, and the ladder's whole step budget (steps + steps-per-rung x (lambdas - 1)) trains it",
+        type=_levels, metavar="LO:HI")
     limit: int = option(0, "use at most this many training images (0 = all)")
     device: str = option("auto", "cpu, cuda, cuda:N or auto")
     seed: int = option(0, "random seed (initialisation, views, batch order)")
@@ -173,7 +191,6 @@ def collect_items(data: Sequence[str], part: str, extra: Sequence[str], labels: 
 def measure_heldout(model, bundle, eval_data, limit: int = 0, say=print):
     """Measure every rung on the held-out images of ``eval_data``, print the figures and record them (and the
     part measured) in the bundle's manifest (``train``, ``migrate --eval-data``)."""
-    from ..bundle import update_metrics
     from ..data import split_items, spread
     from ..evaluation import evaluate_ladder
 
@@ -181,13 +198,27 @@ def measure_heldout(model, bundle, eval_data, limit: int = 0, say=print):
     items = spread(items, limit)
     say(f"measuring {len(bundle.rungs)} rungs on {len(items)} held-out images of {', '.join(map(str, eval_data))}")
     res = evaluate_ladder(model.to("cpu"), bundle, items)
-    bundle = update_metrics(bundle, res["rungs"], {"evaluation": {
-        "data": [str(d) for d in eval_data], "part": "heldout", "n_images": len(items),
-        "reference": res["reference"]}})
+    bundle = record_measurement(bundle, res, {"data": [str(d) for d in eval_data], "part": "heldout",
+                                              "n_images": len(items)})
     for r in res["rungs"]:
         say(json.dumps(r))
     say("unsplit reference: " + json.dumps(res["reference"]))
     return bundle
+
+
+def record_measurement(bundle, res: Dict, evaluation: Dict):
+    """Write an ``evaluate_ladder`` result into the bundle's manifest: per rung, or for a variable-rate bundle
+    the measured rate-accuracy curve (``variable_rate.curve``, one entry per level) with its finest level's
+    figures as the rung's."""
+    from ..bundle import update_metrics
+
+    extra = {"evaluation": {**evaluation, "reference": res["reference"]}}
+    points = res["rungs"]
+    if bundle.config.levels is not None:
+        curve = sorted(points, key=lambda p: p["level"])
+        extra["variable_rate"] = {**(bundle.manifest.get("variable_rate") or {}), "curve": curve}
+        points = [curve[-1]]
+    return update_metrics(bundle, points, extra)
 
 
 def ladder_warnings(manifest: Dict, far: float = 0.10) -> List[str]:
@@ -312,7 +343,7 @@ def train_bundle(opts: TrainOptions, say=print) -> int:
     bcfg = BottleneckConfig.for_split(
         model.split.depth, int(c), latent=opts.latent, hidden=opts.hidden, dec_hidden=opts.dec_hidden,
         stride=opts.stride, hyper_stride=opts.hyper_stride, rate_model=opts.rate_model, qp=opts.qp,
-        hyper_decoder=opts.hyper_decoder, gain=opts.latent_gain)
+        hyper_decoder=opts.hyper_decoder, gain=opts.latent_gain, levels=opts.levels)
     lcfg = LadderConfig(
         lambdas=opts.lambdas, steps=opts.steps, steps_per_rung=opts.steps_per_rung, batch_size=opts.batch_size,
         lr=opts.lr, mode="supervised" if opts.supervised else "distill", temperature=opts.temperature,
@@ -342,7 +373,7 @@ def train_bundle(opts: TrainOptions, say=print) -> int:
         dist.destroy_process_group()
         return 0
     refits = []
-    if bcfg.rate_model == "hyperprior" and opts.side_refit_steps > 0:
+    if bcfg.rate_model in ("hyperprior", "vr-hyperprior") and opts.side_refit_steps > 0:
         from .side_density import refit_side_density
 
         from tqdm import tqdm
@@ -382,10 +413,14 @@ def train_bundle(opts: TrainOptions, say=print) -> int:
             "images_per_second": images_per_second(out),
             "seconds": round(time.monotonic() - t_start, 1),  # views, rungs and refit (before the measurement)
             "side_refit": refits,
+            "levels": list(bcfg.levels) if bcfg.levels else None,
             "command": opts.command,
         },
     }
-    bundle = save_bundle(out, model, split, bcfg, nets, opts.lambdas, extra=extra)
+    if bcfg.levels is not None:  # one network: its rung records the top lambda, the manifest the range
+        extra["variable_rate"] = {"levels": list(bcfg.levels), "lambdas": [min(opts.lambdas), max(opts.lambdas)]}
+    lams = opts.lambdas if bcfg.levels is None else [max(opts.lambdas)]
+    bundle = save_bundle(out, model, split, bcfg, nets, lams, extra=extra)
     say(f"wrote bundle {bundle.bundle_id} with {len(bundle.rungs)} rungs to {out}")
     if n_eval:
         bundle = measure_heldout(model, bundle, eval_data, opts.eval_limit, say=say)

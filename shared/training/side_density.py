@@ -44,7 +44,7 @@ def refit_side_density(net: Bottleneck, features: torch.Tensor, steps: int = 500
     values per channel and step); then its tail quantiles, which bound the CDF tables, are fitted to the
     new density with the medians pinned. Returns the mean bits per z value before and after, under the
     model (the coder's tables add a little)."""
-    if net.cfg.rate_model != "hyperprior":
+    if net.cfg.rate_model not in ("hyperprior", "vr-hyperprior"):  # z does not depend on the level
         raise ValueError(f"refit_side_density needs a hyperprior rate model, not {net.cfg.rate_model!r}")
     net = net.eval().requires_grad_(False)
     eb = net.rate.entropy_bottleneck

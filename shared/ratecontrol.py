@@ -1,0 +1,182 @@
+"""Rate control for a variable-rate bundle: each image's message held to a byte budget, and a camera stream
+held to a link rate. Torch-free: the ONNX edge and the PyTorch encoder share it.
+
+Per image (:func:`encode_within`): the latent ``y``, its means and its integer table indexes do not depend on
+the quality level ``q``, so one pass of the network serves every level. From the CDF tables the message's size
+is *predicted* at every level at once (numpy: the code length of each symbol under its table, escapes
+included), the finest level whose prediction fits is encoded, and if the real message is over budget (the
+prediction is within a few bytes) the next coarser level is tried. Typically one encode, rarely two.
+
+Per stream (:class:`StreamRateController`): a leaky-bucket controller. The frame budget is ``kbit/s / fps``;
+the bytes sent so far may run ahead of or behind the budget by at most ``slack`` frame budgets, so every
+window of frames stays within ``2 * slack / window`` of the target (with ``slack=0.7`` and 30 frames:
+under 5%). Inside those bounds it holds a *quality level* rather than a size, so hard frames get more bits
+and easy ones fewer, and it moves that level slowly towards the link rate.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Optional, Tuple
+
+import numpy as np
+
+from .codec.rans import PRECISION, RansTables, encode_with_indexes
+
+__all__ = ["LevelCoder", "RateChoice", "encode_within", "StreamRateController", "choose_level"]
+
+
+class LevelCoder:
+    """One image's latent, ready to code at any quality level ``q`` of ``levels = (lo, hi)``.
+
+    ``y`` and ``means``: float32 (C, h, w); ``idx``: the integer hyper-decoder's table indexes; ``tables``: the
+    y entropy model's CDF tables; ``log_ratio``: log of the ratio between neighbouring table scales."""
+
+    def __init__(self, y: np.ndarray, means: np.ndarray, idx: np.ndarray, tables: RansTables, log_ratio: float,
+                 levels: Tuple[int, int]):
+        self.y, self.means = np.asarray(y, np.float32), np.asarray(means, np.float32)
+        self.idx = np.asarray(idx, np.int64)
+        self.tables, self.log_ratio, self.levels = tables, float(log_ratio), (int(levels[0]), int(levels[1]))
+        self._centred = self.y - self.means
+
+    def step(self, q: int) -> float:
+        return math.exp(-int(q) * self.log_ratio)
+
+    def symbols(self, q: int) -> np.ndarray:
+        # float32 division by the step rounded to float32, half to even: what torch does in variable_rate.py
+        return np.rint(self._centred / np.float32(self.step(q))).astype(np.int64)
+
+    def indexes(self, q: int) -> np.ndarray:
+        return np.clip(self.idx + int(q), 0, len(self.tables.cdf) - 1)
+
+    def encode(self, q: int) -> Tuple[bytes, np.ndarray]:
+        """(y payload, y symbols) at level ``q``."""
+        sym = self.symbols(q)
+        return encode_with_indexes(sym, self.indexes(q), self.tables), sym
+
+    def predict_bytes(self, qs: Optional[np.ndarray] = None) -> np.ndarray:
+        """Predicted y payload size at each level of ``qs`` (default: every level), from the code lengths."""
+        qs = np.arange(self.levels[0], self.levels[1] + 1) if qs is None else np.asarray(qs)
+        t = self.tables
+        out = np.empty(len(qs))
+        for k, q in enumerate(qs.tolist()):
+            idx = self.indexes(q).reshape(-1)
+            v = self.symbols(q).reshape(-1) - t.offsets[idx]
+            max_value = t.lengths[idx] - 2
+            escape = (v < 0) | (v >= max_value)
+            value = np.where(escape, max_value, v)
+            freq = t.cdf[idx, value + 1] - t.cdf[idx, value]
+            bits = PRECISION * v.size - np.log2(np.maximum(freq, 1)).sum()
+            if escape.any():  # raw value in 4-bit chunks, plus the chunk count
+                raw = np.where(v < 0, -2 * v - 1, 2 * (v - max_value))[escape]
+                chunks = np.ceil(np.log2(raw + 1) / 4)
+                bits += 4 * (chunks + 1 + chunks // 15).sum()
+            out[k] = 4 * math.ceil(bits / 32) + 8  # 32-bit words and the 64-bit final state
+        return out
+
+
+@dataclass
+class RateChoice:
+    message: bytes
+    level: int
+    trials: int  # encodes run (1 when the prediction was right)
+    predicted: int  # the predicted message size at the chosen level
+    fits: bool  # False only when even the coarsest level is over budget (then that level is sent)
+
+
+def encode_within(coder: LevelCoder, budget_bytes: float, message: Callable[[int, bytes, np.ndarray], bytes],
+                  max_trials: int = 3, floor: Optional[int] = None) -> RateChoice:
+    """The finest level whose message is predicted to fit ``budget_bytes``, encoded and checked; if the real
+    message is over budget, the finest coarser level that fits with the observed error. ``message(q, y_payload,
+    y_symbols)`` builds the whole message (header, side payload, CRCs). ``floor``: go no finer than this level
+    (stream control holds a quality)."""
+    lo, hi = coder.levels
+    qs = np.arange(lo, hi + 1)
+    pred_y = coder.predict_bytes(qs)
+    # the header and the z payload, exactly: a dry message around a y payload of the predicted size
+    dummy = np.zeros(coder.y.shape, np.int64)
+    total = np.array([len(message(int(q), bytes(int(n)), dummy)) for q, n in zip(qs, pred_y)], dtype=float)
+    top = hi if floor is None else min(hi, int(floor))
+    slack, trials = 0.0, 0
+    while True:
+        ok = qs[(qs <= top) & (total + slack <= budget_bytes)]
+        q = int(ok.max()) if len(ok) and trials < max_trials - 1 else (lo if trials >= max_trials - 1 else lo)
+        y_str, sym = coder.encode(q)
+        msg = message(q, y_str, sym)
+        trials += 1
+        if len(msg) <= budget_bytes or q == lo:
+            return RateChoice(msg, q, trials, int(total[q - lo]), len(msg) <= budget_bytes)
+        # over budget: the prediction was short by this much; ask the coarser levels for the same margin
+        slack = max(slack, len(msg) - total[q - lo]) + 1
+        top = q - 1
+
+
+class StreamRateController:
+    """Holds a stream to ``kbit_per_s`` at ``fps``: call :meth:`budget` before each frame and :meth:`sent` after.
+
+    ``slack``: how many frame budgets the bytes sent may run ahead of or behind the target (0.7 keeps every
+    30-frame window within 5%). ``levels``: the network's quality levels; ``level`` is the quality it holds."""
+
+    def __init__(self, kbit_per_s: float, fps: float, levels: Tuple[int, int], slack: float = 0.7):
+        if not (kbit_per_s > 0 and fps > 0 and math.isfinite(kbit_per_s) and math.isfinite(fps)):
+            raise ValueError("kbit/s and fps must be positive finite numbers")
+        self.frame_bytes = kbit_per_s * 1000.0 / fps / 8.0
+        self.levels, self.slack = levels, slack
+        self.debt = 0.0  # bytes sent minus bytes allowed so far (positive: ahead of the link)
+        self.level = (levels[0] + levels[1]) / 2.0
+        self.frames = 0
+
+    def bounds(self) -> Tuple[float, float]:
+        """(least, most) bytes the next frame may take while the running total stays within the slack."""
+        s = self.slack * self.frame_bytes
+        return max(0.0, self.frame_bytes - s - self.debt), self.frame_bytes + s - self.debt
+
+    def choose(self, coder: LevelCoder, message: Callable[[int, bytes, np.ndarray], bytes],
+               overhead_guess: float = 64.0) -> RateChoice:
+        """Encode the next frame: the held quality level when its size is inside the bounds, else the level
+        nearest to them; never over the upper bound unless even the coarsest level is."""
+        least, most = self.bounds()
+        margin = 0.1 * self.slack * self.frame_bytes  # room for the prediction's few bytes of error
+        lo, hi = coder.levels
+        qs = np.arange(lo, hi + 1)
+        size = coder.predict_bytes(qs) + overhead_guess
+        q = int(round(min(max(self.level, lo), hi)))
+        if size[q - lo] > most - margin:  # too big: the finest level under the upper bound
+            ok = qs[size <= most - margin]
+            q = int(ok.max()) if len(ok) else lo
+        elif size[q - lo] < least + margin:  # too small: the coarsest level over the lower bound (or the finest)
+            ok = qs[size >= least + margin]
+            q = int(ok.min()) if len(ok) else hi
+        choice = encode_within(coder, most, message, floor=q)
+        self.sent(len(choice.message), choice.level)
+        return choice
+
+    def sent(self, n_bytes: int, level: Optional[int] = None) -> None:
+        self.debt += n_bytes - self.frame_bytes
+        self.frames += 1
+        # the held quality follows the levels actually sent, and steps down (up) while the stream runs ahead
+        # (behind): about one level per half frame budget of debt
+        if level is not None:
+            self.level = 0.7 * self.level + 0.3 * level
+        self.level -= 2.0 * self.debt / self.frame_bytes * 0.5
+        self.level = min(max(self.level, self.levels[0]), self.levels[1])
+
+
+def choose_level(coder: LevelCoder, message: Callable[[int, bytes, np.ndarray], bytes], *, level: Optional[int] = None,
+                 max_bytes: Optional[float] = None, controller: Optional[StreamRateController] = None) -> RateChoice:
+    """The one entry point both edge encoders call for a variable-rate bundle: a fixed ``level``, a byte budget
+    for this image (``max_bytes``), a stream ``controller``, or none of them (the finest level)."""
+    if sum(v is not None for v in (level, max_bytes, controller)) > 1:
+        raise ValueError("give at most one of a quality level, a byte budget and a stream controller")
+    if controller is not None:
+        return controller.choose(coder, message)
+    if max_bytes is not None:
+        return encode_within(coder, max_bytes, message)
+    lo, hi = coder.levels
+    q = hi if level is None else int(level)
+    if not lo <= q <= hi:
+        raise ValueError(f"quality level {q} is outside this bundle's {lo}..{hi}")
+    y_str, sym = coder.encode(q)
+    msg = message(q, y_str, sym)
+    return RateChoice(msg, q, 1, len(msg), True)

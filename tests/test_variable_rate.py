@@ -1,0 +1,195 @@
+"""One variable-rate bottleneck (shared/codec/variable_rate.py): levels in the bitstream, bit-exact decoding,
+per-image rate control and stream rate control (shared/ratecontrol.py), on the torch and the ONNX edge."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from shared.bitstream import VERSION, VERSION_LEVEL, BitstreamError, Header, pack, unpack
+from shared.pipeline import LadderCodec
+from shared.ratecontrol import LevelCoder, StreamRateController, choose_level, encode_within
+
+LEVELS = (0, 16)
+
+
+@pytest.fixture(scope="module")
+def vr_bundle(tmp_path_factory, tiny_train_argv):
+    """A real variable-rate bundle trained by ``splitinfer train --levels`` (one network, a few seconds)."""
+    from shared.bundle import load_bundle
+    from shared.cli import main
+
+    out = tmp_path_factory.mktemp("tiny_vr_bundle")
+    assert main(["train", *tiny_train_argv(out, "--levels", f"{LEVELS[0]}:{LEVELS[1]}", "--lambdas", "0.5,16")]) == 0
+    return load_bundle(out)
+
+
+@pytest.fixture(scope="module")
+def features(tiny_model, heldout_batch):
+    with torch.no_grad():
+        return tiny_model.head(heldout_batch)
+
+
+def test_one_network_for_every_level(vr_bundle):
+    assert len(vr_bundle.rungs) == 1 and vr_bundle.config.levels == LEVELS
+    assert vr_bundle.config.rate_model == "vr-hyperprior"
+    assert vr_bundle.manifest["variable_rate"]["levels"] == list(LEVELS)
+
+
+def test_every_level_decodes_and_rate_grows_with_level(vr_bundle, features, heldout_batch):
+    codec = LadderCodec(vr_bundle)
+    hw = tuple(heldout_batch.shape[-2:])
+    sizes = []
+    for q in range(LEVELS[0], LEVELS[1] + 1):
+        msgs = codec.encode(features, hw, level=q)
+        for m in msgs:
+            hdr, _ = unpack(m)
+            assert m[2] == VERSION_LEVEL and hdr.level == q
+            feat, hdr2 = codec.decode(m)  # raises on a symbol-checksum mismatch
+            assert feat.shape[1:] == features.shape[1:]
+        sizes.append(np.mean([len(m) for m in msgs]))
+    assert sizes[-1] > 1.5 * sizes[0], sizes  # finer steps cost bits
+    assert all(b >= a - 2 for a, b in zip(sizes, sizes[1:])), sizes  # and the rate rises with the level
+
+
+def test_level_checks(vr_bundle, tiny_bundle, features, heldout_batch):
+    vr, ladder = LadderCodec(vr_bundle), LadderCodec(tiny_bundle)
+    hw = tuple(heldout_batch.shape[-2:])
+    with pytest.raises(ValueError, match="variable-rate"):
+        vr.encode(features[:1], hw)
+    with pytest.raises(ValueError, match="outside"):
+        vr.encode(features[:1], hw, level=LEVELS[1] + 1)
+    with pytest.raises(ValueError, match="ladder"):
+        ladder.encode(features[:1], hw, 0, level=3)
+    (m,) = ladder.encode(features[:1], hw, 0)
+    assert m[2] == VERSION  # ladders keep writing version 1, byte for byte
+    hdr, payloads = unpack(m)
+    forged = pack(Header(hdr.bundle_id, hdr.split_tag, 0, hdr.input_hw, hdr.y_hw, hdr.side_hw, hdr.symbols_crc,
+                         level=3), payloads)
+    with pytest.raises(BitstreamError, match="ladder"):
+        ladder.decode(forged)
+    (v,) = vr.encode(features[:1], hw, level=4)
+    hdr, payloads = unpack(v)
+    for bad, match in ((None, "no quality level"), (LEVELS[1] + 1, "outside")):
+        msg = pack(Header(hdr.bundle_id, hdr.split_tag, 0, hdr.input_hw, hdr.y_hw, hdr.side_hw, hdr.symbols_crc,
+                          level=bad), payloads)
+        with pytest.raises(BitstreamError, match=match):
+            vr.decode(msg)
+
+
+def test_level_shifts_integer_indexes_exactly(vr_bundle, features):
+    """The level enters only as an integer shift of the integer hyper-decoder's table index."""
+    net = LadderCodec(vr_bundle).rung(0)
+    rate = net.rate
+    y = net._analysis(features[:1])
+    z_sym = rate.side_symbols(y)
+    idx, _ = rate.coding_params(z_sym, y.shape[-2:])
+    table = rate.scale_table.double()
+    for q in (LEVELS[0], 5, LEVELS[1]):
+        shifted = rate.shifted(idx, q)
+        assert shifted.dtype in (torch.int32, torch.int64)
+        assert torch.equal(shifted, (idx + q).clamp(0, len(table) - 1))
+        # dividing a table scale by the step r**-q lands on the table scale q entries up, to float rounding
+        inner = (idx + q >= 0) & (idx + q < len(table))
+        scaled = table[idx[inner].long()] / rate.step(q)
+        assert torch.allclose(scaled, table[shifted[inner].long()], rtol=1e-5)  # the table is float32
+
+
+def test_rate_control_meets_each_budget(vr_bundle, features, heldout_batch):
+    codec = LadderCodec(vr_bundle)
+    hw = tuple(heldout_batch.shape[-2:])
+    sizes = [len(m) for m in codec.encode(features, hw, level=LEVELS[1])]
+    smallest = max(len(m) for m in codec.encode(features, hw, level=LEVELS[0]))
+    for budget in np.linspace(smallest, max(sizes), 5):
+        choices = codec.encode_variable(features, hw, max_bytes=float(budget))
+        for i, c in enumerate(choices):
+            assert len(c.message) <= budget and c.fits
+            assert 1 <= c.trials <= 2
+            assert abs(c.predicted - len(c.message)) <= 12  # the prediction is a code length, within bytes
+            if c.level < LEVELS[1] and c.trials == 1:  # the finest level predicted to fit: one finer is
+                (finer,) = codec.encode(features[i : i + 1], hw, level=c.level + 1)  # over, or within the error
+                assert len(finer) > budget - 12
+            codec.decode(c.message)
+    # a budget below the coarsest level's size sends the coarsest level and says it does not fit
+    (c,) = codec.encode_variable(features[:1], hw, max_bytes=8)
+    assert c.level == LEVELS[0] and not c.fits
+
+
+def test_numpy_coder_writes_the_torch_coders_bytes(vr_bundle, features, heldout_batch):
+    codec = LadderCodec(vr_bundle)
+    hw = tuple(heldout_batch.shape[-2:])
+    for q in (LEVELS[0], 7, LEVELS[1]):
+        direct = codec.encode(features, hw, level=q)
+        via = [c.message for c in codec.encode_variable(features, hw, level=q)]
+        assert direct == via
+
+
+def test_onnx_edge_encodes_variable_rate(vr_bundle, features, heldout_batch, tiny_weights, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from edge_client.runtime import OnnxEdgeEncoder
+    from shared.edge_export import export_edge
+
+    pkg = export_edge(vr_bundle, tmp_path / "pkg", weights=str(tiny_weights))
+    enc = OnnxEdgeEncoder(pkg)
+    codec = LadderCodec(vr_bundle)
+    hw = tuple(heldout_batch.shape[-2:])
+    x = heldout_batch.numpy()
+    same = 0
+    for i in range(len(x)):
+        for q in (LEVELS[0], 9, LEVELS[1]):
+            c = enc.encode_variable(x[i : i + 1], level=q)
+            (ref,) = codec.encode(features[i : i + 1], hw, level=q)
+            codec.decode(c.message)  # the cloud decodes the ONNX edge's message: checksums agree
+            same += c.message == ref
+        budget = 0.8 * len(ref)
+        c = enc.encode_variable(x[i : i + 1], max_bytes=budget)
+        assert len(c.message) <= budget or c.level == LEVELS[0]
+    assert same >= 0.9 * 3 * len(x)
+
+
+class _FakeCoder(LevelCoder):
+    """A frame whose y payload at level q is ``complexity * 1.09**q`` bytes (predicted exactly)."""
+
+    def __init__(self, complexity: float, levels=(0, 40)):
+        self.levels, self.c, self.y = levels, complexity, np.zeros(1)
+
+    def predict_bytes(self, qs=None):
+        qs = np.arange(self.levels[0], self.levels[1] + 1) if qs is None else np.asarray(qs)
+        return self.c * 1.09 ** qs
+
+    def encode(self, q):
+        return bytes(int(self.c * 1.09**q)), np.zeros(1)
+
+
+def test_stream_controller_holds_every_window():
+    rng = np.random.default_rng(0)
+    # a camera sequence: complexity drifting slowly, scene cuts every 30 frames, frame-to-frame changes
+    c = np.exp(np.cumsum(rng.normal(0, 0.02, 300)) + np.repeat(rng.normal(0, 0.3, 10), 30) + rng.normal(0, 0.3, 300))
+    ctl = StreamRateController(kbit_per_s=200, fps=15, levels=(0, 40))
+    sent = []
+    for k in c:
+        ch = ctl.choose(_FakeCoder(300 * k), lambda q, y, s: b"h" * 40 + y)
+        sent.append(len(ch.message))
+    target = 200_000 / 15 / 8
+    windows = np.convolve(sent, np.ones(30), "valid") / 30
+    assert np.all(np.abs(windows / target - 1) <= 0.05), (windows.min() / target, windows.max() / target)
+    # inside the windows, harder frames get more bytes than their neighbours (not a constant size)
+    detrend = lambda v: v - np.convolve(v, np.ones(9) / 9, "same")  # noqa: E731
+    assert np.corrcoef(detrend(np.log(c))[5:-5], detrend(np.log(sent))[5:-5])[0, 1] > 0.5
+    assert np.std(sent) / np.mean(sent) > 0.1
+
+
+def test_choose_level_arguments():
+    coder = _FakeCoder(10.0)
+    with pytest.raises(ValueError, match="at most one"):
+        choose_level(coder, lambda q, y, s: y, level=3, max_bytes=100)
+    with pytest.raises(ValueError, match="outside"):
+        choose_level(coder, lambda q, y, s: y, level=99)
+    assert choose_level(coder, lambda q, y, s: y).level == 40
+    c = encode_within(coder, 100.0, lambda q, y, s: b"h" * 10 + y)
+    assert len(c.message) <= 100 and len(b"h" * 10 + coder.encode(c.level + 1)[0]) > 100
+    with pytest.raises(ValueError):
+        StreamRateController(kbit_per_s=math.nan, fps=15, levels=(0, 4))
