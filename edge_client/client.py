@@ -105,6 +105,7 @@ class InferResult:
     error: Optional[ServiceError] = None  # stream mode: a refused frame (the stream goes on)
     mask_png: Optional[bytes] = None  # segmentation: the class mask (8-bit PNG of class indexes)
     class_pixels: Optional[List[int]] = None  # segmentation: pixels of each class in the mask
+    level: Optional[int] = None  # variable-rate bundles: the quality level the edge encoded at
 
     @property
     def ok(self) -> bool:
@@ -403,12 +404,30 @@ class EdgeClient:
                 attempt += 1
 
     def encode(self, image: ImageLike, bitrate: Optional[float] = None, rung: Optional[int] = None,
-               hint: Optional[BitrateHint] = None) -> Tuple[EncodedFrame, BitrateHint, float]:
+               hint: Optional[BitrateHint] = None, controller=None) -> Tuple[EncodedFrame, BitrateHint, float]:
+        """A ladder: the rung the hint selects (or ``rung``). A variable-rate bundle: each message fits the hint
+        (bpp, or a link rate's bits per frame), or follows a stream ``controller`` (``shared.ratecontrol``)."""
         hint = hint if hint is not None else BitrateHint(target_bpp=bitrate)
         t0 = time.perf_counter()
-        r = hint.rung(self.bundle) if rung is None else rung
-        frame = self.encoder.encode(image, rung=r)
+        if self.bundle.config.levels is not None:
+            if rung not in (None, 0):
+                raise ValueError("a variable-rate bundle has one network (rung 0); give a bitrate hint instead")
+            bpp = hint.bpp(tuple(self.bundle.manifest["preprocess"]["input_size"]))
+            frame = self.encoder.encode(image, bitrate=None if controller else bpp, controller=controller)
+        else:
+            r = hint.rung(self.bundle) if rung is None else rung
+            frame = self.encoder.encode(image, rung=r)
         return frame, hint, 1e3 * (time.perf_counter() - t0)
+
+    def stream_controller(self, hint: Optional[BitrateHint]):
+        """For a sequence of frames under a link-rate hint with a variable-rate bundle: a rate controller that
+        holds the sent rate to the link (``shared.ratecontrol.StreamRateController``); else None (per frame)."""
+        levels = self.bundle.config.levels
+        if levels is None or hint is None or hint.kbit_per_s is None:
+            return None
+        from shared.ratecontrol import StreamRateController
+
+        return StreamRateController(hint.kbit_per_s, hint.fps, levels)
 
     def infer(self, image: ImageLike, bitrate: Optional[float] = None, rung: Optional[int] = None,
               hint: Optional[BitrateHint] = None, request_id: Optional[str] = None) -> InferResult:
@@ -426,16 +445,19 @@ class EdgeClient:
         rid = request_id or uuid.uuid4().hex
         req = self.transport.request(self._model, frame, hint, expected_rung, rid, self.top_k)
         deadline = time.monotonic() + self.timeout_s
-        return self._with_retries(lambda t: self.transport.infer(req, t, source, encode_ms), deadline)
+        res = self._with_retries(lambda t: self.transport.infer(req, t, source, encode_ms), deadline)
+        res.level = frame.level
+        return res
 
     def infer_many(self, images: Iterable[ImageLike], bitrate: Optional[float] = None, rung: Optional[int] = None,
                    hint: Optional[BitrateHint] = None) -> Iterator[InferResult]:
         """One unary request per image; a refused or unreadable image yields a result with ``error`` set (an
         :class:`ImageError` when the edge could not encode it) and the rest go on."""
         self.connect()
+        ctl = self.stream_controller(hint)
         for image in images:
             try:
-                frame, h, encode_ms = self.encode(image, bitrate, rung, hint)
+                frame, h, encode_ms = self.encode(image, bitrate, rung, hint, ctl)
             except _IMAGE_ERRORS as e:
                 yield InferResult(_name(image), "", -1, 0, 0.0, [], 0.0, error=_encode_error(image, e))
                 continue
@@ -463,14 +485,18 @@ class EdgeClient:
         # that could not be encoded; the encoding thread appends, this one pops
         pending: Deque[Tuple[str, float, float, Optional[ImageError]]] = deque()
 
+        ctl = self.stream_controller(hint)
+        levels: Deque[Optional[int]] = deque()  # per frame sent, its quality level (variable-rate bundles)
+
         def requests():
             for image in images:
                 try:
-                    frame, h, encode_ms = self.encode(image, bitrate, rung, hint)
+                    frame, h, encode_ms = self.encode(image, bitrate, rung, hint, ctl)
                 except _IMAGE_ERRORS as e:
                     pending.append((_name(image), 0.0, 0.0, _encode_error(image, e)))
                     continue
                 rid = uuid.uuid4().hex
+                levels.append(frame.level)
                 pending.append((_name(image), encode_ms, time.perf_counter(), None))
                 yield t.request(self._model, frame, h, frame.rung if rung is None else None, rid, self.top_k)
 
@@ -483,15 +509,18 @@ class EdgeClient:
             for resp in t.stub.InferStream(requests(), timeout=timeout_s, metadata=t.metadata):
                 yield from failed()
                 source, encode_ms, sent, _ = pending.popleft()
+                level = levels.popleft()
                 latency = 1e3 * (time.perf_counter() - sent)
                 if resp.WhichOneof("outcome") == "error":
                     if resp.error.kind == "bundle_mismatch":
                         err: ServiceError = BundleMismatchError(resp.error.message)
                     else:
                         err = ServiceError(_code_name(resp.error.code), resp.error.message, resp.error.kind)
-                    yield InferResult(source, resp.request_id, -1, 0, 0.0, [], latency, encode_ms, error=err)
+                    yield InferResult(source, resp.request_id, -1, 0, 0.0, [], latency, encode_ms, error=err, level=level)
                 else:
-                    yield _result_from_pb(resp.result, source, latency, encode_ms)
+                    res = _result_from_pb(resp.result, source, latency, encode_ms)
+                    res.level = level
+                    yield res
         except t.grpc.RpcError as e:
             raise t.error(e) from None
         yield from failed()

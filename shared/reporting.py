@@ -169,9 +169,10 @@ EDGE_HEADER = f"{'image':<32} {'rung':>4} {'bytes':>6} {'bpp':>7} {'enc ms':>7} 
 
 def edge_row(r, mask: Optional[Path] = None, as_json: bool = False) -> str:
     """One answer of the edge client (``edge_client.InferResult``) as ``splitinfer edge`` prints it: a row under
-    :data:`EDGE_HEADER`, a failure line, or (``as_json``) one JSON object."""
+    :data:`EDGE_HEADER` (the rung, or ``qN``: the quality level of a variable-rate bundle), a failure line, or
+    (``as_json``) one JSON object."""
     if as_json:
-        return json.dumps({"image": r.source, "ok": r.ok, "rung": r.rung, "bytes": r.n_bytes, "bpp": r.bpp,
+        return json.dumps({"image": r.source, "ok": r.ok, "rung": r.rung, "level": r.level, "bytes": r.n_bytes, "bpp": r.bpp,
                            "encode_ms": r.encode_ms, "latency_ms": r.latency_ms, "topk": r.topk,
                            "class_pixels": r.class_pixels, "mask": str(mask) if mask else None,
                            "server_timings_ms": r.server_timings_ms, "error": r.error.message if r.error else None})
@@ -179,7 +180,8 @@ def edge_row(r, mask: Optional[Path] = None, as_json: bool = False) -> str:
     if not r.ok:
         return f"{name:<32} {'failed' if r.error.kind == 'bad_image' else 'refused'}: {r.error.code}: {r.error.message}"
     pred = "  ".join(f"{label} ({score:.0%})" for _, label, score in r.topk)
-    return (f"{name:<32} {r.rung:>4} {r.n_bytes:>6} {r.bpp:>7.4f} {r.encode_ms:>7.1f} {r.latency_ms:>7.1f}  {pred}"
+    where = r.rung if r.level is None else f"q{r.level}"  # a variable-rate bundle: the quality level
+    return (f"{name:<32} {where:>4} {r.n_bytes:>6} {r.bpp:>7.4f} {r.encode_ms:>7.1f} {r.latency_ms:>7.1f}  {pred}"
             + (f"  -> {mask}" if mask else ""))
 
 

@@ -87,14 +87,19 @@ def run_edge(args) -> int:
                 print(f"server {args.server} ({'REST' if args.rest else 'gRPC'}), model {client.model}, bundle "
                       f"{client.bundle.bundle_id}, hint: {hint if args.rung is None else f'rung {args.rung}'}")
                 print(EDGE_HEADER + "\n" + "-" * len(EDGE_HEADER))
+            sent = []
             for r in (client.stream if args.stream else client.infer_many)(images, rung=args.rung, hint=hint):
                 failed += not r.ok
+                sent += [r.n_bytes] if r.ok else []
                 mask = None
                 if r.ok and r.mask_png and num_classes is not None:
                     mask = write_mask(r, args.masks_dir, client.bundle.model, num_classes)
                 print(edge_row(r, mask, args.json), flush=True)
         except ServiceError as e:
             raise UserError(str(e)) from None
+    if args.kbps and sent and not args.json:  # what the link carried against what it was given
+        print(f"sent {8e-3 * sum(sent) / len(sent) * args.fps:.2f} kbit/s at {args.fps:g} fps (target {args.kbps:g}) "
+              f"over {len(sent)} frames")
     if failed and not args.json:
         print(f"{failed} of {len(images)} images failed", file=sys.stderr)
     return 1 if failed else 0
