@@ -23,10 +23,10 @@ import math
 from typing import Dict, List, Tuple, Union
 
 import torch
-from compressai.ops import quantize_ste
 from torch import Tensor
 
-from .rate_models import RATE_MODELS, HW, HyperpriorRate, _crop, _eb_indexes, rans_decode, rans_encode, symbols_crc
+from .compressai_adapter import cdf_tables, channel_indexes, medians, quantize_ste, rans_decode, rans_encode
+from .rate_models import RATE_MODELS, HW, HyperpriorRate, _crop, symbols_crc
 
 __all__ = ["VariableRateHyperprior", "Level"]
 
@@ -37,13 +37,12 @@ class VariableRateHyperprior(HyperpriorRate):
     """The mean-scale hyperprior with the integer hyper-decoder, quantised with step ``r ** -q``.
 
     ``levels = (lo, hi)``: the quality levels the network was trained on and serves. ``forward``, ``compress``
-    and ``decompress`` take ``level=q``. (``qp`` belongs to the static model; accepted and unused, as
-    ``build_rate_model`` passes it to every model.)"""
+    and ``decompress`` take ``level=q``."""
 
     kind = "vr-hyperprior"
 
     def __init__(self, latent: int, hyper: int = 32, hyper_stride: int = 4, means: bool = True,
-                 hyper_decoder: str = "integer", levels: Tuple[int, int] = (0, 40), qp: float = 1.0):
+                 hyper_decoder: str = "integer", levels: Tuple[int, int] = (0, 40)):
         if hyper_decoder != "integer":
             raise ValueError("the variable-rate hyperprior needs the integer hyper-decoder (its levels shift integer "
                              "table indexes)")
@@ -78,7 +77,7 @@ class VariableRateHyperprior(HyperpriorRate):
     def forward(self, y: Tensor, level: Level = 0) -> Dict:
         z = self.h_a(y)
         _, z_lik = self.entropy_bottleneck(z)
-        z_med = self.entropy_bottleneck._get_medians()
+        z_med = medians(self.entropy_bottleneck)
         if not self.training and self.h_s.exported():
             idx, means = self._int_params(torch.round(z - z_med), y.shape[-2:])
             idx = idx.to(y.dtype)
@@ -105,7 +104,7 @@ class VariableRateHyperprior(HyperpriorRate):
     def _compress_level(self, y: Tensor, q: int) -> Tuple[List[bytes], int]:
         gc, eb = self.gaussian_conditional, self.entropy_bottleneck
         z_sym = self.side_symbols(y)
-        z_string = rans_encode(eb, self._eb_tables, z_sym, _eb_indexes(eb, z_sym.shape))
+        z_string = rans_encode(eb, self._eb_tables, z_sym, channel_indexes(z_sym.shape))
         indexes, means = self.coding_params(z_sym, y.shape[-2:])
         y_sym = self.symbols(y, means, q)
         y_string = rans_encode(gc, self._gc_tables, y_sym, self.shifted(indexes, q))
@@ -119,12 +118,12 @@ class VariableRateHyperprior(HyperpriorRate):
 
         eb, gc = self.entropy_bottleneck, self.gaussian_conditional
         z_sym = self.side_symbols(y)
-        z_string = rans_encode(eb, self._eb_tables, z_sym, _eb_indexes(eb, z_sym.shape))
+        z_string = rans_encode(eb, self._eb_tables, z_sym, channel_indexes(z_sym.shape))
         idx, means = self.coding_params(z_sym, y.shape[-2:])
-        key = gc._quantized_cdf.data_ptr()
-        if getattr(self, "_np_key", None) != key:  # the y tables as numpy, converted once
-            self._np_tables = RansTables(gc._quantized_cdf.numpy(), gc._cdf_length.numpy(), gc._offset.numpy())
-            self._np_key = key
+        cdf, lengths, offsets = cdf_tables(gc)
+        if getattr(self, "_np_key", None) != cdf.data_ptr():  # the y tables as numpy, converted once
+            self._np_tables = RansTables(cdf.numpy(), lengths.numpy(), offsets.numpy())
+            self._np_key = cdf.data_ptr()
         coder = LevelCoder(y[0].numpy(), means[0].numpy(), idx[0].numpy(), self._np_tables, self.log_ratio, self.levels)
         return coder, z_string, z_sym[0].numpy()
 
@@ -133,7 +132,7 @@ class VariableRateHyperprior(HyperpriorRate):
         y_str, z_str = payloads
         gc, eb = self.gaussian_conditional, self.entropy_bottleneck
         z_hw = self.side_shape(y_hw)
-        z_sym = rans_decode(eb, self._eb_tables, z_str, _eb_indexes(eb, (1, self.hyper, *z_hw)))
+        z_sym = rans_decode(eb, self._eb_tables, z_str, channel_indexes((1, self.hyper, *z_hw)))
         indexes, means = self.coding_params(z_sym, y_hw)
         y_sym = rans_decode(gc, self._gc_tables, y_str, self.shifted(indexes, q))
         y_hat = y_sym.to(means.dtype) * self.step(q) + means

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -27,6 +26,7 @@ from ..codec import Bottleneck, BottleneckConfig
 from ..models.split import SplitModel
 from .cache import FeatureCache
 from .objectives import Objective, bpp_from_likelihoods, tail_feature_mse
+from .schedule import warmup_cosine_lr
 from .views import capture, tap_modules
 
 __all__ = ["LadderConfig", "train_ladder", "dist_info"]
@@ -59,14 +59,6 @@ def dist_info():
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     return rank, world, world > 1
-
-
-def _lr_at(progress: float, base: float) -> float:
-    """Linear warm-up over the first 5%, then cosine decay to 5% of ``base``; ``progress`` in [0, 1]."""
-    if progress < 0.05:
-        return base * (0.05 + progress / 0.05 * 0.95)
-    t = (progress - 0.05) / 0.95
-    return base * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(t, 1.0))))
 
 
 def _checkpoint_path(out: Path) -> Path:
@@ -107,6 +99,12 @@ def train_ladder(
     torch.manual_seed(cfg.seed + rank)
     objective = Objective(cfg.mode, cfg.temperature, cfg.feature_weight, task=model.spec.task)
     feat_mean, feat_var = (t.to(device) for t in cache.feature_stats())
+    if distributed:  # every rank standardises with the statistics of all shards (DDP keeps rank 0's buffers anyway)
+        second = feat_var + feat_mean**2
+        for t in (feat_mean, second):
+            dist.all_reduce(t)
+            t /= world
+        feat_var = second - feat_mean**2
     use_targets = cfg.tail_feature_weight > 0 and bool(cache.targets)
     target_var = {k: v.to(device) for k, v in cache.target_stats().items()} if use_targets else {}
     taps = tap_modules(model, list(cache.targets)) if use_targets else {}  # hooked while the student's tail runs
@@ -153,7 +151,9 @@ def train_ladder(
         assert not set(map(id, params)) & set(map(id, aux_params))
         opt = torch.optim.Adam(net.param_groups(cfg.lr))
         aux_opt = torch.optim.Adam(aux_params, lr=cfg.aux_lr)
-        gen = torch.Generator().manual_seed(cfg.seed * 1000 + pos * 10 + rank)
+        # rank 0 keeps the single-process seed; other ranks are offset by a large prime so that no (rung, rank)
+        # pair shares a stream (pos * 10 + rank collided from 10 ranks on)
+        gen = torch.Generator().manual_seed(cfg.seed * 1000 + pos * 10 + rank * 1_000_003)
         # With a time budget each rung gets a share proportional to its steps; the schedule follows
         # whichever of step count and elapsed time is further along, so a rung always completes.
         planned = cfg.steps + cfg.steps_per_rung * (len(order) - 1) if levels is None else vr_steps
@@ -170,11 +170,11 @@ def train_ladder(
                 frac = float(f)
             if frac >= 1.0:
                 break
-            # each process samples from its own shard of the cache (sharded by image in build_cache)
+            # each process samples from its own shard of the views (recipe._views gives rank r the images r::world)
             idx = torch.randint(len(cache), (cfg.batch_size,), generator=gen)
             feat, teacher, labels = cache.batch(idx, device)
             for g in opt.param_groups:
-                g["lr"] = _lr_at(frac, cfg.lr) * g["lr_scale"]
+                g["lr"] = warmup_cosine_lr(frac, cfg.lr) * g["lr_scale"]
             if levels is not None:
                 q = int(torch.randint(levels[0], levels[1] + 1, (1,), generator=gen))
                 lam = lam_lo * (lam_hi / lam_lo) ** ((q - levels[0]) / max(1, levels[1] - levels[0]))
