@@ -99,12 +99,26 @@ def test_bad_magic(message):
 
 
 def test_wrong_version(message):
-    for v in (0, 2, 255):
+    for v in (0, 3, 255):
         with pytest.raises(BitstreamError, match=f"unsupported bitstream version {v}"):
             unpack(message[:2] + bytes([v]) + message[3:])
     # even with a valid checksum, another version is refused before anything else is parsed
-    with pytest.raises(BitstreamError, match="version 2"):
-        unpack(reseal(message[:2] + b"\x02" + message[3:-4]))
+    with pytest.raises(BitstreamError, match="version 3"):
+        unpack(reseal(message[:2] + b"\x03" + message[3:-4]))
+
+
+def test_version_2_carries_the_quality_level(message):
+    hdr, payloads = unpack(message)
+    assert hdr.level is None  # version 1: a ladder rung
+    for q in (-128, -1, 0, 17, 127):
+        hdr.level = q
+        m2 = pack(hdr, payloads)
+        assert m2[2] == 2 and len(m2) == len(message) + 1  # one signed byte after the rung
+        h2, p2 = unpack(m2)
+        assert h2.level == q and p2 == payloads and h2.input_hw == hdr.input_hw and h2.rung == hdr.rung
+    hdr.level = 128
+    with pytest.raises(ValueError, match="signed byte"):
+        pack(hdr, payloads)
 
 
 def test_not_bytes():

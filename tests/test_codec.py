@@ -73,7 +73,8 @@ def roundtrip(net: Bottleneck, feat: torch.Tensor):
 
 
 def test_rate_model_registry():
-    assert sorted(RATE_MODELS) == sorted(KINDS)
+    # the fixed-rate models tested here, and the variable-rate hyperprior (tests/test_variable_rate.py)
+    assert sorted(RATE_MODELS) == sorted(KINDS + ["vr-hyperprior"])
     assert {k: RATE_MODELS[k].n_payloads for k in KINDS} == {"hyperprior": 2, "factorized": 1, "static": 1}
     with pytest.raises(ValueError, match="unknown rate model"):
         Bottleneck(small_config("laplace"))
