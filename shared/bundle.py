@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 # torch (safetensors.torch, the Bottleneck) loads only where rung weights do: reading a manifest, picking a rung
 # and checking ids stay torch-free for the edge runtime
 
-__all__ = ["Rung", "Bundle", "Manifest", "save_bundle", "load_bundle", "select_rung", "BundleError", "FORMAT",
+__all__ = ["Rung", "Bundle", "Manifest", "save_bundle", "load_bundle", "select_rung", "record_measurement", "BundleError", "FORMAT",
            "feature_stride", "split_fields"]
 
 FORMAT = "splitinfer-bundle/2"
@@ -424,6 +424,19 @@ def update_metrics(bundle: Bundle, metrics: Sequence[Dict], extra: Optional[Dict
     m.update(extra or {})
     (bundle.root / "manifest.json").write_text(json.dumps(m, indent=2) + "\n")
     return load_bundle(bundle.root, allow_float_hyper=True)
+
+
+def record_measurement(bundle, res: Dict, evaluation: Dict):
+    """Write an ``evaluate_ladder`` result into the bundle's manifest: per rung, or for a variable-rate bundle
+    the measured rate-accuracy curve (``variable_rate.curve``, one entry per level) with its finest level's
+    figures as the rung's."""
+    extra = {"evaluation": {**evaluation, "reference": res["reference"]}}
+    points = res["rungs"]
+    if bundle.config.levels is not None:
+        curve = sorted(points, key=lambda p: p["level"])
+        extra["variable_rate"] = {**(bundle.manifest.get("variable_rate") or {}), "curve": curve}
+        points = [curve[-1]]
+    return update_metrics(bundle, points, extra)
 
 
 def load_bundle(root: Path | str, allow_float_hyper: bool = False) -> Bundle:

@@ -50,7 +50,7 @@ def evaluate_bundles(opts: EvalOptions, say=print) -> dict:
     report files to ``opts.out``; returns the summary (:mod:`shared.summary`). Mistakes raise :class:`UserError`
     before any measurement where they can be seen then."""
     from .baselines import CodecUnavailable, evaluate_codec, parse_codecs
-    from .bundle import resolve_bundle, update_metrics
+    from .bundle import record_measurement, resolve_bundle
     from .data import split_items, spread
     from .evaluation import METRICS, evaluate_ladder
     from .models import load_split_model
@@ -81,8 +81,7 @@ def evaluate_bundles(opts: EvalOptions, say=print) -> dict:
         for line in ladder_table(bundle, res, METRICS[model.spec.task], f"{part} part of {opts.data}"):
             say(line)
         if opts.update_manifest:
-            update_metrics(bundle, res["rungs"], {"evaluation": {"data": str(opts.data), "part": opts.part,
-                                                                 "reference": res["reference"]}})
+            record_measurement(bundle, res, {"data": str(opts.data), "part": opts.part})
         ladders.append({"bundle": str(bundle.root), "bundle_id": bundle.bundle_id, "model": bundle.model, **res})
     key = METRICS[first_model.spec.task][0]
     baselines = []
@@ -128,7 +127,8 @@ def ladder_table(bundle, res: dict, metrics, where: str) -> List[str]:
              f"{'rung':>4} {'lambda':>7} {'bpp':>7} {'est.bpp':>8} {'bytes':>7} "
              + " ".join(f"{METRIC_LABELS[k]:>10}" for k in metrics) + f" {'agree':>6}"]
     for r in res["rungs"]:
-        lines.append(f"{r['rung']:>4} {r['lambda']:>7g} {r['bpp']:>7.4f} {r['bpp_estimated']:>8.4f} "
+        where_ = r["rung"] if "level" not in r else f"q{r['level']}"  # a variable-rate bundle: one row per level
+        lines.append(f"{where_:>4} {r['lambda']:>7g} {r['bpp']:>7.4f} {r['bpp_estimated']:>8.4f} "
                      f"{r['bytes_per_image']:>7.0f} " + " ".join(f"{r.get(k, float('nan')):>10.2%}" for k in metrics)
                      + f" {r['agreement']:>6.1%}")
     return lines

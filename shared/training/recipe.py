@@ -20,7 +20,7 @@ from ..bundle import feature_stride  # noqa: F401  (re-exported: it used to live
 from ..errors import UserError
 from ..options import option
 
-__all__ = ["TrainOptions", "train_bundle", "collect_items", "measure_heldout", "record_measurement", "ladder_warnings", "scan_data",
+__all__ = ["TrainOptions", "train_bundle", "collect_items", "measure_heldout", "ladder_warnings", "scan_data",
            "check_model_split", "device_for", "cuda_training_flags", "MigrateOptions", "migrate_ladder"]
 
 
@@ -191,6 +191,7 @@ def collect_items(data: Sequence[str], part: str, extra: Sequence[str], labels: 
 def measure_heldout(model, bundle, eval_data, limit: int = 0, say=print):
     """Measure every rung on the held-out images of ``eval_data``, print the figures and record them (and the
     part measured) in the bundle's manifest (``train``, ``migrate --eval-data``)."""
+    from ..bundle import record_measurement
     from ..data import split_items, spread
     from ..evaluation import evaluate_ladder
 
@@ -204,21 +205,6 @@ def measure_heldout(model, bundle, eval_data, limit: int = 0, say=print):
         say(json.dumps(r))
     say("unsplit reference: " + json.dumps(res["reference"]))
     return bundle
-
-
-def record_measurement(bundle, res: Dict, evaluation: Dict):
-    """Write an ``evaluate_ladder`` result into the bundle's manifest: per rung, or for a variable-rate bundle
-    the measured rate-accuracy curve (``variable_rate.curve``, one entry per level) with its finest level's
-    figures as the rung's."""
-    from ..bundle import update_metrics
-
-    extra = {"evaluation": {**evaluation, "reference": res["reference"]}}
-    points = res["rungs"]
-    if bundle.config.levels is not None:
-        curve = sorted(points, key=lambda p: p["level"])
-        extra["variable_rate"] = {**(bundle.manifest.get("variable_rate") or {}), "curve": curve}
-        points = [curve[-1]]
-    return update_metrics(bundle, points, extra)
 
 
 def ladder_warnings(manifest: Dict, far: float = 0.10) -> List[str]:
