@@ -34,7 +34,8 @@ from .errors import (BundleMismatch, Cancelled, DeadlineExceeded, InternalError,
 from .metrics import Metrics
 from .repository import ModelRepository, ServedModel
 from .settings import Settings
-from .types import ClassScore, InferenceRequest, InferenceResponse, ModelMetadata, RungMetadata, parse_request
+from .types import (ClassScore, InferenceRequest, InferenceResponse, LevelPoint, ModelMetadata, RungMetadata, VariableRate,
+                    parse_request)
 
 __all__ = ["DataPlane", "IMAGE_FORMATS", "CancelToken", "Admission", "CallScope", "current_scope", "call_scope"]
 
@@ -207,9 +208,16 @@ class DataPlane:
             figures = {k: mt.get(k) for k in task.metrics}  # the task's accuracy figures, by name
             rungs.append(RungMetadata(index=r.index, lam=r.lam, bpp=mt.get("bpp"), agreement=mt.get("agreement"),
                                       n_images=int(mt.get("n_images") or 0), resident=r.index in resident, **figures))
+        vr = None
+        if b.config.levels is not None:
+            curve = [LevelPoint(level=p["level"], bpp=p["bpp"], agreement=p.get("agreement"),
+                                n_images=int(p.get("n_images") or 0), **{k: p.get(k) for k in task.metrics})
+                     for p in (b.variable_rate or {}).get("curve", [])]
+            vr = VariableRate(levels=b.config.levels, curve=curve)
         return ModelMetadata(name=m.name, bundle_id=b.bundle_id, backbone=b.model, split=b.split,
                              task=task.name, input_hw=m.input_hw, rate_model=b.config.rate_model,
-                             num_classes=m.decoder.model.spec.num_classes, backbone_loaded=True, rungs=rungs)
+                             num_classes=m.decoder.model.spec.num_classes, backbone_loaded=True, rungs=rungs,
+                             variable_rate=vr)
 
     def _update_resident(self) -> None:
         for m in self.repository.models():
@@ -254,7 +262,10 @@ class DataPlane:
             try:
                 img = self._open_image(image, encoder.preprocess_spec, deadline, ctx["token"])
                 self._check(deadline, ctx["token"], "encoding")
-                frame = encoder.encode(img, rung=r)
+                if served.bundle.config.levels is not None:  # one network: the message itself fits the hint
+                    frame = encoder.encode(img, bitrate=hint.bpp(served.bundle.input_size))
+                else:
+                    frame = encoder.encode(img, rung=r)
                 del img
             finally:
                 self._image_slots.release()

@@ -115,9 +115,15 @@ def from_metadata(m: ModelMetadata) -> pb.ModelInfo:
             if v is not None and k in _RUNG_FIELDS:  # the figures older clients read from fields of their own
                 setattr(ri, k, v)
         rungs.append(ri)
-    return pb.ModelInfo(name=m.name, bundle_id=m.bundle_id, backbone=m.backbone, split=m.split, task=m.task,
+    info = pb.ModelInfo(name=m.name, bundle_id=m.bundle_id, backbone=m.backbone, split=m.split, task=m.task,
                         input_height=m.input_hw[0], input_width=m.input_hw[1], rate_model=m.rate_model,
                         rungs=rungs, backbone_loaded=m.backbone_loaded, num_classes=m.num_classes)
+    if m.variable_rate is not None:
+        v = m.variable_rate
+        info.variable_rate.CopyFrom(pb.VariableRate(level_min=v.levels[0], level_max=v.levels[1], curve=[
+            pb.LevelPoint(level=p.level, bpp=p.bpp, n_images=p.n_images, metrics=p.metrics(),
+                          **({} if p.agreement is None else {"agreement": p.agreement})) for p in v.curve]))
+    return info
 
 
 def _token(context: grpc.ServicerContext) -> Optional[str]:

@@ -87,6 +87,28 @@ class RungMetadata(BaseModel):
         return {k: v for k, v in (self.model_extra or {}).items() if v is not None}
 
 
+class LevelPoint(BaseModel):
+    """One measured point of a variable-rate bundle's rate-accuracy curve (plus the task's figures by name)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    level: int
+    bpp: float
+    agreement: Optional[float] = None
+    n_images: int = 0
+
+    def metrics(self) -> Dict[str, float]:
+        return {k: v for k, v in (self.model_extra or {}).items() if v is not None}
+
+
+class VariableRate(BaseModel):
+    """A variable-rate bundle: one network serving every quality level in ``levels`` (a bitrate hint is met per
+    image by the edge's rate control), with its measured rate-accuracy ``curve``."""
+
+    levels: Tuple[int, int]
+    curve: List[LevelPoint] = []
+
+
 class ModelMetadata(BaseModel):
     name: str
     bundle_id: str
@@ -98,6 +120,7 @@ class ModelMetadata(BaseModel):
     num_classes: int
     backbone_loaded: bool
     rungs: List[RungMetadata]
+    variable_rate: Optional[VariableRate] = None
     platform: str = "splitinfer"
 
 

@@ -116,6 +116,14 @@ class InferResult:
         return self.topk[0] if self.topk else None
 
 
+def _variable_rate(m) -> Dict[str, Any]:
+    """A ModelInfo's variable-rate section as the REST API gives it: levels and the measured curve."""
+    v = m.variable_rate
+    return {"levels": [v.level_min, v.level_max],
+            "curve": [{"level": p.level, "bpp": p.bpp, "n_images": p.n_images, **dict(p.metrics),
+                       **({"agreement": p.agreement} if p.HasField("agreement") else {})} for p in v.curve]}
+
+
 def _result_from_pb(r, source: str, latency_ms: float, encode_ms: float) -> InferResult:
     return InferResult(
         source=source, request_id=r.request_id, rung=r.rung, n_bytes=r.bytes_received, bpp=r.bpp,
@@ -197,8 +205,8 @@ class _GrpcTransport:
             resp = self.stub.ModelMetadata(self.pb.ModelMetadataRequest(), timeout=timeout, metadata=self.metadata)
         except self.grpc.RpcError as e:
             raise self.error(e) from None
-        return [{"name": m.name, "bundle_id": m.bundle_id, "backbone": m.backbone, "split": m.split}
-                for m in resp.models]
+        return [{"name": m.name, "bundle_id": m.bundle_id, "backbone": m.backbone, "split": m.split,
+                 "variable_rate": _variable_rate(m) if m.HasField("variable_rate") else None} for m in resp.models]
 
     def infer(self, req, timeout: float, source: str, encode_ms: float) -> InferResult:
         t0 = time.perf_counter()

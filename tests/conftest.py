@@ -112,6 +112,21 @@ def tiny_bundle(tmp_path_factory, tiny_train_argv):
     return bundle
 
 
+VR_LEVELS = (0, 16)
+
+
+@pytest.fixture(scope="session")
+def vr_bundle(tmp_path_factory, tiny_train_argv):
+    """A real variable-rate bundle (one network, quality levels 0..16) trained and measured by
+    ``splitinfer train --levels`` (a few seconds)."""
+    from shared.bundle import load_bundle
+    from shared.cli import main
+
+    out = tmp_path_factory.mktemp("tiny_vr_bundle")
+    assert main(["train", *tiny_train_argv(out, "--levels", f"{VR_LEVELS[0]}:{VR_LEVELS[1]}", "--lambdas", "0.5,16")]) == 0
+    return load_bundle(out)
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tiny_weights):
     """The frozen split backbone of the tiny bundle (shared: tests must not modify it)."""

@@ -13,18 +13,7 @@ from shared.bitstream import VERSION, VERSION_LEVEL, BitstreamError, Header, pac
 from shared.pipeline import LadderCodec
 from shared.ratecontrol import LevelCoder, StreamRateController, choose_level, encode_within
 
-LEVELS = (0, 16)
-
-
-@pytest.fixture(scope="module")
-def vr_bundle(tmp_path_factory, tiny_train_argv):
-    """A real variable-rate bundle trained by ``splitinfer train --levels`` (one network, a few seconds)."""
-    from shared.bundle import load_bundle
-    from shared.cli import main
-
-    out = tmp_path_factory.mktemp("tiny_vr_bundle")
-    assert main(["train", *tiny_train_argv(out, "--levels", f"{LEVELS[0]}:{LEVELS[1]}", "--lambdas", "0.5,16")]) == 0
-    return load_bundle(out)
+from conftest import VR_LEVELS as LEVELS
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +25,13 @@ def features(tiny_model, heldout_batch):
 def test_one_network_for_every_level(vr_bundle):
     assert len(vr_bundle.rungs) == 1 and vr_bundle.config.levels == LEVELS
     assert vr_bundle.config.rate_model == "vr-hyperprior"
-    assert vr_bundle.manifest["variable_rate"]["levels"] == list(LEVELS)
+    vr = vr_bundle.manifest["variable_rate"]
+    assert vr["levels"] == list(LEVELS) and vr["lambdas"] == [0.5, 16]
+    # train measured the curve: one point per level measured, rates rising with the level, real bytes
+    curve = vr["curve"]
+    assert [p["level"] for p in curve] == sorted(p["level"] for p in curve) and curve[-1]["level"] == LEVELS[1]
+    assert curve[-1]["bpp"] > curve[0]["bpp"] > 0
+    assert vr_bundle.rungs[0].bpp == curve[-1]["bpp"]  # the rung carries the finest level's figures
 
 
 def test_every_level_decodes_and_rate_grows_with_level(vr_bundle, features, heldout_batch):
@@ -193,3 +188,37 @@ def test_choose_level_arguments():
     assert len(c.message) <= 100 and len(b"h" * 10 + coder.encode(c.level + 1)[0]) > 100
     with pytest.raises(ValueError):
         StreamRateController(kbit_per_s=math.nan, fps=15, levels=(0, 4))
+
+
+@pytest.mark.parametrize("rest", [False, True], ids=["grpc", "rest"])
+def test_served_variable_rate_bundle(vr_bundle, tiny_weights, heldout_items, rest):
+    """Both transports: metadata reports the level range and the measured curve; each message of the edge client
+    fits its hint; a link-rate stream is rate-controlled; the answers decode at every level."""
+    from _service import running_server
+
+    from edge_client import EdgeClient
+    from shared.hint import BitrateHint
+
+    images = [p for p, _ in heldout_items[:6]]
+    curve = vr_bundle.manifest["variable_rate"]["curve"]
+    with running_server(vr_bundle, tiny_weights) as server:
+        port = server.http_port if rest else server.grpc_port
+        with EdgeClient(f"127.0.0.1:{port}", bundle=vr_bundle.root, weights=str(tiny_weights), rest=rest) as c:
+            (meta,) = c.transport.models(5.0)
+            vr = meta["variable_rate"]
+            assert tuple(vr["levels"]) == LEVELS
+            assert [p["level"] for p in vr["curve"]] == [p["level"] for p in curve]
+            assert [p["bpp"] for p in vr["curve"]] == pytest.approx([p["bpp"] for p in curve])
+            mid = curve[len(curve) // 2]["bpp"]
+            for hint in (curve[0]["bpp"] * 1.2, mid, curve[-1]["bpp"] * 2):
+                for img in images[:3]:
+                    r = c.infer(img, bitrate=hint)
+                    assert r.ok and r.rung == 0 and r.level is not None
+                    assert r.bpp <= hint
+            # a link rate: one controller for the sequence, the rate held on average
+            kbps = mid * 32 * 32 * 10 / 1000
+            out = list(c.stream(images * 3, hint=BitrateHint(kbit_per_s=kbps, fps=10)))
+            assert all(r.ok for r in out)
+            sent = np.mean([r.n_bytes for r in out]) * 8 * 10 / 1000
+            assert sent == pytest.approx(kbps, rel=0.1)
+            assert len({r.level for r in out}) > 1
