@@ -222,3 +222,30 @@ def test_served_variable_rate_bundle(vr_bundle, tiny_weights, heldout_items, res
             sent = np.mean([r.n_bytes for r in out]) * 8 * 10 / 1000
             assert sent == pytest.approx(kbps, rel=0.1)
             assert len({r.level for r in out}) > 1
+
+
+@pytest.mark.parametrize("q", [LEVELS[0], 9, LEVELS[1]])
+def test_levels_decode_identically_under_perturbations(vr_bundle, features, q):
+    """What another device's arithmetic would change (TF32, threads, float32 sums, memory layout) moves no table
+    index at any level: the level is an integer added to the integer hyper-decoder's index, so the decoder's
+    symbols equal the encoder's under every perturbation (tests/perturb.py)."""
+    from perturb import PERTURBATIONS
+
+    from shared.codec.compressai_adapter import rans_decode, rans_encode
+
+    rate = LadderCodec(vr_bundle).rung(0).rate
+    net = LadderCodec(vr_bundle).rung(0)
+    gc = rate.gaussian_conditional
+    for i in range(features.shape[0]):
+        y = net._analysis(features[i : i + 1])
+        z_sym = rate.side_symbols(y)
+        idx0, means = rate.h_s.exact(z_sym)
+        idx0 = idx0[..., : y.shape[-2], : y.shape[-1]]
+        means = means[..., : y.shape[-2], : y.shape[-1]]
+        sym = rate.symbols(y, means, q)
+        payload = rans_encode(gc, rate._gc_tables, sym, rate.shifted(idx0, q))
+        for name, conv in PERTURBATIONS.items():
+            idx, _ = rate.h_s.exact(z_sym, conv)
+            idx = rate.shifted(idx[..., : y.shape[-2], : y.shape[-1]], q)
+            assert torch.equal(idx, rate.shifted(idx0, q)), name
+            assert torch.equal(rans_decode(gc, rate._gc_tables, payload, idx), sym), name
