@@ -31,7 +31,7 @@ import zlib
 from dataclasses import dataclass, field
 from typing import List, Optional, Tuple
 
-__all__ = ["MAGIC", "VERSION", "VERSION_LEVEL", "BitstreamError", "Header", "pack", "unpack", "split_tag", "MAX_SIDE", "symbols_crc",
+__all__ = ["MAGIC", "VERSION", "VERSION_LEVEL", "BitstreamError", "Header", "pack", "unpack", "split_tag", "MAX_SIDE", "symbols_crc", "level_symbols_crc",
            "bits_per_pixel"]
 
 MAGIC = b"SI"
@@ -71,6 +71,12 @@ def symbols_crc(*symbols, crc: int = 0) -> int:
     for s in symbols:
         crc = zlib.crc32(np.asarray(s).astype("<i4").tobytes(), crc)
     return crc
+
+
+def level_symbols_crc(level: int, *symbols) -> int:
+    """The symbol checksum of a variable-rate (version 2) message: the quality level is folded in first, so a
+    message whose level was altered fails the check even where its symbols happen to decode alike."""
+    return symbols_crc(*symbols, crc=zlib.crc32(struct.pack(">b", level)))
 
 
 def split_tag(model: str, split: str) -> int:

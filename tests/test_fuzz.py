@@ -426,3 +426,48 @@ def test_fuzz_soak_smoke(tiny_bundle, tiny_weights, tiny_images, tmp_path):
         assert not any(o.get(k) for k in ("crash", "corrupt", "5xx", "timeout", "transport", "other")), o
         assert len(r["by_op"]) >= 10  # most operators drawn
     assert res["rest"]["framing"] in ("kserve", "legacy", "json")
+
+
+# ------------------------------------------------------------------------- a variable-rate bundle (version 2)
+@pytest.fixture(scope="module")
+def vr_codec(vr_bundle) -> LadderCodec:
+    return LadderCodec(vr_bundle)
+
+
+@pytest.fixture(scope="module")
+def vr_messages(vr_codec, tiny_model, heldout_batch) -> List[bytes]:
+    """Version-2 messages: 3 held-out images at 4 quality levels, the level byte in each header."""
+    lo, hi = vr_codec.levels
+    with torch.no_grad():
+        feats = tiny_model.head(heldout_batch[:3])
+    return [vr_codec.encode(feats[i:i + 1], INPUT_HW, level=q)[0]
+            for q in (lo, (lo + hi) // 2, hi - 1, hi) for i in range(feats.shape[0])]
+
+
+@pytest.fixture(scope="module")
+def vr_reference(vr_codec, vr_messages) -> dict:
+    return {m: vr_codec.decode(m)[0] for m in vr_messages}
+
+
+@DECODE
+@given(data=st.data())
+def test_decode_of_mutated_variable_rate_messages(vr_codec, vr_messages, vr_reference, data):
+    """The quality level is one more header byte a forger can change: decode gives exactly the original feature,
+    the feature of another valid message, or a BitstreamError (the level is folded into the symbol checksum)."""
+    reference = vr_reference
+    orig, bad, op = data.draw(_mutations(vr_messages))
+    event(f"{op}: {check_decode(vr_codec, reference, orig, bad)}")
+
+
+@DECODE
+@given(level=st.integers(-128, 127), i=st.integers(0, 11))
+def test_every_forged_level_is_refused_or_exact(vr_codec, vr_messages, level, i):
+    """A resealed message with its level byte rewritten: refused (out of range, or the checksum), never decoded
+    at another step."""
+    orig = vr_messages[i % len(vr_messages)]
+    hdr, payloads = unpack(orig)
+    if level == hdr.level:
+        return
+    hdr.level = level
+    with pytest.raises(BitstreamError):
+        vr_codec.decode(pack(hdr, payloads))

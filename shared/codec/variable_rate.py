@@ -26,7 +26,8 @@ import torch
 from torch import Tensor
 
 from .compressai_adapter import cdf_tables, channel_indexes, medians, quantize_ste, rans_decode, rans_encode
-from .rate_models import RATE_MODELS, HW, HyperpriorRate, _crop, symbols_crc
+from ..bitstream import level_symbols_crc
+from .rate_models import RATE_MODELS, HW, HyperpriorRate, _crop
 
 __all__ = ["VariableRateHyperprior", "Level"]
 
@@ -108,7 +109,7 @@ class VariableRateHyperprior(HyperpriorRate):
         indexes, means = self.coding_params(z_sym, y.shape[-2:])
         y_sym = self.symbols(y, means, q)
         y_string = rans_encode(gc, self._gc_tables, y_sym, self.shifted(indexes, q))
-        return [y_string, z_string], symbols_crc(y_sym[0], z_sym[0])
+        return [y_string, z_string], level_symbols_crc(q, y_sym[0].numpy(), z_sym[0].numpy())
 
     def level_coder(self, y: Tensor):
         """One image's latent (1, C, h, w) ready for rate control at every level (``shared.ratecontrol``):
@@ -136,7 +137,7 @@ class VariableRateHyperprior(HyperpriorRate):
         indexes, means = self.coding_params(z_sym, y_hw)
         y_sym = rans_decode(gc, self._gc_tables, y_str, self.shifted(indexes, q))
         y_hat = y_sym.to(means.dtype) * self.step(q) + means
-        return y_hat, symbols_crc(y_sym[0], z_sym[0])
+        return y_hat, level_symbols_crc(q, y_sym[0].numpy(), z_sym[0].numpy())
 
 
 RATE_MODELS[VariableRateHyperprior.kind] = VariableRateHyperprior
