@@ -233,8 +233,9 @@ class Bundle:
 
     @property
     def served_name(self) -> str:
-        """The model name a server gives this ladder unless told otherwise: ``<backbone>-<split>``."""
-        return f"{self.model}-{self.split}"
+        """The model name a server gives this ladder unless told otherwise: ``<backbone>-<split>``, with ``-vr`` for
+        a variable-rate bundle (so it can be served beside the ladder of the same split)."""
+        return f"{self.model}-{self.split}" + ("-vr" if self.config.levels is not None else "")
 
     @property
     def task(self) -> str:

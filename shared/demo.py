@@ -25,6 +25,10 @@ def samples_dir() -> Path:
 
 
 def _default_hints(bundle) -> list:
+    curve = (bundle.variable_rate or {}).get("curve")
+    if bundle.config.levels is not None and curve:  # one network: hints between its measured extremes
+        lo, hi = curve[0]["bpp"], curve[-1]["bpp"]
+        return [round(lo * 1.15, 3), round((lo * hi) ** 0.5, 3), round(hi * 0.8, 3)]
     n = len(bundle.rungs)
     picks = sorted({0, n // 2, n - 1})
     return [bundle.rungs[i].bpp if bundle.rungs[i].bpp else None for i in picks]
@@ -55,7 +59,9 @@ def run_demo(bundle: Optional[str] = None, weights: Optional[str] = None, images
                         bundles=[BundleSpec(path=b.root, weights=weights) for b in bundles])
     say("starting the cloud server on 127.0.0.1 with " + "; ".join(
         f"bundle {b.bundle_id} ({b.model}, split {b.split}, the edge runs "
-        f"{split_info(b.model, b.split)['edge_flop_share']:.0%} of the FLOPs, {len(b.rungs)} rungs)" for b in bundles))
+        f"{split_info(b.model, b.split)['edge_flop_share']:.0%} of the FLOPs, "
+        + (f"{len(b.rungs)} rungs)" if b.config.levels is None else
+           f"one variable-rate network, levels {b.config.levels[0]}..{b.config.levels[1]})") for b in bundles))
     with SplitInferServer(settings) as server:
         target = f"127.0.0.1:{server.http_port if rest else server.grpc_port}"
         say(f"  gRPC on 127.0.0.1:{server.grpc_port}, REST on http://127.0.0.1:{server.http_port}")
@@ -74,6 +80,7 @@ def run_demo(bundle: Optional[str] = None, weights: Optional[str] = None, images
             say("-" * len(head))
             hits = {(c.model, j): 0 for c in clients for j in range(3)}
             sizes = {c.model: [] for c in clients}
+            fits = {}
             ref_hits = 0
             for path, label in samples:
                 with torch.no_grad():
@@ -87,8 +94,12 @@ def run_demo(bundle: Optional[str] = None, weights: Optional[str] = None, images
                         top = r.label
                         hits[(c.model, j)] = hits.get((c.model, j), 0) + (top[0] == label)
                         sizes[c.model].append(r.n_bytes)
-                        cells.append(f"{'':>12}  {r.rung:>4} {r.n_bytes:>5} {r.bpp:>5.3f} {r.encode_ms:>5.1f}  "
-                                     f"{'ok' if top[0] == label else '--'} {top[1][:14]:<14}")
+                        # a variable-rate bundle: the level its rate control chose; '<' marks a message within the hint
+                        where = r.rung if r.level is None else f"q{r.level}"
+                        within = h is not None and r.bpp <= h
+                        fits[c.model] = fits.get(c.model, 0) + within
+                        cells.append(f"{'':>12}  {where:>4} {r.n_bytes:>5} {r.bpp:>5.3f}{'<' if within else ' '}"
+                                     f"{r.encode_ms:>5.1f}  {'ok' if top[0] == label else '--'} {top[1][:14]:<14}")
                     first = j == 0
                     say(f"{path.name[:24] if first else '':<24} {names[label][:14] if first else '':<14} "
                           f"{names[ref][:14] if first else '':<14} " + " | ".join(cells))
@@ -100,5 +111,7 @@ def run_demo(bundle: Optional[str] = None, weights: Optional[str] = None, images
     for c, b in zip(clients, bundles):
         hs = hints[b.bundle_id]
         say(f"{c.model}: " + ", ".join(f"hint {h:.3f} bpp: {hits[(c.model, j)]}/{len(samples)}" for j, h in enumerate(hs))
-              + f"; {sum(sizes[c.model]) / len(sizes[c.model]):.0f} bytes per image on average")
+              + f"; {sum(sizes[c.model]) / len(sizes[c.model]):.0f} bytes per image on average; "
+              f"{fits.get(c.model, 0)}/{len(sizes[c.model])} messages within their hint"
+              + (" (one variable-rate network: each image's level chosen to fit)" if b.config.levels else ""))
     return 0

@@ -159,6 +159,10 @@ def summarize(ladders: Sequence[Dict], baselines: Sequence[Dict], metric: str = 
                          "negative = the ladder needs fewer bits than the codec"),
         "methods": methods,
         "bd_rate": bd,
+        # every other ladder against the first one given (e.g. a variable-rate network against a per-rung ladder)
+        "bd_rate_vs_first": [{"ladder": ladder_label(lad), "anchor": ladder_label(ladders[0]),
+                              **bd_rate(lad.get("rungs", []), ladders[0].get("rungs", []), metric, variant)}
+                             for lad in ladders[1:]],
     }
 
 
@@ -183,10 +187,15 @@ def summary_markdown(summary: Dict) -> List[str]:
     bd = {(r["ladder"], r["codec"].upper()): r for r in summary["bd_rate"]}
     head = ["method"] + [f"bpp within {m} point{'s' if m != '1' else ''}" for m in margins]
     head += [f"BD-rate vs {c}" for c in codecs]
+    vs_first = {r["ladder"]: r for r in summary.get("bd_rate_vs_first", [])}
+    if vs_first:
+        head.append("BD-rate vs the first ladder")
     lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
     for m in summary["methods"]:
         row = [m["method"]] + [_fmt_within(m["within"][k]) for k in margins]
         row += [_fmt_bd(bd.get((m["method"], c))) for c in codecs]
+        if vs_first:
+            row.append(_fmt_bd(vs_first.get(m["method"])) if m["kind"] == "ladder" else "—")
         lines.append("| " + " | ".join(row) + " |")
     metric = METRIC_LABELS.get(summary["metric"], summary["metric"])
     notes = [f"{metric} within N points of the unsplit model's; {summary['within_rule']}; "
@@ -196,6 +205,13 @@ def summary_markdown(summary: Dict) -> List[str]:
             notes.append(f"BD-rate {r['ladder']} vs {r['codec'].upper()}: n/a, {r['reason']}.")
         elif r["note"]:
             notes.append(f"BD-rate {r['ladder']} vs {r['codec'].upper()}: {r['note']}.")
+    for r in vs_first.values():
+        if r["bd_rate"] is None:
+            notes.append(f"BD-rate {r['ladder']} vs {r['anchor']}: n/a, {r['reason']}.")
+        else:
+            notes.append(f"BD-rate {r['ladder']} vs {r['anchor']}: {r['bd_rate']:+.1f}% over "
+                         f"{100 * r['overlap'][0]:.2f}-{100 * r['overlap'][1]:.2f}% {metric}"
+                         + (f" ({r['note']})" if r["note"] else "") + ".")
     for m in summary["methods"]:
         for k in margins:
             w = m["within"][k]

@@ -226,3 +226,19 @@ def test_cli_report_rejects_other_json(tmp_path, capsys):
     bad.write_text(json.dumps({"rungs": []}))
     assert main(["report", str(bad), "--out", str(tmp_path / "o")]) == 2
     assert "not a results.json" in capsys.readouterr().err
+
+
+def test_bd_rate_against_the_first_ladder():
+    from shared.summary import summarize, summary_markdown
+
+    first = {"bundle": "a/ladder", "bundle_id": "aaaaaaaa1", "model": "m", "reference": {"top1": 0.8},
+             "rungs": [{"bpp": b, "top1": t} for b, t in ((0.1, 0.70), (0.2, 0.74), (0.4, 0.76))]}
+    # the same curve at 10% fewer bits
+    second = {**first, "bundle": "b/vr", "bundle_id": "bbbbbbbb1",
+              "rungs": [{"bpp": 0.9 * r["bpp"], "top1": r["top1"]} for r in first["rungs"]]}
+    s = summarize([first, second], [])
+    (r,) = s["bd_rate_vs_first"]
+    assert r["bd_rate"] == pytest.approx(-10.0, abs=1e-6) and r["anchor"].startswith("splitinfer ladder")
+    table = "\n".join(summary_markdown(s))
+    assert "BD-rate vs the first ladder" in table and "-10.0%" in table
+    assert summarize([first], [])["bd_rate_vs_first"] == []
