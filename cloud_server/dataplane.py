@@ -216,8 +216,8 @@ class DataPlane:
             vr = VariableRate(levels=b.config.levels, curve=curve)
         return ModelMetadata(name=m.name, bundle_id=b.bundle_id, backbone=b.model, split=b.split,
                              task=task.name, input_hw=m.input_hw, rate_model=b.config.rate_model,
-                             num_classes=m.decoder.model.spec.num_classes, backbone_loaded=True, rungs=rungs,
-                             variable_rate=vr)
+                             num_classes=m.decoder.model.spec.num_classes, backbone_loaded=m.backbone_loaded,
+                             rungs=rungs, variable_rate=vr)
 
     def _update_resident(self) -> None:
         for m in self.repository.models():

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 from shared.bundle import Bundle, default_bundle_path, embedded_bundle_paths, load_bundle
-from shared.hint import bundle_input_size
 from shared.models import SplitModel, load_split_model
 from shared.pipeline import LadderCodec
 
@@ -46,22 +45,25 @@ class ServedModel:
 
     @property
     def input_hw(self) -> Tuple[int, int]:
-        return bundle_input_size(self.bundle)
+        return self.bundle.input_size
+
+    @property
+    def backbone_loaded(self) -> bool:
+        """Whether the backbone (head and tail) is in memory. The repository builds it when it adds the model and
+        never drops it (a backbone that does not load stops the server from starting), so a served model answers
+        True; its rungs load on first use instead (``RungMetadata.resident``)."""
+        return self.decoder.model is not None
 
     def encoder(self):
         """The edge half on the server's own backbone (for clients that upload images)."""
         if self._encoder is None:
             with self._lock:
                 if self._encoder is None:
-                    from edge_client.encoder import EdgeEncoder
+                    from shared.encoder import EdgeEncoder
 
                     self._encoder = EdgeEncoder(self.bundle, model=self.decoder.model, codec=self.codec,
                                                 device=self.decoder.device)
         return self._encoder
-
-
-def default_name(bundle: Bundle) -> str:
-    return f"{bundle.model}-{bundle.split}"
 
 
 class ModelRepository:
@@ -82,7 +84,7 @@ class ModelRepository:
 
     def add(self, spec: BundleSpec) -> ServedModel:
         bundle = load_bundle(spec.path if spec.path is not None else default_bundle_path())
-        name = spec.name or default_name(bundle)
+        name = spec.name or bundle.served_name
         if name in self._models:
             raise ValueError(f"two bundles are named {name!r}; name them (BundleSpec.name / --bundle NAME=DIR)")
         weights = spec.weights if spec.weights is not None else self.settings.weights

@@ -118,7 +118,7 @@ class ModelMetadata(BaseModel):
     input_hw: Tuple[int, int]
     rate_model: str
     num_classes: int
-    backbone_loaded: bool
+    backbone_loaded: bool  # the backbone is in memory (ServedModel.backbone_loaded: True for every served model)
     rungs: List[RungMetadata]
     variable_rate: Optional[VariableRate] = None
     platform: str = "splitinfer"

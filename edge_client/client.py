@@ -320,7 +320,7 @@ class EdgeClient:
             if runtime == "onnx":
                 encoder = OnnxEdgeEncoder(bundle, threads=threads, weights=weights)
             elif runtime == "torch":
-                from .encoder import EdgeEncoder
+                from shared.encoder import EdgeEncoder
 
                 encoder = EdgeEncoder(bundle, weights=weights, device=device)
             else:
@@ -355,7 +355,7 @@ class EdgeClient:
         """Ask the server for its models; check that one serves this edge's bundle (retries as a request)."""
         if self._checked:
             if self._model is None:
-                self._model = f"{self.bundle.model}-{self.bundle.split}"
+                self._model = self.bundle.served_name
             return self
         deadline = time.monotonic() + self.timeout_s
         models = self._with_retries(lambda t: self.transport.models(t), deadline)
@@ -420,7 +420,7 @@ class EdgeClient:
         if self.bundle.config.levels is not None:
             if rung not in (None, 0):
                 raise ValueError("a variable-rate bundle has one network (rung 0); give a bitrate hint instead")
-            bpp = hint.bpp(tuple(self.bundle.manifest["preprocess"]["input_size"]))
+            bpp = hint.bpp(self.bundle.input_size)
             frame = self.encoder.encode(image, bitrate=None if controller else bpp, controller=controller)
         else:
             r = hint.rung(self.bundle) if rung is None else rung

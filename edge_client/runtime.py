@@ -22,42 +22,22 @@ from __future__ import annotations
 import os
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple, Union
 
 import numpy as np
 from PIL import Image
 
-from shared.bitstream import Header, bits_per_pixel, pack, split_tag, symbols_crc
+from shared.bitstream import Header, pack, split_tag, symbols_crc
 from shared.codec.integer_numpy import int_hyper_synthesis, layers_from_arrays
 from shared.codec.rans import RansTables, encode_with_indexes
+from shared.frame import EncodedFrame, ImageLike
 from shared.imageprep import input_crop, load_image, to_array
 from shared.ratecontrol import LevelCoder, RateChoice, StreamRateController, choose_level
 
 from .package import EdgePackage, find_package
 
 __all__ = ["EncodedFrame", "OnnxEdgeEncoder", "ImageLike", "default_threads"]
-
-ImageLike = Union[str, Path, Image.Image]
-
-
-@dataclass
-class EncodedFrame:
-    data: bytes
-    rung: int
-    input_hw: Tuple[int, int]
-    encode_ms: float = 0.0  # preprocessing, head, bottleneck encoder, entropy coding
-    level: Optional[int] = None  # the quality level of a variable-rate bundle (None: a ladder rung)
-    trials: int = 1  # entropy-coding passes rate control ran (variable-rate bundles)
-
-    @property
-    def n_bytes(self) -> int:
-        return len(self.data)
-
-    @property
-    def bpp(self) -> float:
-        return bits_per_pixel(len(self.data), self.input_hw)
 
 
 def default_threads() -> int:
@@ -171,6 +151,7 @@ class OnnxEdgeEncoder:
         m = self.package.manifest
         self.preprocess_spec = _Preprocess(m["preprocess"])
         self.num_classes = int(m["num_classes"])
+        self.labels = m.get("labels")  # the label set of the classes (older packages: None, the class count picks)
         self.tag = split_tag(m["model"], m["split"])
         self.head = _session(self.package.root / m["head"], self.threads)
         self._specs = {r["index"]: r for r in m["rungs"]}

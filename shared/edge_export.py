@@ -4,6 +4,7 @@ An edge package is a folder::
 
     manifest.json          the bundle's manifest, unchanged: bundle id, rungs, measured bpp (rung selection)
     edge.json              format, package id (content hash), bundle id, head weights fingerprint, preprocessing,
+                           classes (number and label set: the colours the edge draws masks in),
                            per rung: rate model, files, integer h_s layer specs; every file's SHA-256
     head.onnx              image (N, 3, H, W) -> split feature, the frozen head of the backbone
     rung-00.onnx           split feature -> y (and z for a hyperprior): g_a (+ h_a), float
@@ -196,7 +197,8 @@ def export_edge(bundle, out: Path | str, weights: Optional[str] = None, model=No
             "split": b.split,
             "head_weights": model.fingerprints()["head"],
             "num_classes": model.spec.num_classes,
-            "feature_stride": int(b.manifest["feature_stride"]),
+            "labels": model.spec.labels,  # the label set: the torch-free edge draws masks in its colours
+            "feature_stride": b.feature_stride,
             "preprocess": {"input_size": list(pre.input_size), "resize": pre.resize, "mean": list(pre.mean),
                            "std": list(pre.std)},
             "opset": OPSET,

@@ -14,12 +14,7 @@ from typing import Optional, Tuple
 
 from .bundle import Bundle, select_rung
 
-__all__ = ["BitrateHint", "bundle_input_size"]
-
-
-def bundle_input_size(bundle: Bundle) -> Tuple[int, int]:
-    """(H, W) of the network input the bundle encodes (the pixels bpp is counted over)."""
-    return tuple(int(v) for v in bundle.manifest["preprocess"]["input_size"])
+__all__ = ["BitrateHint"]
 
 
 def _positive(name: str, v: float) -> float:
@@ -63,7 +58,7 @@ class BitrateHint:
 
     def rung(self, bundle: Bundle) -> int:
         """The rung of ``bundle`` this hint selects (no hint: the top rung)."""
-        return select_rung(bundle.rungs, self.bpp(bundle_input_size(bundle)))
+        return select_rung(bundle.rungs, self.bpp(bundle.input_size))
 
     def __str__(self) -> str:
         if self.target_bpp is not None:

@@ -26,7 +26,7 @@ class LadderCodec:
     def __init__(self, bundle: Bundle, device: str = "cpu"):
         self.bundle, self.device = bundle, device
         self.tag = split_tag(bundle.model, bundle.split)
-        self.feature_stride = int(bundle.manifest["feature_stride"])
+        self.feature_stride = bundle.feature_stride
         self._rungs: Dict[int, Bottleneck] = {}
         self._lock = threading.Lock()
 
@@ -50,7 +50,7 @@ class LadderCodec:
 
     @property
     def input_size(self) -> Tuple[int, int]:
-        return tuple(self.bundle.manifest["preprocess"]["input_size"])
+        return self.bundle.input_size
 
     def allowed_inputs(self, input_hw: Tuple[int, int]) -> list:
         """Input sizes a stream may claim. Classification crops to one fixed size, so anything else is

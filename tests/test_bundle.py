@@ -72,7 +72,7 @@ def test_ladder_refuses_backbone_weights_it_was_not_trained_against(tiny_bundle,
     from safetensors.torch import load_file, save_file
 
     from cloud_server.decoder import CloudDecoder
-    from edge_client.encoder import EdgeEncoder
+    from shared.encoder import EdgeEncoder
     from shared.models import load_split_model
     from shared.models.split import weights_fingerprint
 

@@ -305,12 +305,12 @@ def _count_flops(fn, *args) -> int:
     return int(counter.get_total_flops())
 
 
-def split_info(name: str, split: Optional[str] = None, weights: Optional[str] = "random") -> Dict[str, Any]:
+def split_info(name: str, split: Optional[str] = None) -> Dict[str, Any]:
     """Depth, feature shape and FLOPs of a split at the spec's input size, batch 1.
 
     FLOPs are ``FlopCounterMode``'s (2 per multiply-accumulate of convolutions / matmuls; BatchNorm, ReLU and
-    adds are not counted). They do not depend on the weights, so they are counted on a meta-device copy
-    with random init whatever ``weights`` says (the argument is accepted for API symmetry).
+    adds are not counted). They do not depend on the weights, so they are counted on a meta-device copy with
+    random init.
     """
     spec, model, graph, names, total = _meta_trace(name)
     sp = _resolve_split(spec, split)
