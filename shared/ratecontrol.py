@@ -3,9 +3,9 @@ held to a link rate. Torch-free: the ONNX edge and the PyTorch encoder share it.
 
 Per image (:func:`encode_within`): the latent ``y``, its means and its integer table indexes do not depend on
 the quality level ``q``, so one pass of the network serves every level. From the CDF tables the message's size
-is *predicted* at every level at once (numpy: the code length of each symbol under its table, escapes
-included), the finest level whose prediction fits is encoded, and if the real message is over budget (the
-prediction is within a few bytes) the next coarser level is tried. Typically one encode, rarely two.
+is *predicted* at a level (numpy: the code length of each symbol under its table, escapes included; within a
+few bytes of the real one), a bisection over the levels finds the finest one predicted to fit, it is encoded,
+and if the real message is over budget the next coarser level that fits is tried. Typically one encode.
 
 Per stream (:class:`StreamRateController`): a leaky-bucket controller. The frame budget is ``kbit/s / fps``;
 the bytes sent so far may run ahead of or behind the budget by at most ``slack`` frame budgets, so every
@@ -24,7 +24,7 @@ import numpy as np
 
 from .codec.rans import PRECISION, RansTables, encode_with_indexes
 
-__all__ = ["LevelCoder", "RateChoice", "encode_within", "StreamRateController", "choose_level"]
+__all__ = ["LevelCoder", "RateChoice", "MessageSizes", "encode_within", "StreamRateController", "choose_level"]
 
 
 class LevelCoder:
@@ -85,30 +85,66 @@ class RateChoice:
     fits: bool  # False only when even the coarsest level is over budget (then that level is sent)
 
 
+class MessageSizes:
+    """Predicted whole-message sizes per level, computed on demand and kept: the y payload's predicted size
+    (:meth:`LevelCoder.predict_bytes`) plus the header and the side payload, exactly (a dry message)."""
+
+    def __init__(self, coder: LevelCoder, message: Callable[[int, bytes, np.ndarray], bytes]):
+        self.coder, self.message, self._cache = coder, message, {}
+        self._dummy = np.zeros(coder.y.shape, np.int64)
+
+    def __call__(self, q: int) -> int:
+        n = self._cache.get(q)
+        if n is None:
+            y = int(self.coder.predict_bytes([q])[0])
+            n = self._cache[q] = len(self.message(int(q), bytes(y), self._dummy))
+        return n
+
+    def finest_within(self, lo: int, hi: int, budget: float) -> Optional[int]:
+        """The finest level in ``lo..hi`` predicted to fit ``budget`` (sizes grow with the level: bisection, a
+        handful of predictions instead of one per level); None if even ``lo`` does not."""
+        if self(lo) > budget:
+            return None
+        if self(hi) <= budget:
+            return hi
+        while hi - lo > 1:  # self(lo) <= budget < self(hi)
+            mid = (lo + hi) // 2
+            lo, hi = (mid, hi) if self(mid) <= budget else (lo, mid)
+        return lo
+
+    def coarsest_above(self, lo: int, hi: int, least: float) -> Optional[int]:
+        """The coarsest level in ``lo..hi`` predicted to take at least ``least`` bytes; None if even ``hi`` does not."""
+        if self(hi) < least:
+            return None
+        if self(lo) >= least:
+            return lo
+        while hi - lo > 1:  # self(lo) < least <= self(hi)
+            mid = (lo + hi) // 2
+            lo, hi = (lo, mid) if self(mid) >= least else (mid, hi)
+        return hi
+
+
 def encode_within(coder: LevelCoder, budget_bytes: float, message: Callable[[int, bytes, np.ndarray], bytes],
-                  max_trials: int = 3, floor: Optional[int] = None) -> RateChoice:
+                  max_trials: int = 3, floor: Optional[int] = None,
+                  sizes: Optional[MessageSizes] = None) -> RateChoice:
     """The finest level whose message is predicted to fit ``budget_bytes``, encoded and checked; if the real
     message is over budget, the finest coarser level that fits with the observed error. ``message(q, y_payload,
     y_symbols)`` builds the whole message (header, side payload, CRCs). ``floor``: go no finer than this level
     (stream control holds a quality)."""
     lo, hi = coder.levels
-    qs = np.arange(lo, hi + 1)
-    pred_y = coder.predict_bytes(qs)
-    # the header and the z payload, exactly: a dry message around a y payload of the predicted size
-    dummy = np.zeros(coder.y.shape, np.int64)
-    total = np.array([len(message(int(q), bytes(int(n)), dummy)) for q, n in zip(qs, pred_y)], dtype=float)
-    top = hi if floor is None else min(hi, int(floor))
+    sizes = sizes or MessageSizes(coder, message)
+    top = hi if floor is None else max(lo, min(hi, int(floor)))
     slack, trials = 0.0, 0
     while True:
-        ok = qs[(qs <= top) & (total + slack <= budget_bytes)]
-        q = int(ok.max()) if len(ok) and trials < max_trials - 1 else (lo if trials >= max_trials - 1 else lo)
+        q = sizes.finest_within(lo, top, budget_bytes - slack) if trials < max_trials - 1 else None
+        q = lo if q is None else q
         y_str, sym = coder.encode(q)
         msg = message(q, y_str, sym)
         trials += 1
         if len(msg) <= budget_bytes or q == lo:
-            return RateChoice(msg, q, trials, int(total[q - lo]), len(msg) <= budget_bytes)
+            return RateChoice(msg, q, trials, sizes(q), len(msg) <= budget_bytes)
         # over budget: the prediction was short by this much; ask the coarser levels for the same margin
-        slack = max(slack, len(msg) - total[q - lo]) + 1
+        slack = max(slack, len(msg) - sizes(q)) + 1
         top = q - 1
 
 
@@ -132,23 +168,21 @@ class StreamRateController:
         s = self.slack * self.frame_bytes
         return max(0.0, self.frame_bytes - s - self.debt), self.frame_bytes + s - self.debt
 
-    def choose(self, coder: LevelCoder, message: Callable[[int, bytes, np.ndarray], bytes],
-               overhead_guess: float = 64.0) -> RateChoice:
+    def choose(self, coder: LevelCoder, message: Callable[[int, bytes, np.ndarray], bytes]) -> RateChoice:
         """Encode the next frame: the held quality level when its size is inside the bounds, else the level
         nearest to them; never over the upper bound unless even the coarsest level is."""
         least, most = self.bounds()
         margin = 0.1 * self.slack * self.frame_bytes  # room for the prediction's few bytes of error
         lo, hi = coder.levels
-        qs = np.arange(lo, hi + 1)
-        size = coder.predict_bytes(qs) + overhead_guess
+        sizes = MessageSizes(coder, message)
         q = int(round(min(max(self.level, lo), hi)))
-        if size[q - lo] > most - margin:  # too big: the finest level under the upper bound
-            ok = qs[size <= most - margin]
-            q = int(ok.max()) if len(ok) else lo
-        elif size[q - lo] < least + margin:  # too small: the coarsest level over the lower bound (or the finest)
-            ok = qs[size >= least + margin]
-            q = int(ok.min()) if len(ok) else hi
-        choice = encode_within(coder, most, message, floor=q)
+        if sizes(q) > most - margin:  # too big: the finest level under the upper bound
+            q = sizes.finest_within(lo, q, most - margin)
+            q = lo if q is None else q
+        elif sizes(q) < least + margin:  # too small: the coarsest level over the lower bound (or the finest)
+            q = sizes.coarsest_above(q, hi, least + margin)
+            q = hi if q is None else q
+        choice = encode_within(coder, most, message, floor=q, sizes=sizes)
         self.sent(len(choice.message), choice.level)
         return choice
 
@@ -164,7 +198,7 @@ class StreamRateController:
 
 
 def choose_level(coder: LevelCoder, message: Callable[[int, bytes, np.ndarray], bytes], *, level: Optional[int] = None,
-                 max_bytes: Optional[float] = None, controller: Optional[StreamRateController] = None) -> RateChoice:
+                 max_bytes: Optional[float] = None, controller: Optional["StreamRateController"] = None) -> RateChoice:
     """The one entry point both edge encoders call for a variable-rate bundle: a fixed ``level``, a byte budget
     for this image (``max_bytes``), a stream ``controller``, or none of them (the finest level)."""
     if sum(v is not None for v in (level, max_bytes, controller)) > 1:
