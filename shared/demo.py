@@ -98,7 +98,7 @@ def run_demo(bundle: Optional[str] = None, weights: Optional[str] = None, images
                         where = r.rung if r.level is None else f"q{r.level}"
                         within = h is not None and r.bpp <= h
                         fits[c.model] = fits.get(c.model, 0) + within
-                        cells.append(f"{'':>12}  {where:>4} {r.n_bytes:>5} {r.bpp:>5.3f}{'<' if within else ' '}"
+                        cells.append(f"{'':>12}  {where:>4} {r.n_bytes:>5} {r.bpp:>5.3f} {'<' if within else ' '}"
                                      f"{r.encode_ms:>5.1f}  {'ok' if top[0] == label else '--'} {top[1][:14]:<14}")
                     first = j == 0
                     say(f"{path.name[:24] if first else '':<24} {names[label][:14] if first else '':<14} "

@@ -42,3 +42,26 @@ def test_demo_help_says_what_it_does(capsys):
     except SystemExit as e:
         assert e.code == 0
     assert "--bitrates" in capsys.readouterr().out
+
+
+def test_demo_meets_each_hint_per_image_with_a_variable_rate_bundle(vr_bundle, tiny_weights, tiny_images, tmp_path,
+                                                                    capsys):
+    folder = tmp_path / "samples"
+    folder.mkdir()
+    names = sorted(p.name for p in tiny_images.iterdir())[:4]
+    (folder / "labels.csv").write_text("filename,class_index\n" + "".join(f"{n},{i}\n" for i, n in enumerate(names)))
+    for n in names:
+        shutil.copy(tiny_images / n, folder / n)
+    curve = vr_bundle.manifest["variable_rate"]["curve"]
+    hints = [curve[0]["bpp"] * 1.3, curve[len(curve) // 2]["bpp"], curve[-1]["bpp"]]
+    argv = ["demo", "--bundle", str(vr_bundle.root), "--weights", str(tiny_weights), "--images", str(folder),
+            "--bitrates", ",".join(f"{h:.6f}" for h in hints)]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "one variable-rate network, levels" in out
+    rows = [line for line in out.splitlines() if re.search(r"\s(ok|--) ", line)]
+    assert len(rows) == len(names) * len(hints)
+    # each row: the level rate control chose and '<' (within the hint); every message fits its hint
+    cells = [re.search(r"\sq(-?\d+)\s+(\d+)\s+(\d+\.\d{3}) (<| )", r) for r in rows]
+    assert all(c and c.group(4) == "<" for c in cells), rows
+    assert f"{len(rows)}/{len(rows)} messages within their hint" in out
