@@ -64,6 +64,15 @@ def default_levels(levels, every: int = 4) -> List[int]:
     return sorted({*range(lo, hi + 1, every), hi})
 
 
+def level_lambda(bundle, q: int) -> float:
+    """The lambda a variable-rate bundle trained level ``q`` with (log-linear over its levels and lambdas)."""
+    vr = bundle.variable_rate or {}
+    (lo, hi), lams = bundle.config.levels, vr.get("lambdas")
+    if not lams:
+        return bundle.rungs[0].lam
+    return lams[0] * (lams[1] / lams[0]) ** ((q - lo) / max(1, hi - lo))
+
+
 def _evaluate_points(model, bundle, codec, items, points, batch_size, device, progress) -> Dict:
     rungs = points
     spec = model.spec
@@ -97,7 +106,7 @@ def _evaluate_points(model, bundle, codec, items, points, batch_size, device, pr
         results.append({
             "rung": r[0],
             **({} if r[1] is None else {"level": r[1]}),
-            "lambda": bundle.rungs[r[0]].lam,
+            "lambda": bundle.rungs[r[0]].lam if r[1] is None else level_lambda(bundle, r[1]),
             "bpp": bits_per_pixel(a["bytes"], pre.input_size) / n,
             "bpp_estimated": a["est_bits"] / n_pix / n,
             "bytes_per_image": a["bytes"] / n,
