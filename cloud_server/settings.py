@@ -1,6 +1,7 @@
 """Server configuration: pydantic-settings with the ``SPLITINFER_`` prefix.
 
-Sources, highest priority first: keyword arguments (the ``splitinfer serve`` flags), environment variables
+Sources, highest priority first: keyword arguments (the ``splitinfer serve`` flags: :mod:`cloud_server.options`,
+through :func:`serve_settings`), environment variables
 (``SPLITINFER_HTTP_PORT=8080``, ``SPLITINFER_API_KEYS='["k1"]'``, ``SPLITINFER_BUNDLES='[{"path": "..."}]'``),
 a JSON config file (``load_settings(config_file=...)``, ``splitinfer serve --config``, or
 ``SPLITINFER_CONFIG_FILE``), then the defaults below. Secrets can stay out of both: ``api_key_file``.
@@ -15,7 +16,7 @@ from typing import List, Literal, Optional
 from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, JsonConfigSettingsSource, SettingsConfigDict
 
-__all__ = ["BundleSpec", "Settings", "load_settings"]
+__all__ = ["BundleSpec", "Settings", "load_settings", "serve_settings"]
 
 
 class BundleSpec(BaseModel):
@@ -176,3 +177,24 @@ def load_settings(config_file: Optional[str | Path] = None, **overrides) -> Sett
         model_config = SettingsConfigDict(**{**Settings.model_config, "json_file": path})
 
     return FileSettings(**kwargs)
+
+
+def serve_settings(opts) -> Settings:
+    """The settings of ``splitinfer serve``: the options given (:class:`cloud_server.options.ServeOptions`; None =
+    not given) over the environment, ``opts.config`` and the defaults; ``--bundle [NAME=]DIR`` values become
+    :class:`BundleSpec` s. A value pydantic refuses is a :class:`~shared.errors.UserError` naming the setting."""
+    from dataclasses import asdict
+
+    from pydantic import ValidationError
+
+    from shared.errors import UserError
+
+    overrides = {k: v for k, v in asdict(opts).items() if k not in ("bundle", "config")}
+    if opts.bundle:
+        overrides["bundles"] = [BundleSpec(name=n, path=p) if sep else BundleSpec(path=v)
+                                for v in opts.bundle for n, sep, p in [v.partition("=")]]
+    try:
+        return load_settings(opts.config, **overrides)
+    except ValidationError as e:
+        raise UserError("invalid settings: " + "; ".join(
+            f"{'.'.join(map(str, err['loc'])) or 'settings'}: {err['msg']}" for err in e.errors())) from None

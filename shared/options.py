@@ -16,12 +16,19 @@ import typing
 from dataclasses import MISSING, field
 from typing import Any
 
-__all__ = ["option", "add_options", "options", "positive", "server_address"]
+__all__ = ["option", "add_options", "options", "positive", "server_address", "BUNDLE_HELP", "WEIGHTS_HELP"]
+
+# the two options most commands share
+BUNDLE_HELP = "bundle folder (default: the embedded efficientnet_lite0 ladder)"
+WEIGHTS_HELP = "backbone weights file (default: pretrained)"
 
 
 def option(default: Any = MISSING, help: str = "", **cli: Any):
     """A dataclass field with its documentation. ``default``: a value, or a callable making one (a list's);
-    none = required. ``cli``: argparse details for the flag (``choices``, ``metavar``, ``type``)."""
+    none = required. ``cli``: argparse details for the flag (``choices``, ``metavar``, ``type``, ``action``),
+    ``flag="NAME"`` for a flag ``--NAME`` other than the field's name, ``short="-X"`` for a short form as well,
+    ``positional=True`` (with ``nargs``) for an argument without a flag, and ``exclusive="GROUP"``: at most one of
+    the fields of that group may be given on the command line."""
     kw = {"default_factory": default} if callable(default) else {"default": default}
     return field(**kw, metadata={"help": help, **cli})
 
@@ -54,13 +61,20 @@ def server_address(s: str) -> str:
 def add_options(p: argparse.ArgumentParser, cls, skip=()) -> None:
     """One flag per documented field of the options dataclass ``cls`` (:func:`shared.options.option`):
     ``--field-name`` with its help, default, type, choices; a bool is a switch (``--no-NAME`` when it defaults to
-    True); a list is repeatable unless the field names a ``type`` that parses one value into the list."""
+    True; an ``Optional[bool]`` names its ``action``, its default None meaning "not given"); a list is repeatable
+    unless the field names a ``type`` that parses one value into the list; fields with the same ``exclusive``
+    name form a mutually exclusive group."""
     hints = typing.get_type_hints(cls)
+    groups = {}
     for f in dataclasses.fields(cls):
         if "help" not in f.metadata or f.name in skip:
             continue
         md, hint, name = f.metadata, hints[f.name], f.name.replace("_", "-")
-        kw = {k: md[k] for k in ("choices", "metavar", "type") if k in md} | {"dest": f.name, "help": md["help"]}
+        if md.get("positional"):
+            p.add_argument(f.name, help=md["help"], **{k: md[k] for k in ("metavar", "nargs", "type") if k in md})
+            continue
+        kw = {k: md[k] for k in ("choices", "metavar", "type", "action") if k in md}
+        kw |= {"dest": f.name, "help": md["help"]}
         required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
         kw |= {"required": True} if required else {
             "default": f.default_factory() if f.default is dataclasses.MISSING else f.default}
@@ -69,11 +83,15 @@ def add_options(p: argparse.ArgumentParser, cls, skip=()) -> None:
         if hint is bool:
             kw["action"] = "store_false" if f.default else "store_true"
             name = f"no-{name}" if f.default else name
-        elif (typing.get_origin(base) or base) is list and "type" not in md:
+        elif (typing.get_origin(base) or base) is list and "type" not in md and "action" not in md:
             kw["action"] = "append"
-        elif "type" not in md and base in (int, float):
+        elif "type" not in md and "action" not in md and base in (int, float):
             kw["type"] = base
-        p.add_argument(f"--{name}", **kw)
+        name = md.get("flag", name)
+        g = md.get("exclusive")
+        if g is not None and g not in groups:
+            groups[g] = p.add_mutually_exclusive_group()
+        (p if g is None else groups[g]).add_argument(*md.get("short", "").split(), f"--{name}", **kw)
 
 
 def options(cls, args, **given):

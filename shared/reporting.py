@@ -17,8 +17,8 @@ from typing import List, Optional
 from .errors import UserError
 from .options import option
 
-__all__ = ["EvalOptions", "evaluate_bundles", "write_report", "summary_text", "write_pictures", "bundle_table",
-           "ladder_table", "models_table", "edge_row", "EDGE_HEADER", "write_mask", "MASK_SUFFIX"]
+__all__ = ["EvalOptions", "ReportOptions", "evaluate_bundles", "read_results", "write_report", "summary_text",
+           "write_pictures", "bundle_table", "ladder_table", "models_table", "edge_row", "EDGE_HEADER", "write_mask", "MASK_SUFFIX"]
 
 MASK_SUFFIX = ".mask.png"
 
@@ -45,6 +45,26 @@ class EvalOptions:
                               "rung's rate", metavar="N")
 
 
+@dataclass
+class ReportOptions:
+    """What ``splitinfer report`` rebuilds (:func:`read_results`, then :func:`write_report`)."""
+
+    results: str = option(help="results.json written by 'splitinfer eval'", positional=True)
+    out: str = option(help="folder for results.json, results.md and rd.png")
+    bd_variant: str = option("pchip", "interpolant of log(bpp) against accuracy for the BD-rate (default: pchip)",
+                             choices=["pchip", "cubic", "linear"])
+
+
+def read_results(path) -> tuple:
+    """(ladders, baselines) of a results.json of ``splitinfer eval``; anything else is a :class:`UserError`."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+        return data["ladders"], data["baselines"]
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
+        raise UserError(f"{path} is not a results.json of 'splitinfer eval' ({type(e).__name__}: {e})") from None
+
+
 def evaluate_bundles(opts: EvalOptions, say=print) -> dict:
     """Measure every rung of each bundle and the codec baselines on the same images, print the tables, write the
     report files to ``opts.out``; returns the summary (:mod:`shared.summary`). Mistakes raise :class:`UserError`
@@ -52,7 +72,7 @@ def evaluate_bundles(opts: EvalOptions, say=print) -> dict:
     from .baselines import CodecUnavailable, evaluate_codec, parse_codecs
     from .bundle import record_measurement, resolve_bundle
     from .data import split_items, spread
-    from .evaluation import METRICS, evaluate_ladder
+    from .evaluation import evaluate_ladder
     from .models import load_split_model
     from .summary import METRIC_LABELS, summarize
     from .tasks import get_task
@@ -78,12 +98,12 @@ def evaluate_bundles(opts: EvalOptions, say=print) -> dict:
         first_model, first_bundle = first_model or model, first_bundle or bundle
         res = evaluate_ladder(model, bundle, items, batch_size=opts.batch_size)
         part = "held-out" if opts.part == "heldout" else "all"
-        for line in ladder_table(bundle, res, METRICS[model.spec.task], f"{part} part of {opts.data}"):
+        for line in ladder_table(bundle, res, get_task(model.spec).metrics, f"{part} part of {opts.data}"):
             say(line)
         if opts.update_manifest:
             record_measurement(bundle, res, {"data": str(opts.data), "part": opts.part})
         ladders.append({"bundle": str(bundle.root), "bundle_id": bundle.bundle_id, "model": bundle.model, **res})
-    key = METRICS[first_model.spec.task][0]
+    key = get_task(first_model.spec).metrics[0]
     baselines = []
     if opts.baselines_from:
         old = json.loads(Path(opts.baselines_from).read_text())
@@ -136,11 +156,11 @@ def ladder_table(bundle, res: dict, metrics, where: str) -> List[str]:
 
 def bundle_table(b) -> List[str]:
     """A bundle's manifest as ``splitinfer info`` prints it: rungs, recorded bpp and accuracy, warnings."""
-    from .evaluation import METRICS
     from .summary import METRIC_LABELS
+    from .tasks import get_task
     from .training.recipe import ladder_warnings
 
-    cols = [(k, METRIC_LABELS[k]) for k in METRICS.get(b.task, METRICS["classification"])]
+    cols = [(k, METRIC_LABELS[k]) for k in get_task(b).metrics]
     lines = [f"bundle {b.bundle_id}: {b.model} split {b.split}, rate model {b.config.rate_model}, {b.root}"]
     ref = b.reference
     if ref:
@@ -185,19 +205,20 @@ def edge_row(r, mask: Optional[Path] = None, as_json: bool = False) -> str:
             + (f"  -> {mask}" if mask else ""))
 
 
-def write_mask(result, folder, model: str, num_classes: int) -> Path:
-    """The answer's mask as a palette PNG: ``<image stem>.mask.png`` in ``folder`` (None: beside the image)."""
+def write_mask(result, folder, num_classes: int, labels: Optional[str] = None) -> Path:
+    """The answer's mask as a palette PNG: ``<image stem>.mask.png`` in ``folder`` (None: beside the image), in the
+    colours of the label set ``labels`` (an edge package's; None: the set registered with ``num_classes``)."""
     import io
 
     from PIL import Image
 
-    from .labels import palette_image
+    from .labels import colours_of, palette_image
 
     src = Path(result.source)
     out = (Path(folder) if folder else src.parent) / (src.stem + MASK_SUFFIX)
     out.parent.mkdir(parents=True, exist_ok=True)
     with Image.open(io.BytesIO(result.mask_png)) as m:
-        palette_image(m, model, num_classes).save(out)
+        palette_image(m, "", num_classes, colours_of(labels, num_classes)).save(out)
     return out
 
 
@@ -209,8 +230,12 @@ def write_pictures(out: Path, model, bundle, items, codec: str) -> Path:
 
     n = len(bundle.rungs)
     rungs = sorted({0, n // 2, n - 1})
+    from .tasks import get_task
+
     examples = segmentation_examples(model, bundle, items, rungs, codec)
-    return mask_comparison_plot(examples, out, model.spec.name, model.spec.num_classes)
+    spec, task = model.spec, get_task(model.spec)
+    return mask_comparison_plot(examples, out, spec.name, spec.num_classes, colours=task.palette(spec),
+                                names=task.class_names(spec))
 
 
 def summary_text(summary: dict) -> str:

@@ -15,6 +15,7 @@ from typing import List, Optional
 
 from .. import __version__
 from ..errors import UserError
+from ..options import add_options
 
 COMMANDS = {
     "models": ("shared.cli.codec", "list supported models, split points, shapes and the edge's share of FLOPs"),
@@ -32,8 +33,12 @@ COMMANDS = {
     "edge": ("shared.cli.edge", "encode images on the edge and send them to a server (gRPC or REST)"),
     "export-edge": ("shared.cli.codec", "export a bundle's edge half (ONNX + arrays) for the torch-free edge runtime"),
 }
-BUNDLE_HELP = "bundle folder (default: the embedded efficientnet_lite0 ladder)"
-WEIGHTS_HELP = "backbone weights file (default: pretrained)"
+# the options dataclass whose fields make a command's flags (shared.options.add_options); its setup_* adds the rest
+OPTIONS = {"train": "shared.training.recipe:TrainOptions", "train-teacher": "shared.training.teacher:TeacherOptions",
+           "migrate": "shared.training.recipe:MigrateOptions", "eval": "shared.reporting:EvalOptions",
+           "report": "shared.reporting:ReportOptions", "encode": "edge_client.options:EncodeOptions",
+           "decode": "cloud_server.options:DecodeOptions", "serve": "cloud_server.options:ServeOptions",
+           "edge": "edge_client.options:EdgeOptions", "export-edge": "edge_client.options:ExportEdgeOptions"}
 
 # what an edge install (requirements-edge.txt) lacks; a command that needs one says so instead of a traceback
 _CLOUD_ONLY = {"torch", "torchvision", "compressai", "onnx", "scipy", "fastapi", "uvicorn", "pydantic",
@@ -46,8 +51,10 @@ def command_line(name: str) -> Optional[str]:
     return f"splitinfer {name} " + " ".join(sys.argv[2:]) if sys.argv[1:2] == [name] else None
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The whole command line: one sub-parser per entry of :data:`COMMANDS` (also in ``parser.commands``)."""
+def build_parser(only: Optional[str] = None) -> argparse.ArgumentParser:
+    """The whole command line: one sub-parser per entry of :data:`COMMANDS` (also in ``parser.commands``), with
+    the flags of its :data:`OPTIONS` and those its module's ``setup_*`` adds; ``only``: that command's flags alone
+    (an edge install has no ``cloud_server`` to read the others' from)."""
     parser = argparse.ArgumentParser(
         prog="splitinfer",
         description="Edge-to-cloud split inference with learned, entropy-coded bottlenecks.",
@@ -57,13 +64,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.commands = {}
     for name, (module, help_) in COMMANDS.items():
         p = parser.commands[name] = sub.add_parser(name, help=help_, description=help_)
-        getattr(importlib.import_module(module), f"setup_{name.replace('-', '_')}")(p)
         p.set_defaults(_module=module, _name=name)
+        if only not in (None, name):
+            continue
+        if name in OPTIONS:
+            where, _, cls = OPTIONS[name].partition(":")
+            add_options(p, getattr(importlib.import_module(where), cls))
+        getattr(importlib.import_module(module), f"setup_{name.replace('-', '_')}", lambda p: None)(p)
     return parser
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(next((a for a in argv if not a.startswith("-")), ""))  # the top level takes no values
     args, unknown = parser.parse_known_args(argv)
     if unknown:  # under the sub-command's usage, not the top level's
         parser.commands[args._name].error(f"unrecognized arguments: {' '.join(unknown)}")

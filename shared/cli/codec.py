@@ -8,27 +8,14 @@ import json
 import sys
 from pathlib import Path
 
-from . import BUNDLE_HELP, WEIGHTS_HELP
 from ..errors import UserError, input_file
-from ..options import positive
-
-
-def setup_encode(p: argparse.ArgumentParser) -> None:
-    p.add_argument("image", help="input image (JPEG, PNG, WebP, ...)")
-    p.add_argument("-o", "--output", required=True, help="bitstream file to write")
-    p.add_argument("--bundle", default=None, help=BUNDLE_HELP)
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--bitrate", type=positive("a positive bpp"), default=None, metavar="BPP",
-                   help="target bits per pixel; picks the rung")
-    g.add_argument("--rung", type=int, default=None, help="rung index (0 = highest rate)")
-    p.add_argument("--weights", default=None, help=WEIGHTS_HELP)
+from ..options import BUNDLE_HELP
 
 
 def run_encode(args) -> int:
-    from edge_client import EdgeEncoder
-
     from PIL import Image
 
+    from ..encoder import EdgeEncoder
     from ..imageprep import load_image
 
     path = input_file(args.image, "an image")
@@ -42,14 +29,6 @@ def run_encode(args) -> int:
     print(f"{args.output}: {frame.n_bytes} bytes, {frame.bpp:.4f} bpp over {frame.input_hw[0]}x{frame.input_hw[1]}, "
           f"rung {frame.rung} of bundle {enc.bundle.bundle_id}")
     return 0
-
-
-def setup_decode(p: argparse.ArgumentParser) -> None:
-    p.add_argument("bitstream", help="file written by `splitinfer encode`")
-    p.add_argument("--bundle", default=None, help=BUNDLE_HELP)
-    p.add_argument("--topk", type=int, default=5, help="classes to print, best first (default 5)")
-    p.add_argument("--weights", default=None, help=WEIGHTS_HELP)
-    p.add_argument("--json", action="store_true", help="print one JSON object (rung, bytes, bpp, topk, timings)")
 
 
 def run_decode(args) -> int:
@@ -109,16 +88,11 @@ def run_merge(args) -> int:
 
 
 def setup_export_edge(p: argparse.ArgumentParser) -> None:
-    p.formatter_class = argparse.RawDescriptionHelpFormatter
-    p.epilog = (
-        "The package holds the head and each rung's bottleneck encoder (and hyper-encoder) as ONNX, the integer\n"
-        "hyper-decoder's weights and the entropy coder's tables as arrays, and the bundle's manifest; it is tied to\n"
-        "the bundle id and the head's weights fingerprint. Copy it to the device and run, without PyTorch:\n"
-        "  splitinfer edge --bundle EDGE_DIR --server CLOUD:50051 IMAGES...\n"
-        "The cloud serves the bundle itself (splitinfer serve --bundle BUNDLE).")
-    p.add_argument("--bundle", default=None, help=BUNDLE_HELP)
-    p.add_argument("--out", required=True, metavar="EDGE_DIR", help="folder to write (replaced if it exists)")
-    p.add_argument("--weights", default=None, help=WEIGHTS_HELP)
+    import inspect
+
+    from edge_client.options import ExportEdgeOptions
+
+    p.formatter_class, p.epilog = argparse.RawDescriptionHelpFormatter, inspect.getdoc(ExportEdgeOptions)
 
 
 def run_export_edge(args) -> int:

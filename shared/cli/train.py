@@ -6,19 +6,16 @@ from __future__ import annotations
 import argparse
 
 from . import command_line
-from ..options import add_options, options
+from ..options import options
 
 
 def setup_train(p: argparse.ArgumentParser) -> None:
-    from ..training.recipe import TrainOptions
-
     p.formatter_class = argparse.ArgumentDefaultsHelpFormatter
     p.epilog = (
         "Images listed by --data are used for training except those held out by the fixed rule "
         "(shared.data.is_heldout: CRC32 of the file name is odd); --eval-data uses only the held-out ones, "
         "so no image ever both trains and evaluates. Label-free distillation is the default."
     )
-    add_options(p, TrainOptions)
     p.add_argument("--no-eval", action="store_true", help="do not measure the ladder after training")
 
 
@@ -32,13 +29,12 @@ def run_train(args) -> int:
 
 
 def setup_train_teacher(p: argparse.ArgumentParser) -> None:
-    from ..training.teacher import MODEL, TeacherOptions
+    from ..training.teacher import MODEL
 
     p.formatter_class = argparse.ArgumentDefaultsHelpFormatter
     p.epilog = (f"The weights go to --out (default: where {MODEL} looks for them, $SPLITINFER_SEG_TEACHER or the "
                 "user cache); OUT.json records the command, the time taken and the test scores; OUT.ckpt lets an "
                 "interrupted run resume.")
-    add_options(p, TeacherOptions)
 
 
 def run_train_teacher(args) -> int:
@@ -49,15 +45,12 @@ def run_train_teacher(args) -> int:
 
 
 def setup_migrate(p: argparse.ArgumentParser) -> None:
-    from ..training.recipe import MigrateOptions
-
     p.formatter_class = argparse.ArgumentDefaultsHelpFormatter
     p.epilog = (
         "Only h_s is retrained (on the bits of y; g_a, h_a and g_s are frozen, so y and z are unchanged). "
         "Training images follow the held-out rule of `splitinfer train`; --eval-data measures the new ladder "
         "on held-out images and records the figures in its manifest."
     )
-    add_options(p, MigrateOptions)
 
 
 def run_migrate(args) -> int:
