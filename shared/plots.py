@@ -8,7 +8,7 @@ from several threads, leaves matplotlib's global state alone.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence, Tuple
 
 
 def _figure(**kwargs):
@@ -53,21 +53,29 @@ def rate_accuracy_plot(
     return out
 
 
-def mask_comparison_plot(examples: List[Dict], out: Path | str, model: str, num_classes: int) -> Path:
+def mask_comparison_plot(examples: List[Dict], out: Path | str, model: str, num_classes: int,
+                         colours: Optional[Sequence[Tuple[int, int, int]]] = None,
+                         names: Optional[Sequence[str]] = None) -> Path:
     """One row per example of :func:`shared.evaluation.segmentation_examples`: input, ground truth, unsplit
-    model, each rung and the codec at equal rate, masks in the class palette (void black), bpp in the titles."""
+    model, each rung and the codec at equal rate, masks in the class ``colours`` (void black), bpp in the titles,
+    a legend of the class ``names``. ``colours`` / ``names``: the task's (``get_task(spec).palette(spec)``,
+    ``.class_names(spec)``); default: those registered with ``num_classes`` (:mod:`shared.labels`)."""
     from matplotlib.patches import Patch
 
-    from .labels import class_names, palette, palette_image
+    from .labels import colours_of, names_of, palette_image
+
+    colours = list(colours) if colours is not None else colours_of(None, num_classes)
+    names = list(names) if names is not None else names_of(None, num_classes)
 
     def panels(ex):
+        draw = lambda mask: palette_image(mask, model, num_classes, colours)  # noqa: E731
         yield ex["input"], f"{ex['name']}"
-        yield palette_image(ex["truth"], model, num_classes), "ground truth"
-        yield palette_image(ex["unsplit"], model, num_classes), "unsplit model"
+        yield draw(ex["truth"]), "ground truth"
+        yield draw(ex["unsplit"]), "unsplit model"
         for r in ex["rungs"]:
-            yield palette_image(r["mask"], model, num_classes), f"rung {r['rung']}, {r['bpp']:.3f} bpp"
+            yield draw(r["mask"]), f"rung {r['rung']}, {r['bpp']:.3f} bpp"
         c = ex["codec"]
-        yield palette_image(c["mask"], model, num_classes), f"{c['codec'].upper()} q={c['quality']}, {c['bpp']:.3f} bpp"
+        yield draw(c["mask"]), f"{c['codec'].upper()} q={c['quality']}, {c['bpp']:.3f} bpp"
 
     rows = [list(panels(ex)) for ex in examples]
     n_cols = max(len(r) for r in rows)
@@ -79,8 +87,6 @@ def mask_comparison_plot(examples: List[Dict], out: Path | str, model: str, num_
             ax.set_title(title, fontsize=7)
         for ax in ax_row:
             ax.axis("off")
-    colours = palette(model, num_classes)
-    names = class_names(model, num_classes)
     handles = [Patch(color=[c / 255 for c in colours[i]], label=n) for i, n in enumerate(names)]
     fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 11), fontsize=7, frameon=False)
     fig.tight_layout(rect=(0, 0.06, 1, 1))

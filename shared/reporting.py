@@ -18,7 +18,8 @@ from .errors import UserError
 from .options import option
 
 __all__ = ["EvalOptions", "ReportOptions", "evaluate_bundles", "read_results", "write_report", "summary_text",
-           "write_pictures", "bundle_table", "ladder_table", "models_table", "edge_row", "EDGE_HEADER", "write_mask", "MASK_SUFFIX"]
+           "write_pictures", "bundle_table", "ladder_table", "models_table", "edge_row", "EDGE_HEADER", "write_mask",
+           "MASK_SUFFIX"]
 
 MASK_SUFFIX = ".mask.png"
 

@@ -91,11 +91,11 @@ def evaluate(model, items, device: str, batch_size: int = 4, progress: bool = Tr
     from tqdm import tqdm
 
     from ..data import SegmentationDataset, seg_eval_transform
-    from ..evaluation import Scores
     from ..models import get_backbone
+    from ..tasks import get_task
 
     spec = get_backbone(MODEL)
-    scores = Scores(spec.task, spec.num_classes)
+    scores = get_task(spec).scores(spec.num_classes)
     was_training = model.training
     model.eval()
     with torch.no_grad():
@@ -124,16 +124,17 @@ def train_teacher(opts: TeacherOptions, say=print) -> dict:
     from tqdm import tqdm
 
     from ..data import SegmentationDataset, seg_train_transform, spread
-    from ..labels import class_names
     from ..models import get_backbone
     from ..models.efficientnet_seg import imagenet_backbone_keys
     from ..models.families import efficientnet_lite0_imagenet, efficientnet_lite0_seg_network, seg_teacher_path
+    from ..tasks import get_task
     from .objectives import segmentation_ce
     from .recipe import cuda_training_flags, device_for
     from .schedule import warmup_cosine_lr
 
     device = device_for(opts.device)
     spec = get_backbone(MODEL)
+    names = get_task(spec).class_names(spec)
     out = Path(opts.out) if opts.out else seg_teacher_path()
     ckpt_path, report_path = out.with_name(out.name + ".ckpt"), out.with_suffix(".json")
     items = _masked(opts.data, "--data")
@@ -160,7 +161,7 @@ def train_teacher(opts: TeacherOptions, say=print) -> dict:
         say(f"resuming {ckpt_path} at epoch {epoch} (step {step} of {total})")
     say(f"{MODEL}: {len(items)} training images, crops {opts.crop[0]}x{opts.crop[1]}, batch {batch}, "
         f"{opts.epochs} epochs ({total} steps), device {device}; backbone from {origin}")
-    say("class weights: " + ", ".join(f"{n} {w:.2f}" for n, w in zip(class_names(MODEL, spec.num_classes), weights)))
+    say("class weights: " + ", ".join(f"{n} {w:.2f}" for n, w in zip(names, weights)))
 
     t0, seen, done = time.perf_counter() - elapsed, 0, False
     t_run = time.perf_counter()
@@ -208,7 +209,6 @@ def train_teacher(opts: TeacherOptions, say=print) -> dict:
     if test:
         res = evaluate(model, test, device)
         report["test"] = {"data": opts.test_data, **res}
-        names = class_names(MODEL, spec.num_classes)
         say(f"test ({res['n_images']} images): mIoU {res.get('miou', float('nan')):.2%}, "
             f"pixel accuracy {res.get('pixel_acc', float('nan')):.2%}")
         say("IoU per class: " + ", ".join(f"{n} {100 * v:.1f}" for n, v in zip(names, res.get("class_iou", []))
