@@ -28,7 +28,7 @@ from typing import Dict, List, Optional, Tuple, Union
 import numpy as np
 from PIL import Image
 
-from shared.bitstream import Header, pack, split_tag, symbols_crc
+from shared.bitstream import Header, level_symbols_crc, pack, split_tag, symbols_crc
 from shared.codec.integer_numpy import int_hyper_synthesis, layers_from_arrays
 from shared.codec.rans import RansTables, encode_with_indexes
 from shared.frame import EncodedFrame, ImageLike
@@ -200,7 +200,7 @@ class OnnxEdgeEncoder:
         hw = tuple(x.shape[-2:])
 
         def message(q: int, y_str: bytes, y_sym: np.ndarray) -> bytes:
-            hdr = Header(self.bundle.id_bytes, self.tag, 0, hw, y_hw, side, symbols_crc(y_sym, z_sym[0]), level=q)
+            hdr = Header(self.bundle.id_bytes, self.tag, 0, hw, y_hw, side, level_symbols_crc(q, y_sym, z_sym[0]), level=q)
             return pack(hdr, [y_str, z_str])
 
         return choose_level(coder, message, **how)

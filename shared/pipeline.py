@@ -15,7 +15,7 @@ from typing import Dict, Optional, Tuple
 import torch
 from torch import Tensor
 
-from .bitstream import BitstreamError, Header, bits_per_pixel, pack, split_tag, symbols_crc, unpack
+from .bitstream import BitstreamError, Header, bits_per_pixel, level_symbols_crc, pack, split_tag, unpack
 from .bundle import Bundle
 from .codec import Bottleneck
 
@@ -107,7 +107,7 @@ class LadderCodec:
 
             def message(q: int, y_str: bytes, y_sym, z_str=z_str, z_sym=z_sym) -> bytes:
                 hdr = Header(self.bundle.id_bytes, self.tag, 0, tuple(input_hw), y_hw, side,
-                             symbols_crc(y_sym, z_sym), level=q)
+                             level_symbols_crc(q, y_sym, z_sym), level=q)
                 return pack(hdr, [y_str, z_str])
 
             out.append(choose_level(coder, message, **how))
