@@ -43,10 +43,17 @@ GOALS = {"image_mb": 300, "deps_mb": 250, "start_s": 1.0, "rss_mb": 150, "frame_
 # ----------------------------------------------------------------------------------------------- agreement
 def compare_edges(bundle, images: Sequence[Path], onnx_encoder, torch_encoder, decoder,
                   rungs: Optional[Sequence[int]] = None, progress: bool = False) -> Dict:
-    """Encode every (image, rung) with both edges, decode both on the cloud: the agreement figures."""
+    """Encode every (image, rung) with both edges, decode both on the cloud: the agreement figures. A
+    variable-rate bundle: every (image, measured quality level) instead (``shared.evaluation.default_levels``)."""
     from shared.bitstream import BitstreamError
 
-    rungs = [r.index for r in bundle.rungs] if rungs is None else list(rungs)
+    levels = bundle.config.levels
+    if levels is not None:
+        from shared.evaluation import default_levels
+
+        rungs = default_levels(levels) if rungs is None else list(rungs)  # "rungs" are levels here
+    else:
+        rungs = [r.index for r in bundle.rungs] if rungs is None else list(rungs)
     n = same_bytes = crc_fail = agree = 0
     bpp_onnx: Dict[int, List[float]] = {r: [] for r in rungs}
     bpp_torch: Dict[int, List[float]] = {r: [] for r in rungs}
@@ -60,9 +67,14 @@ def compare_edges(bundle, images: Sequence[Path], onnx_encoder, torch_encoder, d
         if path not in xs:
             xs = {path: (onnx_encoder.preprocess(path), torch_encoder.preprocess(path))}
         x_onnx, x_torch = xs[path]
-        a = onnx_encoder.encode_array(x_onnx, r)
-        with _no_grad():
-            (b,) = torch_encoder.codec.encode(torch_encoder.head(x_torch), tuple(x_torch.shape[-2:]), r)
+        if levels is not None:
+            a = onnx_encoder.encode_variable(x_onnx, level=r).message
+            with _no_grad():
+                (b,) = torch_encoder.codec.encode(torch_encoder.head(x_torch), tuple(x_torch.shape[-2:]), level=r)
+        else:
+            a = onnx_encoder.encode_array(x_onnx, r)
+            with _no_grad():
+                (b,) = torch_encoder.codec.encode(torch_encoder.head(x_torch), tuple(x_torch.shape[-2:]), r)
         n += 1
         same_bytes += a == b
         try:

@@ -113,7 +113,9 @@ class _Rung:
         return coder, z_str, z_sym, tuple(y.shape[-2:]), tuple(z.shape[-2:])
 
     def code(self, feature: np.ndarray) -> Tuple[List[bytes], int, Tuple[int, int], Tuple[int, int]]:
-        """(payloads, symbols CRC, y_hw, side_hw) of one image's feature (1, C, h, w)."""
+        """(payloads, symbols CRC, y_hw, side_hw) of one image's feature (1, C, h, w); a ladder rung's."""
+        if self.variable:
+            raise ValueError("a variable-rate rung codes at a quality level: use level_coder / encode_variable")
         outs = self.session.run(None, {"feature": feature})
         y = outs[0]
         y_hw = tuple(y.shape[-2:])

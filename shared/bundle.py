@@ -477,8 +477,8 @@ def load_bundle(root: Path | str, allow_float_hyper: bool = False) -> Bundle:
 
 
 DEFAULT_BUNDLE = "efficientnet_lite0-block1"
-# served together when no bundle is named: the shallow ladder (edge runs 13% of the FLOPs) and the deep one (87%)
-EMBEDDED_BUNDLES = (DEFAULT_BUNDLE, "efficientnet_lite0-block14")
+# the shallow ladder, the deep ladder, and one variable-rate network at the deep split (docs/variable-rate.md)
+EMBEDDED_BUNDLES = (DEFAULT_BUNDLE, "efficientnet_lite0-block14", "efficientnet_lite0-block14-vr")
 
 
 def default_bundle_path() -> Path:

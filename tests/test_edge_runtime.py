@@ -146,12 +146,14 @@ def test_export_edge_command(tiny_bundle, tiny_weights, tmp_path, capsys):
 
 # ------------------------------------------------------------------------------ ONNX edge against PyTorch
 def test_onnx_edge_matches_the_pytorch_edge_on_every_sample_and_rung():
-    """Both embedded ladders, every sample image x every rung: 0 checksum failures on the cloud, top-1 of the
-    cloud's answers >= 99.5% equal to the PyTorch edge's, mean bpp within 0.5% per rung."""
+    """Both embedded ladders and the variable-rate network, every sample image x every rung (x 11 levels): 0
+    checksum failures on the cloud, top-1 of the cloud's answers >= 99.5% equal to the PyTorch edge's, mean bpp
+    within 0.5% per rung or level."""
     from cloud_server.decoder import CloudDecoder
     from edge_client import EdgeEncoder, OnnxEdgeEncoder
     from shared.bundle import embedded_bundle_paths, load_bundle
     from shared.data import scan_images
+    from shared.evaluation import default_levels
 
     images = [p for p, _ in scan_images(SAMPLES, labels=False)]
     assert len(images) >= 6
@@ -159,16 +161,18 @@ def test_onnx_edge_matches_the_pytorch_edge_on_every_sample_and_rung():
     for path in embedded_bundle_paths():
         bundle = load_bundle(path)
         ag = _bench().compare_edges(bundle, images, OnnxEdgeEncoder(bundle), EdgeEncoder(bundle), CloudDecoder(bundle))
-        assert ag["pairs"] == len(images) * len(bundle.rungs)
+        points = len(bundle.rungs) if bundle.config.levels is None else len(default_levels(bundle.config.levels))
+        assert ag["pairs"] == len(images) * points
         assert ag["crc_failures"] == 0 and ag["top1_agree"] >= 0.995 and ag["bpp_rel_diff_max"] <= 0.005, ag
         pairs += ag["pairs"]
-    assert pairs == len(images) * 11
+    assert pairs == len(images) * (7 + 4 + 11)  # the two ladders' rungs, the variable-rate network's 11 levels
 
 
 @pytest.mark.data
 @pytest.mark.skipif(not (SHARED_DATA / "imagenet_val").is_dir(), reason="needs ../shared/data/imagenet_val")
 def test_onnx_edge_matches_the_pytorch_edge_on_imagenet():
-    """>= 1,000 image x rung pairs of held-out ImageNet images (both embedded ladders, every rung)."""
+    """>= 1,000 image x rung pairs of held-out ImageNet images (both embedded ladders, every rung; the variable-rate
+    network at 11 levels)."""
     from cloud_server.decoder import CloudDecoder
     from edge_client import EdgeEncoder, OnnxEdgeEncoder
     from shared.bundle import embedded_bundle_paths, load_bundle
