@@ -189,11 +189,13 @@ class StreamRateController:
     def sent(self, n_bytes: int, level: Optional[int] = None) -> None:
         self.debt += n_bytes - self.frame_bytes
         self.frames += 1
-        # the held quality follows the levels actually sent, and steps down (up) while the stream runs ahead
-        # (behind): about one level per half frame budget of debt
+        # the held quality follows the levels actually sent, and drifts down (up) while the stream runs ahead
+        # (behind): 0.3 level per frame budget of debt and frame. The bounds hold the windows; a stronger pull
+        # (1.0, measured on 300 CamVid frames) made the level swing in a limit cycle: 86 level changes instead of
+        # 24, with the same window figures
         if level is not None:
             self.level = 0.7 * self.level + 0.3 * level
-        self.level -= 2.0 * self.debt / self.frame_bytes * 0.5
+        self.level -= 0.3 * self.debt / self.frame_bytes
         self.level = min(max(self.level, self.levels[0]), self.levels[1])
 
 
