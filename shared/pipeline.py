@@ -52,7 +52,7 @@ class LadderCodec:
     def input_size(self) -> Tuple[int, int]:
         return self.bundle.input_size
 
-    def allowed_inputs(self, input_hw: Tuple[int, int]) -> list:
+    def allowed_inputs(self) -> list:
         """Input sizes a stream may claim. Classification crops to one fixed size, so anything else is
         forged or foreign; refusing it before decoding bounds the work a header can ask for."""
         return [self.input_size]
@@ -132,7 +132,7 @@ class LadderCodec:
                                  else "bitstream carries no quality level but this bundle is variable-rate")
         if hdr.level is not None and not self.levels[0] <= hdr.level <= self.levels[1]:
             raise BitstreamError(f"quality level {hdr.level} is outside this bundle's {self.levels[0]}..{self.levels[1]}")
-        if hdr.input_hw not in self.allowed_inputs(hdr.input_hw):
+        if hdr.input_hw not in self.allowed_inputs():
             raise BitstreamError(
                 f"input size {hdr.input_hw[0]}x{hdr.input_hw[1]} is not one this bundle encodes "
                 f"(expected {self.input_size[0]}x{self.input_size[1]})"

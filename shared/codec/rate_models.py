@@ -56,12 +56,6 @@ def scale_table(lo: float = 0.11, hi: float = 16.0, levels: int = 64) -> Tensor:
     return torch.exp(torch.linspace(np.log(lo), np.log(hi), levels))
 
 
-def _eb_indexes(eb: EntropyBottleneck, shape) -> Tensor:
-    """``channel_indexes(shape)``; ``eb`` is not used (kept so that existing callers keep working: prefer
-    ``compressai_adapter.channel_indexes``)."""
-    return channel_indexes(shape)
-
-
 def _crop(x: Tensor, hw: HW) -> Tensor:
     return x[..., : hw[0], : hw[1]]
 
