@@ -249,3 +249,23 @@ def test_levels_decode_identically_under_perturbations(vr_bundle, features, q):
             idx = rate.shifted(idx[..., : y.shape[-2], : y.shape[-1]], q)
             assert torch.equal(idx, rate.shifted(idx0, q)), name
             assert torch.equal(rans_decode(gc, rate._gc_tables, payload, idx), sym), name
+
+
+def test_edge_command_streams_a_variable_rate_bundle_at_a_link_rate(vr_bundle, tiny_weights, heldout_items, capsys):
+    """``splitinfer edge --stream --kbps K --fps F`` with a variable-rate bundle: each row shows the level chosen,
+    and the command says what the link carried against K."""
+    from _service import running_server
+
+    from shared.cli import main
+
+    images = [str(p) for p, _ in heldout_items[:6]] * 2
+    curve = vr_bundle.manifest["variable_rate"]["curve"]
+    kbps = curve[len(curve) // 2]["bpp"] * 32 * 32 * 10 / 1000
+    with running_server(vr_bundle, tiny_weights) as server:
+        assert main(["edge", "--server", f"127.0.0.1:{server.grpc_port}", "--bundle", str(vr_bundle.root),
+                     "--weights", str(tiny_weights), "--stream", "--kbps", f"{kbps:.4f}", "--fps", "10", *images]) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("img_")]
+    assert len(rows) == len(images) and all(" q" in r for r in rows)  # the level, e.g. "q8", in place of the rung
+    sent = float(out.split("sent ")[1].split(" kbit/s")[0])
+    assert sent == pytest.approx(kbps, rel=0.15) and f"over {len(images)} frames" in out
