@@ -26,9 +26,9 @@ def samples_dir() -> Path:
 
 def _default_hints(bundle) -> list:
     curve = (bundle.variable_rate or {}).get("curve")
-    if bundle.config.levels is not None and curve:  # one network: hints between its measured extremes
-        lo, hi = curve[0]["bpp"], curve[-1]["bpp"]
-        return [round(lo * 1.15, 3), round((lo * hi) ** 0.5, 3), round(hi * 0.8, 3)]
+    if bundle.config.levels is not None and curve:  # one network: hints inside the rates its levels reach per
+        lo, hi = curve[min(1, len(curve) - 1)]["bpp"], curve[-1]["bpp"]  # image (the coarsest level's mean is not)
+        return [round(lo, 3), round((lo * hi) ** 0.5, 3), round(hi * 0.8, 3)]
     n = len(bundle.rungs)
     picks = sorted({0, n // 2, n - 1})
     return [bundle.rungs[i].bpp if bundle.rungs[i].bpp else None for i in picks]
