@@ -168,11 +168,17 @@ def bundle_table(b) -> List[str]:
         lines.append(f"unsplit model on the same held-out images: {cols[0][1]} "
                      f"{ref.get(cols[0][0], float('nan')):.2%} ({ref.get('n_images')} images)")
     lines.append(f"{'rung':>4} {'lambda':>8} {'bpp':>8} " + " ".join(f"{label:>10}" for _, label in cols))
-    for r in b.rungs:
-        m = r.metrics
-        f = lambda k, fmt: (fmt.format(m[k]) if k in m else "-")  # noqa: E731
-        lines.append(f"{r.index:>4} {r.lam:>8g} {f('bpp', '{:.4f}'):>8} "
+    curve = (b.variable_rate or {}).get("curve") if b.config.levels is not None else None
+    # a variable-rate bundle: its one network at every measured level (``qN``), else one row per rung
+    rows = [(f"q{p['level']}", p.get("lambda", b.rungs[0].lam), p) for p in curve] if curve else \
+        [(r.index, r.lam, r.metrics) for r in b.rungs]
+    for where, lam, m in rows:
+        f = lambda k, fmt: (fmt.format(m[k]) if m.get(k) is not None else "-")  # noqa: E731
+        lines.append(f"{where:>4} {lam:>8g} {f('bpp', '{:.4f}'):>8} "
                      + " ".join(f"{f(k, '{:.2%}'):>10}" for k, _ in cols))
+    if b.config.levels is not None:
+        lines.append(f"one variable-rate network: quality levels {b.config.levels[0]}..{b.config.levels[1]}, any of "
+                     "them per message (docs/variable-rate.md)")
     return lines + [f"WARNING: {w}" for w in ladder_warnings(b.manifest)]
 
 

@@ -269,3 +269,12 @@ def test_edge_command_streams_a_variable_rate_bundle_at_a_link_rate(vr_bundle, t
     assert len(rows) == len(images) and all(" q" in r for r in rows)  # the level, e.g. "q8", in place of the rung
     sent = float(out.split("sent ")[1].split(" kbit/s")[0])
     assert sent == pytest.approx(kbps, rel=0.15) and f"over {len(images)} frames" in out
+
+
+def test_info_shows_the_measured_curve(vr_bundle, capsys):
+    from shared.cli import main
+
+    assert main(["info", str(vr_bundle.root)]) == 0
+    out = capsys.readouterr().out
+    levels = [p["level"] for p in vr_bundle.manifest["variable_rate"]["curve"]]
+    assert all(f" q{q} " in out for q in levels) and f"quality levels {LEVELS[0]}..{LEVELS[1]}" in out
