@@ -78,10 +78,8 @@ class CancelToken:
 
                 def remove() -> None:
                     with self._lock:
-                        try:
+                        if fn in self._callbacks:  # a second remove() is a no-op
                             self._callbacks.remove(fn)
-                        except ValueError:
-                            pass
 
                 return remove
         fn()

@@ -178,12 +178,9 @@ class _GrpcTransport:
         except Exception:  # noqa: BLE001 - not every RpcError carries metadata
             md = {}
         kind = md.get(_KIND_KEY, "")
-        retry_after = None
-        try:
-            if _RETRY_AFTER_KEY in md:
-                retry_after = int(md[_RETRY_AFTER_KEY]) / 1e3
-        except ValueError:
-            pass
+        # the server's retry hint in whole milliseconds; anything else is not a hint (retry on the client's own backoff)
+        ms = str(md.get(_RETRY_AFTER_KEY, ""))
+        retry_after = int(ms) / 1e3 if ms.isdigit() else None
         if kind == "bundle_mismatch":
             return BundleMismatchError(e.details() or str(e))
         return ServiceError(name, e.details() or str(e), kind, retry_after)
