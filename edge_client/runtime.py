@@ -28,12 +28,12 @@ from typing import Dict, List, Optional, Tuple, Union
 import numpy as np
 from PIL import Image
 
-from shared.bitstream import Header, level_symbols_crc, pack, split_tag, symbols_crc
+from shared.bitstream import Header, pack, split_tag, symbols_crc
 from shared.codec.integer_numpy import int_hyper_synthesis, layers_from_arrays
 from shared.codec.rans import RansTables, encode_with_indexes
 from shared.frame import EncodedFrame, ImageLike
 from shared.imageprep import input_crop, load_image, to_array
-from shared.ratecontrol import LevelCoder, RateChoice, StreamRateController, choose_level
+from shared.ratecontrol import LevelCoder, RateChoice, StreamRateController, choose_level, level_message
 
 from .package import EdgePackage, find_package
 
@@ -199,12 +199,7 @@ class OnnxEdgeEncoder:
     def encode_variable(self, x: np.ndarray, **how) -> RateChoice:
         """A preprocessed image -> a variable-rate bundle's message; ``how``: see ``shared.ratecontrol.choose_level``."""
         coder, z_str, z_sym, y_hw, side = self.rung(0).level_coder(self.features(x))
-        hw = tuple(x.shape[-2:])
-
-        def message(q: int, y_str: bytes, y_sym: np.ndarray) -> bytes:
-            hdr = Header(self.bundle.id_bytes, self.tag, 0, hw, y_hw, side, level_symbols_crc(q, y_sym, z_sym[0]), level=q)
-            return pack(hdr, [y_str, z_str])
-
+        message = level_message(self.bundle.id_bytes, self.tag, x.shape[-2:], y_hw, side, z_str, z_sym[0])
         return choose_level(coder, message, **how)
 
     def encode(self, image: ImageLike, bitrate: Optional[float] = None, rung: Optional[int] = None,

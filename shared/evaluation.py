@@ -66,11 +66,10 @@ def default_levels(levels, every: int = 4) -> List[int]:
 
 def level_lambda(bundle, q: int) -> float:
     """The lambda a variable-rate bundle trained level ``q`` with (log-linear over its levels and lambdas)."""
-    vr = bundle.variable_rate or {}
-    (lo, hi), lams = bundle.config.levels, vr.get("lambdas")
-    if not lams:
-        return bundle.rungs[0].lam
-    return lams[0] * (lams[1] / lams[0]) ** ((q - lo) / max(1, hi - lo))
+    from .codec.variable_rate import lambda_at
+
+    lams = (bundle.variable_rate or {}).get("lambdas")
+    return lambda_at(q, bundle.config.levels, lams) if lams else bundle.rungs[0].lam
 
 
 def _evaluate_points(model, bundle, codec, items, points, batch_size, device, progress) -> Dict:

@@ -15,7 +15,7 @@ from typing import Dict, Optional, Tuple
 import torch
 from torch import Tensor
 
-from .bitstream import BitstreamError, Header, bits_per_pixel, level_symbols_crc, pack, split_tag, unpack
+from .bitstream import BitstreamError, Header, bits_per_pixel, pack, split_tag, unpack
 from .bundle import Bundle
 from .codec import Bottleneck
 
@@ -93,7 +93,7 @@ class LadderCodec:
     def encode_variable(self, feature: Tensor, input_hw: Tuple[int, int], **how) -> list:
         """A variable-rate bundle: features (N, C, h, w) -> one ``RateChoice`` per image (its message and level);
         ``how``: a level, a byte budget or a stream controller (``shared.ratecontrol.choose_level``)."""
-        from .ratecontrol import choose_level
+        from .ratecontrol import choose_level, level_message
 
         if self.levels is None:
             raise ValueError("rate control needs a variable-rate bundle; this one is a ladder of rungs")
@@ -104,12 +104,7 @@ class LadderCodec:
         out = []
         for i in range(y_all.shape[0]):
             coder, z_str, z_sym = net.rate.level_coder(y_all[i : i + 1])
-
-            def message(q: int, y_str: bytes, y_sym, z_str=z_str, z_sym=z_sym) -> bytes:
-                hdr = Header(self.bundle.id_bytes, self.tag, 0, tuple(input_hw), y_hw, side,
-                             level_symbols_crc(q, y_sym, z_sym), level=q)
-                return pack(hdr, [y_str, z_str])
-
+            message = level_message(self.bundle.id_bytes, self.tag, input_hw, y_hw, side, z_str, z_sym)
             out.append(choose_level(coder, message, **how))
         return out
 

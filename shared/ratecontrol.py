@@ -22,9 +22,10 @@ from typing import Callable, Optional, Tuple
 
 import numpy as np
 
+from .bitstream import Header, level_symbols_crc, pack
 from .codec.rans import PRECISION, RansTables, encode_with_indexes
 
-__all__ = ["LevelCoder", "RateChoice", "MessageSizes", "encode_within", "StreamRateController", "choose_level"]
+__all__ = ["LevelCoder", "RateChoice", "MessageSizes", "level_message", "encode_within", "StreamRateController", "choose_level"]
 
 
 class LevelCoder:
@@ -74,6 +75,17 @@ class LevelCoder:
                 bits += 4 * (chunks + 1 + chunks // 15).sum()
             out[k] = 4 * math.ceil(bits / 32) + 8  # 32-bit words and the 64-bit final state
         return out
+
+
+def level_message(bundle_id: bytes, tag: int, input_hw, y_hw, side_hw, z_payload: bytes,
+                  z_symbols) -> Callable[[int, bytes, np.ndarray], bytes]:
+    """The message builder rate control calls, for one image: a version-2 message at level ``q`` around a y
+    payload, with the side payload and the level folded into the symbol checksum (both edges use it)."""
+    def message(q: int, y_payload: bytes, y_symbols: np.ndarray) -> bytes:
+        crc = level_symbols_crc(q, y_symbols, z_symbols)
+        return pack(Header(bundle_id, tag, 0, tuple(input_hw), tuple(y_hw), tuple(side_hw), crc, level=q),
+                    [y_payload, z_payload])
+    return message
 
 
 @dataclass

@@ -29,9 +29,17 @@ from .compressai_adapter import cdf_tables, channel_indexes, medians, quantize_s
 from ..bitstream import level_symbols_crc
 from .rate_models import RATE_MODELS, HW, HyperpriorRate, _crop
 
-__all__ = ["VariableRateHyperprior", "Level"]
+__all__ = ["VariableRateHyperprior", "Level", "lambda_at"]
 
 Level = Union[int, Tensor]  # an int, or per image a (B, 1, 1, 1) tensor of integer values (training)
+
+
+def lambda_at(q: float, levels: Tuple[int, int], lambdas: Tuple[float, float]) -> float:
+    """The lambda level ``q`` trains with: log-linear from ``min(lambdas)`` at the coarsest level to ``max(lambdas)``
+    at the finest (training draws levels with it; evaluation reports it)."""
+    lo, hi = levels
+    lam_lo, lam_hi = min(lambdas), max(lambdas)
+    return lam_lo * (lam_hi / lam_lo) ** ((q - lo) / max(1, hi - lo))
 
 
 class VariableRateHyperprior(HyperpriorRate):

@@ -23,6 +23,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from ..codec import Bottleneck, BottleneckConfig
+from ..codec.variable_rate import lambda_at
 from ..models.split import SplitModel
 from .cache import FeatureCache
 from .objectives import Objective, bpp_from_likelihoods, tail_feature_mse
@@ -117,7 +118,6 @@ def train_ladder(
         # one variable-rate network (shared/codec/variable_rate.py) instead of a rung per lambda, with the ladder's
         # whole step budget: every step draws a quality level q and trains at the lambda that goes with it,
         # log-linear from the smallest lambda at the coarsest level to the largest at the finest
-        lam_lo, lam_hi = min(cfg.lambdas), max(cfg.lambdas)
         order = [0]
         vr_steps = cfg.steps + cfg.steps_per_rung * (len(cfg.lambdas) - 1)
     trained: Dict[int, Dict] = {}
@@ -177,7 +177,7 @@ def train_ladder(
                 g["lr"] = warmup_cosine_lr(frac, cfg.lr) * g["lr_scale"]
             if levels is not None:
                 q = int(torch.randint(levels[0], levels[1] + 1, (1,), generator=gen))
-                lam = lam_lo * (lam_hi / lam_lo) ** ((q - levels[0]) / max(1, levels[1] - levels[0]))
+                lam = lambda_at(q, levels, cfg.lambdas)
                 o = ddp(feat, level=q)
             else:
                 o = ddp(feat)
