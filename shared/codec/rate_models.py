@@ -203,11 +203,15 @@ class HyperpriorRate(RateModel):
         # would move a scale to another table and desynchronise the decoder.
         return [self._compress_one(y[i : i + 1]) for i in range(y.shape[0])]
 
-    def _compress_one(self, y: Tensor) -> Tuple[List[bytes], int]:
-        gc, eb = self.gaussian_conditional, self.entropy_bottleneck
+    def code_side(self, y: Tensor) -> Tuple[Tensor, bytes, Tensor, Optional[Tensor]]:
+        """One image's side information: (z symbols, z payload, y's table indexes, y's means)."""
         z_sym = self.side_symbols(y)
-        z_string = rans_encode(eb, self._eb_tables, z_sym, channel_indexes(z_sym.shape))
-        indexes, means = self.coding_params(z_sym, y.shape[-2:])
+        z_string = rans_encode(self.entropy_bottleneck, self._eb_tables, z_sym, channel_indexes(z_sym.shape))
+        return (z_sym, z_string, *self.coding_params(z_sym, y.shape[-2:]))
+
+    def _compress_one(self, y: Tensor) -> Tuple[List[bytes], int]:
+        gc = self.gaussian_conditional
+        z_sym, z_string, indexes, means = self.code_side(y)
         y_sym = gc.quantize(y, "symbols", means)
         y_string = rans_encode(gc, self._gc_tables, y_sym, indexes)
         return [y_string, z_string], symbols_crc(y_sym[0], z_sym[0])

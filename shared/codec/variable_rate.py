@@ -111,12 +111,9 @@ class VariableRateHyperprior(HyperpriorRate):
         return [self._compress_level(y[i : i + 1], q) for i in range(y.shape[0])]
 
     def _compress_level(self, y: Tensor, q: int) -> Tuple[List[bytes], int]:
-        gc, eb = self.gaussian_conditional, self.entropy_bottleneck
-        z_sym = self.side_symbols(y)
-        z_string = rans_encode(eb, self._eb_tables, z_sym, channel_indexes(z_sym.shape))
-        indexes, means = self.coding_params(z_sym, y.shape[-2:])
+        z_sym, z_string, indexes, means = self.code_side(y)
         y_sym = self.symbols(y, means, q)
-        y_string = rans_encode(gc, self._gc_tables, y_sym, self.shifted(indexes, q))
+        y_string = rans_encode(self.gaussian_conditional, self._gc_tables, y_sym, self.shifted(indexes, q))
         return [y_string, z_string], level_symbols_crc(q, y_sym[0].numpy(), z_sym[0].numpy())
 
     def level_coder(self, y: Tensor):
@@ -125,11 +122,8 @@ class VariableRateHyperprior(HyperpriorRate):
         from ..ratecontrol import LevelCoder
         from .rans import RansTables
 
-        eb, gc = self.entropy_bottleneck, self.gaussian_conditional
-        z_sym = self.side_symbols(y)
-        z_string = rans_encode(eb, self._eb_tables, z_sym, channel_indexes(z_sym.shape))
-        idx, means = self.coding_params(z_sym, y.shape[-2:])
-        cdf, lengths, offsets = cdf_tables(gc)
+        z_sym, z_string, idx, means = self.code_side(y)
+        cdf, lengths, offsets = cdf_tables(self.gaussian_conditional)
         if getattr(self, "_np_key", None) != cdf.data_ptr():  # the y tables as numpy, converted once
             self._np_tables = RansTables(cdf.numpy(), lengths.numpy(), offsets.numpy())
             self._np_key = cdf.data_ptr()
