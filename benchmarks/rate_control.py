@@ -37,6 +37,21 @@ def _frames(camvid: Path, n: int):
     return frames[:n]
 
 
+def sizes(bundle: str, ladders) -> None:
+    """Bytes of the weight files (what ships per bundle), the network against each ladder given."""
+    from shared.bundle import load_bundle
+
+    def weights(path) -> int:
+        b = load_bundle(path)
+        return sum((b.root / r.file).stat().st_size for r in b.rungs)
+
+    mine = weights(bundle)
+    print(f"\n0. size: the network's weight file {mine / 1e6:.2f} MB")
+    for lad in ladders:
+        n, total = len(load_bundle(lad).rungs), weights(lad)
+        print(f"   against {lad} ({n} rung files, {total / 1e6:.2f} MB): {mine / total:.4f} (goal <= 1/4)")
+
+
 def per_image(enc, items, hints, model=None, codec=None):
     from shared.imageprep import load_image
 
@@ -163,6 +178,8 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--no-decode", action="store_true", help="skip decoding (no torch needed)")
     p.add_argument("--plot", default=None, help="write the stream plot here (PNG)")
+    p.add_argument("--ladder", action="append", default=[],
+                   help="a ladder bundle to compare the size with (repeatable): rung files' bytes against the network's")
     args = p.parse_args(argv)
 
     from edge_client.runtime import OnnxEdgeEncoder
@@ -184,6 +201,7 @@ def main(argv=None) -> int:
 
         model = load_split_model(enc.bundle.model, enc.bundle.split).eval()
         codec = LadderCodec(load_bundle(args.bundle))  # the cloud's side: the bundle, not the edge package
+    sizes(args.bundle, args.ladder)
     per_image(enc, items, [float(v) for v in args.hints.split(",")], model, codec)
     if args.camvid:
         pre = enc.preprocess_spec
