@@ -177,6 +177,7 @@ def main(argv=None) -> int:
     p.add_argument("--timing-images", type=int, default=40)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--no-decode", action="store_true", help="skip decoding (no torch needed)")
+    p.add_argument("--weights", default=None, help="backbone weights file (default: the model's pretrained weights)")
     p.add_argument("--plot", default=None, help="write the stream plot here (PNG)")
     p.add_argument("--ladder", action="append", default=[],
                    help="a ladder bundle to compare the size with (repeatable): rung files' bytes against the network's")
@@ -185,7 +186,7 @@ def main(argv=None) -> int:
     from edge_client.runtime import OnnxEdgeEncoder
     from shared.data import scan_images, split_items, spread
 
-    enc = OnnxEdgeEncoder(args.bundle)
+    enc = OnnxEdgeEncoder(args.bundle, weights=args.weights)
     if enc.levels is None:
         print(f"error: {args.bundle} is a ladder, not a variable-rate bundle", file=sys.stderr)
         return 2
@@ -199,7 +200,7 @@ def main(argv=None) -> int:
 
         from shared.bundle import load_bundle
 
-        model = load_split_model(enc.bundle.model, enc.bundle.split).eval()
+        model = load_split_model(enc.bundle.model, enc.bundle.split, args.weights).eval()
         codec = LadderCodec(load_bundle(args.bundle))  # the cloud's side: the bundle, not the edge package
     sizes(args.bundle, args.ladder)
     per_image(enc, items, [float(v) for v in args.hints.split(",")], model, codec)

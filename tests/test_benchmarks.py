@@ -115,3 +115,30 @@ def test_edge_runtime_benchmark_on_tiny_bundle(tiny_bundle, tiny_weights, tiny_i
     row = next(iter(rep["ladders"].values()))
     assert row["agreement"]["pairs"] == 3 * len(tiny_bundle.rungs) and row["agreement"]["crc_failures"] == 0
     assert row["start"]["onnx"]["rss_mb"] > 0 and rep["installed"]["onnx"]["mb"] > 0
+
+
+def test_rate_control_benchmark_on_a_tiny_variable_rate_bundle(vr_bundle, tiny_bundle, tiny_weights, tiny_images,
+                                                               tmp_path, capsys):
+    """``benchmarks/rate_control.py`` end to end: sizes, per-image hints (decoded), a short stream with its plot,
+    the timing ratio (CamVid frames stand in as the tiny images)."""
+    spec = importlib.util.spec_from_file_location("rate_control", SCRIPT.parent / "rate_control.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    frames = tmp_path / "camvid"
+    (frames / "test").mkdir(parents=True)
+    for p in sorted(tiny_images.glob("*.png"))[:12]:
+        (frames / "test" / p.name).write_bytes(p.read_bytes())
+    (frames / "val").mkdir()
+    curve = vr_bundle.manifest["variable_rate"]["curve"]
+    hints = f"{curve[1]['bpp']:.4f},{curve[-1]['bpp'] * 2:.4f}"
+    assert mod.main(["--bundle", str(vr_bundle.root), "--ladder", str(tiny_bundle.root), "--weights", str(tiny_weights),
+                     "--data", str(tiny_images), "--hints", hints, "--camvid", str(frames), "--frames", "12",
+                     "--window", "6", "--fps", "10", "--timing-images", "2", "--repeats", "1",
+                     "--plot", str(tmp_path / "rc.png")]) == 0
+    out = capsys.readouterr().out
+    assert f"({len(tiny_bundle.rungs)} rung files" in out and "1. per-image hints" in out
+    wanted = [float(h) for h in hints.split(",")]
+    rows = [line.split() for line in out.splitlines()
+            if line.split() and line.split()[0].replace(".", "", 1).isdigit() and float(line.split()[0]) in wanted]
+    assert len(rows) == 2 and all(r[1] == "0" for r in rows)  # no message over its hint
+    assert "every 6-frame window" in out and (tmp_path / "rc.png").stat().st_size > 0 and "x (goal <= 1.3x)" in out
