@@ -11,13 +11,31 @@ samples all ship with splitinfer.
 from __future__ import annotations
 
 import csv
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import List, Optional, Sequence
 
 from .errors import UserError
+from .options import WEIGHTS_HELP, option, positive
 
-__all__ = ["run_demo", "samples_dir"]
+__all__ = ["DemoOptions", "run_demo", "samples_dir"]
+
+
+def _bpp_list(s: str) -> List[float]:
+    return [positive("positive bpp values")(v) for v in s.split(",")]
+
+
+@dataclass
+class DemoOptions:
+    """``splitinfer demo``: the arguments of :func:`run_demo`."""
+
+    bundle: Optional[str] = option(None, "bundle folder (default: the embedded ladders)")
+    weights: Optional[str] = option(None, WEIGHTS_HELP)
+    images: Optional[str] = option(None, "folder with labels.csv (default: the embedded samples)")
+    bitrates: Optional[List[float]] = option(None, "comma-separated bpp hints (default: the measured bpp of the top, "
+                                                   "a middle and the bottom rung)", type=_bpp_list)
+    rest: bool = option(False, "send over REST instead of gRPC")
 
 
 def samples_dir() -> Path:

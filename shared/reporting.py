@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from .errors import UserError
-from .options import option
+from .options import BUNDLE_HELP, option
 
 __all__ = ["EvalOptions", "ReportOptions", "evaluate_bundles", "read_results", "write_report", "summary_text",
            "write_pictures", "bundle_table", "ladder_table", "models_table", "edge_row", "EDGE_HEADER", "write_mask",
@@ -54,6 +54,20 @@ class ReportOptions:
     out: str = option(help="folder for results.json, results.md and rd.png")
     bd_variant: str = option("pchip", "interpolant of log(bpp) against accuracy for the BD-rate (default: pchip)",
                              choices=["pchip", "cubic", "linear"])
+
+
+@dataclass
+class InfoOptions:
+    """``splitinfer info``: one bundle's manifest (:func:`bundle_table`)."""
+
+    bundle: Optional[str] = option(None, BUNDLE_HELP, positional=True, nargs="?")
+
+
+@dataclass
+class ModelsOptions:
+    """``splitinfer models``: the supported models and split points (:func:`models_table`)."""
+
+    json: bool = option(False, "print JSON instead of a table")
 
 
 def read_results(path) -> tuple:

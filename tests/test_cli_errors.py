@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.cli import COMMANDS, build_parser, main
+from shared.cli import COMMANDS, OPTIONS, build_parser, main
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = sorted((ROOT / "shared" / "assets" / "samples").glob("*.JPEG"))[0]
@@ -109,6 +109,7 @@ def test_a_malformed_manifest_names_its_field(tiny_bundle, tmp_path, capsys):
 def test_every_option_has_help():
     parser = build_parser()
     assert set(parser.commands) == set(COMMANDS)
+    assert set(OPTIONS) == set(COMMANDS), "a command whose flags come from no options dataclass"
     for name, p in parser.commands.items():
         for action in p._actions:
             assert action.help, f"`splitinfer {name}` {'/'.join(action.option_strings) or action.dest} has no help"
@@ -121,6 +122,15 @@ def test_no_traceback_from_the_installed_command(tmp_path):
                            str(tmp_path / "x.si")], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith("error: ")
+
+
+def test_a_reader_that_leaves_early_gets_no_traceback():
+    """`splitinfer info | head -1`: the pipe closes before the table is written."""
+    proc = subprocess.Popen([sys.executable, "-m", "shared.cli", "info"], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()  # no reader: the first write fails with EPIPE
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 1 and "Traceback" not in err, err
 
 
 def test_edge_with_a_text_file_reports_it_on_its_own_line(tiny_bundle, tiny_weights, mistakes, capsys):

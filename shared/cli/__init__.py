@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from typing import List, Optional
 
@@ -38,7 +39,9 @@ OPTIONS = {"train": "shared.training.recipe:TrainOptions", "train-teacher": "sha
            "migrate": "shared.training.recipe:MigrateOptions", "eval": "shared.reporting:EvalOptions",
            "report": "shared.reporting:ReportOptions", "encode": "edge_client.options:EncodeOptions",
            "decode": "cloud_server.options:DecodeOptions", "serve": "cloud_server.options:ServeOptions",
-           "edge": "edge_client.options:EdgeOptions", "export-edge": "edge_client.options:ExportEdgeOptions"}
+           "edge": "edge_client.options:EdgeOptions", "export-edge": "edge_client.options:ExportEdgeOptions",
+           "demo": "shared.demo:DemoOptions", "info": "shared.reporting:InfoOptions",
+           "merge": "shared.bundle:MergeOptions", "models": "shared.reporting:ModelsOptions"}
 
 def command_line(name: str) -> Optional[str]:
     """The command as typed (recorded in what it writes), when it runs from the ``splitinfer`` entry point."""
@@ -86,6 +89,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `splitinfer info | head`: the reader left early; no traceback (Python's signal docs)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except ModuleNotFoundError as e:
         if missing_on_edge(e, args._name) is None:
             raise

@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 from ..errors import UserError, input_file
-from ..options import BUNDLE_HELP
 
 
 def run_encode(args) -> int:
@@ -51,25 +50,12 @@ def run_decode(args) -> int:
     return 0
 
 
-def setup_info(p: argparse.ArgumentParser) -> None:
-    p.add_argument("bundle", nargs="?", default=None, help=BUNDLE_HELP)
-
-
 def run_info(args) -> int:
     from ..bundle import resolve_bundle
     from ..reporting import bundle_table
 
     print("\n".join(bundle_table(resolve_bundle(args.bundle))))
     return 0
-
-
-def setup_merge(p: argparse.ArgumentParser) -> None:
-    p.add_argument("out", help="bundle folder to write")
-    p.add_argument("picks", nargs="+", metavar="BUNDLE:RUNG[,RUNG...]",
-                   help="rungs to take from each (measured) source bundle")
-    p.add_argument("--transforms-dtype", choices=["float32", "float16"], default=None,
-                   help="store g_a/g_s weights in this precision (float16 halves a deep rung; measure it again); "
-                        "default: the first source's")
 
 
 def run_merge(args) -> int:
@@ -105,10 +91,6 @@ def run_export_edge(args) -> int:
     print(f"edge package {pkg.package_id} -> {out} ({size / 1e6:.1f} MB): bundle {pkg.bundle_id} ({pkg.bundle.model}/"
           f"{pkg.bundle.split}, {len(pkg.bundle.rungs)} rungs), head weights {pkg.manifest['head_weights']}")
     return 0
-
-
-def setup_models(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
 def run_models(args) -> int:

@@ -7,10 +7,8 @@ Flags (:class:`cloud_server.options.ServeOptions`) override ``SPLITINFER_*`` env
 
 from __future__ import annotations
 
-import argparse
-
 from ..errors import UserError
-from ..options import WEIGHTS_HELP, options, positive
+from ..options import options
 
 
 def run_serve(args) -> int:
@@ -34,16 +32,9 @@ def run_serve(args) -> int:
     return 0
 
 
-def setup_demo(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--bundle", default=None, help="bundle folder (default: the embedded ladder)")
-    p.add_argument("--weights", default=None, help=WEIGHTS_HELP)
-    p.add_argument("--images", default=None, help="folder with labels.csv (default: the embedded samples)")
-    p.add_argument("--bitrates", default=None, type=lambda s: [positive("positive bpp values")(v) for v in s.split(",")],
-                   help="comma-separated bpp hints (default: the measured bpp of the top, a middle and the bottom rung)")
-    p.add_argument("--rest", action="store_true", help="send over REST instead of gRPC")
-
-
 def run_demo(args) -> int:
-    from ..demo import run_demo
+    import dataclasses
 
-    return run_demo(args.bundle, args.weights, args.images, args.bitrates, args.rest)
+    from ..demo import DemoOptions, run_demo
+
+    return run_demo(**dataclasses.asdict(options(DemoOptions, args)))
