@@ -29,6 +29,7 @@ import json
 import os
 import random
 import struct
+import threading
 import time
 import uuid
 from collections import deque
@@ -106,6 +107,7 @@ class InferResult:
     mask_png: Optional[bytes] = None  # segmentation: the class mask (8-bit PNG of class indexes)
     class_pixels: Optional[List[int]] = None  # segmentation: pixels of each class in the mask
     level: Optional[int] = None  # variable-rate bundles: the quality level the edge encoded at
+    target_kbps: Optional[float] = None  # a stream following its link (track_link): the rate it aimed at then
 
     @property
     def ok(self) -> bool:
@@ -475,12 +477,21 @@ class EdgeClient:
                 yield InferResult(_name(image), "", -1, 0, 0.0, [], 0.0, error=e)
 
     def stream(self, images: Iterable[ImageLike], bitrate: Optional[float] = None, rung: Optional[int] = None,
-               hint: Optional[BitrateHint] = None, timeout_s: Optional[float] = None) -> Iterator[InferResult]:
+               hint: Optional[BitrateHint] = None, timeout_s: Optional[float] = None,
+               track_link: bool = False) -> Iterator[InferResult]:
         """Frames over one ``InferStream`` (gRPC), answers in order; a refused frame yields a result with
         ``error`` set and the stream goes on; so does an image the edge cannot read (an :class:`ImageError`, in its
         place in the order; nothing is sent for it). ``timeout_s`` bounds the whole stream (default: none).
         A broken stream raises :class:`ServiceError` (frames are not resent: a camera sends new ones).
-        Over REST this falls back to one request per frame (with retries)."""
+        Over REST this falls back to one request per frame (with retries).
+
+        ``track_link`` (a variable-rate bundle and a ``kbit/s`` hint, gRPC): frames leave at the hint's fps, and
+        the rate follows what the link delivers (:class:`shared.ratecontrol.LinkRateTracker`, from the answers'
+        times), the hint's ``kbit/s`` being the most it asks for; each result carries its ``target_kbps``."""
+        ctl = self.stream_controller(hint)
+        if track_link and (ctl is None or self.rest):
+            raise ValueError("following the link needs a variable-rate bundle, a kbit/s hint with its fps, and "
+                             "the gRPC stream")
         if self.rest:
             yield from self.infer_many(images, bitrate, rung, hint)
             return
@@ -489,19 +500,28 @@ class EdgeClient:
         # per frame in send order: (source, encode ms, send time, None), or (source, 0, 0, error) for an image
         # that could not be encoded; the encoding thread appends, this one pops
         pending: Deque[Tuple[str, float, float, Optional[ImageError]]] = deque()
+        # per frame sent: its quality level (variable-rate bundles), bytes and the rate aimed at
+        levels: Deque[Tuple[Optional[int], int, Optional[float]]] = deque()
+        tracker, lock = None, threading.Lock()  # the controller is used by the encoding and the answering threads
+        if track_link:
+            from shared.ratecontrol import LinkRateTracker
 
-        ctl = self.stream_controller(hint)
-        levels: Deque[Optional[int]] = deque()  # per frame sent, its quality level (variable-rate bundles)
+            tracker = LinkRateTracker(hint.kbit_per_s)
 
         def requests():
-            for image in images:
+            start = time.perf_counter()
+            for k, image in enumerate(images):
+                if tracker is not None:  # a camera's pace (frame k leaves at k / fps), not as fast as files load
+                    time.sleep(max(0.0, start + k / hint.fps - time.perf_counter()))
                 try:
-                    frame, h, encode_ms = self.encode(image, bitrate, rung, hint, ctl)
+                    with lock:
+                        frame, h, encode_ms = self.encode(image, bitrate, rung, hint, ctl)
+                        target = ctl.kbit_per_s if tracker is not None else None
                 except _IMAGE_ERRORS as e:
                     pending.append((_name(image), 0.0, 0.0, _encode_error(image, e)))
                     continue
                 rid = uuid.uuid4().hex
-                levels.append(frame.level)
+                levels.append((frame.level, frame.n_bytes, target))
                 pending.append((_name(image), encode_ms, time.perf_counter(), None))
                 yield t.request(self._model, frame, h, frame.rung if rung is None else None, rid, self.top_k)
 
@@ -514,17 +534,22 @@ class EdgeClient:
             for resp in t.stub.InferStream(requests(), timeout=timeout_s, metadata=t.metadata):
                 yield from failed()
                 source, encode_ms, sent, _ = pending.popleft()
-                level = levels.popleft()
-                latency = 1e3 * (time.perf_counter() - sent)
+                level, n_bytes, target = levels.popleft()
+                now = time.perf_counter()
+                latency = 1e3 * (now - sent)
+                if tracker is not None:
+                    with lock:
+                        ctl.set_rate(tracker.acked(n_bytes, sent, now))
                 if resp.WhichOneof("outcome") == "error":
                     if resp.error.kind == "bundle_mismatch":
                         err: ServiceError = BundleMismatchError(resp.error.message)
                     else:
                         err = ServiceError(_code_name(resp.error.code), resp.error.message, resp.error.kind)
-                    yield InferResult(source, resp.request_id, -1, 0, 0.0, [], latency, encode_ms, error=err, level=level)
+                    yield InferResult(source, resp.request_id, -1, 0, 0.0, [], latency, encode_ms, error=err, level=level,
+                                      target_kbps=target)
                 else:
                     res = _result_from_pb(resp.result, source, latency, encode_ms)
-                    res.level = level
+                    res.level, res.target_kbps = level, target
                     yield res
         except t.grpc.RpcError as e:
             raise t.error(e) from None

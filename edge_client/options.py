@@ -33,6 +33,9 @@ class EdgeOptions:
     rung: Optional[int] = option(None, "force a rung (0 = highest rate)", exclusive="hint")
     fps: Optional[float] = option(None, "frame rate for --kbps", type=positive())
     stream: bool = option(False, "send all frames over one InferStream (gRPC)")
+    track_link: bool = option(False, "with --stream and --kbps, a variable-rate bundle: send frames at --fps and "
+                                     "follow the rate the link delivers (measured from the answers' delays), "
+                                     "--kbps being the most to send")
     bundle: Optional[str] = option(None, "edge package (splitinfer export-edge) or bundle folder (exported once into "
                                          "the cache; needs PyTorch); default: the embedded ladder")
     weights: Optional[str] = option(None, "backbone weights file for that export (default: pretrained)")
@@ -59,6 +62,8 @@ class EdgeOptions:
 
         if (self.kbps is None) != (self.fps is None):
             raise UserError("--kbps and --fps go together")
+        if self.track_link and not (self.stream and self.kbps and not self.rest):
+            raise UserError("--track-link needs --stream over gRPC and --kbps with --fps")
         return BitrateHint(target_bpp=self.bitrate, kbit_per_s=self.kbps, fps=self.fps)
 
     @property

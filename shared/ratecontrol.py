@@ -12,20 +12,27 @@ the bytes sent so far may run ahead of or behind the budget by at most ``slack``
 window of frames stays within ``2 * slack / window`` of the target (with ``slack=0.7`` and 30 frames:
 under 5%). Inside those bounds it holds a *quality level* rather than a size, so hard frames get more bits
 and easy ones fewer, and it moves that level slowly towards the link rate.
+
+Per link (:class:`LinkRateTracker`): when the link's rate is unknown or changes, the target ``kbit/s`` of the
+stream controller follows what the link delivers, measured from the answers' times: a queue building up on the
+link (delays above the least recent one) cuts the target to what was acknowledged per second; no queue lets it
+grow back, up to the rate asked for. :class:`SimulatedLink` is a link model to try it offline.
 """
 
 from __future__ import annotations
 
 import math
+from collections import deque
 from dataclasses import dataclass
-from typing import Callable, Optional, Tuple
+from typing import Callable, Deque, Optional, Tuple
 
 import numpy as np
 
 from .bitstream import Header, level_symbols_crc, pack
 from .codec.rans import PRECISION, RansTables, encode_with_indexes
 
-__all__ = ["LevelCoder", "RateChoice", "MessageSizes", "level_message", "encode_within", "StreamRateController", "choose_level"]
+__all__ = ["LevelCoder", "RateChoice", "MessageSizes", "level_message", "encode_within", "StreamRateController",
+           "LinkRateTracker", "SimulatedLink", "choose_level"]
 
 
 class LevelCoder:
@@ -169,11 +176,24 @@ class StreamRateController:
     def __init__(self, kbit_per_s: float, fps: float, levels: Tuple[int, int], slack: float = 0.7):
         if not (kbit_per_s > 0 and fps > 0 and math.isfinite(kbit_per_s) and math.isfinite(fps)):
             raise ValueError("kbit/s and fps must be positive finite numbers")
-        self.frame_bytes = kbit_per_s * 1000.0 / fps / 8.0
+        self.fps, self.frame_bytes = fps, kbit_per_s * 1000.0 / fps / 8.0
         self.levels, self.slack = levels, slack
         self.debt = 0.0  # bytes sent minus bytes allowed so far (positive: ahead of the link)
         self.level = (levels[0] + levels[1]) / 2.0
         self.frames = 0
+
+    @property
+    def kbit_per_s(self) -> float:
+        return self.frame_bytes * 8.0 * self.fps / 1000.0
+
+    def set_rate(self, kbit_per_s: float) -> None:
+        """A new target (a link's measured rate): the running balance is kept within the new slack, so a cut
+        is paid back within a frame or two rather than over many."""
+        if not (kbit_per_s > 0 and math.isfinite(kbit_per_s)):
+            raise ValueError("kbit/s must be a positive finite number")
+        self.frame_bytes = kbit_per_s * 1000.0 / self.fps / 8.0
+        s = self.slack * self.frame_bytes
+        self.debt = min(max(self.debt, -s), s)
 
     def bounds(self) -> Tuple[float, float]:
         """(least, most) bytes the next frame may take while the running total stays within the slack."""
@@ -209,6 +229,93 @@ class StreamRateController:
             self.level = 0.7 * self.level + 0.3 * level
         self.level -= 0.3 * self.debt / self.frame_bytes
         self.level = min(max(self.level, self.levels[0]), self.levels[1])
+
+
+class LinkRateTracker:
+    """The rate a link carries, followed from acknowledgements: the delay-based half of WebRTC's congestion
+    control (Carlucci et al., MMSys 2016), simplified to what a camera stream needs.
+
+    Call :meth:`acked` with each answer (bytes, send time, answer time; seconds of one clock). When even the
+    least delay of the last ``interval_s`` is more than ``queue_s`` above the least of the last ``base_s``, a
+    queue stands on the link (CoDel's test: a big frame's own delay passes, a queue that every frame waits in
+    does not): the rate drops to ``backoff`` x the bytes acknowledged per second over the last ``window_s``
+    (what the link delivered), lower still for a long queue so that it drains within about ``drain_s`` (to
+    half the delivered rate at most), and holds for a window. Otherwise it grows by ``growth`` per second, up to
+    ``ceiling_kbps`` (the rate asked for). ``kbit_per_s`` is the current estimate."""
+
+    def __init__(self, ceiling_kbps: float, start_kbps: Optional[float] = None, window_s: float = 1.0,
+                 interval_s: float = 0.4, base_s: float = 10.0, queue_s: float = 0.05, growth: float = 0.15,
+                 backoff: float = 0.85, drain_s: float = 2.0):
+        if not (ceiling_kbps > 0 and math.isfinite(ceiling_kbps)):
+            raise ValueError("the ceiling must be a positive finite kbit/s")
+        self.ceiling, self.window_s, self.interval_s, self.base_s = ceiling_kbps, window_s, interval_s, base_s
+        self.queue_s, self.growth, self.backoff, self.drain_s = queue_s, growth, backoff, drain_s
+        self.kbit_per_s = min(ceiling_kbps, start_kbps or ceiling_kbps)
+        self._acks: Deque[Tuple[float, int, float]] = deque()  # (answer time, bytes, delay) of the last window_s
+        self._delays: Deque[Tuple[float, float]] = deque()  # (answer time, delay) over the last base_s
+        self._hold_until, self._last, self.cuts = -math.inf, None, 0
+
+    def delivered_kbps(self) -> Optional[float]:
+        """Bytes acknowledged per second over the window: the bytes after its first answer over the time since."""
+        if len(self._acks) < 2 or self._acks[-1][0] <= self._acks[0][0]:
+            return None
+        return 8e-3 * sum(b for _, b, _ in list(self._acks)[1:]) / (self._acks[-1][0] - self._acks[0][0])
+
+    def acked(self, n_bytes: int, sent_at: float, acked_at: float) -> float:
+        """One answer: the new estimate in kbit/s."""
+        delay = acked_at - sent_at
+        self._acks.append((acked_at, int(n_bytes), delay))
+        while self._acks[0][0] < acked_at - self.window_s:
+            self._acks.popleft()
+        while self._delays and self._delays[-1][1] >= delay:  # a monotonic queue: its first entry is the least
+            self._delays.pop()                                 # delay of the last base_s
+        self._delays.append((acked_at, delay))
+        while self._delays[0][0] < acked_at - self.base_s:
+            self._delays.popleft()
+        dt = 0.0 if self._last is None else max(0.0, acked_at - self._last)
+        self._last = acked_at
+        if acked_at < self._hold_until:
+            return self.kbit_per_s
+        delivered = self.delivered_kbps()
+        recent = min(d for t, _, d in self._acks if t >= acked_at - self.interval_s)
+        queue = recent - self._delays[0][1]
+        if queue > self.queue_s and delivered is not None:  # send less than the link delivers until it drains
+            self.kbit_per_s = min(self.ceiling, delivered * min(self.backoff, max(0.5, 1.0 - queue / self.drain_s)))
+            self._hold_until, self.cuts = acked_at + self.window_s, self.cuts + 1
+        else:
+            self.kbit_per_s = min(self.ceiling, self.kbit_per_s * (1.0 + self.growth) ** dt)
+        return self.kbit_per_s
+
+
+class SimulatedLink:
+    """A link of ``kbps(t)`` kbit/s that sends one message at a time in order (a queue), ``rtt_s`` of
+    propagation and answer time on top: :meth:`send` returns when the answer arrives. To try a
+    :class:`LinkRateTracker` offline (the rate-control benchmark, the tests)."""
+
+    def __init__(self, kbps: Callable[[float], float], rtt_s: float = 0.03):
+        self.kbps, self.rtt_s, self._free = kbps, rtt_s, 0.0
+
+    def send(self, n_bytes: int, at: float) -> float:
+        start = max(at, self._free)
+        self._free = start + 8e-3 * n_bytes / self.kbps(start)
+        return self._free + self.rtt_s
+
+    def stream(self, n_frames: int, fps: float, encode: Callable[[int], int], controller: "StreamRateController",
+               tracker: Optional[LinkRateTracker] = None) -> np.ndarray:
+        """A camera stream over this link: frame ``k`` leaves at ``k / fps``, ``encode(k)`` (with
+        ``controller``) gives its bytes, and the answers that arrived by then have reached ``tracker`` (which
+        sets the controller's rate). Per frame: (bytes, send-to-answer delay in s, the kbit/s aimed at)."""
+        out, waiting = np.zeros((n_frames, 3)), []  # waiting: (answer time, send time, bytes)
+        for k in range(n_frames):
+            t = k / fps
+            while tracker is not None and waiting and waiting[0][0] <= t:  # answers come back in order
+                controller.set_rate(tracker.acked(waiting[0][2], waiting[0][1], waiting.pop(0)[0]))
+            target = controller.kbit_per_s
+            n = encode(k)
+            answer = self.send(n, t)
+            waiting.append((answer, t, n))
+            out[k] = n, answer - t, target
+        return out
 
 
 def choose_level(coder: LevelCoder, message: Callable[[int, bytes, np.ndarray], bytes], *, level: Optional[int] = None,

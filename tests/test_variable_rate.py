@@ -4,6 +4,7 @@ per-image rate control and stream rate control (shared/ratecontrol.py), on the t
 from __future__ import annotations
 
 import math
+import time
 
 import numpy as np
 import pytest
@@ -11,7 +12,8 @@ import torch
 
 from shared.bitstream import VERSION, VERSION_LEVEL, BitstreamError, Header, pack, unpack
 from shared.pipeline import LadderCodec
-from shared.ratecontrol import LevelCoder, StreamRateController, choose_level, encode_within
+from shared.ratecontrol import (LevelCoder, LinkRateTracker, SimulatedLink, StreamRateController, choose_level,
+                                encode_within)
 
 from conftest import VR_LEVELS as LEVELS
 
@@ -177,6 +179,48 @@ def test_stream_controller_holds_every_window():
     assert np.std(sent) / np.mean(sent) > 0.1
 
 
+def _camera(n: int, seed: int = 0) -> np.ndarray:
+    """Frame complexities of a camera sequence: slow drift, a scene cut every 30 frames, frame-to-frame noise."""
+    rng = np.random.default_rng(seed)
+    return np.exp(np.cumsum(rng.normal(0, 0.02, n)) + np.repeat(rng.normal(0, 0.3, n // 30 + 1), 30)[:n]
+                  + rng.normal(0, 0.3, n))
+
+
+def _over_link(capacity, ceiling: float, track: bool, n: int = 600, fps: float = 15, seed: int = 0):
+    c = _camera(n, seed)
+    ctl = StreamRateController(ceiling, fps, (0, 40))
+    encode = lambda k: len(ctl.choose(_FakeCoder(300 * c[k]), lambda q, y, s: b"h" * 40 + y).message)  # noqa: E731
+    run = SimulatedLink(capacity, rtt_s=0.03).stream(n, fps, encode, ctl, LinkRateTracker(ceiling) if track else None)
+    kbps = np.convolve(run[:, 0], np.ones(30), "valid") / 30 * 8e-3 * fps  # each 30-frame window
+    return run, kbps
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_link_tracker_follows_a_link_that_changes(seed):
+    """A link of 400, then 150, then 300 kbit/s under a 500 kbit/s hint: the sent rate follows the link and
+    its queue drains; with the hint alone the queue grows without bound."""
+    fps, cap = 15, lambda t: 400 if t < 10 else (150 if t < 25 else 300)  # noqa: E731
+    run, kbps = _over_link(cap, 500, track=True, seed=seed)
+    t = np.arange(len(kbps)) / fps  # the start of each window
+    steady = [(4, 10), (14, 25), (31, 40)]  # from 4 s after a change (6 s after a rise: +15%/s), to the next one
+    for a, b in steady:
+        w = kbps[(t >= a) & (t + 2 <= b)] / cap(a)
+        assert 0.7 <= w.min() and w.max() <= 1.1, (a, w.min(), w.max())  # a window over the link: a queue
+        queue = run[int(a * fps):int(b * fps), 1] - 0.03
+        assert np.median(queue) < 0.25 and queue.max() < 0.6, (a, np.median(queue), queue.max())
+    assert run[:, 1].max() < 3.0
+    assert 0.7 * 300 < run[-1, 2] < 300 and run[int(12 * fps), 2] < 150  # the rate aimed at followed the link
+    fixed, _ = _over_link(cap, 500, track=False)
+    assert fixed[int(25 * fps) - 1, 1] > 5.0  # the hint alone: seconds of queue by the end of the slow part
+
+
+def test_link_tracker_holds_the_hint_on_a_fast_link():
+    run, kbps = _over_link(lambda t: 5000, 200, track=True)
+    assert np.all(run[:, 2] == 200) and np.all(np.abs(kbps / 200 - 1) <= 0.05)
+    with pytest.raises(ValueError):
+        LinkRateTracker(math.inf)
+
+
 def test_choose_level_arguments():
     coder = _FakeCoder(10.0)
     with pytest.raises(ValueError, match="at most one"):
@@ -269,6 +313,31 @@ def test_edge_command_streams_a_variable_rate_bundle_at_a_link_rate(vr_bundle, t
     assert len(rows) == len(images) and all(" q" in r for r in rows)  # the level, e.g. "q8", in place of the rung
     sent = float(out.split("sent ")[1].split(" kbit/s")[0])
     assert sent == pytest.approx(kbps, rel=0.15) and f"over {len(images)} frames" in out
+
+
+def test_edge_command_follows_the_link(vr_bundle, tiny_weights, heldout_items, capsys):
+    """``--track-link``: frames leave at --fps and each answer says the rate aimed at, never above --kbps (on
+    loopback the link is fast: the hint holds); without --stream it is a one-line usage error."""
+    import json
+
+    from _service import running_server
+
+    from shared.cli import main
+
+    images = [str(p) for p, _ in heldout_items[:4]] * 2
+    curve = vr_bundle.manifest["variable_rate"]["curve"]
+    kbps = round(curve[len(curve) // 2]["bpp"] * 32 * 32 * 20 / 1000, 3)
+    with running_server(vr_bundle, tiny_weights) as server:
+        argv = ["edge", "--server", f"127.0.0.1:{server.grpc_port}", "--bundle", str(vr_bundle.root), "--weights",
+                str(tiny_weights), "--kbps", str(kbps), "--fps", "20", "--track-link", *images]
+        t0 = time.perf_counter()
+        assert main(argv[:1] + ["--stream", "--json"] + argv[1:]) == 0
+        assert time.perf_counter() - t0 >= (len(images) - 1) / 20  # paced at the camera's rate
+        rows = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+        assert len(rows) == len(images) and all(r["ok"] and 0 < r["target_kbps"] <= kbps for r in rows)
+        assert main(argv[:1] + ["--stream"] + argv[1:]) == 0
+        assert "following the link, last aimed at" in capsys.readouterr().out
+        assert main(argv) == 2 and "--track-link needs --stream" in capsys.readouterr().err
 
 
 def test_info_shows_the_measured_curve(vr_bundle, capsys):

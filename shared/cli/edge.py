@@ -17,7 +17,7 @@ def run_edge(args) -> int:
 
     opts = options(EdgeOptions, args)
     hint, images = opts.hint(), find_images(opts.images)
-    client, failed, sent = opts.client(), 0, []
+    client, failed, sent, target = opts.client(), 0, [], None
     with client:
         try:
             client.connect()
@@ -25,9 +25,12 @@ def run_edge(args) -> int:
                 print(f"server {opts.server} ({'REST' if opts.rest else 'gRPC'}), model {client.model}, bundle "
                       f"{client.bundle.bundle_id}, hint: {hint if opts.rung is None else f'rung {opts.rung}'}")
                 print(EDGE_HEADER + "\n" + "-" * len(EDGE_HEADER))
-            for r in (client.stream if opts.stream else client.infer_many)(images, rung=opts.rung, hint=hint):
+            results = (client.stream(images, rung=opts.rung, hint=hint, track_link=opts.track_link) if opts.stream
+                       else client.infer_many(images, rung=opts.rung, hint=hint))
+            for r in results:
                 failed += not r.ok
                 sent += [r.n_bytes] if r.ok else []
+                target = r.target_kbps if r.target_kbps is not None else target
                 mask = None
                 if r.ok and r.mask_png and opts.write_masks:
                     enc = client.encoder
@@ -37,7 +40,8 @@ def run_edge(args) -> int:
             raise UserError(str(e)) from None
     if opts.kbps and sent and not opts.json:  # what the link carried against what it was given
         print(f"sent {8e-3 * sum(sent) / len(sent) * opts.fps:.2f} kbit/s at {opts.fps:g} fps (target {opts.kbps:g}) "
-              f"over {len(sent)} frames")
+              f"over {len(sent)} frames" + (f"; following the link, last aimed at {target:.2f} kbit/s"
+                                            if target is not None else ""))
     if failed and not opts.json:
         print(f"{failed} of {len(images)} images failed", file=sys.stderr)
     return 1 if failed else 0
