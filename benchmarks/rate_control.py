@@ -6,11 +6,17 @@
 2. **Stream**: 300 CamVid frames in order (the test sequences, then the val ones: a real camera) under
    ``StreamRateController`` at K kbit/s and F fps; reports the sent rate over every 30-frame window against K
    and draws the rate against the target (``--plot``).
-3. **Edge time per frame**: preprocessing, head, encoder and coding with rate control (a per-image hint) against
+3. **A link that changes** (``--link-plot``): the same frames, sent at 10 fps over a simulated link
+   (``shared.ratecontrol.SimulatedLink``: one message at a time, 30 ms round trip) of K, then 0.4 K, then
+   0.75 K kbit/s for a third of the stream each (K: 0.1 bpp at 10 fps), the hint asking 1.25 K: following the link
+   (``LinkRateTracker``, from the answers' delays) against the hint alone. Reports the sent rate over every
+   30-frame window against the link and each frame's delay beyond the round trip (its own transmission and the
+   queue ahead of it), from 4 s after each change (6 s after a rise).
+4. **Edge time per frame**: preprocessing, head, encoder and coding with rate control (a per-image hint) against
    a fixed level, interleaved, medians of repeats.
 
     python benchmarks/rate_control.py --bundle runs/vbr/deep --data ../shared/data/imagenet_val \\
-        --camvid ../shared/data/camvid --plot docs/bench/rate_control.png
+        --camvid ../shared/data/camvid --plot docs/bench/rate_control.png --link-plot docs/bench/link_tracking.png
 """
 
 from __future__ import annotations
@@ -140,6 +146,64 @@ def stream(enc, frames, kbps, fps, window, plot):
     return dev
 
 
+def link(enc, frames, kbps, fps, window, plot):
+    """Section 3: following a link that changes, against the hint alone (both over the same simulated link)."""
+    from shared.imageprep import load_image
+    from shared.ratecontrol import LinkRateTracker, SimulatedLink, StreamRateController
+
+    images = [load_image(p) for p in frames]
+    third = len(images) / fps / 3
+    cap = lambda t: kbps * (1.0 if t < third else 0.4 if t < 2 * third else 0.75)  # noqa: E731
+    runs = {}
+    for name, track in (("following the link", True), ("the hint alone", False)):
+        ctl = StreamRateController(1.25 * kbps, fps, enc.levels)
+        tracker = LinkRateTracker(1.25 * kbps) if track else None
+        runs[name] = SimulatedLink(cap, rtt_s=0.03).stream(
+            len(images), fps, lambda k: enc.encode(images[k], controller=ctl).n_bytes, ctl, tracker)
+    print(f"\n3. a link of {kbps:g}, {0.4 * kbps:g}, {0.75 * kbps:g} kbit/s ({third:.0f} s each), the hint asking "
+          f"{1.25 * kbps:g} kbit/s, {len(images)} frames at {fps:g} fps; from 4 s after each change (6 s after a rise), each frame's delay beyond the 30 ms round trip "
+          "(its transmission and the queue ahead of it):")
+    segments = [(4.0, third), (third + 4.0, 2 * third), (2 * third + 6.0, 3 * third)]
+    for name, run in runs.items():
+        win = np.convolve(run[:, 0], np.ones(window), "valid") / window * 8e-3 * fps
+        t0 = np.arange(len(win)) / fps
+        cells = []
+        for a, b in segments:
+            w = win[(t0 >= a) & (t0 + window / fps <= b)] / cap(a)
+            q = run[int(a * fps):int(b * fps), 1] - 0.03
+            if not len(w):
+                cells.append(f"{cap(a):.0f} kbit/s: too short to settle (give more --frames)")
+                continue
+            cells.append(f"{cap(a):.0f} kbit/s: windows {w.min():.0%}-{w.max():.0%} (median {np.median(w):.0%}), "
+                         f"delay median {np.median(q):.2f} s, max {q.max():.2f} s")
+        print(f"   {name}:\n     " + "\n     ".join(cells) + f"\n     whole stream: delay max {run[:, 1].max() - 0.03:.2f} s")
+    if plot:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+
+        fig = Figure(figsize=(9, 6.5))
+        FigureCanvasAgg(fig)
+        ax, ax2 = fig.add_subplot(211), fig.add_subplot(212)
+        t = np.arange(len(images)) / fps
+        ax.step(t, [cap(x) for x in t], where="post", color="k", lw=1.5, label="link capacity")
+        for (name, run), colour in zip(runs.items(), ("tab:blue", "tab:red")):
+            win = np.convolve(run[:, 0], np.ones(window), "valid") / window * 8e-3 * fps
+            ax.plot(t[window - 1:], win, color=colour, lw=1.8, label=f"sent, {window}-frame window: {name}")
+            ax2.plot(t, run[:, 1] - 0.03, color=colour, lw=1.2, label=name)
+        ax.plot(t, runs["following the link"][:, 2], color="tab:blue", ls=":", lw=1.2, label="rate aimed at (tracker)")
+        ax.set_ylabel("kbit/s")
+        ax.set_title(f"A link that changes: {len(images)} CamVid frames at {fps:g} fps, one variable-rate bottleneck")
+        ax.legend(loc="upper right", fontsize=8)
+        ax2.set_yscale("log")
+        ax2.set_ylabel("delay beyond the round trip (s)")
+        ax2.set_xlabel("time (s)")
+        ax2.legend(loc="upper left", fontsize=8)
+        Path(plot).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(plot, dpi=120, bbox_inches="tight")
+        print(f"   plot: {plot}")
+    return runs
+
+
 def timing(enc, items, hint, repeats):
     from shared.imageprep import load_image
 
@@ -157,7 +221,7 @@ def timing(enc, items, hint, repeats):
             t_ctl.append(time.perf_counter() - t0)
             trials.append(f.trials)
     a, b = statistics.median(t_fixed) * 1e3, statistics.median(t_ctl) * 1e3
-    print(f"\n3. edge time per frame (ONNX edge, {len(imgs)} images x {repeats}, medians): fixed level {a:.2f} ms, "
+    print(f"\n4. edge time per frame (ONNX edge, {len(imgs)} images x {repeats}, medians): fixed level {a:.2f} ms, "
           f"rate control at {hint:g} bpp {b:.2f} ms = {b / a:.2f}x (goal <= 1.3x); mean trial encodes "
           f"{np.mean(trials):.2f}")
     return b / a
@@ -179,6 +243,11 @@ def main(argv=None) -> int:
     p.add_argument("--no-decode", action="store_true", help="skip decoding (no torch needed)")
     p.add_argument("--weights", default=None, help="backbone weights file (default: the model's pretrained weights)")
     p.add_argument("--plot", default=None, help="write the stream plot here (PNG)")
+    p.add_argument("--link-plot", default=None, help="write the changing-link plot here (PNG)")
+    p.add_argument("--no-link", action="store_true", help="skip the changing-link section")
+    p.add_argument("--link-fps", type=float, default=10.0,
+                   help="frame rate of the changing-link section (its K: 0.1 bpp at this rate; default 10: 300 "
+                        "frames are 30 s, 10 s per link rate)")
     p.add_argument("--ladder", action="append", default=[],
                    help="a ladder bundle to compare the size with (repeatable): rung files' bytes against the network's")
     args = p.parse_args(argv)
@@ -208,6 +277,9 @@ def main(argv=None) -> int:
         pre = enc.preprocess_spec
         kbps = args.kbps or 0.1 * pre.input_size[0] * pre.input_size[1] * args.fps / 1000.0
         stream(enc, _frames(Path(args.camvid), args.frames), kbps, args.fps, args.window, args.plot)
+        if not args.no_link:
+            link_kbps = 0.1 * pre.input_size[0] * pre.input_size[1] * args.link_fps / 1000.0
+            link(enc, _frames(Path(args.camvid), args.frames), link_kbps, args.link_fps, args.window, args.link_plot)
     timing(enc, items[: args.timing_images], 0.1, args.repeats)
     return 0
 

@@ -133,8 +133,8 @@ def test_rate_control_benchmark_on_a_tiny_variable_rate_bundle(vr_bundle, tiny_b
     hints = f"{curve[1]['bpp']:.4f},{curve[-1]['bpp'] * 2:.4f}"
     assert mod.main(["--bundle", str(vr_bundle.root), "--ladder", str(tiny_bundle.root), "--weights", str(tiny_weights),
                      "--data", str(tiny_images), "--hints", hints, "--camvid", str(frames), "--frames", "12",
-                     "--window", "6", "--fps", "10", "--timing-images", "2", "--repeats", "1",
-                     "--plot", str(tmp_path / "rc.png")]) == 0
+                     "--window", "6", "--fps", "10", "--link-fps", "10", "--timing-images", "2", "--repeats", "1",
+                     "--plot", str(tmp_path / "rc.png"), "--link-plot", str(tmp_path / "link.png")]) == 0
     out = capsys.readouterr().out
     assert f"({len(tiny_bundle.rungs)} rung files" in out and "1. per-image hints" in out
     wanted = [float(h) for h in hints.split(",")]
@@ -142,3 +142,4 @@ def test_rate_control_benchmark_on_a_tiny_variable_rate_bundle(vr_bundle, tiny_b
             if line.split() and line.split()[0].replace(".", "", 1).isdigit() and float(line.split()[0]) in wanted]
     assert len(rows) == 2 and all(r[1] == "0" for r in rows)  # no message over its hint
     assert "every 6-frame window" in out and (tmp_path / "rc.png").stat().st_size > 0 and "x (goal <= 1.3x)" in out
+    assert "3. a link of" in out and "the hint alone:" in out and (tmp_path / "link.png").stat().st_size > 0
