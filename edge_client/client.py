@@ -108,10 +108,12 @@ class InferResult:
     class_pixels: Optional[List[int]] = None  # segmentation: pixels of each class in the mask
     level: Optional[int] = None  # variable-rate bundles: the quality level the edge encoded at
     target_kbps: Optional[float] = None  # a stream following its link (track_link): the rate it aimed at then
+    skipped: bool = False  # stream control dropped this frame: the link carries less than the coarsest level
 
     @property
     def ok(self) -> bool:
-        return self.error is None
+        """Answered (neither refused nor skipped)."""
+        return self.error is None and not self.skipped
 
     @property
     def label(self) -> Optional[Tuple[int, str, float]]:
@@ -463,6 +465,9 @@ class EdgeClient:
         self.connect()
         ctl = self.stream_controller(hint)
         for image in images:
+            if ctl is not None and ctl.skip():
+                yield InferResult(_name(image), "", -1, 0, 0.0, [], 0.0, skipped=True)
+                continue
             try:
                 frame, h, encode_ms = self.encode(image, bitrate, rung, hint, ctl)
             except _IMAGE_ERRORS as e:
@@ -497,8 +502,8 @@ class EdgeClient:
             return
         self.connect()
         t = self.transport
-        # per frame in send order: (source, encode ms, send time, None), or (source, 0, 0, error) for an image
-        # that could not be encoded; the encoding thread appends, this one pops
+        # per frame in send order: (source, encode ms, send time, None), (source, 0, 0, error) for an image
+        # that could not be encoded, or (source, 0, kbit/s, SKIPPED); the encoding thread appends, this one pops
         pending: Deque[Tuple[str, float, float, Optional[ImageError]]] = deque()
         # per frame sent: its quality level (variable-rate bundles), bytes and the rate aimed at
         levels: Deque[Tuple[Optional[int], int, Optional[float]]] = deque()
@@ -513,6 +518,12 @@ class EdgeClient:
             for k, image in enumerate(images):
                 if tracker is not None:  # a camera's pace (frame k leaves at k / fps), not as fast as files load
                     time.sleep(max(0.0, start + k / hint.fps - time.perf_counter()))
+                if ctl is not None:
+                    with lock:
+                        skip, target = ctl.skip(), ctl.kbit_per_s
+                    if skip:
+                        pending.append((_name(image), 0.0, target, SKIPPED))
+                        continue
                 try:
                     with lock:
                         frame, h, encode_ms = self.encode(image, bitrate, rung, hint, ctl)
@@ -527,8 +538,12 @@ class EdgeClient:
 
         def failed() -> Iterator[InferResult]:
             while pending and pending[0][3] is not None:
-                source, _, _, err = pending.popleft()
-                yield InferResult(source, "", -1, 0, 0.0, [], 0.0, error=err)
+                source, _, target, err = pending.popleft()
+                if err is SKIPPED:
+                    yield InferResult(source, "", -1, 0, 0.0, [], 0.0, skipped=True,
+                                      target_kbps=target if tracker is not None else None)
+                else:
+                    yield InferResult(source, "", -1, 0, 0.0, [], 0.0, error=err)
 
         try:
             for resp in t.stub.InferStream(requests(), timeout=timeout_s, metadata=t.metadata):
@@ -564,6 +579,9 @@ class EdgeClient:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+SKIPPED = object()  # a frame stream control dropped (EdgeClient.stream)
 
 
 def _retry_after(headers) -> Optional[float]:

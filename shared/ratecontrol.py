@@ -187,13 +187,22 @@ class StreamRateController:
         return self.frame_bytes * 8.0 * self.fps / 1000.0
 
     def set_rate(self, kbit_per_s: float) -> None:
-        """A new target (a link's measured rate): the running balance is kept within the new slack, so a cut
-        is paid back within a frame or two rather than over many."""
+        """A new target (a link's measured rate). Bytes sent ahead stay owed (they are on the link); bytes
+        behind are forgiven beyond the new slack, so a cut does not let the stream catch up in a burst."""
         if not (kbit_per_s > 0 and math.isfinite(kbit_per_s)):
             raise ValueError("kbit/s must be a positive finite number")
         self.frame_bytes = kbit_per_s * 1000.0 / self.fps / 8.0
-        s = self.slack * self.frame_bytes
-        self.debt = min(max(self.debt, -s), s)
+        self.debt = max(self.debt, -self.slack * self.frame_bytes)
+
+    def skip(self) -> bool:
+        """Whether to drop the next frame (a camera's frame skip): only when no message fits, the stream already
+        running a whole frame budget and its slack ahead of the link (after frames whose coarsest level did not
+        fit: a link slower than the coarsest level at this fps, or a rate cut). The frame's time then passes
+        unsent, and the link drains instead of queueing."""
+        if self.bounds()[1] > 0:
+            return False
+        self.sent(0)
+        return True
 
     def bounds(self) -> Tuple[float, float]:
         """(least, most) bytes the next frame may take while the running total stays within the slack."""
@@ -240,26 +249,30 @@ class LinkRateTracker:
     queue stands on the link (CoDel's test: a big frame's own delay passes, a queue that every frame waits in
     does not): the rate drops to ``backoff`` x the bytes acknowledged per second over the last ``window_s``
     (what the link delivered), lower still for a long queue so that it drains within about ``drain_s`` (to
-    half the delivered rate at most), and holds for a window. Otherwise it grows by ``growth`` per second, up to
-    ``ceiling_kbps`` (the rate asked for). ``kbit_per_s`` is the current estimate."""
+    half the delivered rate at most; a cut at most halves the rate and never raises it), and holds for a window. Otherwise it grows, per second of answers (a pause
+    in them earns nothing): by ``fast_growth`` back to ``backoff`` x the rate delivered at the last cut (what
+    the link carried when it last queued), then by ``growth`` to probe for more, up to ``ceiling_kbps`` (the
+    rate asked for). A cut never raises the rate. ``kbit_per_s`` is the current estimate."""
 
     def __init__(self, ceiling_kbps: float, start_kbps: Optional[float] = None, window_s: float = 1.0,
-                 interval_s: float = 0.4, base_s: float = 10.0, queue_s: float = 0.05, growth: float = 0.15,
-                 backoff: float = 0.85, drain_s: float = 2.0):
+                 interval_s: float = 0.4, base_s: float = 30.0, queue_s: float = 0.05, growth: float = 0.15,
+                 backoff: float = 0.85, drain_s: float = 2.0, fast_growth: float = 0.5):
         if not (ceiling_kbps > 0 and math.isfinite(ceiling_kbps)):
             raise ValueError("the ceiling must be a positive finite kbit/s")
         self.ceiling, self.window_s, self.interval_s, self.base_s = ceiling_kbps, window_s, interval_s, base_s
         self.queue_s, self.growth, self.backoff, self.drain_s = queue_s, growth, backoff, drain_s
+        self.fast_growth, self._carried = fast_growth, 0.0  # _carried: the rate delivered at the last cut
         self.kbit_per_s = min(ceiling_kbps, start_kbps or ceiling_kbps)
         self._acks: Deque[Tuple[float, int, float]] = deque()  # (answer time, bytes, delay) of the last window_s
         self._delays: Deque[Tuple[float, float]] = deque()  # (answer time, delay) over the last base_s
-        self._hold_until, self._last, self.cuts = -math.inf, None, 0
+        self._hold_until, self._first, self._last, self.cuts = -math.inf, None, None, 0
 
     def delivered_kbps(self) -> Optional[float]:
-        """Bytes acknowledged per second over the window: the bytes after its first answer over the time since."""
-        if len(self._acks) < 2 or self._acks[-1][0] <= self._acks[0][0]:
+        """Bytes acknowledged per second over the last window (over the time since the first answer, while that
+        is shorter: answers that arrive in a burst after a stall are not a fast link)."""
+        if self._first is None or self._last <= self._first:
             return None
-        return 8e-3 * sum(b for _, b, _ in list(self._acks)[1:]) / (self._acks[-1][0] - self._acks[0][0])
+        return 8e-3 * sum(b for _, b, _ in self._acks) / min(self.window_s, self._last - self._first)
 
     def acked(self, n_bytes: int, sent_at: float, acked_at: float) -> float:
         """One answer: the new estimate in kbit/s."""
@@ -272,18 +285,24 @@ class LinkRateTracker:
         self._delays.append((acked_at, delay))
         while self._delays[0][0] < acked_at - self.base_s:
             self._delays.popleft()
-        dt = 0.0 if self._last is None else max(0.0, acked_at - self._last)
+        dt = 0.0 if self._last is None else min(max(0.0, acked_at - self._last), self.interval_s)
+        self._first = acked_at if self._first is None else self._first
         self._last = acked_at
         if acked_at < self._hold_until:
             return self.kbit_per_s
         delivered = self.delivered_kbps()
-        recent = min(d for t, _, d in self._acks if t >= acked_at - self.interval_s)
-        queue = recent - self._delays[0][1]
+        queue = min(d for t, _, d in self._acks if t >= acked_at - self.interval_s) - self._delays[0][1]
         if queue > self.queue_s and delivered is not None:  # send less than the link delivers until it drains
-            self.kbit_per_s = min(self.ceiling, delivered * min(self.backoff, max(0.5, 1.0 - queue / self.drain_s)))
-            self._hold_until, self.cuts = acked_at + self.window_s, self.cuts + 1
+            # to what the link delivered, less while a queue drains; at most halved per cut (few answers during
+            # a stall undercount the link), never raised
+            cut = max(0.5 * self.kbit_per_s, delivered * min(self.backoff, max(0.5, 1.0 - queue / self.drain_s)))
+            self.kbit_per_s = min(self.kbit_per_s, cut)
+            self._hold_until, self.cuts, self._carried = acked_at + self.window_s, self.cuts + 1, max(delivered, cut)
         else:
-            self.kbit_per_s = min(self.ceiling, self.kbit_per_s * (1.0 + self.growth) ** dt)
+            fast = self.kbit_per_s < self.backoff * self._carried
+            rate = self.kbit_per_s * (1.0 + (self.fast_growth if fast else self.growth)) ** dt
+            self.kbit_per_s = min(self.ceiling, max(rate, self.kbit_per_s) if not fast else
+                                  min(rate, max(self.backoff * self._carried, self.kbit_per_s)))
         return self.kbit_per_s
 
 
@@ -304,13 +323,17 @@ class SimulatedLink:
                tracker: Optional[LinkRateTracker] = None) -> np.ndarray:
         """A camera stream over this link: frame ``k`` leaves at ``k / fps``, ``encode(k)`` (with
         ``controller``) gives its bytes, and the answers that arrived by then have reached ``tracker`` (which
-        sets the controller's rate). Per frame: (bytes, send-to-answer delay in s, the kbit/s aimed at)."""
+        sets the controller's rate). Per frame: (bytes, send-to-answer delay in s, the kbit/s aimed at); a frame
+        the controller skips: (0, nan, kbit/s)."""
         out, waiting = np.zeros((n_frames, 3)), []  # waiting: (answer time, send time, bytes)
         for k in range(n_frames):
             t = k / fps
             while tracker is not None and waiting and waiting[0][0] <= t:  # answers come back in order
                 controller.set_rate(tracker.acked(waiting[0][2], waiting[0][1], waiting.pop(0)[0]))
             target = controller.kbit_per_s
+            if controller.skip():
+                out[k] = 0, np.nan, target
+                continue
             n = encode(k)
             answer = self.send(n, t)
             waiting.append((answer, t, n))

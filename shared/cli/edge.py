@@ -17,7 +17,7 @@ def run_edge(args) -> int:
 
     opts = options(EdgeOptions, args)
     hint, images = opts.hint(), find_images(opts.images)
-    client, failed, sent, target = opts.client(), 0, [], None
+    client, failed, skipped, sent, target = opts.client(), 0, 0, [], None
     with client:
         try:
             client.connect()
@@ -28,8 +28,9 @@ def run_edge(args) -> int:
             results = (client.stream(images, rung=opts.rung, hint=hint, track_link=opts.track_link) if opts.stream
                        else client.infer_many(images, rung=opts.rung, hint=hint))
             for r in results:
-                failed += not r.ok
-                sent += [r.n_bytes] if r.ok else []
+                failed += r.error is not None
+                skipped += r.skipped
+                sent += [r.n_bytes] if r.ok or r.skipped else []  # a skipped frame's time passed with 0 bytes
                 target = r.target_kbps if r.target_kbps is not None else target
                 mask = None
                 if r.ok and r.mask_png and opts.write_masks:
@@ -41,7 +42,8 @@ def run_edge(args) -> int:
     if opts.kbps and sent and not opts.json:  # what the link carried against what it was given
         print(f"sent {8e-3 * sum(sent) / len(sent) * opts.fps:.2f} kbit/s at {opts.fps:g} fps (target {opts.kbps:g}) "
               f"over {len(sent)} frames" + (f"; following the link, last aimed at {target:.2f} kbit/s"
-                                            if target is not None else ""))
+                                            if target is not None else "")
+              + (f"; {skipped} frames skipped (the link carried less than the coarsest level)" if skipped else ""))
     if failed and not opts.json:
         print(f"{failed} of {len(images)} images failed", file=sys.stderr)
     return 1 if failed else 0
