@@ -11,7 +11,7 @@
    0.75 K kbit/s for a third of the stream each (K: 0.1 bpp at 10 fps), the hint asking 1.25 K: following the link
    (``LinkRateTracker``, from the answers' delays) against the hint alone. Reports the sent rate over every
    30-frame window against the link and each frame's delay beyond the round trip (its own transmission and the
-   queue ahead of it), from 4 s after each change (6 s after a rise).
+   queue ahead of it), from 6 s after each change (4 s after the start).
 4. **Edge time per frame**: preprocessing, head, encoder and coding with rate control (a per-image hint) against
    a fixed level, interleaved, medians of repeats.
 
@@ -146,6 +146,36 @@ def stream(enc, frames, kbps, fps, window, plot):
     return dev
 
 
+def plot_link(plot, t, cap, runs, window, fps, title, delay_label, delay_offset=0.0, extra=None):
+    """Both runs over a changing link (``runs``: name -> per frame (bytes, delay, rate aimed at)): the messages'
+    rate over a window against the link and the tracker's rate above, the delays below (log); ``extra(ax)``
+    draws more on the rates."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(9, 6.5))
+    FigureCanvasAgg(fig)
+    ax, ax2 = fig.add_subplot(211), fig.add_subplot(212)
+    ax.step(t, [cap(x) for x in t], where="post", color="k", lw=1.5, label="link")
+    for (name, run), colour in zip(runs.items(), ("tab:blue", "tab:red")):
+        win = np.convolve(run[:, 0], np.ones(window), "valid") / window * 8e-3 * fps
+        ax.plot(t[window - 1:], win, color=colour, lw=1.8, label=f"messages, {window}-frame window: {name}")
+        ax2.plot(t, run[:, 1] - delay_offset, color=colour, lw=1.2, label=name)
+    ax.plot(t, runs["following the link"][:, 2], color="tab:blue", ls=":", lw=1.2, label="rate aimed at (tracker)")
+    if extra is not None:
+        extra(ax)
+    ax.set_ylabel("kbit/s")
+    ax.set_title(title)
+    ax.legend(loc="upper right", fontsize=8)
+    ax2.set_yscale("log")
+    ax2.set_ylabel(delay_label)
+    ax2.set_xlabel("time (s)")
+    ax2.legend(loc="upper left", fontsize=8)
+    Path(plot).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(plot, dpi=120, bbox_inches="tight")
+    print(f"   plot: {plot}")
+
+
 def link(enc, frames, kbps, fps, window, plot):
     """Section 3: following a link that changes, against the hint alone (both over the same simulated link)."""
     from shared.imageprep import load_image
@@ -161,9 +191,9 @@ def link(enc, frames, kbps, fps, window, plot):
         runs[name] = SimulatedLink(cap, rtt_s=0.03).stream(
             len(images), fps, lambda k: enc.encode(images[k], controller=ctl).n_bytes, ctl, tracker)
     print(f"\n3. a link of {kbps:g}, {0.4 * kbps:g}, {0.75 * kbps:g} kbit/s ({third:.0f} s each), the hint asking "
-          f"{1.25 * kbps:g} kbit/s, {len(images)} frames at {fps:g} fps; from 4 s after each change (6 s after a rise), each frame's delay beyond the 30 ms round trip "
+          f"{1.25 * kbps:g} kbit/s, {len(images)} frames at {fps:g} fps; from 6 s after each change (4 s after the start), each frame's delay beyond the 30 ms round trip "
           "(its transmission and the queue ahead of it):")
-    segments = [(4.0, third), (third + 4.0, 2 * third), (2 * third + 6.0, 3 * third)]
+    segments = [(4.0, third), (third + 6.0, 2 * third), (2 * third + 6.0, 3 * third)]
     for name, run in runs.items():
         win = np.convolve(run[:, 0], np.ones(window), "valid") / window * 8e-3 * fps
         t0 = np.arange(len(win)) / fps
@@ -175,32 +205,14 @@ def link(enc, frames, kbps, fps, window, plot):
                 cells.append(f"{cap(a):.0f} kbit/s: too short to settle (give more --frames)")
                 continue
             cells.append(f"{cap(a):.0f} kbit/s: windows {w.min():.0%}-{w.max():.0%} (median {np.median(w):.0%}), "
-                         f"delay median {np.median(q):.2f} s, max {q.max():.2f} s")
-        print(f"   {name}:\n     " + "\n     ".join(cells) + f"\n     whole stream: delay max {run[:, 1].max() - 0.03:.2f} s")
+                         f"delay median {np.nanmedian(q):.2f} s, max {np.nanmax(q):.2f} s, "
+                         f"{int(np.isnan(q).sum())} frames skipped")
+        print(f"   {name}:\n     " + "\n     ".join(cells) + f"\n     whole stream: delay max {np.nanmax(run[:, 1]) - 0.03:.2f} s, "
+              f"{int(np.isnan(run[:, 1]).sum())} of {len(run)} frames skipped")
     if plot:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-
-        fig = Figure(figsize=(9, 6.5))
-        FigureCanvasAgg(fig)
-        ax, ax2 = fig.add_subplot(211), fig.add_subplot(212)
-        t = np.arange(len(images)) / fps
-        ax.step(t, [cap(x) for x in t], where="post", color="k", lw=1.5, label="link capacity")
-        for (name, run), colour in zip(runs.items(), ("tab:blue", "tab:red")):
-            win = np.convolve(run[:, 0], np.ones(window), "valid") / window * 8e-3 * fps
-            ax.plot(t[window - 1:], win, color=colour, lw=1.8, label=f"sent, {window}-frame window: {name}")
-            ax2.plot(t, run[:, 1] - 0.03, color=colour, lw=1.2, label=name)
-        ax.plot(t, runs["following the link"][:, 2], color="tab:blue", ls=":", lw=1.2, label="rate aimed at (tracker)")
-        ax.set_ylabel("kbit/s")
-        ax.set_title(f"A link that changes: {len(images)} CamVid frames at {fps:g} fps, one variable-rate bottleneck")
-        ax.legend(loc="upper right", fontsize=8)
-        ax2.set_yscale("log")
-        ax2.set_ylabel("delay beyond the round trip (s)")
-        ax2.set_xlabel("time (s)")
-        ax2.legend(loc="upper left", fontsize=8)
-        Path(plot).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(plot, dpi=120, bbox_inches="tight")
-        print(f"   plot: {plot}")
+        plot_link(plot, np.arange(len(images)) / fps, cap, runs, window, fps,
+                  f"A link that changes: {len(images)} CamVid frames at {fps:g} fps, one variable-rate bottleneck",
+                  "delay beyond the round trip (s)", delay_offset=0.03)
     return runs
 
 

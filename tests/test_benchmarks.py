@@ -117,6 +117,16 @@ def test_edge_runtime_benchmark_on_tiny_bundle(tiny_bundle, tiny_weights, tiny_i
     assert row["start"]["onnx"]["rss_mb"] > 0 and rep["installed"]["onnx"]["mb"] > 0
 
 
+def _camvid_like(images: Path, tmp_path: Path) -> Path:
+    """A CamVid-shaped folder (test/ and val/) of 12 tiny images, the frames of a stream."""
+    frames = tmp_path / "camvid"
+    (frames / "test").mkdir(parents=True)
+    for p in sorted(images.glob("*.png"))[:12]:
+        (frames / "test" / p.name).write_bytes(p.read_bytes())
+    (frames / "val").mkdir()
+    return frames
+
+
 def test_rate_control_benchmark_on_a_tiny_variable_rate_bundle(vr_bundle, tiny_bundle, tiny_weights, tiny_images,
                                                                tmp_path, capsys):
     """``benchmarks/rate_control.py`` end to end: sizes, per-image hints (decoded), a short stream with its plot,
@@ -124,11 +134,7 @@ def test_rate_control_benchmark_on_a_tiny_variable_rate_bundle(vr_bundle, tiny_b
     spec = importlib.util.spec_from_file_location("rate_control", SCRIPT.parent / "rate_control.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    frames = tmp_path / "camvid"
-    (frames / "test").mkdir(parents=True)
-    for p in sorted(tiny_images.glob("*.png"))[:12]:
-        (frames / "test" / p.name).write_bytes(p.read_bytes())
-    (frames / "val").mkdir()
+    frames = _camvid_like(tiny_images, tmp_path)
     curve = vr_bundle.manifest["variable_rate"]["curve"]
     hints = f"{curve[1]['bpp']:.4f},{curve[-1]['bpp'] * 2:.4f}"
     assert mod.main(["--bundle", str(vr_bundle.root), "--ladder", str(tiny_bundle.root), "--weights", str(tiny_weights),
@@ -143,3 +149,29 @@ def test_rate_control_benchmark_on_a_tiny_variable_rate_bundle(vr_bundle, tiny_b
     assert len(rows) == 2 and all(r[1] == "0" for r in rows)  # no message over its hint
     assert "every 6-frame window" in out and (tmp_path / "rc.png").stat().st_size > 0 and "x (goal <= 1.3x)" in out
     assert "3. a link of" in out and "the hint alone:" in out and (tmp_path / "link.png").stat().st_size > 0
+
+
+def test_shaped_link_benchmark_on_a_tiny_variable_rate_bundle(vr_bundle, tiny_weights, tiny_images, tmp_path, capsys):
+    """``benchmarks/shaped_link.py`` end to end where the machine lets it shape a link (root, ``ip netns``, ``tc``):
+    a server in a namespace, both runs through the shaped veth, the report and the plot; the namespace is gone after."""
+    import os
+    import shutil
+    import subprocess
+
+    if os.geteuid() != 0 or not (shutil.which("ip") and shutil.which("tc")):
+        pytest.skip("needs root with ip and tc (network namespaces, a shaped veth)")
+    probe = subprocess.run(["ip", "netns", "add", "splitinfer-probe"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        pytest.skip(f"no network namespaces here: {probe.stderr.strip()}")
+    subprocess.run(["ip", "netns", "del", "splitinfer-probe"], capture_output=True)
+    spec = importlib.util.spec_from_file_location("shaped_link", SCRIPT.parent / "shaped_link.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    frames = _camvid_like(tiny_images, tmp_path)
+    assert mod.main(["--bundle", str(vr_bundle.root), "--weights", str(tiny_weights), "--camvid", str(frames),
+                     "--frames", "12", "--fps", "10", "--window", "4", "--drain", "1",
+                     "--plot", str(tmp_path / "link.png")]) == 0
+    out = capsys.readouterr().out
+    assert "following the link:" in out and "the hint alone:" in out and out.count("12 frames") == 2
+    assert (tmp_path / "link.png").stat().st_size > 0
+    assert mod.NS not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
