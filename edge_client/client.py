@@ -502,9 +502,9 @@ class EdgeClient:
             return
         self.connect()
         t = self.transport
-        # per frame in send order: (source, encode ms, send time, None), (source, 0, 0, error) for an image
-        # that could not be encoded, or (source, 0, kbit/s, SKIPPED); the encoding thread appends, this one pops
-        pending: Deque[Tuple[str, float, float, Optional[ImageError]]] = deque()
+        # per frame in send order: (source, encode ms, send time, None) for a frame sent, or (source, 0, 0, result)
+        # for one not sent (unreadable, or skipped by stream control); the encoding thread appends, this one pops
+        pending: Deque[Tuple[str, float, float, Optional[InferResult]]] = deque()
         # per frame sent: its quality level (variable-rate bundles), bytes and the rate aimed at
         levels: Deque[Tuple[Optional[int], int, Optional[float]]] = deque()
         tracker, lock = None, threading.Lock()  # the controller is used by the encoding and the answering threads
@@ -518,36 +518,32 @@ class EdgeClient:
             for k, image in enumerate(images):
                 if tracker is not None:  # a camera's pace (frame k leaves at k / fps), not as fast as files load
                     time.sleep(max(0.0, start + k / hint.fps - time.perf_counter()))
-                if ctl is not None:
-                    with lock:
-                        skip, target = ctl.skip(), ctl.kbit_per_s
-                    if skip:
-                        pending.append((_name(image), 0.0, target, SKIPPED))
-                        continue
                 try:
                     with lock:
-                        frame, h, encode_ms = self.encode(image, bitrate, rung, hint, ctl)
                         target = ctl.kbit_per_s if tracker is not None else None
+                        skip = ctl is not None and ctl.skip()
+                        if not skip:
+                            frame, h, encode_ms = self.encode(image, bitrate, rung, hint, ctl)
                 except _IMAGE_ERRORS as e:
-                    pending.append((_name(image), 0.0, 0.0, _encode_error(image, e)))
+                    pending.append((_name(image), 0.0, 0.0, InferResult(_name(image), "", -1, 0, 0.0, [], 0.0,
+                                                                        error=_encode_error(image, e))))
+                    continue
+                if skip:
+                    pending.append((_name(image), 0.0, 0.0, InferResult(_name(image), "", -1, 0, 0.0, [], 0.0,
+                                                                        skipped=True, target_kbps=target)))
                     continue
                 rid = uuid.uuid4().hex
                 levels.append((frame.level, frame.n_bytes, target))
                 pending.append((_name(image), encode_ms, time.perf_counter(), None))
                 yield t.request(self._model, frame, h, frame.rung if rung is None else None, rid, self.top_k)
 
-        def failed() -> Iterator[InferResult]:
+        def not_sent() -> Iterator[InferResult]:  # unreadable or skipped frames, in their place
             while pending and pending[0][3] is not None:
-                source, _, target, err = pending.popleft()
-                if err is SKIPPED:
-                    yield InferResult(source, "", -1, 0, 0.0, [], 0.0, skipped=True,
-                                      target_kbps=target if tracker is not None else None)
-                else:
-                    yield InferResult(source, "", -1, 0, 0.0, [], 0.0, error=err)
+                yield pending.popleft()[3]
 
         try:
             for resp in t.stub.InferStream(requests(), timeout=timeout_s, metadata=t.metadata):
-                yield from failed()
+                yield from not_sent()
                 source, encode_ms, sent, _ = pending.popleft()
                 level, n_bytes, target = levels.popleft()
                 now = time.perf_counter()
@@ -568,7 +564,7 @@ class EdgeClient:
                     yield res
         except t.grpc.RpcError as e:
             raise t.error(e) from None
-        yield from failed()
+        yield from not_sent()
 
     # -- lifecycle -----------------------------------------------------------------------------------
     def close(self) -> None:
@@ -579,9 +575,6 @@ class EdgeClient:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-SKIPPED = object()  # a frame stream control dropped (EdgeClient.stream)
 
 
 def _retry_after(headers) -> Optional[float]:

@@ -249,10 +249,11 @@ class LinkRateTracker:
     queue stands on the link (CoDel's test: a big frame's own delay passes, a queue that every frame waits in
     does not): the rate drops to ``backoff`` x the bytes acknowledged per second over the last ``window_s``
     (what the link delivered), lower still for a long queue so that it drains within about ``drain_s`` (to
-    half the delivered rate at most; a cut at most halves the rate and never raises it), and holds for a window. Otherwise it grows, per second of answers (a pause
-    in them earns nothing): by ``fast_growth`` back to ``backoff`` x the rate delivered at the last cut (what
-    the link carried when it last queued), then by ``growth`` to probe for more, up to ``ceiling_kbps`` (the
-    rate asked for). A cut never raises the rate. ``kbit_per_s`` is the current estimate."""
+    half the delivered rate at most; a cut at most halves the rate and never raises it), and holds for a
+    window. Otherwise it grows, per second of answers (a pause in them earns nothing): by ``fast_growth`` back
+    to ``backoff`` x the rate delivered at the last cut (what the link carried when it last queued), then by
+    ``growth`` to probe for more, up to ``ceiling_kbps`` (the rate asked for). ``kbit_per_s`` is the current
+    estimate."""
 
     def __init__(self, ceiling_kbps: float, start_kbps: Optional[float] = None, window_s: float = 1.0,
                  interval_s: float = 0.4, base_s: float = 30.0, queue_s: float = 0.05, growth: float = 0.15,
@@ -299,10 +300,12 @@ class LinkRateTracker:
             self.kbit_per_s = min(self.kbit_per_s, cut)
             self._hold_until, self.cuts, self._carried = acked_at + self.window_s, self.cuts + 1, max(delivered, cut)
         else:
-            fast = self.kbit_per_s < self.backoff * self._carried
-            rate = self.kbit_per_s * (1.0 + (self.fast_growth if fast else self.growth)) ** dt
-            self.kbit_per_s = min(self.ceiling, max(rate, self.kbit_per_s) if not fast else
-                                  min(rate, max(self.backoff * self._carried, self.kbit_per_s)))
+            back = self.backoff * self._carried  # quickly back to what the link last carried, then probe slowly
+            if self.kbit_per_s < back:
+                rate = min(back, self.kbit_per_s * (1.0 + self.fast_growth) ** dt)
+            else:
+                rate = self.kbit_per_s * (1.0 + self.growth) ** dt
+            self.kbit_per_s = min(self.ceiling, rate)
         return self.kbit_per_s
 
 
@@ -325,11 +328,12 @@ class SimulatedLink:
         ``controller``) gives its bytes, and the answers that arrived by then have reached ``tracker`` (which
         sets the controller's rate). Per frame: (bytes, send-to-answer delay in s, the kbit/s aimed at); a frame
         the controller skips: (0, nan, kbit/s)."""
-        out, waiting = np.zeros((n_frames, 3)), []  # waiting: (answer time, send time, bytes)
+        out, waiting = np.zeros((n_frames, 3)), deque()  # waiting: (answer time, send time, bytes)
         for k in range(n_frames):
             t = k / fps
             while tracker is not None and waiting and waiting[0][0] <= t:  # answers come back in order
-                controller.set_rate(tracker.acked(waiting[0][2], waiting[0][1], waiting.pop(0)[0]))
+                answer, sent, n = waiting.popleft()
+                controller.set_rate(tracker.acked(n, sent, answer))
             target = controller.kbit_per_s
             if controller.skip():
                 out[k] = 0, np.nan, target

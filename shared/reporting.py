@@ -213,9 +213,8 @@ def edge_row(r, mask: Optional[Path] = None, as_json: bool = False) -> str:
     :data:`EDGE_HEADER` (the rung, or ``qN``: the quality level of a variable-rate bundle), a failure line, or
     (``as_json``) one JSON object."""
     if as_json:
-        return json.dumps({"image": r.source, "ok": r.ok, "skipped": r.skipped, "rung": r.rung, "level": r.level, "target_kbps": r.target_kbps,
-                           "bytes": r.n_bytes, "bpp": r.bpp,
-                           "encode_ms": r.encode_ms, "latency_ms": r.latency_ms, "topk": r.topk,
+        return json.dumps({"image": r.source, "ok": r.ok, "skipped": r.skipped, "rung": r.rung, "level": r.level,
+                           "target_kbps": r.target_kbps, "bytes": r.n_bytes, "bpp": r.bpp, "encode_ms": r.encode_ms, "latency_ms": r.latency_ms, "topk": r.topk,
                            "class_pixels": r.class_pixels, "mask": str(mask) if mask else None,
                            "server_timings_ms": r.server_timings_ms, "error": r.error.message if r.error else None})
     name = Path(r.source).name[:32]
