@@ -1,12 +1,13 @@
-"""Training throughput (images/s) of one bottleneck rung per split point: from the view store, and on the fly.
+"""Training throughput (images/s) of the real training step (``shared.training.step.TrainStep``) per split point,
+under each way of running it: float32 or bfloat16 autocast, contiguous or channels-last memory, eager or
+``torch.compile``. One run, medians of repeats, printed side by side with the float32 eager contiguous step
+(the step before issue 23) as the baseline.
 
-From the store: what a training step costs once the frozen parts are cached: bottleneck forward/backward,
-rate estimate, frozen tail forward/backward (input gradients only). On the fly (fresh views every step, the
-Beyer et al. recipe run literally): the same step plus one full forward pass of the frozen network per view
-(head and teacher, no gradients, channels-last), which is also what building the store costs per view.
-Medians of repeats, one run, printed side by side.
+The step is the one ``splitinfer train`` runs with the embedded recipe: the bottleneck (variable-rate, at a
+random level) with its rate estimate, the frozen tail with the tail-feature loss, backward, both optimizers.
+The cached views are random tensors of the real shapes (a step's cost does not depend on their values).
 
-    python benchmarks/train_throughput.py --model efficientnet_lite0 --device cpu --batch-size 16
+    python benchmarks/train_throughput.py --splits block1,block14 --threads 1 --batch-size 16
 """
 
 from __future__ import annotations
@@ -22,74 +23,98 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from shared.codec import Bottleneck, BottleneckConfig  # noqa: E402
 from shared.models import get_backbone, load_split_model  # noqa: E402
-from shared.training.objectives import Objective, bpp_from_likelihoods  # noqa: E402
+from shared.training.objectives import Objective  # noqa: E402
+from shared.training.step import StepSpeed, TrainStep, bf16_supported, level_and_lambda  # noqa: E402
+from shared.training.views import capture, tail_taps, tap_modules  # noqa: E402
+
+VARIANTS = {  # name -> (precision, channels_last, compile)
+    "fp32": ("fp32", False, False),
+    "fp32+cl": ("fp32", True, False),
+    "bf16": ("bf16", False, False),
+    "bf16+cl": ("bf16", True, False),
+    "bf16+cl+compile": ("bf16", True, True),
+}
 
 
-def measure(model_name: str, split: str, device: str, batch: int, steps: int, repeats: int) -> float:
-    m = load_split_model(model_name, split, weights="random").to(device)
+def _setup(model_name: str, split: str, batch: int, variable_rate: bool):
+    m = load_split_model(model_name, split, weights="random")
     hw = m.spec.preprocess.input_size
-    x = torch.randn(batch, 3, *hw, device=device)
-    with torch.no_grad():
+    x = torch.randn(batch, 3, *hw)
+    taps = tap_modules(m, tail_taps(m))
+    with torch.no_grad(), capture(taps) as acts:
         feat = m.head(x)
         teacher = m.tail(feat, x)
-    net = Bottleneck(BottleneckConfig.for_split(m.split.depth, int(feat.shape[1]))).to(device).train()
-    opt = torch.optim.Adam(net.parameters(), 1e-4)
-    obj = Objective()
+        targets = {k: v.clone() for k, v in acts.items()}
+    levels = (-4, 40) if variable_rate else None
+    cfg = BottleneckConfig.for_split(m.split.depth, int(feat.shape[1]),
+                                     rate_model="vr-hyperprior" if variable_rate else "hyperprior", levels=levels)
+    return m, x, feat, teacher, targets, cfg, levels
+
+
+def measure(model_name: str, split: str, batch: int, steps: int, repeats: int, variant: str,
+            variable_rate: bool = True) -> float:
+    precision, cl, compile_ = VARIANTS[variant]
+    m, x, feat, teacher, targets, cfg, levels = _setup(model_name, split, batch, variable_rate)
+    net = Bottleneck(cfg).train()
     var = feat.var(dim=(0, 2, 3), keepdim=True) + 1e-6
-    meta = torch.empty_like(x, device="meta")
+    net.set_feature_stats(feat.mean(dim=(0, 2, 3), keepdim=True), var.sqrt())
+    tvar = {k: v.var(dim=[0] + list(range(2, v.dim())), keepdim=True).clamp_min(1e-6) for k, v in targets.items()}
+    opt = torch.optim.Adam(net.param_groups(1e-4))
+    aux_opt = torch.optim.Adam(net.aux_parameters(), lr=1e-3)
+    stepper = TrainStep(m, net, Objective(), var, x.shape[-2] * x.shape[-1], x.shape[-2:], tap_modules(m, list(targets)),
+                        tvar, 1.0, StepSpeed(precision, cl), "cpu")
+    if compile_:
+        stepper.model.tail = torch.compile(stepper.model.tail)
+        net.g_a, net.g_s = torch.compile(net.g_a), torch.compile(net.g_s)
+    gen = torch.Generator().manual_seed(0)
 
     def step():
-        o = net(feat)
-        d = obj.distortion(m.tail(o["feat_hat"], meta), teacher, None, o["feat_hat"], feat, var)
-        loss = bpp_from_likelihoods(o["likelihoods"], hw[0] * hw[1]) + d["distortion"]
-        opt.zero_grad()
-        loss.backward()
+        q, lam = level_and_lambda(levels, (0.06, 64), gen) if levels else (None, 1.0)
+        d = stepper.loss(feat, teacher, None, lam, True, targets=targets, level=q)
+        opt.zero_grad(set_to_none=True)
+        d["loss"].backward()
         opt.step()
+        aux = net.aux_loss()
+        aux_opt.zero_grad(set_to_none=True)
+        aux.backward()
+        aux_opt.step()
 
-    def sync():
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-
-    for _ in range(3):
+    for _ in range(3):  # warm-up (and compilation)
         step()
     times = []
     for _ in range(repeats):
-        sync()
         t = time.perf_counter()
         for _ in range(steps):
             step()
-        sync()
         times.append((time.perf_counter() - t) / steps)
-    step_ips = batch / statistics.median(times)
-    fwd = []
-    xc = x.contiguous(memory_format=torch.channels_last)
-    with torch.no_grad():
-        for _ in range(repeats):
-            sync()
-            t = time.perf_counter()
-            m.tail(m.head(xc), xc)
-            sync()
-            fwd.append(time.perf_counter() - t)
-    fwd_ips = batch / statistics.median(fwd)
-    return step_ips, fwd_ips, 1.0 / (1.0 / step_ips + 1.0 / fwd_ips)
+    return batch / statistics.median(times)
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="efficientnet_lite0")
-    p.add_argument("--splits", default=None, help="comma-separated (default: all)")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--splits", default="block1,block14", help="comma-separated split points, or 'all'")
     p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--threads", type=int, default=1, help="torch threads (the embedded runs train one per core)")
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--variants", default="fp32,fp32+cl,bf16,bf16+cl",
+                   help=f"comma-separated, first is the baseline; known: {', '.join(VARIANTS)}")
+    p.add_argument("--ladder", action="store_true", help="a ladder rung's step instead of the variable-rate network's")
     a = p.parse_args(argv)
-    splits = a.splits.split(",") if a.splits else list(get_backbone(a.model).split_points)
-    dev = torch.cuda.get_device_name() if a.device.startswith("cuda") else f"CPU ({torch.get_num_threads()} threads)"
-    print(f"training throughput, {a.model}, batch {a.batch_size}, {dev}, median of {a.repeats} x {a.steps} steps")
-    print(f"  {'split':<10} {'from store':>12} {'on the fly':>12} {'ratio':>6} {'store build':>12}  (images/s)")
+    torch.set_num_threads(a.threads)
+    splits = list(get_backbone(a.model).split_points) if a.splits == "all" else a.splits.split(",")
+    variants = a.variants.split(",")
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        p.error(f"unknown variant(s) {unknown}; known: {', '.join(VARIANTS)}")
+    print(f"training step throughput, {a.model}, {'ladder rung' if a.ladder else 'variable-rate'}, batch "
+          f"{a.batch_size}, CPU {a.threads} thread(s), native bf16: {bf16_supported('cpu')}, "
+          f"median of {a.repeats} x {a.steps} steps (images/s; x = against {variants[0]})")
+    print(f"  {'split':<10}" + "".join(f"{v:>18}" for v in variants))
     for s in splits:
-        store, build, fly = measure(a.model, s, a.device, a.batch_size, a.steps, a.repeats)
-        print(f"  {s:<10} {store:12.1f} {fly:12.1f} {store / fly:5.1f}x {build:12.1f}")
+        ips = [measure(a.model, s, a.batch_size, a.steps, a.repeats, v, not a.ladder) for v in variants]
+        print(f"  {s:<10}" + "".join(f"{r:11.1f} {r / ips[0]:4.2f}x " for r in ips), flush=True)
     return 0
 
 

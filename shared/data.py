@@ -28,6 +28,8 @@ __all__ = [
     "scan_images",
     "is_heldout",
     "split_items",
+    "heldout_part",
+    "PARTS",
     "spread",
     "input_crop",
     "to_model_input",
@@ -128,12 +130,25 @@ def is_heldout(path: Path | str) -> bool:
     return zlib.crc32(Path(path).name.encode()) % 2 == 1
 
 
+PARTS = ("train", "heldout", "selection", "test", "all")
+
+
+def heldout_part(path: Path | str) -> str:
+    """Which half of the held-out images ``path`` is in: "selection" (recipes, level ranges and checkpoints are
+    chosen on it) or "test" (reported figures, never chosen on). The next bit of the same CRC32, so the halves
+    are fixed by the file name like the held-out rule itself."""
+    return "selection" if (zlib.crc32(Path(path).name.encode()) >> 1) % 2 == 0 else "test"
+
+
 def split_items(items: Sequence[Item], part: str) -> List[Item]:
-    """``part``: "train" (not held out), "heldout", or "all"."""
+    """``part``: "train" (not held out), "heldout" (both halves below), "selection" or "test" (the halves of the
+    held-out images: :func:`heldout_part`), or "all"."""
     if part == "all":
         return list(items)
-    if part not in ("train", "heldout"):
-        raise ValueError(f"part must be train, heldout or all, not {part!r}")
+    if part not in PARTS:
+        raise ValueError(f"part must be one of {', '.join(PARTS)}, not {part!r}")
+    if part in ("selection", "test"):
+        return [it for it in items if is_heldout(it[0]) and heldout_part(it[0]) == part]
     want = part == "heldout"
     return [it for it in items if is_heldout(it[0]) == want]
 

@@ -30,8 +30,9 @@ class EvalOptions:
 
     data: str = option(help="image folder or CSV with labels (only held-out images are used)")
     bundle: Optional[List[str]] = option(None, "bundle folder (repeatable; default: embedded)")
-    part: str = option("heldout", "'all' evaluates every image, e.g. a folder that never trained anything",
-                       choices=["heldout", "all"])
+    part: str = option("heldout", "which images: the held-out ones, their selection half (choose recipes and "
+                                  "checkpoints on it) or their test half (report on it, never choose), or 'all', e.g. "
+                                  "a folder that never trained anything", choices=["heldout", "selection", "test", "all"])
     limit: int = option(0, "at most this many images, spread evenly (0 = all)")
     out: Optional[str] = option(None, "folder for results.json")
     weights: Optional[str] = option(None, "backbone weights file (default: pretrained)")
@@ -112,7 +113,8 @@ def evaluate_bundles(opts: EvalOptions, say=print) -> dict:
         bundle.check_backbone(model)
         first_model, first_bundle = first_model or model, first_bundle or bundle
         res = evaluate_ladder(model, bundle, items, batch_size=opts.batch_size)
-        part = "held-out" if opts.part == "heldout" else "all"
+        part = {"heldout": "held-out", "selection": "selection (held-out)", "test": "test (held-out)"}.get(opts.part,
+                                                                                                    "all")
         for line in ladder_table(bundle, res, get_task(model.spec).metrics, f"{part} part of {opts.data}"):
             say(line)
         if opts.update_manifest:

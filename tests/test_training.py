@@ -131,6 +131,33 @@ def test_an_interrupted_ladder_trains_only_the_missing_rungs(model, cache, tmp_p
     assert all(torch.equal(sd[k], v) for k, v in first_rung.items() if not k.startswith("__"))
 
 
+def test_a_rung_interrupted_mid_way_resumes_where_it_stopped(model, cache, tmp_path, monkeypatch):
+    """A long rung checkpoints as it goes (weights, both optimizers, the batch stream, its step): killed after
+    step 3 of 6 and resumed, it ends bit-identical to the same rung trained without a stop."""
+    cfg = config(lambdas=[1.0], steps=6, checkpoint_every=1e-9, feature_warmup=0)
+    whole = _states(train_ladder(model, cache, BCFG, cfg, tmp_path / "whole", progress=False))
+
+    save = ladder._save_checkpoint
+
+    def save_then_stop(out, state):
+        save(out, state)
+        if state.get("partial", {}).get("step") == 3:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(ladder, "_save_checkpoint", save_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        train_ladder(model, cache, BCFG, cfg, tmp_path / "cut", progress=False)
+    monkeypatch.setattr(ladder, "_save_checkpoint", save)
+    steps_taken = []
+    monkeypatch.setattr(torch.optim.Adam, "step", lambda self, *a, _s=torch.optim.Adam.step, **k:
+                        (steps_taken.append(1), _s(self, *a, **k))[1])
+    resumed = _states(train_ladder(model, cache, BCFG, cfg, tmp_path / "cut", progress=False))
+    assert len(steps_taken) == 2 * 3  # three steps left, each with its main and aux update
+    for a, b in zip(whole, resumed):
+        assert a.keys() == b.keys()
+        assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])]
+
+
 def test_no_resume_starts_over(model, cache, tmp_path):
     train_ladder(model, cache, BCFG, config(), tmp_path, progress=False)
     n = len(log_rows(tmp_path))

@@ -15,6 +15,7 @@ stored tables (whatever the rate model), and its ``aux_loss`` sums the entropy b
 
 from __future__ import annotations
 
+import contextlib
 from typing import Dict, List, Optional, Tuple
 
 import torch
@@ -26,7 +27,14 @@ from .layers import make_decoder, make_encoder
 from . import variable_rate  # noqa: F401  (registers the "vr-hyperprior" rate model)
 from .rate_models import HW, build_rate_model
 
-__all__ = ["BottleneckConfig", "Bottleneck"]
+__all__ = ["BottleneckConfig", "Bottleneck", "maybe_autocast"]
+
+
+def maybe_autocast(like: Tensor, dtype: Optional[torch.dtype]):
+    """Autocast on ``like``'s device to ``dtype``, or nothing when ``dtype`` is None."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(like.device.type, dtype=dtype)
 
 
 class Bottleneck(CompressionModel):
@@ -65,11 +73,17 @@ class Bottleneck(CompressionModel):
         s = self.cfg.stride
         return (h + s - 1) // s, (w + s - 1) // s
 
-    def forward(self, feat: Tensor, **level) -> Dict:
-        """``level=q`` for a variable-rate bottleneck (an int, or per image a (B, 1, 1, 1) tensor)."""
-        y = self._analysis(feat)
-        out = self.rate(y, **level)
-        feat_hat = self._synthesis(out["y_hat"], feat.shape[-2:])
+    def forward(self, feat: Tensor, amp: Optional[torch.dtype] = None, **level) -> Dict:
+        """``level=q`` for a variable-rate bottleneck (an int, or per image a (B, 1, 1, 1) tensor).
+
+        ``amp`` (training only, e.g. ``torch.bfloat16``): ``g_a`` and ``g_s`` run under autocast to that type. The
+        rate model (quantisation, hyperprior, likelihoods) always sees float32: a bfloat16 ``y`` would carry 8
+        significant bits, too few for the rate term."""
+        with maybe_autocast(feat, amp):
+            y = self._analysis(feat)
+        out = self.rate(y.float(), **level)
+        with maybe_autocast(feat, amp):
+            feat_hat = self._synthesis(out["y_hat"], feat.shape[-2:])
         return {"feat_hat": feat_hat, "likelihoods": out["likelihoods"], "y": y}
 
     def likelihoods(self, feat: Tensor, **level) -> Dict:

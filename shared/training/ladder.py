@@ -23,12 +23,12 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from ..codec import Bottleneck, BottleneckConfig
-from ..codec.variable_rate import lambda_at
 from ..models.split import SplitModel
 from .cache import FeatureCache
-from .objectives import Objective, bpp_from_likelihoods, tail_feature_mse
+from .objectives import Objective
 from .schedule import warmup_cosine_lr
-from .views import capture, tap_modules
+from .step import StepSpeed, TrainStep, level_and_lambda
+from .views import tap_modules
 
 __all__ = ["LadderConfig", "train_ladder", "dist_info"]
 
@@ -52,6 +52,10 @@ class LadderConfig:
     # weight of the tail-feature loss: the teacher's activations at later stages of the tail (the cache's
     # targets), matched on every tail step (Entropic Student stage 1); 0 = off
     tail_feature_weight: float = 0.0
+    warmup: float = 0.05  # share of each rung's schedule spent ramping the learning rate up
+    precision: str = "auto"  # StepSpeed: bf16 autocast where the hardware has it, else fp32
+    channels_last: bool = True
+    checkpoint_every: float = 300.0  # seconds between mid-rung checkpoints (0 = only at the end of each rung)
     extra: Dict = field(default_factory=dict)
 
 
@@ -110,7 +114,6 @@ def train_ladder(
     target_var = {k: v.to(device) for k, v in cache.target_stats().items()} if use_targets else {}
     taps = tap_modules(model, list(cache.targets)) if use_targets else {}  # hooked while the student's tail runs
     n_pixels = cache.input_hw[0] * cache.input_hw[1]
-    input_meta = torch.empty((cfg.batch_size, 3, *cache.input_hw), device="meta")
 
     order = sorted(range(len(cfg.lambdas)), key=lambda i: -cfg.lambdas[i])
     levels = bcfg.levels
@@ -138,6 +141,9 @@ def train_ladder(
     net.set_feature_stats(feat_mean, feat_var.sqrt())
     if init is not None:  # weights (and feature statistics) of an earlier stage
         _load_train_state(net, _trainable(init))
+    speed = StepSpeed(cfg.precision, cfg.channels_last)
+    if rank == 0 and progress:
+        print(f"training step: {speed.describe(device)}, {torch.get_num_threads()} thread(s)")
     for pos, i in enumerate(order):
         lam = cfg.lambdas[i]
         if i in trained:
@@ -151,6 +157,8 @@ def train_ladder(
         assert not set(map(id, params)) & set(map(id, aux_params))
         opt = torch.optim.Adam(net.param_groups(cfg.lr))
         aux_opt = torch.optim.Adam(aux_params, lr=cfg.aux_lr)
+        stepper = TrainStep(model, net, objective, feat_var, n_pixels, cache.input_hw, taps, target_var,
+                            cfg.tail_feature_weight, speed, device, ddp=ddp)
         # rank 0 keeps the single-process seed; other ranks are offset by a large prime so that no (rung, rank)
         # pair shares a stream (pos * 10 + rank collided from 10 ranks on)
         gen = torch.Generator().manual_seed(cfg.seed * 1000 + pos * 10 + rank * 1_000_003)
@@ -158,9 +166,21 @@ def train_ladder(
         # whichever of step count and elapsed time is further along, so a rung always completes.
         planned = cfg.steps + cfg.steps_per_rung * (len(order) - 1) if levels is None else vr_steps
         share = cfg.time_budget * steps / planned if cfg.time_budget > 0 else float("inf")
-        bar = tqdm(total=steps, desc=f"rung λ={lam:g}", disable=not (progress and rank == 0), unit="step",
-                   mininterval=2.0)
-        t0, seen, step, due = time.perf_counter(), 0, 0, False
+        step, seen, spent = 0, 0, 0.0
+        partial = ckpt.get("partial") if ckpt is not None else None
+        if partial is not None and int(partial["rung"]) == i:  # a rung interrupted mid-way: everything it had
+            _load_train_state(net, partial["net"])
+            opt.load_state_dict(partial["opt"])
+            aux_opt.load_state_dict(partial["aux_opt"])
+            gen.set_state(partial["gen"])
+            torch.set_rng_state(partial["rng"])  # the quantisation noise draws from the global generator
+            step, seen, spent = int(partial["step"]), int(partial["seen"]), float(partial["seconds"])
+            if rank == 0:
+                print(f"resuming rung λ={lam:g} at step {step} of {steps}")
+        bar = tqdm(total=steps, initial=step, desc=f"rung λ={lam:g}", disable=not (progress and rank == 0),
+                   unit="step", mininterval=2.0)
+        t0, due = time.perf_counter() - spent, False
+        last_save = time.perf_counter()
         net.train()
         while True:
             frac = max(step / steps, (time.perf_counter() - t0) / share)
@@ -174,27 +194,15 @@ def train_ladder(
             idx = torch.randint(len(cache), (cfg.batch_size,), generator=gen)
             feat, teacher, labels = cache.batch(idx, device)
             for g in opt.param_groups:
-                g["lr"] = warmup_cosine_lr(frac, cfg.lr) * g["lr_scale"]
+                g["lr"] = warmup_cosine_lr(frac, cfg.lr, warmup=cfg.warmup) * g["lr_scale"]
+            q = None
             if levels is not None:
-                q = int(torch.randint(levels[0], levels[1] + 1, (1,), generator=gen))
-                lam = lambda_at(q, levels, cfg.lambdas)
-                o = ddp(feat, level=q)
-            else:
-                o = ddp(feat)
+                q, lam = level_and_lambda(levels, cfg.lambdas, gen)
             warm = pos == 0 and frac < cfg.feature_warmup
             use_tail = cfg.tail_every > 0 and step % cfg.tail_every == 0 and not warm
-            student, tail_mse = None, None
-            if use_tail:
-                with capture(taps) as acts:
-                    student = model.tail(o["feat_hat"], input_meta[: feat.shape[0]])
-                if use_targets:
-                    tail_mse = tail_feature_mse(acts, cache.target_batch(idx, device), target_var)
-            d = objective.distortion(student, teacher, labels, o["feat_hat"], feat, feat_var)
-            if tail_mse is not None:
-                d["tail_mse"] = tail_mse
-                d["distortion"] = d["distortion"] + cfg.tail_feature_weight * tail_mse
-            bpp = bpp_from_likelihoods(o["likelihoods"], n_pixels)
-            loss = bpp + lam * d["distortion"]
+            d = stepper.loss(feat, teacher, labels, lam, use_tail, level=q,
+                             targets=cache.target_batch(idx, device) if use_tail and use_targets else None)
+            bpp, loss = d["bpp"], d["loss"]
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -221,11 +229,21 @@ def train_ladder(
                               f"{d['tail_mse'].item():.5f}" if "tail_mse" in d else ""])
                 log_file.flush()
                 bar.set_postfix(bpp=f"{bpp.item():.3f}", D=f"{d['distortion'].item():.3f}", ips=f"{ips:.0f}")
+            if rank == 0 and cfg.checkpoint_every > 0 and time.perf_counter() - last_save > cfg.checkpoint_every:
+                # a long rung survives an interruption: weights, both optimizers, the batch stream, the clock
+                _save_checkpoint(out, {"trained": trained, "config": asdict(cfg), "bottleneck": bcfg.to_dict(),
+                                       "partial": {"rung": i, "step": step, "seen": seen,
+                                                   "seconds": time.perf_counter() - t0, "gen": gen.get_state(),
+                                                   "rng": torch.get_rng_state(),
+                                                   "net": _train_state(net), "opt": opt.state_dict(),
+                                                   "aux_opt": aux_opt.state_dict()}})
+                last_save = time.perf_counter()
         bar.close()
         net.eval()
-        trained[i] = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
-        trained[i]["__img_per_s__"] = torch.tensor(seen / (time.perf_counter() - t0))
+        trained[i] = _train_state(net)
+        trained[i]["__img_per_s__"] = torch.tensor(seen / max(time.perf_counter() - t0, 1e-9))
         trained[i]["__steps__"] = torch.tensor(step)
+        trained[i]["__samples__"] = torch.tensor(seen)
         if rank == 0:
             _save_checkpoint(out, {"trained": trained, "config": asdict(cfg), "bottleneck": bcfg.to_dict()})
         if distributed:
@@ -239,6 +257,11 @@ def train_ladder(
         _load_train_state(n, trained[i])
         nets.append(n.eval())
     return nets
+
+
+def _train_state(net: Bottleneck) -> Dict:
+    """A detached CPU copy of ``net``'s state (contiguous: channels-last weights are stored in the usual order)."""
+    return {k: v.detach().cpu().contiguous().clone() for k, v in net.state_dict().items()}
 
 
 def _trainable(state: Dict) -> Dict:

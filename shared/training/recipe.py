@@ -100,6 +100,14 @@ class TrainOptions:
               "shared/codec/variable_rate.py) instead of a rung per lambda; the lambdas' range maps log-linearly onto "
               "the levels, and the ladder's whole step budget (steps + steps-per-rung x (lambdas - 1)) trains it",
         type=_levels, metavar="LO:HI")
+    precision: str = option("auto", "arithmetic of a training step's convolutions (g_a, g_s, the frozen tail): bf16 "
+                                    "autocast, fp32, or auto (bf16 where the CPU or GPU has native bfloat16); the rate "
+                                    "model always runs in fp32 (shared/training/step.py)",
+                            choices=["auto", "bf16", "fp32"])
+    channels_last: bool = option(True, "keep features and convolutions in channels-last memory order (the flag is "
+                                       "--no-channels-last)")
+    warmup: float = option(0.05, "share of the schedule spent ramping the learning rate up (a run that continues "
+                                 "from --init-from restarts its schedule: a warm restart)")
     limit: int = option(0, "use at most this many training images (0 = all)")
     device: str = option("auto", "cpu, cuda, cuda:N or auto")
     seed: int = option(0, "random seed (initialisation, views, batch order)")
@@ -334,7 +342,8 @@ def train_bundle(opts: TrainOptions, say=print) -> int:
         lambdas=opts.lambdas, steps=opts.steps, steps_per_rung=opts.steps_per_rung, batch_size=opts.batch_size,
         lr=opts.lr, mode="supervised" if opts.supervised else "distill", temperature=opts.temperature,
         feature_weight=opts.feature_weight, tail_every=opts.tail_every, feature_warmup=opts.feature_warmup,
-        seed=opts.seed, time_budget=train_seconds, tail_feature_weight=opts.tail_features,
+        seed=opts.seed, time_budget=train_seconds, tail_feature_weight=opts.tail_features, warmup=opts.warmup,
+        precision=opts.precision, channels_last=opts.channels_last,
     )
     if rank == 0:
         write_args(out, asdict(opts) | {"bottleneck": bcfg.to_dict()})
@@ -342,7 +351,7 @@ def train_bundle(opts: TrainOptions, say=print) -> int:
     if opts.init_from or opts.finetune:
         path, _, rung = (opts.init_from or opts.finetune).partition(":")
         src = load_bundle(path, allow_float_hyper=opts.hyper_decoder == "float")
-        if src.config != bcfg or (src.model, src.split) != (opts.model, split):
+        if not _can_start_from(src.config, bcfg) or (src.model, src.split) != (opts.model, split):
             raise UserError(f"{path}: its model/split/config differ from this run's")
         if opts.init_from:
             init = src.load_rung(int(rung or len(src.rungs) - 1)).state_dict()
@@ -420,6 +429,18 @@ def train_bundle(opts: TrainOptions, say=print) -> int:
     if distributed:
         dist.destroy_process_group()
     return 0
+
+
+def _can_start_from(src, cfg) -> bool:
+    """A run can start from ``src``'s weights when the networks are the same: equal configs, or a ladder rung
+    (mean-scale hyperprior) starting a variable-rate network of the same shape (same parameters; the level only
+    scales the quantiser step)."""
+    from dataclasses import replace
+
+    if src == cfg:
+        return True
+    return (src.rate_model, cfg.rate_model) == ("hyperprior", "vr-hyperprior") and \
+        replace(src, rate_model=cfg.rate_model, levels=cfg.levels) == cfg
 
 
 def _count_heldout(eval_data: Sequence[str], limit: int) -> int:
