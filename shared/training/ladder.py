@@ -13,6 +13,7 @@ import csv
 import json
 import os
 import time
+from collections import deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -30,7 +31,7 @@ from .schedule import warmup_cosine_lr
 from .step import StepSpeed, TrainStep, level_and_lambda
 from .views import tap_modules
 
-__all__ = ["LadderConfig", "train_ladder", "dist_info"]
+__all__ = ["LadderConfig", "train_ladder", "dist_info", "time_steps"]
 
 
 @dataclass
@@ -144,6 +145,8 @@ def train_ladder(
     speed = StepSpeed(cfg.precision, cfg.channels_last)
     if rank == 0 and progress:
         print(f"training step: {speed.describe(device)}, {torch.get_num_threads()} thread(s)")
+    t_ladder = time.perf_counter()
+    recent: deque = deque(maxlen=3)  # the last steps' seconds (across rungs): their median predicts the next
     for pos, i in enumerate(order):
         lam = cfg.lambdas[i]
         if i in trained:
@@ -162,10 +165,12 @@ def train_ladder(
         # rank 0 keeps the single-process seed; other ranks are offset by a large prime so that no (rung, rank)
         # pair shares a stream (pos * 10 + rank collided from 10 ranks on)
         gen = torch.Generator().manual_seed(cfg.seed * 1000 + pos * 10 + rank * 1_000_003)
-        # With a time budget each rung gets a share proportional to its steps; the schedule follows
-        # whichever of step count and elapsed time is further along, so a rung always completes.
-        planned = cfg.steps + cfg.steps_per_rung * (len(order) - 1) if levels is None else vr_steps
-        share = cfg.time_budget * steps / planned if cfg.time_budget > 0 else float("inf")
+        # With a time budget each rung gets a share of what is left proportional to its steps (so a rung that ran
+        # over, or under, moves the others); the schedule follows whichever of step count and elapsed time is
+        # further along, so a rung always completes.
+        left_steps = steps + cfg.steps_per_rung * (len(order) - 1 - pos) if levels is None else vr_steps
+        left_time = cfg.time_budget - (time.perf_counter() - t_ladder)
+        share = max(left_time, 1e-9) * steps / max(left_steps, 1) if cfg.time_budget > 0 else float("inf")
         step, seen, spent = 0, 0, 0.0
         partial = ckpt.get("partial") if ckpt is not None else None
         if partial is not None and int(partial["rung"]) == i:  # a rung interrupted mid-way: everything it had
@@ -184,6 +189,8 @@ def train_ladder(
         net.train()
         while True:
             frac = max(step / steps, (time.perf_counter() - t0) / share)
+            if recent and time.perf_counter() - t0 + sorted(recent)[len(recent) // 2] > share:
+                frac = max(frac, 1.0)  # a step that would end past the rung's share is not started
             if distributed:  # every process must agree on when the rung ends
                 f = torch.tensor([frac], device=device)
                 dist.all_reduce(f, op=dist.ReduceOp.MAX)
@@ -191,6 +198,7 @@ def train_ladder(
             if frac >= 1.0:
                 break
             # each process samples from its own shard of the views (recipe._views gives rank r the images r::world)
+            t_step = time.perf_counter()
             idx = torch.randint(len(cache), (cfg.batch_size,), generator=gen)
             feat, teacher, labels = cache.batch(idx, device)
             for g in opt.param_groups:
@@ -217,6 +225,7 @@ def train_ladder(
             aux_opt.step()
             seen += feat.shape[0] * world
             step += 1
+            recent.append(time.perf_counter() - t_step)
             bar.update(1)
             # a due row waits for the next step that ran the tail (--tail-every k), so it shows the logit loss
             due = due or step % cfg.log_every == 0 or step == 1
@@ -259,6 +268,48 @@ def train_ladder(
     return nets
 
 
+def time_steps(model: SplitModel, cache: FeatureCache, bcfg: BottleneckConfig, cfg: LadderConfig, device: str = "cpu",
+               n: int = 2, probe_batch: int = 8) -> float:
+    """Seconds per training step of ``cfg.batch_size`` on this machine now, through the tail as the rungs run
+    them (a feature-only warm-up step is cheaper): ``n`` real steps of a throwaway network, after an untimed one,
+    at a batch of at most ``probe_batch``, scaled to the batch (the probe is paid from the time budget: on the
+    loaded 2-core CPU a block1 step of 32 took 12.8 s). Leaves the global random state as it was, so a run trains
+    the same with or without this probe."""
+    rng = torch.get_rng_state()
+    try:
+        objective = Objective(cfg.mode, cfg.temperature, cfg.feature_weight, task=model.spec.task)
+        feat_mean, feat_var = (t.to(device) for t in cache.feature_stats())
+        use_targets = cfg.tail_feature_weight > 0 and bool(cache.targets)
+        target_var = {k: v.to(device) for k, v in cache.target_stats().items()} if use_targets else {}
+        taps = tap_modules(model, list(cache.targets)) if use_targets else {}
+        net = Bottleneck(bcfg).to(device)
+        net.set_feature_stats(feat_mean, feat_var.sqrt())
+        stepper = TrainStep(model, net, objective, feat_var, cache.input_hw[0] * cache.input_hw[1], cache.input_hw,
+                            taps, target_var, cfg.tail_feature_weight, StepSpeed(cfg.precision, cfg.channels_last),
+                            device)
+        opt = torch.optim.Adam(net.param_groups(cfg.lr))
+        gen = torch.Generator().manual_seed(cfg.seed)
+        lam = max(cfg.lambdas)
+        level = None if bcfg.levels is None else bcfg.levels[1]
+        times, batch = [], min(cfg.batch_size, probe_batch)
+        for k in range(n + 1):
+            t = time.perf_counter()
+            idx = torch.randint(len(cache), (batch if k else min(batch, 2),), generator=gen)
+            feat, teacher, labels = cache.batch(idx, device)
+            d = stepper.loss(feat, teacher, labels, lam, cfg.tail_every > 0, level=level,
+                             targets=cache.target_batch(idx, device) if use_targets else None)
+            opt.zero_grad(set_to_none=True)
+            d["loss"].backward()
+            opt.step()
+            aux = net.aux_loss()
+            aux.backward()
+            if k:
+                times.append(time.perf_counter() - t)
+        return sum(times) / len(times) * cfg.batch_size / batch
+    finally:
+        torch.set_rng_state(rng)
+
+
 def _train_state(net: Bottleneck) -> Dict:
     """A detached CPU copy of ``net``'s state (contiguous: channels-last weights are stored in the usual order)."""
     return {k: v.detach().cpu().contiguous().clone() for k, v in net.state_dict().items()}
@@ -287,6 +338,14 @@ def images_per_second(out: Path) -> List[float]:
     if ck is None:
         return []
     return [float(v["__img_per_s__"]) for _, v in sorted(ck["trained"].items())]
+
+
+def samples_trained(out: Path) -> List[int]:
+    """Training samples (images x steps, all processes) each finished rung of the checkpoint in ``out`` saw."""
+    ck = _load_checkpoint(Path(out))
+    if ck is None:
+        return []
+    return [int(v.get("__samples__", v["__steps__"] * 0)) for _, v in sorted(ck["trained"].items())]
 
 
 def write_args(out: Path, args: Dict) -> None:

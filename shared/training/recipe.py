@@ -1,8 +1,10 @@
 """The training use case: images -> views -> a trained, refitted, measured ladder bundle.
 
 ``splitinfer train`` parses its arguments into :class:`TrainOptions` and calls :func:`train_bundle`; everything
-else lives here. One clock bounds the whole command (``time_budget``): building views, the rungs, the
-side-density refit, the export and the held-out measurement, each with its own progress bar.
+else lives here. One clock bounds the whole command (``time_budget``, :mod:`.budget`): start-up, building views,
+the rungs, the side-density refit, the export and the held-out measurement, each with its share and its own
+progress bar. The result is judged on the held-out images (:mod:`.verdict`): a weak network is marked in the
+manifest and ends the command with a non-zero exit unless ``allow_weak``.
 """
 
 from __future__ import annotations
@@ -65,8 +67,9 @@ class TrainOptions:
     steps: int = option(2000, "steps for the first (highest-rate) rung")
     steps_per_rung: int = option(800, "steps for each warm-started rung")
     batch_size: int = option(32, "training images per step")
-    time_budget: float = option(0.0, "seconds for the whole ladder (0 = no limit); each rung's schedule is "
-                                     "compressed to fit")
+    time_budget: float = option(0.0, "seconds for the whole command (0 = no limit), start-up included: every phase "
+                                     "(views, rungs, refit, export, measurement) gets a share and scales its work to "
+                                     "it; each rung's schedule is compressed to fit (shared/training/budget.py)")
     lr: float = option(1e-3, "peak learning rate (Adam; warm-up, then cosine decay)")
     views: int = option(4, "augmented views per training image; classification keeps them in a view store under "
                            "--cache-dir, built once and reused by every rung and run (shared/training/views.py)")
@@ -92,7 +95,8 @@ class TrainOptions:
     latent_gain: bool = option(False, "a learned per-channel gain on y with a 10x learning rate: lets a short run "
                                       "find the latent's scale, i.e. how finely it is quantised "
                                       "(shared/codec/bottleneck.py)")
-    side_refit_steps: int = option(500, "hyperprior: refit the z density to the training z after training (0 = off; "
+    side_refit_steps: int = option(500, "hyperprior: refit the z density to the training z after training, at most "
+                                        "this many steps (fewer when --time-budget's share for it runs out; 0 = off; "
                                         "changes only the bits of z, see shared/training/side_density.py)")
     qp: float = option(1.0, "quantiser step of the static rate model")
     levels: Optional[Tuple[int, int]] = option(
@@ -104,8 +108,8 @@ class TrainOptions:
                                     "autocast, fp32, or auto (bf16 where the CPU or GPU has native bfloat16); the rate "
                                     "model always runs in fp32 (shared/training/step.py)",
                             choices=["auto", "bf16", "fp32"])
-    channels_last: bool = option(True, "keep features and convolutions in channels-last memory order (the flag is "
-                                       "--no-channels-last)")
+    channels_last: bool = option(True, "run a training step's convolutions in channels-last memory order "
+                                       "(--no-channels-last: the default contiguous order)")
     warmup: float = option(0.05, "share of the schedule spent ramping the learning rate up (a run that continues "
                                  "from --init-from restarts its schedule: a warm restart)")
     limit: int = option(0, "use at most this many training images (0 = all)")
@@ -117,6 +121,12 @@ class TrainOptions:
                                       metavar="BUNDLE[:RUNG]")
     finetune: Optional[str] = option(None, "start every rung from the rung of BUNDLE nearest in lambda (same "
                                            "config): retrain an existing ladder with another recipe", metavar="BUNDLE")
+    samples_before: int = option(0, "training samples (images x steps) the network of --init-from had already seen; "
+                                    "added to this run's in the manifest (training.samples_seen), so a network "
+                                    "continued over many runs counts its learning curve from the start")
+    allow_weak: bool = option(False, "exit 0 even when the held-out measurement finds the network weak (agreement "
+                                     "with the unsplit model under 50%, or top-1 more than 10 points below it; "
+                                     "shared/training/verdict.py); the manifest still marks it weak")
     resume: bool = option(True, "ignore an existing checkpoint in --out")  # the flag is --no-resume
     cache_dir: Optional[str] = option(None, "where cached views go (default: OUT/cache); share one between runs to "
                                             "reuse its views")
@@ -196,23 +206,46 @@ def collect_items(data: Sequence[str], part: str, extra: Sequence[str], labels: 
     return items
 
 
-def measure_heldout(model, bundle, eval_data, limit: int = 0, say=print):
+def measure_heldout(model, bundle, eval_data, limit: int = 0, say=print, seconds: float = math.inf):
     """Measure every rung on the held-out images of ``eval_data``, print the figures and record them (and the
-    part measured) in the bundle's manifest (``train``, ``migrate --eval-data``)."""
+    part measured) in the bundle's manifest (``train``, ``migrate --eval-data``). ``seconds`` bounds it (a time
+    budget's share): it times a few images first and measures as many, spread evenly, as fit."""
     from ..bundle import record_measurement
     from ..data import split_items, spread
     from ..evaluation import evaluate_ladder
 
+    t0 = time.monotonic()
     items = [it for d in eval_data for it in split_items(scan_data(d), "heldout")]
     items = spread(items, limit)
+    n_all, res = len(items), None
+    model = model.to("cpu")
+    if math.isfinite(seconds) and len(items) > _CALIBRATION_IMAGES:
+        first = spread(items, _CALIBRATION_IMAGES)
+        t = time.monotonic()
+        res = evaluate_ladder(model, bundle, first, progress=False)
+        per_image = (time.monotonic() - t) / len(first)
+        fit = int((seconds - (time.monotonic() - t0)) / per_image)
+        if fit < len(items):
+            say(f"the time budget leaves {seconds - (time.monotonic() - t0):.0f} s to measure: "
+                f"{max(fit, len(first))} of {len(items)} held-out images ({per_image:.2f} s each)")
+            items = first if fit <= len(first) else spread(items, fit)
+        if items is not first:
+            res = None
     say(f"measuring {len(bundle.rungs)} rungs on {len(items)} held-out images of {', '.join(map(str, eval_data))}")
-    res = evaluate_ladder(model.to("cpu"), bundle, items)
-    bundle = record_measurement(bundle, res, {"data": [str(d) for d in eval_data], "part": "heldout",
-                                              "n_images": len(items)})
+    if res is None:
+        res = evaluate_ladder(model, bundle, items)
+    record = {"data": [str(d) for d in eval_data], "part": "heldout", "n_images": len(items)}
+    if len(items) < n_all:
+        record["n_heldout"] = n_all  # the time budget measured only part of them
+    bundle = record_measurement(bundle, res, record)
     for r in res["rungs"]:
         say(json.dumps(r))
     say("unsplit reference: " + json.dumps(res["reference"]))
     return bundle
+
+
+_CALIBRATION_IMAGES = 2  # a bounded measurement times this many images first (and judges on them, if no more fit)
+_MIN_REFIT_SECONDS = 0.5  # a rung's refit with less is skipped: its first chunk of z alone can take longer
 
 
 def ladder_warnings(manifest: Dict, far: float = 0.10) -> List[str]:
@@ -275,19 +308,24 @@ def _views(model, opts: TrainOptions, items, rank: int, world: int, device: str,
                         min(mix, opts.mix_views), labelled_only=opts.supervised)
 
 
-def train_bundle(opts: TrainOptions, say=print) -> int:
-    """Run ``splitinfer train``. Returns a process exit code; a user's mistake raises :class:`UserError`."""
+def train_bundle(opts: TrainOptions, say=print, started: Optional[float] = None) -> int:
+    """Run ``splitinfer train``. Returns a process exit code (:data:`~shared.training.verdict.EXIT_WEAK` for a weak
+    network unless ``opts.allow_weak``); a user's mistake raises :class:`UserError`. ``started``: the
+    ``time.monotonic()`` value the time budget counts from (the command's process start; default now)."""
     import torch
     import torch.distributed as dist
 
-    from ..bundle import load_bundle, save_bundle
+    from ..bundle import load_bundle, save_bundle, update_metrics
     from ..codec.config import BottleneckConfig
-    from ..models import load_split_model
+    from ..evaluation import default_levels
+    from ..models import get_backbone, load_split_model
     from ..tasks import get_task
-    from .ladder import LadderConfig, dist_info, images_per_second, train_ladder, write_args
+    from .budget import FINISH_SECONDS, VIEWS_SHARE, Budget, buys_lines, few_images_warning, plan_after
+    from .ladder import (LadderConfig, dist_info, images_per_second, samples_trained, time_steps, train_ladder,
+                         write_args)
+    from .verdict import EXIT_WEAK, judge, unjudged, verdict_line
 
-    t_start = time.monotonic()
-    deadline = t_start + opts.time_budget if opts.time_budget > 0 else None
+    budget = Budget(opts.time_budget, started)
     rank, world, distributed = dist_info()
     say = say if rank == 0 else (lambda *a, **k: None)
     check_model_split(opts.model, opts.split)
@@ -301,37 +339,37 @@ def train_bundle(opts: TrainOptions, say=print) -> int:
             torch.cuda.set_device(device)
     torch.manual_seed(opts.seed)
     out = Path(opts.out)
-    model = load_split_model(opts.model, opts.split, opts.weights).to(device)
-    split = model.split.name
-    # the view store records labels when there are any, so a supervised run can reuse a label-free run's views
+    # the images first (cheap): too few of them is said before any work. The view store records labels when there
+    # are any, so a supervised run can reuse a label-free run's views
     items = collect_items(opts.data, opts.part, opts.extra_data, labels=opts.supervised or
-                          get_task(model.spec).labels_in_views, say=say)
+                          get_task(get_backbone(opts.model)).labels_in_views, say=say)
     if opts.limit:
         items = items[: opts.limit]
     if opts.supervised and any(lab is None for _, lab in items):
         raise UserError("--supervised needs labels for every training image")
-    out.mkdir(parents=True, exist_ok=True)
+    few = few_images_warning(len(items))
+    if few:
+        say(few)
     eval_data = opts.eval_data
     if eval_data is None:  # measure on the held-out part of --data when it has one
         eval_data = list(opts.data) if opts.part == "train" else []
+    n_eval = _count_heldout(eval_data, opts.eval_limit)
+    model = load_split_model(opts.model, opts.split, opts.weights).to(device)
+    split = model.split.name
+    out.mkdir(parents=True, exist_ok=True)
     say(f"{opts.model} split {split}: {len(items)} training images x {opts.views} views"
         f"{f' + {opts.mix_views} CutMix views' if opts.mix_views else ''}, device {device}, {world} process(es)")
+    budget.mark("start-up")  # imports, the model, scanning the images
 
-    # the budget: views may use up to half; refit, export and measurement get a measured reserve
-    n_eval = _count_heldout(eval_data, opts.eval_limit)
-    reserve = _reserve_seconds(model.split.depth, len(opts.lambdas), n_eval, opts.side_refit_steps)
-    view_deadline = t_start + opts.time_budget / 2 if deadline else None
-    cache = _views(model, opts, items, rank, world, device, view_deadline, say)
+    # the budget: what follows the rungs is planned first; views may take a share of the rest, the rungs the remainder
+    refit = opts.rate_model == "hyperprior" and opts.side_refit_steps > 0
+    points = len(default_levels(opts.levels)) if opts.levels else len(opts.lambdas)
+    after = plan_after(budget.left(), 1 if opts.levels else len(opts.lambdas), refit, n_eval,
+                       _eval_seconds_per_image(model.split.depth, points))
+    with budget.phase("views", VIEWS_SHARE * (budget.left() - after.total) if budget.limited else math.inf) as phase:
+        cache = _views(model, opts, items, rank, world, device, phase.deadline, say)
     if device.startswith("cuda"):
         cache = cache.to(device)
-    train_seconds = 0.0
-    if deadline is not None:
-        train_seconds = deadline - time.monotonic() - reserve
-        if train_seconds < 10:
-            raise UserError(f"--time-budget {opts.time_budget:g} s leaves {train_seconds:.0f} s to train after the "
-                            f"views and a {reserve:.0f} s reserve for refit, export and measuring {n_eval} images")
-        say(f"time budget: {train_seconds:.0f} s for the rungs, {reserve:.0f} s reserved for refit, export and "
-            "measurement")
 
     c = cache.features.shape[1]
     bcfg = BottleneckConfig.for_split(
@@ -342,9 +380,29 @@ def train_bundle(opts: TrainOptions, say=print) -> int:
         lambdas=opts.lambdas, steps=opts.steps, steps_per_rung=opts.steps_per_rung, batch_size=opts.batch_size,
         lr=opts.lr, mode="supervised" if opts.supervised else "distill", temperature=opts.temperature,
         feature_weight=opts.feature_weight, tail_every=opts.tail_every, feature_warmup=opts.feature_warmup,
-        seed=opts.seed, time_budget=train_seconds, tail_feature_weight=opts.tail_features, warmup=opts.warmup,
+        seed=opts.seed, tail_feature_weight=opts.tail_features, warmup=opts.warmup,
         precision=opts.precision, channels_last=opts.channels_last,
     )
+    with budget.phase("probe"):  # a few real steps: what the budget buys at this machine's speed now
+        step_seconds = time_steps(model, cache, bcfg, lcfg, device)
+    # planned again at the measured speed: measuring an image costs about a training step's share per rung and for
+    # the unsplit model (on the loaded 2-core CPU: 3.1 s per image at block1 with 6 rungs, 0.4 s per image-step)
+    after = plan_after(budget.left(), 1 if opts.levels else len(opts.lambdas), refit, n_eval,
+                       max(_eval_seconds_per_image(model.split.depth, points),
+                           (points + 1) * step_seconds / opts.batch_size))
+    train_seconds = budget.left() - after.total if budget.limited else math.inf
+    if budget.limited:
+        if train_seconds < 10:
+            raise UserError(f"--time-budget {opts.time_budget:g} s leaves {train_seconds:.0f} s to train after "
+                            f"{budget.elapsed():.0f} s of start-up and views and {after.total:.0f} s kept for refit, "
+                            f"export and measuring {n_eval} images")
+        lcfg.time_budget = train_seconds
+        say(f"time budget {opts.time_budget:g} s: {budget.record['start-up']['used']:.0f} s start-up, "
+            f"{budget.record['views']['used']:.0f} s views, {train_seconds:.0f} s for the rungs; kept back: "
+            f"{after.refit:.0f} s refit, {after.export:.0f} s export, {after.measure:.0f} s measurement")
+    for line in buys_lines(step_seconds, train_seconds, opts.steps + opts.steps_per_rung * (len(opts.lambdas) - 1),
+                           len(opts.lambdas), opts.batch_size, budget.elapsed() + after.total):
+        say(line)
     if rank == 0:
         write_args(out, asdict(opts) | {"bottleneck": bcfg.to_dict()})
     init, init_rungs = None, None
@@ -361,7 +419,7 @@ def train_bundle(opts: TrainOptions, say=print) -> int:
             say("fine-tuning: " + ", ".join(f"λ={lam:g} from rung {i} (λ={src.rungs[i].lam:g})"
                                             for lam, i in zip(opts.lambdas, picks)))
             init_rungs = [src.load_rung(i).state_dict() for i in picks]
-    with cuda_training_flags(device):
+    with budget.phase("rungs", train_seconds), cuda_training_flags(device):
         nets = train_ladder(model, cache, bcfg, lcfg, out, device=device, resume=opts.resume, init=init,
                             init_rungs=init_rungs)
     if rank != 0:
@@ -373,12 +431,21 @@ def train_bundle(opts: TrainOptions, say=print) -> int:
 
         from tqdm import tqdm
 
-        for lam, net in tqdm(list(zip(opts.lambdas, nets)), desc="refitting z densities", unit="rung"):
-            with cuda_training_flags(device):
-                rec = refit_side_density(net.to(device), cache.features, steps=opts.side_refit_steps, seed=opts.seed)
-            refits.append({"lambda": lam, **rec})
-            say(f"rung λ={lam:g}: z density refitted, {rec['bits_per_z_before']:.3f} -> "
-                f"{rec['bits_per_z_after']:.3f} bits per z value (model estimate)")
+        with budget.phase("refit", after.refit, keep=after.export + after.measure + FINISH_SECONDS) as phase:
+            for k, (lam, net) in enumerate(tqdm(list(zip(opts.lambdas, nets)), desc="refitting z densities",
+                                                unit="rung")):
+                seconds = phase.left() / (len(nets) - k)  # each rung an equal share of what the refit has left
+                if seconds < _MIN_REFIT_SECONDS:  # the budget ran out: the trained density stays (valid, more bits)
+                    refits.append({"lambda": lam, "skipped": "no time left in the budget"})
+                    say(f"rung λ={lam:g}: z density not refitted (no time left in the budget)")
+                    continue
+                with cuda_training_flags(device):
+                    rec = refit_side_density(net.to(device), cache.features, steps=opts.side_refit_steps,
+                                             seed=opts.seed, seconds=seconds)
+                refits.append({"lambda": lam, **rec})
+                say(f"rung λ={lam:g}: z density refitted ({rec['steps']} + {rec['tail_steps']} steps, "
+                    f"{rec['seconds']:.1f} s), {rec['bits_per_z_before']:.3f} -> {rec['bits_per_z_after']:.3f} bits "
+                    "per z value (model estimate)")
 
     extra = {  # task, feature shape and stride, preprocessing, backbone fingerprints: save_bundle, from the model
         "training": {
@@ -406,7 +473,9 @@ def train_bundle(opts: TrainOptions, say=print) -> int:
             "processes": world,
             "threads": torch.get_num_threads(),
             "images_per_second": images_per_second(out),
-            "seconds": round(time.monotonic() - t_start, 1),  # views, rungs and refit (before the measurement)
+            "samples_seen": opts.samples_before + sum(samples_trained(out)),
+            "step_seconds": round(step_seconds, 4),  # the probe's, before training
+            "seconds": round(budget.elapsed(), 1),  # start-up, views, rungs and refit (before the measurement)
             "side_refit": refits,
             "levels": list(bcfg.levels) if bcfg.levels else None,
             "command": opts.command,
@@ -415,20 +484,39 @@ def train_bundle(opts: TrainOptions, say=print) -> int:
     if bcfg.levels is not None:  # one network: its rung records the top lambda, the manifest the range
         extra["variable_rate"] = {"levels": list(bcfg.levels), "lambdas": [min(opts.lambdas), max(opts.lambdas)]}
     lams = opts.lambdas if bcfg.levels is None else [max(opts.lambdas)]
-    bundle = save_bundle(out, model, split, bcfg, nets, lams, extra=extra)
+    with budget.phase("export", keep=after.measure + FINISH_SECONDS):
+        bundle = save_bundle(out, model, split, bcfg, nets, lams, extra=extra)
     say(f"wrote bundle {bundle.bundle_id} with {len(bundle.rungs)} rungs to {out}")
     if n_eval:
-        bundle = measure_heldout(model, bundle, eval_data, opts.eval_limit, say=say)
+        with budget.phase("measurement", keep=FINISH_SECONDS) as phase:
+            bundle = measure_heldout(model, bundle, eval_data, opts.eval_limit, say=say, seconds=phase.given)
         for w in ladder_warnings(bundle.manifest):
             say(f"WARNING: {w}")
+        verdict = judge(bundle.manifest)
     elif eval_data:
         say("no held-out images in " + ", ".join(map(str, eval_data)) + ": the ladder is not measured "
             "(bitrate hints need measured rates; run `splitinfer eval --update-manifest`)")
-    took = time.monotonic() - t_start
-    say(f"train took {took:.0f} s" + (f" of a {opts.time_budget:.0f} s budget" if deadline else ""))
+        verdict = unjudged("no held-out images to measure it on: run `splitinfer eval --data LABELLED "
+                           "--update-manifest` before trusting it")
+    else:
+        verdict = unjudged("not measured (--no-eval): run `splitinfer eval --update-manifest` before trusting it")
+    bundle = update_metrics(bundle, [], {"verdict": verdict,
+                                         "training": {**bundle.training, "budget": budget.record}})
+    say(verdict_line(verdict))
+    rc = 0
+    if verdict.get("weak"):
+        if opts.allow_weak:
+            say("--allow-weak: the weak network is kept and the command succeeds")
+        else:
+            say(f"the bundle in {out} is marked weak (manifest 'verdict'; `splitinfer info` and the server say so): "
+                f"train on more images for longer, or pass --allow-weak to accept it (exit 0)")
+            rc = EXIT_WEAK
+    took = budget.elapsed()
+    say(f"train took {took:.0f} s" + (f" of a {opts.time_budget:.0f} s budget" if budget.limited else "") +
+        " (" + ", ".join(f"{k} {v['used']:.0f} s" for k, v in budget.record.items()) + ")")
     if distributed:
         dist.destroy_process_group()
-    return 0
+    return rc
 
 
 def _can_start_from(src, cfg) -> bool:
@@ -450,12 +538,11 @@ def _count_heldout(eval_data: Sequence[str], limit: int) -> int:
     return min(n, limit) if limit else n
 
 
-def _reserve_seconds(depth: str, rungs: int, n_eval: int, refit_steps: int) -> float:
-    """Seconds kept back from a time budget for what follows the rungs, from 2-core CPU measurements:
-    ~10 s per rung refit at 500 steps, ~1 s export per rung, and the held-out measurement (one backbone pass
-    per image plus a decode and tail pass per rung and image; slower at a shallow split)."""
-    per_image = 0.06 + rungs * (0.012 if depth == "deep" else 0.05)
-    return rungs * (10.0 * refit_steps / 500 + 1.0) + n_eval * per_image + 15.0
+def _eval_seconds_per_image(depth: str, points: int) -> float:
+    """Seconds to measure one held-out image at ``points`` rungs or levels, from 2-core CPU measurements: one
+    backbone pass per image plus a decode and tail pass per point (slower at a shallow split). Plans the
+    measurement's share of a time budget; the measurement itself times what it can do (:func:`measure_heldout`)."""
+    return 0.06 + points * (0.012 if depth == "deep" else 0.05)
 
 
 @dataclass

@@ -1,0 +1,111 @@
+"""Continue a variable-rate network in segments that each double the samples it has seen, measuring every segment
+on the selection part of the held-out images: the learning-curve table of issue 23.
+
+Segment k starts from the bundle segment k-1 wrote (the first from ``--from``), restarts the learning-rate
+schedule (a warm restart: 5% ramp, cosine decay to the floor, Loshchilov & Hutter's SGDR with period doubling),
+and trains as many samples as the network has seen so far. Each segment ends at the bottom of its schedule, so
+every row of the table is a converged point, and training can go on from the last row on any machine: the shipped
+bundle records its samples seen (``manifest.training.samples_seen``), so ``--from`` a shipped bundle continues it.
+A segment that would not end before ``--deadline`` (at the speed measured so far) is not started.
+
+    python scripts/learning_curve.py --from shared/assets/bundles/efficientnet_lite0-block14-vr --samples 76800 \\
+        --out runs/lc/b14 --segments 4 --deadline 15:20 -- --split block14 --latent 64 --levels=-4:40 ...
+
+Arguments after ``--`` go to every ``splitinfer train`` (data, views, levels, lambdas, cache dir). Writes
+``OUT/curve.csv`` (one row per segment) and each segment's bundle and evaluation under ``OUT/segK``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as dt
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SPLITINFER = [sys.executable, "-m", "shared.cli"]
+
+
+def _deadline(s: str) -> float:
+    """HH:MM today (UTC, the machine's clock) as a time.time() value."""
+    h, m = (int(v) for v in s.split(":"))
+    now = dt.datetime.now(dt.timezone.utc)
+    return now.replace(hour=h, minute=m, second=0, microsecond=0).timestamp()
+
+
+def _samples_of(bundle: Path) -> int:
+    t = json.loads((bundle / "manifest.json").read_text()).get("training", {})
+    return int(t.get("samples_seen") or 0)
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    ours, train_args = (argv[: argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--from", dest="source", required=True, help="bundle the first segment starts from")
+    p.add_argument("--samples", type=int, default=0,
+                   help="samples the source has seen (default: its manifest's training.samples_seen)")
+    p.add_argument("--from-rung", type=int, default=0, help="rung of --from to start from (a ladder's)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--segments", type=int, default=4)
+    p.add_argument("--first-samples", type=int, default=0,
+                   help="samples of the first segment (default: as many as the source has seen: a doubling)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--deadline", type=_deadline, default=None, help="HH:MM (UTC): start no segment that would end later")
+    p.add_argument("--speed", type=float, default=0.0, help="expected images/s before the first segment measures it")
+    p.add_argument("--eval-data", default="../shared/data/imagenet_val")
+    p.add_argument("--eval-part", default="selection")
+    a = p.parse_args(ours)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    prev, prev_rung = Path(a.source), a.from_rung
+    seen = a.samples or _samples_of(prev)
+    rows_path = out / "curve.csv"
+    speed = a.speed
+    for k in range(1, a.segments + 1):
+        seg = out / f"seg{k}"
+        add = a.first_samples if (k == 1 and a.first_samples) else seen
+        steps = max(1, add // a.batch_size)
+        if (seg / "manifest.json").is_file():  # done in an earlier call: continue after it
+            prev, prev_rung, seen = seg, 0, _samples_of(seg)
+            continue
+        if a.deadline and speed > 0 and time.time() + add / speed > a.deadline:
+            print(f"segment {k} ({add} samples, ~{add / speed / 60:.0f} min at {speed:.0f} img/s) would end after the "
+                  "deadline: stopping", flush=True)
+            break
+        cmd = SPLITINFER + ["train", *train_args, "--init-from", f"{prev}:{prev_rung}", "--steps", str(steps),
+                            "--steps-per-rung", "0", "--batch-size", str(a.batch_size), "--feature-warmup", "0",
+                            "--samples-before", str(seen), "--no-eval", "--out", str(seg)]
+        print(f"segment {k}: {steps} steps of {a.batch_size} from {prev} ({seen} samples seen before)", flush=True)
+        t0 = time.time()
+        subprocess.run(cmd, cwd=ROOT, check=True)
+        wall = time.time() - t0
+        speed = add / wall
+        ev = seg / f"eval-{a.eval_part}"
+        subprocess.run(SPLITINFER + ["eval", "--bundle", str(seg), "--data", a.eval_data, "--part", a.eval_part,
+                                     "--out", str(ev)], cwd=ROOT, check=True)
+        seen += steps * a.batch_size
+        res = json.loads((ev / "results.json").read_text())
+        lad = res["ladders"][0]
+        best = max(lad["rungs"], key=lambda r: r.get("top1", 0))
+        row = {"segment": k, "samples_seen": seen, "train_seconds": round(wall), "bundle_id": lad["bundle_id"],
+               "unsplit_top1": lad["reference"].get("top1"), "best_top1": best.get("top1"),
+               "best_level": best.get("level"), "best_bpp": best.get("bpp"),
+               "agreement_at_best": best.get("agreement"), "eval": str(ev / "results.json")}
+        new = not rows_path.is_file()
+        with rows_path.open("a", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(row))
+            if new:
+                w.writeheader()
+            w.writerow(row)
+        print("curve: " + json.dumps(row), flush=True)
+        prev, prev_rung = seg, 0
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
