@@ -108,7 +108,8 @@ def evaluate_codec(
     progress: bool = True,
 ) -> List[Dict]:
     """One point per quality: mean bpp of the compressed crop and the unsplit model's accuracy on it (top-1/top-5,
-    or mIoU/pixel accuracy for segmentation: the task's ``scores``)."""
+    or mIoU/pixel accuracy for segmentation: the task's ``scores``), and ``per_image``: each image's bytes and
+    figures in the order of ``items`` (as :func:`shared.evaluation.evaluate_ladder` gives them, for intervals)."""
     spec = model.spec
     task = get_task(spec)
     pre = spec.preprocess
@@ -119,14 +120,14 @@ def evaluate_codec(
     crops = [input_crop(load_image(p), pre) for p, _ in items]
     points = []
     for q in tqdm(qualities, desc=f"{codec} sweep", disable=not progress, unit="quality"):
-        total_bytes, scores = 0, task.scores(spec.num_classes)
+        sizes, scores = [], task.scores(spec.num_classes)
         for i in range(0, len(crops), batch_size):
             decoded = [codec_roundtrip(img, codec, q) for img in crops[i : i + batch_size]]
-            total_bytes += sum(n for _, n in decoded)
+            sizes += [n for _, n in decoded]
             x = torch.stack([to_model_input(img, pre) for img, _ in decoded])
             scores.add(model(x), torch.stack(labels[i : i + batch_size]))
-        pt = {"method": codec, "setting": f"q={q}", "quality": q, "bpp": 8.0 * total_bytes / n_pix / len(crops),
-              "n_images": len(crops), **scores.result()}
+        pt = {"method": codec, "setting": f"q={q}", "quality": q, "bpp": 8.0 * sum(sizes) / n_pix / len(crops),
+              "n_images": len(crops), **scores.result(), "per_image": {"bytes": sizes, **scores.per_image()}}
         points.append(pt)
     return points
 

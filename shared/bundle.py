@@ -431,9 +431,10 @@ def update_metrics(bundle: Bundle, metrics: Sequence[Dict], extra: Optional[Dict
 def record_measurement(bundle, res: Dict, evaluation: Dict):
     """Write an ``evaluate_ladder`` result into the bundle's manifest: per rung, or for a variable-rate bundle
     the measured rate-accuracy curve (``variable_rate.curve``, one entry per level) with its finest level's
-    figures as the rung's."""
-    extra = {"evaluation": {**evaluation, "reference": res["reference"]}}
-    points = res["rungs"]
+    figures as the rung's. Per-image records (``per_image``: results.json's, for intervals) are left out."""
+    drop = lambda d: {k: v for k, v in d.items() if k != "per_image"}  # noqa: E731
+    extra = {"evaluation": {**evaluation, "reference": drop(res["reference"])}}
+    points = [drop(p) for p in res["rungs"]]
     if bundle.config.levels is not None:
         curve = sorted(points, key=lambda p: p["level"])
         extra["variable_rate"] = {**(bundle.manifest.get("variable_rate") or {}), "curve": curve}

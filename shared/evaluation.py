@@ -45,17 +45,22 @@ def evaluate_ladder(
     device: str = "cpu",
     progress: bool = True,
     levels: Optional[Sequence[int]] = None,
+    per_image: bool = False,
 ) -> Dict:
     """Per rung: mean real bpp (all bytes of each message), estimated bpp, accuracy against labels (when
     known; see the task's ``scores``) and agreement with the unsplit model; plus the unsplit model's own accuracy.
     ``metric`` names the figure summaries compare (``top1`` or ``miou``). A variable-rate bundle has one
-    network and is measured at quality ``levels`` (default :func:`default_levels`): one entry per level."""
+    network and is measured at quality ``levels`` (default :func:`default_levels`): one entry per level.
+
+    ``per_image``: each point and the reference also carry ``per_image``, their figures image by image in the
+    order of ``items`` (``bytes`` of each message, and the task's per-image figures: ``Scores.per_image``), from
+    which :mod:`shared.intervals` draws intervals over images; compact lists for results.json, never manifests."""
     codec = LadderCodec(bundle, device)
     if codec.levels is not None:
         points = [(0, int(q)) for q in (default_levels(codec.levels) if levels is None else levels)]
     else:
         points = [(r, None) for r in (range(len(bundle.rungs)) if rungs is None else rungs)]
-    return _evaluate_points(model, bundle, codec, items, points, batch_size, device, progress)
+    return _evaluate_points(model, bundle, codec, items, points, batch_size, device, progress, per_image)
 
 
 def default_levels(levels, every: int = 4) -> List[int]:
@@ -72,14 +77,15 @@ def level_lambda(bundle, q: int) -> float:
     return lambda_at(q, bundle.config.levels, lams) if lams else bundle.rungs[0].lam
 
 
-def _evaluate_points(model, bundle, codec, items, points, batch_size, device, progress) -> Dict:
+def _evaluate_points(model, bundle, codec, items, points, batch_size, device, progress, per_image=False) -> Dict:
     rungs = points
     spec = model.spec
     task = get_task(spec)
     pre = spec.preprocess
     n_pix = pre.input_size[0] * pre.input_size[1]
     ds = task.make_dataset(items, pre)
-    acc = {r: {"bytes": 0, "side_bytes": 0, "est_bits": 0.0, "scores": task.scores(spec.num_classes)} for r in rungs}
+    acc = {r: {"bytes": 0, "side_bytes": 0, "est_bits": 0.0, "scores": task.scores(spec.num_classes), "sizes": []}
+           for r in rungs}
     ref = task.scores(spec.num_classes)
     n = 0
     loader = DataLoader(ds, batch_size=batch_size)
@@ -95,6 +101,7 @@ def _evaluate_points(model, bundle, codec, items, points, batch_size, device, pr
             msgs = codec.encode(feat, tuple(x.shape[-2:]), rung, **kw)
             feats = torch.cat([codec.decode(m)[0] for m in msgs])
             a = acc[r]
+            a["sizes"] += [len(m) for m in msgs]
             a["bytes"] += sum(len(m) for m in msgs)
             a["side_bytes"] += sum(sum(unpack(m)[0].payload_lengths[1:]) for m in msgs)  # z after y
             a["est_bits"] += float(bpp_from_likelihoods(codec.rung(rung).likelihoods(feat, **kw), n_pix)) * n_pix * len(x)
@@ -112,8 +119,10 @@ def _evaluate_points(model, bundle, codec, items, points, batch_size, device, pr
             "side_share": a["side_bytes"] / max(a["bytes"], 1),  # the hyperprior's z payload / all bytes
             "n_images": n,
             **a["scores"].result(),
+            **({"per_image": {"bytes": a["sizes"], **a["scores"].per_image()}} if per_image else {}),
         })
-    return {"rungs": results, "reference": {"n_images": n, **ref.result()}, "metric": task.metrics[0]}
+    reference = {"n_images": n, **ref.result(), **({"per_image": ref.per_image()} if per_image else {})}
+    return {"rungs": results, "reference": reference, "metric": task.metrics[0]}
 
 
 @torch.no_grad()

@@ -112,14 +112,15 @@ def evaluate_bundles(opts: EvalOptions, say=print) -> dict:
         model = load_split_model(bundle.model, bundle.split, opts.weights)
         bundle.check_backbone(model)
         first_model, first_bundle = first_model or model, first_bundle or bundle
-        res = evaluate_ladder(model, bundle, items, batch_size=opts.batch_size)
+        res = evaluate_ladder(model, bundle, items, batch_size=opts.batch_size, per_image=True)
         part = {"heldout": "held-out", "selection": "selection (held-out)", "test": "test (held-out)"}.get(opts.part,
                                                                                                     "all")
         for line in ladder_table(bundle, res, get_task(model.spec).metrics, f"{part} part of {opts.data}"):
             say(line)
         if opts.update_manifest:
             record_measurement(bundle, res, {"data": str(opts.data), "part": opts.part})
-        ladders.append({"bundle": str(bundle.root), "bundle_id": bundle.bundle_id, "model": bundle.model, **res})
+        ladders.append({"bundle": str(bundle.root), "bundle_id": bundle.bundle_id, "model": bundle.model,
+                        "images": _images_record(opts, items), **res})
     key = get_task(first_model.spec).metrics[0]
     baselines = []
     if opts.baselines_from:
@@ -154,20 +155,38 @@ def evaluate_bundles(opts: EvalOptions, say=print) -> dict:
     return summary
 
 
+def _images_record(opts: EvalOptions, items) -> dict:
+    """Which images ``eval`` measured (results.json's ``images``): data, part, limit, count, and a fingerprint of
+    their names in order (two results.json with the same one were measured on the same images)."""
+    import hashlib
+
+    names = "\n".join(Path(p).name for p, _ in items).encode()
+    return {"data": str(opts.data), "part": opts.part, "limit": opts.limit or None, "n_images": len(items),
+            "fingerprint": hashlib.sha256(names).hexdigest()[:12]}
+
+
 def ladder_table(bundle, res: dict, metrics, where: str) -> List[str]:
-    """One measured ladder (:func:`shared.evaluation.evaluate_ladder`'s result) as printed by ``eval``."""
-    from .summary import METRIC_LABELS
+    """One measured ladder (:func:`shared.evaluation.evaluate_ladder`'s result) as printed by ``eval``; with
+    per-image records, each point's gap to the unsplit model in points and its 95% interval."""
+    from .intervals import Resamples
+    from .summary import METRIC_LABELS, fmt_interval, ladder_gaps
 
     ref = res["reference"]
+    recorded = ref.get("n_images") and any("per_image" in r for r in res["rungs"])
+    gaps = ladder_gaps(res, metrics[0], Resamples(ref["n_images"]) if recorded else None)
+    gap_head = f"{METRIC_LABELS.get(gaps['figure'], '')} - unsplit [95%]" if gaps["figure"] else ""
     lines = [f"bundle {bundle.bundle_id} ({bundle.model}/{bundle.split}) on {ref['n_images']} images ({where}); "
              f"unsplit {METRIC_LABELS[metrics[0]]} {ref.get(metrics[0], float('nan')):.2%}",
              f"{'rung':>4} {'lambda':>7} {'bpp':>7} {'est.bpp':>8} {'bytes':>7} "
-             + " ".join(f"{METRIC_LABELS[k]:>10}" for k in metrics) + f" {'agree':>6}"]
-    for r in res["rungs"]:
+             + " ".join(f"{METRIC_LABELS[k]:>10}" for k in metrics) + f" {'agree':>6}  {gap_head}".rstrip()]
+    for r, g in zip(res["rungs"], gaps["points"]):
         where_ = r["rung"] if "level" not in r else f"q{r['level']}"  # a variable-rate bundle: one row per level
-        lines.append(f"{where_:>4} {r['lambda']:>7g} {r['bpp']:>7.4f} {r['bpp_estimated']:>8.4f} "
-                     f"{r['bytes_per_image']:>7.0f} " + " ".join(f"{r.get(k, float('nan')):>10.2%}" for k in metrics)
-                     + f" {r['agreement']:>6.1%}")
+        gap = fmt_interval(g["gap"], g.get("interval")) if "gap" in g else ""
+        lines.append((f"{where_:>4} {r['lambda']:>7g} {r['bpp']:>7.4f} {r['bpp_estimated']:>8.4f} "
+                      f"{r['bytes_per_image']:>7.0f} " + " ".join(f"{r.get(k, float('nan')):>10.2%}" for k in metrics)
+                      + f" {r['agreement']:>6.1%}  {gap}").rstrip())
+    if gaps["reason"]:
+        lines.append(f"no gap intervals: {gaps['reason']}")
     return lines
 
 
@@ -275,7 +294,7 @@ def write_report(out: Path, ladders: list, baselines: list, bd_variant: str = "p
     log bpp, every ladder and codec). Returns the summary (see :mod:`shared.summary`)."""
     from .evaluation import METRICS
     from .plots import rate_accuracy_plot
-    from .summary import METRIC_LABELS, ladder_label, summarize, summary_markdown
+    from .summary import METRIC_LABELS, fmt_interval, ladder_label, summarize, summary_markdown
 
     # results.json of classification ladders from before segmentation carry no "metric": top-1
     metric = ladders[0].get("metric", "top1") if ladders else "top1"
@@ -283,22 +302,29 @@ def write_report(out: Path, ladders: list, baselines: list, bd_variant: str = "p
     pct = lambda p, k: f"{100 * p.get(k, float('nan')):.2f}%"  # noqa: E731
     summary = summarize(ladders, baselines, metric=metric, variant=bd_variant)
     report = {"ladders": ladders, "baselines": baselines, "summary": summary}
-    (out / "results.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / "results.json").write_text(_json_compact_lists(report) + "\n")
     lines = ["### Summary", "", *summary_markdown(summary), ""]
     curves = {}
-    for lad in ladders:
+    for lad, gaps in zip(ladders, summary["gaps"]):
         ref = lad["reference"]
         name = ladder_label(lad)
+        gap_col = f"{METRIC_LABELS.get(gaps['figure'], '')} − unsplit (points) [95%]" if gaps["figure"] else None
         lines += [f"### {name}", "", f"Unsplit model on the same {ref['n_images']} images: "
-                  + ", ".join(f"{label} {pct(ref, k)}" for k, label in cols), "",
+                  + ", ".join(f"{label} {pct(ref, k)}" for k, label in cols)
+                  + (f"; no gap intervals: {gaps['reason']}" if gaps["reason"] else ""), "",
                   "| rung | lambda | bpp (real) | bpp (estimated) | bytes/image | side info (z) | "
-                  + " | ".join(label for _, label in cols) + " | agrees with unsplit |",
-                  "|---:|---:|---:|---:|---:|---:|" + "---:|" * len(cols) + "---:|"]
-        for r in lad["rungs"]:
+                  + " | ".join(label for _, label in cols) + " | agrees with unsplit |" + (f" {gap_col} |" if gap_col else ""),
+                  "|---:|---:|---:|---:|---:|---:|" + "---:|" * len(cols) + "---:|" + ("---:|" if gap_col else "")]
+        for r, g in zip(lad["rungs"], gaps["points"]):
             side = f"{100 * r['side_share']:.0f}%" if "side_share" in r else "-"  # older results.json: not measured
-            lines.append(f"| {r['rung']} | {r['lambda']:g} | {r['bpp']:.4f} | {r['bpp_estimated']:.4f} | "
+            where = r["rung"] if "level" not in r else f"q{r['level']}"  # a variable-rate bundle: its levels
+            agree = g.get("agreement")
+            agree = (fmt_interval(100 * agree["value"], [100 * v for v in agree["interval"]], "{:.1f}%")
+                     if agree and agree.get("interval") else f"{100 * r['agreement']:.1f}%")
+            gap = (fmt_interval(g["gap"], g.get("interval")) if "gap" in g else "n/a") if gap_col else None
+            lines.append(f"| {where} | {r['lambda']:g} | {r['bpp']:.4f} | {r['bpp_estimated']:.4f} | "
                          f"{r['bytes_per_image']:.0f} | {side} | " + " | ".join(pct(r, k) for k, _ in cols)
-                         + f" | {100 * r['agreement']:.1f}% |")
+                         + f" | {agree} |" + (f" {gap} |" if gap_col else ""))
         lines.append("")
         curves[name] = lad["rungs"]
     for codec in sorted({p["method"] for p in baselines}):
@@ -316,6 +342,17 @@ def write_report(out: Path, ladders: list, baselines: list, bd_variant: str = "p
     rate_accuracy_plot(curves, out / "rd.png", reference=ref, metric=metric,
                        title=f"rate vs {cols[0][1]} on held-out images")
     return summary
+
+
+def _json_compact_lists(report: dict) -> str:
+    """``report`` as indented JSON with every list of plain numbers on one line: the per-image records (one
+    number per image and figure) stay a few lines per point instead of one line per image."""
+    import re
+
+    text = json.dumps(report, indent=2)
+    scalar_list = re.compile(r"\[(?:\s*(?:-?[0-9.eE+-]+|null|true|false|NaN|-?Infinity)\s*,)*"
+                             r"\s*(?:-?[0-9.eE+-]+|null|true|false|NaN|-?Infinity)\s*\]")
+    return scalar_list.sub(lambda m: "[" + ", ".join(v.strip() for v in m.group(0)[1:-1].split(",")) + "]", text)
 
 
 def _class_iou_table(ladders: list) -> list:

@@ -26,6 +26,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Dict, List, Optional, Sequence, Tuple, Type, TypeVar, Union
 
+import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
@@ -71,12 +72,19 @@ class Scores(ABC):
     task says); ``reference``: the unsplit model's output on the same inputs, for ``agreement`` (the share of
     images, or of pixels, where both predict the same class). ``result()``: ``agreement`` when compared, and the
     task's :attr:`Task.metrics` (fractions) when any label was known.
+
+    ``per_image()``: the same figures image by image, in the order added, for intervals over images
+    (:mod:`shared.intervals`): per figure a list of hits; with ``per_pixel`` also ``<figure>_of`` (the pixels
+    counted), else each hit is 1 or 0 and ``None`` where the image's label is unknown.
     """
+
+    per_pixel: ClassVar[bool] = False  # dense tasks count hits per pixel: per image hits *and* pixels counted
 
     def __init__(self, num_classes: int):
         self.c = num_classes
         self.n = self.n_labelled = 0
         self.agree = self.compared = 0
+        self.records: Dict[str, List] = {}
 
     def add(self, logits: Tensor, labels: Tensor, reference: Optional[Tensor] = None) -> None:
         pred = logits.argmax(1)
@@ -85,7 +93,21 @@ class Scores(ABC):
             same = pred == reference.argmax(1)
             self.agree += int(same.sum())
             self.compared += same.numel()
+            self._keep("agreement", same.reshape(len(same), -1).sum(1), torch.full((len(same),), same[0].numel()))
         self._add(logits, pred, labels.to(logits.device))
+
+    def _keep(self, figure: str, hits: Tensor, counted: Tensor) -> None:
+        """Record one batch of a figure per image: ``hits`` out of ``counted`` (0 = unknown for this image)."""
+        hits, counted = hits.tolist(), counted.tolist()
+        if self.per_pixel:
+            self.records.setdefault(figure, []).extend(hits)
+            self.records.setdefault(figure + "_of", []).extend(counted)
+        else:
+            self.records.setdefault(figure, []).extend(h if c else None for h, c in zip(hits, counted))
+
+    def per_image(self) -> Dict[str, List]:
+        """The figures image by image (see the class docstring)."""
+        return {k: list(v) for k, v in self.records.items()}
 
     @abstractmethod
     def _add(self, logits: Tensor, pred: Tensor, labels: Tensor) -> None:

@@ -29,8 +29,13 @@ class TopKScores(Scores):
     def _add(self, logits: Tensor, pred: Tensor, labels: Tensor) -> None:
         lab = labels >= 0
         self.n_labelled += int(lab.sum())
-        self.top1 += int(topk_correct(logits[lab], labels[lab], 1).sum())
-        self.top5 += int(topk_correct(logits[lab], labels[lab], min(5, logits.shape[1])).sum())
+        safe = labels.clamp(min=0)  # unknown labels (-1) scored against class 0, then masked out by ``lab``
+        top1 = topk_correct(logits, safe, 1) & lab
+        top5 = topk_correct(logits, safe, min(5, logits.shape[1])) & lab
+        self.top1 += int(top1.sum())
+        self.top5 += int(top5.sum())
+        self._keep("top1", top1.long(), lab.long())
+        self._keep("top5", top5.long(), lab.long())
 
     def _figures(self) -> Dict:
         return {"top1": self.top1 / self.n_labelled, "top5": self.top5 / self.n_labelled}

@@ -53,9 +53,13 @@ class ConfusionScores(Scores):
         super().__init__(num_classes)
         self.confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64)
 
+    per_pixel = True
+
     def _add(self, logits: Tensor, pred: Tensor, labels: Tensor) -> None:
         valid = labels < self.c
         self.n_labelled += int(valid.flatten(1).any(1).sum())
+        # per image: correct and labelled pixels (pixel accuracy; mIoU would need each image's confusion matrix)
+        self._keep("pixel_acc", ((pred == labels) & valid).flatten(1).sum(1), valid.flatten(1).sum(1))
         idx = labels[valid].long() * self.c + pred[valid]
         self.confusion += torch.bincount(idx, minlength=self.c * self.c).view(self.c, self.c).cpu()
 
