@@ -16,7 +16,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 __all__ = ["RESAMPLES", "SEED", "LEVEL", "Resamples", "percentile_interval", "per_image_parts", "has_records",
-           "gap_interval", "mean_interval"]
+           "gap_interval", "mean_interval", "resampled_curve"]
 
 RESAMPLES = 2000
 SEED = 0

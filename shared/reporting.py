@@ -313,7 +313,8 @@ def write_report(out: Path, ladders: list, baselines: list, bd_variant: str = "p
                   + ", ".join(f"{label} {pct(ref, k)}" for k, label in cols)
                   + (f"; no gap intervals: {gaps['reason']}" if gaps["reason"] else ""), "",
                   "| rung | lambda | bpp (real) | bpp (estimated) | bytes/image | side info (z) | "
-                  + " | ".join(label for _, label in cols) + " | agrees with unsplit |" + (f" {gap_col} |" if gap_col else ""),
+                  + " | ".join(label for _, label in cols) + " | agrees with unsplit |"
+                  + (f" {gap_col} |" if gap_col else ""),
                   "|---:|---:|---:|---:|---:|---:|" + "---:|" * len(cols) + "---:|" + ("---:|" if gap_col else "")]
         for r, g in zip(lad["rungs"], gaps["points"]):
             side = f"{100 * r['side_share']:.0f}%" if "side_share" in r else "-"  # older results.json: not measured

@@ -31,8 +31,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .intervals import LEVEL, RESAMPLES, SEED, Resamples, gap_interval, has_records, mean_interval, resampled_curve
-from .intervals import percentile_interval
+from .intervals import (LEVEL, RESAMPLES, SEED, Resamples, gap_interval, has_records, mean_interval,
+                        percentile_interval, resampled_curve)
 from .tasks import all_metrics, metric_labels
 
 __all__ = ["METRIC_LABELS", "LEVEL_DROP_POINTS", "bd_rate", "bpp_to_reach", "envelope", "ladder_label", "ladder_gaps",
@@ -367,8 +367,11 @@ def summary_markdown(summary: Dict) -> List[str]:
             f"[low, high]: {100 * iv['level']:g}% intervals, {iv['method']} ({iv['resamples']} resamples, "
             f"seed {iv['seed']})" if iv.get("method") else "no intervals") + (f"; {iv['reason']}" if iv.get("reason")
                                                                               else "") + ".")
-    without = lambda r: (f"; {r['resamples_without']} of {iv.get('resamples')} resamples gave none (no overlap), "  # noqa: E731
-                         "its interval is over the rest" if r.get("resamples_without") else "")
+    def without(r: Dict) -> str:  # resamples on which a BD-rate had no value
+        if not r.get("resamples_without"):
+            return ""
+        return (f"; {r['resamples_without']} of {iv.get('resamples')} resamples gave none (no overlap), its "
+                "interval is over the rest")
     for m in summary["methods"]:
         for k, w in m["within"].items():
             if w.get("resamples_not_reached"):
