@@ -103,6 +103,9 @@ class ModelRepository:
         served = self._models[name] = ServedModel(name, bundle, weights, decoder, batcher)
         log.info("serving %s: bundle %s, %d rungs%s", name, bundle.bundle_id, len(bundle.rungs),
                  " (preloaded)" if self.settings.preload else "")
+        if (bundle.verdict or {}).get("weak"):  # `splitinfer train --allow-weak` kept it; the operator must know
+            log.warning("serving %s: bundle %s was judged WEAK when trained: %s", name, bundle.bundle_id,
+                        bundle.verdict.get("reason"))
         return served
 
     def _batch_done(self, key: BackboneKey):

@@ -96,6 +96,7 @@ class Manifest:
     training: Dict = field(default_factory=dict)  # provenance: recipe, data, command, ...
     evaluation: Dict = field(default_factory=dict)  # where the rungs' metrics were measured, the unsplit reference
     variable_rate: Optional[Dict] = None  # variable-rate bundles: {"levels": [lo, hi], "curve": [...]}, untouched
+    verdict: Optional[Dict] = None  # {"judged", "weak", "reason", ...}: shared.training.verdict, written by train
     extra: Dict = field(default_factory=dict)  # any other key, as written
 
     @classmethod
@@ -121,7 +122,7 @@ class Manifest:
                      "16 hex digits")
             elif name in ("config", "preprocess", "training", "evaluation"):
                 need(name, isinstance(value, dict), "an object")
-            elif name == "variable_rate":
+            elif name in ("variable_rate", "verdict"):
                 need(name, value is None or isinstance(value, dict), "an object")
             elif name == "rungs":
                 need(name, isinstance(value, list) and len(value) > 0, "a non-empty list")
@@ -290,6 +291,11 @@ class Bundle:
     @property
     def variable_rate(self) -> Optional[Dict]:
         return self.meta.variable_rate
+
+    @property
+    def verdict(self) -> Optional[Dict]:
+        """What ``splitinfer train`` judged of the network on held-out images (None: trained before verdicts)."""
+        return self.meta.verdict
 
     def load_rung(self, index: int, device: str = "cpu") -> "Bottleneck":
         if not 0 <= index < len(self.rungs):

@@ -191,22 +191,27 @@ def ladder_table(bundle, res: dict, metrics, where: str) -> List[str]:
 
 
 def bundle_table(b) -> List[str]:
-    """A bundle's manifest as ``splitinfer info`` prints it: rungs, recorded bpp and accuracy, warnings."""
+    """A bundle's manifest as ``splitinfer info`` prints it: rungs, recorded bpp, accuracy and agreement with the
+    unsplit model, the verdict on it, warnings. Figures that were not measured (no labels) read "-", never nan."""
     from .summary import METRIC_LABELS
     from .tasks import get_task
     from .training.recipe import ladder_warnings
+    from .training.verdict import judge, verdict_line
 
     cols = [(k, METRIC_LABELS[k]) for k in get_task(b).metrics]
     lines = [f"bundle {b.bundle_id}: {b.model} split {b.split}, rate model {b.config.rate_model}, {b.root}"]
     ref = b.reference
     if ref:
-        lines.append(f"unsplit model on the same held-out images: {cols[0][1]} "
-                     f"{ref.get(cols[0][0], float('nan')):.2%} ({ref.get('n_images')} images)")
-    lines.append(f"{'rung':>4} {'lambda':>8} {'bpp':>8} " + " ".join(f"{label:>10}" for _, label in cols))
+        score = (f"{cols[0][1]} {ref[cols[0][0]]:.2%}" if ref.get(cols[0][0]) is not None else
+                 f"no labels, so no {cols[0][1]}: agreement with it is shown")
+        lines.append(f"unsplit model on the same held-out images: {score} ({ref.get('n_images')} images)")
     curve = (b.variable_rate or {}).get("curve") if b.config.levels is not None else None
     # a variable-rate bundle: its one network at every measured level (``qN``), else one row per rung
     rows = [(f"q{p['level']}", p.get("lambda", b.rungs[0].lam), p) for p in curve] if curve else \
         [(r.index, r.lam, r.metrics) for r in b.rungs]
+    if any(m.get("agreement") is not None for _, _, m in rows):
+        cols.append(("agreement", "agree"))
+    lines.append(f"{'rung':>4} {'lambda':>8} {'bpp':>8} " + " ".join(f"{label:>10}" for _, label in cols))
     for where, lam, m in rows:
         f = lambda k, fmt: (fmt.format(m[k]) if m.get(k) is not None else "-")  # noqa: E731
         lines.append(f"{where:>4} {lam:>8g} {f('bpp', '{:.4f}'):>8} "
@@ -214,6 +219,8 @@ def bundle_table(b) -> List[str]:
     if b.config.levels is not None:
         lines.append(f"one variable-rate network: quality levels {b.config.levels[0]}..{b.config.levels[1]}, any of "
                      "them per message (docs/variable-rate.md)")
+    # the verdict train recorded; for a bundle from before verdicts, judged now from its recorded figures
+    lines.append(verdict_line(b.verdict or judge(b.manifest)))
     return lines + [f"WARNING: {w}" for w in ladder_warnings(b.manifest)]
 
 

@@ -14,18 +14,21 @@ def setup_train(p: argparse.ArgumentParser) -> None:
     p.epilog = (
         "Images listed by --data are used for training except those held out by the fixed rule "
         "(shared.data.is_heldout: CRC32 of the file name is odd); --eval-data uses only the held-out ones, "
-        "so no image ever both trains and evaluates. Label-free distillation is the default."
+        "so no image ever both trains and evaluates. Label-free distillation is the default. Exit status 3: the "
+        "network was judged weak on the held-out images (the bundle is written and marked; --allow-weak: exit 0)."
     )
     p.add_argument("--no-eval", action="store_true", help="do not measure the ladder after training")
 
 
 def run_train(args) -> int:
+    from ..training.budget import process_started
     from ..training.recipe import TrainOptions, train_bundle
 
     opts = options(TrainOptions, args, command=command_line("train"))
     if args.no_eval:
         opts.eval_data = []
-    return train_bundle(opts)
+    # from the `splitinfer` entry point the budget counts from the process's start (imports included)
+    return train_bundle(opts, started=process_started() if opts.command else None)
 
 
 def setup_train_teacher(p: argparse.ArgumentParser) -> None:

@@ -124,9 +124,9 @@ class TrainOptions:
     samples_before: int = option(0, "training samples (images x steps) the network of --init-from had already seen; "
                                     "added to this run's in the manifest (training.samples_seen), so a network "
                                     "continued over many runs counts its learning curve from the start")
-    allow_weak: bool = option(False, "exit 0 even when the held-out measurement finds the network weak (agreement "
-                                     "with the unsplit model under 50%, or top-1 more than 10 points below it; "
-                                     "shared/training/verdict.py); the manifest still marks it weak")
+    allow_weak: bool = option(False, "exit 0 even when the held-out measurement finds the network weak (it agrees "
+                                     "with the unsplit model on under half of the images, or its top-1 is more than "
+                                     "10 points below; shared/training/verdict.py); the manifest still marks it weak")
     resume: bool = option(True, "ignore an existing checkpoint in --out")  # the flag is --no-resume
     cache_dir: Optional[str] = option(None, "where cached views go (default: OUT/cache); share one between runs to "
                                             "reuse its views")

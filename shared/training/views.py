@@ -192,7 +192,8 @@ def build_view_store(model: SplitModel, items: Sequence[Item], cache_dir: Path, 
                      seed: int = 0, batch_size: int = 64, min_scale: float = 0.25, workers: int = 0,
                      progress: bool = True, deadline: Optional[float] = None) -> ViewStore:
     """Build (or extend, or reuse) the store for ``items`` with at least ``plain`` + ``mix`` rounds.
-    ``deadline``: a ``time.monotonic()`` value after which no new round starts (the caller's time budget)."""
+    ``deadline``: a ``time.monotonic()`` value by which the build ends (the caller's time budget): no round starts
+    after it, nor one that would end after it at the speed of the round before."""
     import time
 
     if not get_task(model.spec).view_store:
@@ -215,10 +216,12 @@ def build_view_store(model: SplitModel, items: Sequence[Item], cache_dir: Path, 
     split_tap = model.split.node  # the head's output; the other taps are hooked (modules called as such)
     mods = tap_modules(model, [t for t in store.taps if t != split_tap])
     transform = train_transform(model.spec.preprocess, store.meta["min_scale"])
+    last = 0.0  # seconds the last round took: a round that would end past the deadline is not started
     for kind, count in (("plain", todo[0]), ("mix", todo[1])):
         for _ in range(count):
-            if deadline is not None and time.monotonic() > deadline:
+            if deadline is not None and time.monotonic() + last > deadline:
                 return store
+            started = time.monotonic()
             r = len(store.meta["rounds"])
             gen = torch.Generator().manual_seed(store.meta["seed"] * 100_003 + r)
             torch.manual_seed(store.meta["seed"] * 100_003 + r)  # the transforms draw from the global generator
@@ -247,4 +250,5 @@ def build_view_store(model: SplitModel, items: Sequence[Item], cache_dir: Path, 
             os.replace(tmp, store._round_path(r))
             store.meta["rounds"].append(kind)
             (store.root / "meta.json").write_text(json.dumps(store.meta))
+            last = time.monotonic() - started
     return store
