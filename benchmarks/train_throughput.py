@@ -36,10 +36,10 @@ VARIANTS = {  # name -> (precision, channels_last, compile)
 }
 
 
-def _setup(model_name: str, split: str, batch: int, variable_rate: bool):
-    m = load_split_model(model_name, split, weights="random")
+def _setup(model_name: str, split: str, batch: int, variable_rate: bool, device: str):
+    m = load_split_model(model_name, split, weights="random").to(device)
     hw = m.spec.preprocess.input_size
-    x = torch.randn(batch, 3, *hw)
+    x = torch.randn(batch, 3, *hw, device=device)
     taps = tap_modules(m, tail_taps(m))
     with torch.no_grad(), capture(taps) as acts:
         feat = m.head(x)
@@ -52,17 +52,17 @@ def _setup(model_name: str, split: str, batch: int, variable_rate: bool):
 
 
 def measure(model_name: str, split: str, batch: int, steps: int, repeats: int, variant: str,
-            variable_rate: bool = True) -> float:
+            variable_rate: bool = True, device: str = "cpu") -> float:
     precision, cl, compile_ = VARIANTS[variant]
-    m, x, feat, teacher, targets, cfg, levels = _setup(model_name, split, batch, variable_rate)
-    net = Bottleneck(cfg).train()
+    m, x, feat, teacher, targets, cfg, levels = _setup(model_name, split, batch, variable_rate, device)
+    net = Bottleneck(cfg).to(device).train()
     var = feat.var(dim=(0, 2, 3), keepdim=True) + 1e-6
     net.set_feature_stats(feat.mean(dim=(0, 2, 3), keepdim=True), var.sqrt())
     tvar = {k: v.var(dim=[0] + list(range(2, v.dim())), keepdim=True).clamp_min(1e-6) for k, v in targets.items()}
     opt = torch.optim.Adam(net.param_groups(1e-4))
     aux_opt = torch.optim.Adam(net.aux_parameters(), lr=1e-3)
     stepper = TrainStep(m, net, Objective(), var, x.shape[-2] * x.shape[-1], x.shape[-2:], tap_modules(m, list(targets)),
-                        tvar, 1.0, StepSpeed(precision, cl), "cpu")
+                        tvar, 1.0, StepSpeed(precision, cl), device)
     if compile_:
         stepper.model.tail = torch.compile(stepper.model.tail)
         net.g_a, net.g_s = torch.compile(net.g_a), torch.compile(net.g_s)
@@ -79,13 +79,19 @@ def measure(model_name: str, split: str, batch: int, steps: int, repeats: int, v
         aux.backward()
         aux_opt.step()
 
+    def sync():
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+
     for _ in range(3):  # warm-up (and compilation)
         step()
     times = []
     for _ in range(repeats):
+        sync()
         t = time.perf_counter()
         for _ in range(steps):
             step()
+        sync()
         times.append((time.perf_counter() - t) / steps)
     return batch / statistics.median(times)
 
@@ -95,6 +101,7 @@ def main(argv=None) -> int:
     p.add_argument("--model", default="efficientnet_lite0")
     p.add_argument("--splits", default="block1,block14", help="comma-separated split points, or 'all'")
     p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--threads", type=int, default=1, help="torch threads (the embedded runs train one per core)")
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--repeats", type=int, default=3)
@@ -108,12 +115,13 @@ def main(argv=None) -> int:
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         p.error(f"unknown variant(s) {unknown}; known: {', '.join(VARIANTS)}")
+    dev = torch.cuda.get_device_name(a.device) if a.device.startswith("cuda") else f"CPU {a.threads} thread(s)"
     print(f"training step throughput, {a.model}, {'ladder rung' if a.ladder else 'variable-rate'}, batch "
-          f"{a.batch_size}, CPU {a.threads} thread(s), native bf16: {bf16_supported('cpu')}, "
+          f"{a.batch_size}, {dev}, native bf16: {bf16_supported(a.device)}, "
           f"median of {a.repeats} x {a.steps} steps (images/s; x = against {variants[0]})")
     print(f"  {'split':<10}" + "".join(f"{v:>18}" for v in variants))
     for s in splits:
-        ips = [measure(a.model, s, a.batch_size, a.steps, a.repeats, v, not a.ladder) for v in variants]
+        ips = [measure(a.model, s, a.batch_size, a.steps, a.repeats, v, not a.ladder, a.device) for v in variants]
         print(f"  {s:<10}" + "".join(f"{r:11.1f} {r / ips[0]:4.2f}x " for r in ips), flush=True)
     return 0
 

@@ -117,6 +117,27 @@ def test_edge_runtime_benchmark_on_tiny_bundle(tiny_bundle, tiny_weights, tiny_i
     assert row["start"]["onnx"]["rss_mb"] > 0 and rep["installed"]["onnx"]["mb"] > 0
 
 
+def test_edge_runtime_benchmark_on_a_variable_rate_bundle(vr_bundle, tiny_weights, tiny_images, tmp_path, capsys):
+    """A variable-rate bundle is timed at quality levels (its ends by default), with both rANS coders and the
+    coder's per-symbol costs; before, it stopped with "give a quality level"."""
+    spec = importlib.util.spec_from_file_location("edge_runtime", SCRIPT.parent / "edge_runtime.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    path = tmp_path / "edge.json"
+    assert mod.main(["--bundles", str(vr_bundle.root), "--weights", str(tiny_weights), "--images", str(tiny_images),
+                     "--max-images", "2", "--repeats", "2", "--warmup", "1", "--starts", "1", "--threads", "1",
+                     "--no-agreement", "--json", str(path)]) == 0
+    out = capsys.readouterr().out
+    lo, hi = vr_bundle.config.levels
+    assert f"level {lo}," in out and f"level {hi}," in out and "ns per symbol" in out
+    row = next(iter(json.loads(path.read_text())["ladders"].values()))
+    assert set(row["frame_ms"]) == {str(lo), str(hi)}
+    ft = row["frame_ms"][str(hi)]
+    assert ft["onnx1 head+codec c"] > 0 and ft["onnx1 head+codec python"] > 0
+    ns = row["coder"][str(hi)]["ns_per_symbol"]
+    assert {"encode c", "decode c", "encode python", "encode compressai", "decode compressai"} <= set(ns)
+
+
 def _camvid_like(images: Path, tmp_path: Path) -> Path:
     """A CamVid-shaped folder (test/ and val/) of 12 tiny images, the frames of a stream."""
     frames = tmp_path / "camvid"
@@ -177,3 +198,20 @@ def test_shaped_link_benchmark_on_a_tiny_variable_rate_bundle(vr_bundle, tiny_we
     assert "following the link:" in out and "the hint alone:" in out and out.count("12 frames") == 2
     assert (tmp_path / "link.png").stat().st_size > 0
     assert mod.NS not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+
+
+def test_train_throughput_times_the_real_step_under_each_variant(capsys):
+    """``benchmarks/train_throughput.py`` times ``TrainStep`` (the loop's own step) per variant, side by side with
+    the first as the baseline; a tiny backbone keeps it quick."""
+    spec = importlib.util.spec_from_file_location("train_throughput", SCRIPT.parent / "train_throughput.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    rc = mod.main(["--model", "cifar_resnet20", "--splits", "layer1", "--batch-size", "4", "--steps", "1",
+                   "--repeats", "1", "--variants", "fp32,bf16+cl"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if line.strip().startswith("layer1"))
+    cells = row.split()[1:]
+    assert len(cells) == 4 and cells[1] == "1.00x" and float(cells[2]) > 0  # baseline, then a measured ratio
+    with pytest.raises(SystemExit):
+        mod.main(["--variants", "fp32,fp64"])
