@@ -1,11 +1,15 @@
-"""Build hook only (the project is declared in pyproject.toml): generate the gRPC stubs into shared/_proto before
-the modules are collected, so that a wheel built from a clean checkout carries them (they are never committed;
-an installed wheel has no proto/ to generate them from)."""
+"""Build hooks only (the project is declared in pyproject.toml):
+
+- generate the gRPC stubs into shared/_proto before the modules are collected, so that a wheel built from a clean
+  checkout carries them (they are never committed; an installed wheel has no proto/ to generate them from);
+- compile the rANS coder (shared/codec/ranscoder.c, a plain C library that shared/codec/rans_compiled.py loads with
+  ctypes). Optional: without a C compiler the install goes on and the edge codes with the Python coder.
+"""
 
 import os
 import sys
 
-from setuptools import setup
+from setuptools import Extension, setup
 from setuptools.command.build_py import build_py
 
 
@@ -18,4 +22,7 @@ class BuildPyWithStubs(build_py):
         super().run()
 
 
-setup(cmdclass={"build_py": BuildPyWithStubs})
+RANS = Extension("shared.codec._ranscoder", sources=["shared/codec/ranscoder.c"], depends=["shared/codec/ranscoder.h"],
+                 extra_compile_args=["-O2", "-std=c99"], optional=True)
+
+setup(cmdclass={"build_py": BuildPyWithStubs}, ext_modules=[RANS])

@@ -3,7 +3,7 @@
 ::
 
     image ─► resize/crop/normalise ─► head.onnx ─► rung-K.onnx ─► y, z          (ONNX Runtime, float32)
-    z ─► z symbols ─► rANS ─────────────────────────────────────────► z payload   (numpy: shared.codec.rans)
+    z ─► z symbols ─► rANS ─────────────────────────────────────────► z payload   (C or Python: shared.codec.rans)
     z symbols ─► integer h_s ─► (table indexes, means)                           (numpy: exact, bit for bit)
     y, means ─► y symbols ─► rANS ──────────────────────────────────► y payload
     payloads ─► versioned header + CRCs ─► bytes                                 (shared.bitstream)

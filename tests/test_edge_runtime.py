@@ -1,4 +1,5 @@
-"""The torch-free edge: rANS encoder, integer hyper-decoder in numpy, edge packages, ONNX runtime, robust CLI.
+"""The torch-free edge: integer hyper-decoder in numpy, edge packages, ONNX runtime, robust CLI (its rANS coder:
+``tests/test_rans.py``).
 
 The judge throughout is the cloud (PyTorch, CompressAI's decoder): streams from the ONNX edge must decode
 with no checksum failure and give the answers the PyTorch edge's streams give.
@@ -16,7 +17,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
 
 from conftest import SHARED_DATA
 
@@ -30,48 +30,6 @@ def _bench():
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
-
-
-@pytest.fixture(scope="module")
-def gc_tables():
-    from compressai.entropy_models import GaussianConditional
-
-    from shared.codec.rate_models import scale_table
-
-    gc = GaussianConditional(None)
-    gc.update_scale_table(scale_table(), force=True)
-    return gc._quantized_cdf.numpy(), gc._cdf_length.numpy(), gc._offset.numpy()
-
-
-# ------------------------------------------------------------------------------------------------ rANS
-@settings(max_examples=150, deadline=None)
-@given(data=st.data())
-def test_rans_encoder_writes_compressais_bytes(gc_tables, data):
-    """Any symbols (escapes far outside the tables included) and table indexes: the same bytes as CompressAI."""
-    from compressai.ans import RansEncoder
-
-    from shared.codec.rans import RansTables, encode_with_indexes
-
-    cdf, lengths, offsets = gc_tables
-    # CompressAI's encoder sizes its output buffer by the symbol count and writes 2 words on flush, so it
-    # corrupts memory below 4 symbols; ours writes those correctly (the state flush only)
-    n = data.draw(st.integers(4, 400))
-    idx = data.draw(st.lists(st.integers(0, len(cdf) - 1), min_size=n, max_size=n))
-    sym = data.draw(st.lists(st.one_of(st.integers(-8, 8), st.integers(-(2**20), 2**20)), min_size=n, max_size=n))
-    want = RansEncoder().encode_with_indexes(sym, idx, cdf.tolist(), lengths.tolist(), offsets.tolist())
-    assert encode_with_indexes(np.array(sym, dtype=np.int64), np.array(idx), RansTables(cdf, lengths, offsets)) == want
-
-
-def test_rans_encoder_checks_its_input(gc_tables):
-    from shared.codec.rans import RansTables, encode_with_indexes
-
-    t = RansTables(*gc_tables)
-    with pytest.raises(ValueError, match="indexes"):
-        encode_with_indexes(np.zeros(3), np.zeros(2), t)
-    with pytest.raises(ValueError, match="out of range"):
-        encode_with_indexes(np.zeros(2), np.array([0, len(gc_tables[0])]), t)
-    with pytest.raises(ValueError, match="inconsistent"):
-        RansTables(gc_tables[0], gc_tables[1][:-1], gc_tables[2])
 
 
 # ---------------------------------------------------------------------------------- integer hyper-decoder
