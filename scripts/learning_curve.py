@@ -13,6 +13,11 @@ A segment that would not end before ``--deadline`` (at the speed measured so far
 
 Arguments after ``--`` go to every ``splitinfer train`` (data, views, levels, lambdas, cache dir). Writes
 ``OUT/curve.csv`` (one row per segment) and each segment's bundle and evaluation under ``OUT/segK``.
+
+``--table BASE_RESULTS`` prints the learning-curve table instead of training: per segment, the samples seen, the
+BD-rate against the row before (the first against ``BASE_RESULTS``, an evaluation of ``--from`` on the same
+images) with its paired 95% interval, the best level's top-1 and its gap to the unsplit model with its interval,
+the agreement there, and the drop from the best level to the finest (the shipping rule).
 """
 
 from __future__ import annotations
@@ -42,11 +47,47 @@ def _samples_of(bundle: Path) -> int:
     return int(t.get("samples_seen") or 0)
 
 
+def _ladder(results: Path) -> dict:
+    return json.loads(Path(results).read_text())["ladders"][0]
+
+
+def table(out: Path, base: Path) -> list:
+    """The learning-curve table (markdown lines) of the segments in ``out``, the first compared with ``base``."""
+    sys.path.insert(0, str(ROOT))
+    from shared.summary import fmt_interval, summarize
+
+    rows = list(csv.DictReader((out / "curve.csv").open()))
+    lines = ["| segment | samples seen | train s | bundle | BD-rate vs previous [95%] | best top-1 (level, bpp) | "
+             "gap to unsplit [95%] | agreement | best -> finest level |", "|---|---:|---:|---|---:|---|---:|---:|---:|"]
+    prev = _ladder(base)
+    for r in rows:
+        cur = _ladder(Path(r["eval"]))
+        s = summarize([prev, cur], [], "top1")
+        bd = s["bd_rate_vs_first"][0]
+        bd_txt = "n/a" if bd["bd_rate"] is None else fmt_interval(bd["bd_rate"], bd.get("interval"), "{:+.1f}%")
+        gaps = s["gaps"][1]["points"]
+        best = max((p for p in cur["rungs"]), key=lambda p: p.get("top1", 0))
+        g = next(p for p in gaps if p.get("level") == best.get("level"))
+        chk = next((c for c in s["level_check"] if c["ladder"] == s["gaps"][1]["ladder"]), None)
+        drop = "n/a" if not chk or chk["drop_points"] is None else \
+            fmt_interval(chk["drop_points"], chk.get("interval")) + (" ok" if chk["ok"] else " FAILS")
+        agree = g.get("agreement", {}).get("value")
+        lines.append(f"| {r['segment']} | {int(r['samples_seen']):,} | {r['train_seconds']} | {r['bundle_id'][:8]} | "
+                     f"{bd_txt} | {100 * best['top1']:.2f}% (q{best.get('level')}, {best['bpp']:.3f}) | "
+                     f"{fmt_interval(g['gap'], g.get('interval')) if 'gap' in g else 'n/a'} | "
+                     f"{'n/a' if agree is None else f'{100 * agree:.1f}%'} | {drop} |")
+        prev = cur
+    return lines
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     ours, train_args = (argv[: argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--from", dest="source", required=True, help="bundle the first segment starts from")
+    p.add_argument("--from", dest="source", help="bundle the first segment starts from")
+    p.add_argument("--table", metavar="BASE_RESULTS", default=None,
+                   help="print the learning-curve table of --out (BASE_RESULTS: results.json of --from on the same "
+                        "images) and exit")
     p.add_argument("--samples", type=int, default=0,
                    help="samples the source has seen (default: its manifest's training.samples_seen)")
     p.add_argument("--from-rung", type=int, default=0, help="rung of --from to start from (a ladder's)")
@@ -61,6 +102,11 @@ def main(argv=None) -> int:
     p.add_argument("--eval-part", default="selection")
     a = p.parse_args(ours)
     out = Path(a.out)
+    if a.table:
+        print("\n".join(table(out, Path(a.table))))
+        return 0
+    if not a.source:
+        p.error("--from is required to train")
     out.mkdir(parents=True, exist_ok=True)
     prev, prev_rung = Path(a.source), a.from_rung
     seen = a.samples or _samples_of(prev)
