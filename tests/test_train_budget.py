@@ -183,3 +183,6 @@ def test_judge_by_agreement_and_by_top1():
     assert drop["weak"] is True and "points below the unsplit model" in drop["reason"]
     assert judge(_measured([0.9], top1=[0.78 - MAX_METRIC_DROP + 0.01], ref_top1=0.78))["weak"] is False
     assert judge({"rungs": [{"metrics": {}}]})["judged"] is False
+    few = _measured([0.9])
+    few["evaluation"]["reference"]["n_images"] = 4
+    assert "rough verdict" in judge(few)["reason"] and "rough" not in ok["reason"]

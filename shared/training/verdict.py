@@ -19,6 +19,8 @@ MIN_AGREEMENT = 0.50
 # `ladder_warnings` already applied, now a verdict).
 MAX_METRIC_DROP = 0.10
 EXIT_WEAK = 3  # the exit code of `splitinfer train` for a weak network (2 is a user's mistake)
+# Fewer measured images than this make a rough verdict (one image moves agreement by over 10 points): said so
+ROUGH_BELOW = 10
 _LABELS = {"top1": "top-1", "miou": "mIoU"}
 
 
@@ -56,6 +58,8 @@ def judge(manifest: Dict) -> Dict:
         f"best rung agrees with the unsplit model on {best_agree:.1%} of {n} held-out images"
         + (f", {_LABELS[key]} {out['best']:.2%} against {out['reference']:.2%}" if key and "best" in out
            else " (no labels)"))
+    if isinstance(n, int) and n < ROUGH_BELOW:
+        out["reason"] += f"; only {n} images measured: a rough verdict"
     return out
 
 
