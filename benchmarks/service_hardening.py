@@ -34,6 +34,16 @@ aside. The settings used are printed first.
     goodput (answers per second) at 4C over goodput at C (goal >= 0.9). The clients' own event-loop lag is
     printed beside them (a large lag would mean client-bound latencies).
 
+(f) Issue 24, one server subprocess with an API key (``SPLITINFER_API_KEYS``):
+    f1: the progressive-JPEG scan bomb (grey 6000x6000, one AC scan repeated 20,000 times, 1.3 MB) on
+        ``infer-image``: the server's CPU-seconds (``/proc/PID/stat``) and the answer time; then the costliest scan
+        count the limits accept (``max_jpeg_scans``, ``max_jpeg_scan_pixels``) on the same image. Goal: <= 2 CPU-s.
+    f2: 100 connections without an API key, each sending the headers of a 10 MiB ``infer-image`` body and the body
+        but its last byte, held for 3 s: the server's peak RSS over its baseline. Goal: <= +50 MB.
+    f3: 8 JSON bombs at once on ``/infer`` (``data`` of 3.5 million ``{}``, 10 MiB; and the largest that fits the
+        route's body limit): the peak RSS. Goal: <= +200 MB.
+    The server keeps answering ``/v2/health/live`` after each (checked).
+
 Today's figure is printed next to each goal. A section that cannot run (a server that does not start, a client
 library that fails) is reported, not raised; a non-zero exit status means only that the server did not start.
 """
@@ -77,6 +87,9 @@ GOALS = {
     "d": "Health/Check latency while 100 idle streams are open: <= 100 ms",
     "e1": "overload (4x capacity): share of refused requests answered within 50 ms: >= 99%",
     "e2": "goodput under 4x overload against goodput at capacity: >= 0.9",
+    "f1": "CPU-seconds one upload can cost (progressive-JPEG scan bomb, and the most scans accepted): <= 2",
+    "f2": "RSS added by 100 unauthenticated held 10 MiB bodies (API keys on): <= +50 MB",
+    "f3": "RSS added by 8 concurrent JSON bombs on /infer: <= +200 MB",
 }
 
 
@@ -1102,6 +1115,178 @@ def section_bc(server: Server, model: str, msg: bytes, args) -> Dict[str, Any]:
     return {"rows": rows, "b": b, "c": c}
 
 
+# ====================================================================================== (f) issue 24
+def scan_bomb_jpeg(size: Tuple[int, int] = (6000, 6000), repeats: int = 20_000) -> bytes:
+    """A grey progressive JPEG whose smallest AC scan is repeated ``repeats`` more times (issue 24, E1): each copy
+    is a few dozen bytes of end-of-band runs, and another decoding pass over every block."""
+    import re
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("L", size, 128).save(buf, "JPEG", progressive=True, quality=75)
+    data = buf.getvalue()
+    next_marker = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
+    scans, pos = [], 2
+    while True:
+        i = data.find(b"\xff\xda", pos)
+        if i < 0:
+            break
+        ln = int.from_bytes(data[i + 2:i + 4], "big")
+        end = next_marker.search(data, i + 2 + ln).start()
+        ss = data[i + 5 + 2 * data[i + 4]]  # spectral start: > 0 for an AC scan
+        if ss > 0:
+            scans.append((end - i, i, end))
+        pos = end
+    _, a, b = min(scans)
+    return data[:b] + data[a:b] * repeats + data[b:]
+
+
+def _post_image(port: int, model: str, data: bytes, key: str, timeout: float) -> Tuple[Optional[int], str, float]:
+    import httpx
+
+    t0 = time.perf_counter()
+    try:
+        r = httpx.post(f"http://127.0.0.1:{port}/v2/models/{model}/infer-image", content=data, timeout=timeout,
+                       headers={"content-type": "image/jpeg", "authorization": f"Bearer {key}"})
+        return r.status_code, r.text[:160], time.perf_counter() - t0
+    except Exception as e:  # noqa: BLE001
+        return None, short(e, 160), time.perf_counter() - t0
+
+
+def _peak_during(server: "Server", fn: Callable[[], Any], cap_mb: float) -> Tuple[Any, float, bool]:
+    rss = PeakRss(server, cap_mb).start()
+    try:
+        out = fn()
+    finally:
+        rss.finish(idle_timeout=10.0)
+    return out, rss.increase_mb, rss.killed
+
+
+def section_f(server: "Server", model: str, key: str, args) -> Dict[str, Any]:
+    out: Dict[str, Any] = {}
+    settings = {n: server_setting(server.root, server.env, n) for n in
+                ("max_jpeg_scans", "max_jpeg_scan_pixels", "request_timeout_s", "max_infer_bytes")}
+    out["settings"] = settings
+
+    cases = set(args.f_cases.replace(" ", "").split(","))
+    if "f1" in cases:
+        out["f1"] = _f1(server, model, key, settings, args)
+    if "f2" in cases:
+        out["f2"] = _f2(server, model, args)
+    if "f3" in cases:
+        out["f3"] = _f3(server, model, key, settings, args)
+    return out
+
+
+def _f1(server: "Server", model: str, key: str, settings: Dict[str, Any], args) -> Dict[str, Any]:
+    """CPU-seconds of the scan bomb, then of the most scans the limits accept on the same image."""
+    port = server.http_port
+    server.wait_idle()
+    rows = []
+    max_scans = settings["max_jpeg_scans"] or 64
+    accepted = min(max_scans, (settings["max_jpeg_scan_pixels"] or 10**12) // (6000 * 6000))
+    for name, repeats in [("the issue's bomb: 20,000 scans", 20_000), (f"{accepted} scans (the most accepted)",
+                                                                      max(0, accepted - 6))]:
+        data = scan_bomb_jpeg(repeats=repeats)
+        c0 = server.cpu_s()
+        status, text, secs = _post_image(port, model, data, key, timeout=args.case_timeout)
+        server.wait_idle(timeout=args.case_timeout)  # work that goes on after the answer counts too
+        cpu = (server.cpu_s() or 0) - (c0 or 0)
+        rows.append({"case": name, "bytes": len(data), "status": status, "answer_s": round(secs, 3),
+                     "cpu_s": round(cpu, 2), "answer": text})
+        print(f"  f1 {name:<36} {len(data) / 1e6:5.2f} MB -> {status} in {secs:6.2f} s, server {cpu:5.2f} CPU-s  "
+              f"{text[:90]}", flush=True)
+    worst = max(r["cpu_s"] for r in rows)
+    return {"rows": rows, "met": worst <= 2.0 and all(r["status"] is not None for r in rows),
+            "figure": "; ".join(f"{r['case']}: {r['status']} in {r['answer_s']:.2f} s, {r['cpu_s']:.2f} CPU-s"
+                                for r in rows)}
+
+
+def _f2(server: "Server", model: str, args) -> Dict[str, Any]:
+    """100 unauthenticated held 10 MiB bodies."""
+    port = server.http_port
+    n, size = 100, 10 << 20
+    head = http_req("POST", f"/v2/models/{model}/infer-image", {"content-type": "image/jpeg",
+                                                                 "content-length": str(size)}, None)
+    statuses: List[Any] = [None] * n
+    body = bytes(size - 1)
+
+    def held(i: int) -> None:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as sk:
+                sk.sendall(head)
+                with contextlib.suppress(OSError):
+                    sk.sendall(body)  # refused from the headers: the server closes, the send fails
+                    time.sleep(3.0)  # held: the last byte never comes
+                sk.settimeout(2.0)
+                with contextlib.suppress(OSError):
+                    got = sk.recv(256)
+                    statuses[i] = int(got.split(b" ", 2)[1]) if got.startswith(b"HTTP/") else "closed"
+        except Exception as e:  # noqa: BLE001
+            statuses[i] = short(e, 60)
+
+    def run_held() -> None:
+        ts = [threading.Thread(target=held, args=(i,)) for i in range(n)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join(60)
+
+    server.wait_idle()
+    _, mb, killed = _peak_during(server, run_held, args.rss_cap_mb)
+    counts: Dict[str, int] = {}
+    for st in statuses:
+        counts[str(st)] = counts.get(str(st), 0) + 1
+    alive = server.health_rest(5.0)[0]
+    out = {"peak_mb": round(mb, 1), "killed": killed, "answers": counts, "health_after": alive,
+           "met": not killed and mb <= 50 and alive,
+           "figure": f"{'>= ' if killed else '+'}{mb:.0f} MB peak; answers {counts}; health after: {alive}"}
+    print(f"  f2 {out['figure']}", flush=True)
+    server.ensure()
+    return out
+
+
+def _f3(server: "Server", model: str, key: str, settings: Dict[str, Any], args) -> Dict[str, Any]:
+    """8 JSON bombs at once on /infer: the issue's 10 MB one, and the largest the route's limit lets through."""
+    port = server.http_port
+
+    def bomb(n_objects: int) -> bytes:
+        return (b'{"inputs":[{"name":"bitstream","datatype":"BYTES","shape":[1],"data":['
+                + b",".join([b"{}"] * n_objects) + b"]}]}")
+
+    fit = max(1, ((settings["max_infer_bytes"] or (1 << 20)) - 200) // 3)
+    f3_rows = []
+    issue = ((10 << 20) - 200) // 3  # the issue's: as many as the upload limit (10 MiB) let through
+    for name, n_objects in [(f"{issue:,} {{}} (10 MiB)", issue), (f"{fit:,} {{}} (the route's limit)", fit)]:
+        data = http_req("POST", f"/v2/models/{model}/infer", {"content-type": "application/json",
+                                                              "authorization": f"Bearer {key}"}, bomb(n_objects))
+        answers: List[Any] = [None] * 8
+
+        def one(i: int, data: bytes = data) -> None:
+            answers[i] = raw_http(port, [data], timeout=args.case_timeout)["status"]
+
+        def run8() -> None:
+            ts = [threading.Thread(target=one, args=(i,)) for i in range(8)]
+            for t in ts:
+                t.start()
+            for t in ts:
+                t.join(args.case_timeout + 5)
+
+        server.ensure()
+        server.wait_idle()
+        _, mb, killed = _peak_during(server, run8, args.rss_cap_mb)
+        alive = server.health_rest(5.0)[0]
+        f3_rows.append({"case": name, "body_bytes": len(data), "peak_mb": round(mb, 1), "killed": killed,
+                        "answers": sorted(set(map(str, answers))), "health_after": alive})
+        print(f"  f3 8 x {name}: {'>= ' if killed else '+'}{mb:.0f} MB peak, answers {sorted(set(map(str, answers)))}, "
+              f"health after: {alive}", flush=True)
+    worst = max(r["peak_mb"] for r in f3_rows)
+    return {"rows": f3_rows, "met": worst <= 200 and all(r["health_after"] and not r["killed"] for r in f3_rows),
+            "figure": "; ".join(f"8 x {r['case']}: {'>= ' if r['killed'] else '+'}{r['peak_mb']:.0f} MB, "
+                                f"{'/'.join(r['answers'])}" for r in f3_rows)}
+
+
 # ====================================================================================== main
 def server_setting(root: Path, env: Dict[str, str], name: str) -> Optional[Any]:
     """One setting as the server at ``root`` reads it with ``env`` (in a subprocess: that checkout's code)."""
@@ -1122,7 +1307,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--weights", default=None, help="backbone weights file (default: pretrained)")
     p.add_argument("--images", default=str(fz.SAMPLES), help="images for the valid bitstreams (default: samples)")
     p.add_argument("--server-root", default=None, help="run the server from this checkout (default: this one)")
-    p.add_argument("--only", default="a,b,c,d,e", help="sections to run (b and c run together)")
+    p.add_argument("--only", default="a,b,c,d,e,f", help="sections to run (b and c run together)")
     p.add_argument("--capacity", type=int, default=0,
                    help="(e) capacity C: the server's max_concurrent_requests is set to it (default 0: the server's "
                         "own setting)")
@@ -1136,6 +1321,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                    help="(c) kill the server when an upload takes it this far over its baseline (default 2048)")
     p.add_argument("--slowloris-s", type=float, default=15.0, help="(b) how long slow connections try (default 15)")
     p.add_argument("--case-timeout", type=float, default=60.0, help="(b) client timeout per abuse case")
+    p.add_argument("--f-cases", default="f1,f2,f3", help="(f) which of its cases to run (default all)")
     p.add_argument("--server-env", action="append", default=[], metavar="KEY=VALUE", help="more server settings")
     p.add_argument("--json", default=None, help="write every figure here")
     p.add_argument("-v", "--verbose", action="store_true", help="print every abuse case, not only the failures")
@@ -1188,6 +1374,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             ("d", "(d) Health/Check while 100 idle streams are open", lambda: section_d(server, model, msg)),
             ("e", "(e) overload", lambda: section_e(server, model, messages, args.capacity, args, fmt)),
             ("b", "(b)+(c) adversarial list and upload RSS", lambda: section_bc(server, model, msg, args)),
+            ("f", "(f) issue 24: scan bomb, held unauthenticated bodies, JSON bombs (a server with an API key)",
+             lambda: _with_key_server(bundle, model, env, server_root, args)),
         ]
         for key, title, fn in sections:
             if key not in only:
@@ -1219,6 +1407,18 @@ def main(argv: Optional[List[str]] = None) -> int:
     return 0
 
 
+def _with_key_server(bundle, model: str, env: Dict[str, str], root: Path, args) -> Dict[str, Any]:
+    """Section (f) on a server of its own, with an API key (E3 is about requests without one)."""
+    key = "bench-key"
+    server = Server(str(bundle.root), model, args.weights, env={**env, "SPLITINFER_API_KEYS": json.dumps([key])},
+                    root=root, grpc_=False)
+    server.start()
+    try:
+        return section_f(server, model, key, args)
+    finally:
+        server.stop()
+
+
 def _write(path: Optional[str], results: Dict[str, Any]) -> None:
     if path:
         Path(path).write_text(json.dumps(results, indent=1, default=str))
@@ -1230,8 +1430,12 @@ def _summary(results: Dict[str, Any]) -> None:
     for key, goal_key, fig_key, met_key in [("a", "a", "figure", "met"), ("b", "b", "figure", "met"),
                                             ("c", "c", "figure", "met"), ("d", "d", "figure", "met"),
                                             ("e", "e1", "figure_share", "met_share"),
-                                            ("e", "e2", "figure_ratio", "met_ratio")]:
+                                            ("e", "e2", "figure_ratio", "met_ratio"),
+                                            ("f", "f1", "", ""), ("f", "f2", "", ""), ("f", "f3", "", "")]:
         r = results.get(key)
+        if key == "f" and r is not None and goal_key in r:
+            r = r[goal_key]
+            fig_key, met_key = "figure", "met"
         if r is None:
             rows.append((GOALS[goal_key], "not run", "-"))
             continue

@@ -14,7 +14,6 @@ tail, and while queued for a batch), never run to the end for nobody.
 from __future__ import annotations
 
 import hmac
-import io
 import logging
 import os
 import threading
@@ -31,6 +30,7 @@ from shared.imageprep import resized_size
 
 from .errors import (BundleMismatch, Cancelled, DeadlineExceeded, InternalError, InvalidArgument, Overloaded,
                      PayloadTooLarge, SplitInferError, Unauthenticated, Unavailable)
+from .image_guard import DECODE_BLOCK, MAX_JPEG_SEGMENTS, MAX_PNG_CHUNKS, GuardedReader, jpeg_structure, png_chunks
 from .metrics import Metrics
 from .repository import ModelRepository, ServedModel
 from .settings import Settings
@@ -326,11 +326,39 @@ class DataPlane:
             raise PayloadTooLarge(f"image of {w}x{h} pixels would be resized to {rw}x{rh}, over the limit of "
                                   f"{s.max_resized_pixels} pixels")
 
+    def check_decode_work(self, data: bytes) -> None:
+        """Refuse an upload whose decoding would cost far more than its pixels suggest, from its markers alone: a
+        progressive JPEG with more scans than encoders write, or more pixels x scans than ``max_jpeg_scan_pixels``;
+        a JPEG or PNG of more segments or chunks than Pillow parses quickly (``image_guard``: otherwise PNG and
+        WebP decoding is bounded by the pixel limit)."""
+        s = self.settings
+        chunks = png_chunks(data)
+        if chunks is not None and chunks > MAX_PNG_CHUNKS:
+            raise PayloadTooLarge(f"PNG with more than {MAX_PNG_CHUNKS} chunks (encoders write a few thousand at "
+                                  "most): refused before decoding")
+        st = jpeg_structure(data, s.max_jpeg_scans)
+        if st is None:
+            return
+        if st.segments > MAX_JPEG_SEGMENTS:
+            raise PayloadTooLarge(f"JPEG with more than {MAX_JPEG_SEGMENTS} marker segments (real files have a few "
+                                  "dozen): refused before decoding")
+        if st.scans > s.max_jpeg_scans:
+            raise PayloadTooLarge(f"progressive JPEG with more than {s.max_jpeg_scans} scans (encoders write 6 to "
+                                  "about 20; each scan is another decoding pass): refused before decoding")
+        if st.width * st.height * st.scans > s.max_jpeg_scan_pixels:
+            raise PayloadTooLarge(f"JPEG of {st.width}x{st.height} pixels in {st.scans} scans: pixels x scans "
+                                  f"exceeds the decoding limit of {s.max_jpeg_scan_pixels}")
+
     def _open_image(self, data: bytes, pre, deadline: float, token: Optional[CancelToken]):
         from PIL import Image, UnidentifiedImageError
 
         try:
-            img = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
+            self.check_decode_work(data)
+            # the decoder reads the upload a block at a time through this: each read checks the deadline and the
+            # client, so that a decode nobody waits for stops there
+            fp = GuardedReader(data, lambda: self._check(deadline, token, "the image was decoded"))
+            img = Image.open(fp, formats=IMAGE_FORMATS)
+            img.decodermaxblock = DECODE_BLOCK
             self.check_image_size(img.size, pre, img.mode)  # the header only: nothing decoded yet
             self._check(deadline, token, "decoding the image")
             img.load()

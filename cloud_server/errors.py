@@ -14,6 +14,7 @@ __all__ = [
     "InvalidArgument",
     "BundleMismatch",
     "NotFound",
+    "MethodNotAllowed",
     "PayloadTooLarge",
     "Unauthenticated",
     "Overloaded",
@@ -55,6 +56,12 @@ class BundleMismatch(InvalidArgument):
 
 class NotFound(SplitInferError):
     status_code, grpc_code, kind = 404, "NOT_FOUND", "not_found"
+
+
+class MethodNotAllowed(SplitInferError):
+    """A REST route asked with a method it does not serve."""
+
+    status_code, grpc_code, kind = 405, "UNIMPLEMENTED", "method_not_allowed"
 
 
 class PayloadTooLarge(SplitInferError):

@@ -37,7 +37,7 @@ from .errors import InvalidArgument, NotFound
 from .types import InferenceRequest, InferenceResponse, ModelMetadata, parse_request
 
 __all__ = [
-    "MAX_JSON_DEPTH", "INPUT_NAME", "OUTPUT_NAMES", "load_json", "pack_bytes", "unpack_bytes",
+    "MAX_JSON_DEPTH", "MAX_JSON_VALUES", "INPUT_NAME", "OUTPUT_NAMES", "load_json", "pack_bytes", "unpack_bytes",
     "RequestParameters", "InputParameters", "OutputParameters", "RequestInput", "RequestOutput", "InferRequestBody",
     "ResponseOutput", "InferResponseBody", "TensorMetadata", "ModelMetadataBody",
     "InputTensor", "RequestedOutput", "Tensor", "OipCall",
@@ -47,6 +47,9 @@ __all__ = [
 
 # Our requests nest 4 deep ({inputs: [{parameters: {}}]}); anything far deeper is an attack on the parser
 MAX_JSON_DEPTH = 32
+# values (objects, arrays, strings, numbers...) in one request body: tritonclient's requests have a few dozen (one
+# input, its parameters, a few named outputs); the limit bounds what json.loads builds (E4 of issue 24)
+MAX_JSON_VALUES = 4096
 INPUT_NAME = "bitstream"
 # every output any task has (a model's own: its task's, shared.tasks.Task.outputs)
 OUTPUT_NAMES = tuple(dict.fromkeys(o.name for t in list_tasks() for o in get_task(t).outputs(0)))
@@ -59,24 +62,35 @@ _JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*(?:"|\\?\Z)', re.S)
 _NOT_BRACKETS = bytes(sorted(set(range(256)) - set(b"[]{}")))
 
 
-def _check_depth(data: bytes, limit: int) -> None:
-    """Refuse JSON nested deeper than ``limit`` before parsing it (json.loads recurses once per level).
+def _check_shape(data: bytes, limit: int, max_values: Optional[int]) -> None:
+    """Refuse JSON nested deeper than ``limit``, or with more than ``max_values`` values, before parsing it
+    (json.loads recurses once per level, and builds every value before anything can look at them: 3.5 million
+    ``{}`` took 296 MB).
 
-    Strings are dropped, then only brackets kept; each round removes the innermost pairs, one level of
-    nesting, so brackets left after ``limit`` rounds mean a deeper document. All in C, linear per round."""
-    brackets = _JSON_STRING.sub(b"", data).translate(None, _NOT_BRACKETS)
-    if brackets.count(b"[") + brackets.count(b"{") <= limit:
-        return
-    for _ in range(limit):
-        brackets = brackets.replace(b"[]", b"").replace(b"{}", b"")
-    # pairs left: deeper; many opened and never closed: deeper still, though malformed
-    if b"[]" in brackets or b"{}" in brackets or brackets.count(b"[") + brackets.count(b"{") > limit:
-        raise InvalidArgument(f"the request body is nested deeper than {limit} levels")
+    Strings are dropped, then only brackets kept; each round removes the innermost pairs, one level of nesting, so
+    brackets left after ``limit`` rounds mean a deeper document. Every value but a container's first follows a
+    comma, and every container opens with a bracket, so commas + brackets bound the values. All in C, linear per
+    round."""
+    bare = _JSON_STRING.sub(b"", data)
+    brackets = bare.translate(None, _NOT_BRACKETS)
+    if brackets.count(b"[") + brackets.count(b"{") > limit:
+        for _ in range(limit):
+            brackets = brackets.replace(b"[]", b"").replace(b"{}", b"")
+        # pairs left: deeper; many opened and never closed: deeper still, though malformed
+        if b"[]" in brackets or b"{}" in brackets or brackets.count(b"[") + brackets.count(b"{") > limit:
+            raise InvalidArgument(f"the request body is nested deeper than {limit} levels")
+    if max_values is not None:
+        n = bare.count(b",") + bare.count(b"[") + bare.count(b"{")
+        if n > max_values:
+            raise InvalidArgument(f"the request body has more than {max_values} JSON values (an inference request "
+                                  "has a few dozen)")
 
 
-def load_json(data: bytes, what: str = "the request body", limit: int = MAX_JSON_DEPTH) -> Any:
-    """Parse a JSON document after checking its depth; anything malformed -> InvalidArgument (400)."""
-    _check_depth(data, limit)
+def load_json(data: bytes, what: str = "the request body", limit: int = MAX_JSON_DEPTH,
+              max_values: Optional[int] = MAX_JSON_VALUES) -> Any:
+    """Parse a JSON document after checking its depth and its number of values; anything malformed ->
+    InvalidArgument (400)."""
+    _check_shape(data, limit, max_values)
     try:
         return json.loads(data)
     except RecursionError:  # not reachable after the depth check; kept so a parser change cannot give a 500

@@ -324,6 +324,7 @@ def create_app(dataplane: DataPlane, settings: Settings) -> FastAPI:
 
     from .rest_guards import RequestGuard  # shutdown 503, docs auth, body timeout, admission (429), cancel
 
-    app.add_middleware(RequestGuard, dataplane=dataplane, settings=settings)  # inside the body limit
+    # inside the body limit; judges bodies by the app's routes before reading them
+    app.add_middleware(RequestGuard, dataplane=dataplane, settings=settings, routes=app.router.routes)
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_request_bytes)
     return app

@@ -5,8 +5,14 @@
 - while the server shuts down, every route but the probes and ``/metrics`` answers 503 (``Connection: close``),
   so that clients see a clean refusal during the grace period rather than a refused connection;
 - ``/docs``, ``/redoc`` and ``/openapi.json`` need the API key when keys are configured;
+- a request with a body is judged on its request line and headers before one byte of the body is read (issue 24,
+  E3: 100 unauthenticated 10 MiB bodies held +1 GB): a route the app does not have gets 404 (405 for another
+  method), a missing or wrong API key 401, a ``Content-Length`` over the route's limit 413, and a request at
+  capacity 429, each with ``Connection: close`` so that the unread body is dropped with the connection. The
+  limit is the route's: ``max_infer_bytes`` for ``/infer`` (one bitstream), ``max_request_bytes`` for uploads;
 - a request body must arrive completely within ``rest_body_timeout_s`` (a slow-loris body gets 408 and its
-  connection is closed); the guard reads it, then replays it to the app;
+  connection is closed) and within its route's limit (counted while reading: 413); the guard reads it, then
+  replays it to the app;
 - inference routes (``POST /v2/.../infer``, ``.../infer-image``) are admitted here, on the event loop, before any
   thread is taken: at capacity the answer is 429 with ``Retry-After`` within milliseconds, never a wait for one
   of the thread pool's threads. The slot travels to the data plane in a
@@ -31,7 +37,8 @@ import random
 from typing import List, Optional, Tuple
 
 from .dataplane import CallScope, CancelToken, DataPlane, call_scope
-from .errors import RequestTimeout, SplitInferError, Unauthenticated, Unavailable
+from .errors import (MethodNotAllowed, NotFound, PayloadTooLarge, RequestTimeout, SplitInferError, Unauthenticated,
+                     Unavailable)
 from .settings import Settings
 
 __all__ = ["RequestGuard", "guarded_h11", "error_app", "INFER_SUFFIXES", "OPEN_PATHS", "DOCS_PATHS"]
@@ -77,12 +84,48 @@ class _ClientGone(Exception):
     pass
 
 
-class RequestGuard:
-    """ASGI middleware: shutdown 503, docs auth, body read timeout, admission (429), cancel on disconnect."""
+def _content_length(scope) -> Optional[int]:
+    for name, value in scope.get("headers") or ():
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None  # the body limit outside answers malformed values
+    return None
 
-    def __init__(self, app, dataplane: DataPlane, settings: Settings):
+
+class RequestGuard:
+    """ASGI middleware: shutdown 503, docs auth, route/auth/size/capacity from the headers, body read timeout,
+    admission (429), cancel on disconnect."""
+
+    def __init__(self, app, dataplane: DataPlane, settings: Settings, routes=()):
         self.app, self.dp, self.settings = app, dataplane, settings
+        self.routes = routes  # the app's (Starlette routes): matched from the scope alone, before any body
         self._threads_sized = False
+
+    def _gate(self, scope) -> int:
+        """Judge a request with a body from its request line and headers (see the module docstring); returns its
+        route's body limit, or raises."""
+        from starlette.routing import Match
+
+        path, method = scope["path"], scope["method"]
+        matches = [r.matches(scope)[0] for r in self.routes]
+        if Match.FULL not in matches:
+            if Match.PARTIAL in matches:
+                raise MethodNotAllowed(f"{method} is not allowed on {path}")
+            raise NotFound(f"no route {method} {path}")
+        if self.dp.auth_required:  # every route that takes a body needs the key
+            self.dp.authenticate(_bearer(scope))
+        s = self.settings
+        infer = path.endswith("/infer")
+        limit = s.max_infer_bytes if infer else s.max_request_bytes
+        n = _content_length(scope)
+        if n is not None and n > limit:
+            what = "an inference request (one bitstream)" if infer else "this route"
+            raise PayloadTooLarge(f"request body of {n} bytes exceeds the limit of {limit} bytes for {what}")
+        if path.startswith("/v2/") and path.endswith(INFER_SUFFIXES) and self.dp.at_capacity:
+            self.dp.admit("rest", _model_of(path)).release()  # raises at capacity (a slot freed meanwhile: go on)
+        return limit
 
     def _size_thread_pool(self) -> None:
         """Enough threads for every admitted request, plus some for metadata calls (anyio's default is 40)."""
@@ -110,7 +153,11 @@ class RequestGuard:
             return await self.app(scope, receive, send)
 
         try:
-            body = await self._read_body(receive)
+            limit = self._gate(scope)
+        except SplitInferError as e:  # nothing of the body read: the connection closes with the answer
+            return await error_app(e, close=True)(scope, receive, send)
+        try:
+            body = await self._read_body(receive, limit)
         except _ClientGone:
             return None
         except SplitInferError as e:  # 408, or 413 from the body limit outside: the rest of the body is not read
@@ -160,11 +207,11 @@ class RequestGuard:
             if admission is not None:
                 admission.release()  # no-op when the data plane already released it
 
-    async def _read_body(self, receive) -> bytes:
+    async def _read_body(self, receive, max_bytes: int) -> bytes:
         loop = asyncio.get_running_loop()
         limit = self.settings.rest_body_timeout_s
         deadline = loop.time() + limit
-        chunks = []
+        chunks, seen = [], 0
         while True:
             left = deadline - loop.time()
             try:
@@ -175,7 +222,11 @@ class RequestGuard:
                 raise RequestTimeout(f"the request body did not arrive within {limit:g} s") from None
             if msg["type"] == "http.disconnect":
                 raise _ClientGone()
-            chunks.append(msg.get("body", b""))
+            chunk = msg.get("body", b"")
+            seen += len(chunk)
+            if seen > max_bytes:  # chunked, or longer than its Content-Length said
+                raise PayloadTooLarge(f"request body exceeds the limit of {max_bytes} bytes for this route")
+            chunks.append(chunk)
             if not msg.get("more_body", False):
                 return b"".join(chunks)
 

@@ -69,6 +69,12 @@ class Settings(BaseSettings):
     """Longest over shortest side of an infer-image upload (a 1x20000 PNG would be resized to 256 x 5,120,000)."""
     max_resized_pixels: int = Field(4_000_000, ge=1)
     """Largest image the resize before the centre crop may produce (checked before resizing)."""
+    max_jpeg_scans: int = Field(64, ge=1)
+    """Scans a progressive JPEG upload may have (each is another decoding pass over the image; real encoders write
+    6-20): more are refused before decoding (413), counted by a marker walk (``cloud_server/image_guard.py``)."""
+    max_jpeg_scan_pixels: int = Field(1_280_000_000, ge=1)
+    """Largest pixels x scans of a JPEG upload (the decoder's work): a 40 MP image may have 32 scans, a 20 MP one
+    64."""
     max_concurrent_requests: int = Field(64, ge=1)
     """Inference requests in flight at once, both front ends together; more are refused at once with
     429 (Retry-After) / RESOURCE_EXHAUSTED, kind ``overloaded``."""
@@ -159,7 +165,12 @@ class Settings(BaseSettings):
     @property
     def max_request_bytes(self) -> int:
         """Largest REST body: an upload, or a base64 bitstream inside JSON."""
-        return max(self.max_upload_bytes, self.max_bitstream_bytes * 4 // 3 + 64 * 1024)
+        return max(self.max_upload_bytes, self.max_infer_bytes)
+
+    @property
+    def max_infer_bytes(self) -> int:
+        """Largest body of an OIP ``/infer`` request: one bitstream, base64 (4/3) or binary, plus 64 KiB of JSON."""
+        return self.max_bitstream_bytes * 4 // 3 + 64 * 1024
 
 
 def load_settings(config_file: Optional[str | Path] = None, **overrides) -> Settings:

@@ -10,6 +10,7 @@ import socket
 import statistics
 import threading
 import time
+import zlib
 from types import SimpleNamespace
 
 import grpc
@@ -669,3 +670,174 @@ def test_hardening_benchmark_smoke(tiny_bundle, tiny_weights, tiny_images, tmp_p
     if Path("/proc/self/clear_refs").exists():
         u = mod.upload_worker("1x20000 PNG (the issue's)")
         assert u["outcome"] == "InvalidArgument" and u["peak_mb"] < 50
+
+
+# ------------------------------------------------------------------------------------------ issue 24
+def _bench():
+    """``benchmarks/service_hardening.py`` as a module (its scan-bomb builder)."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    here = Path(__file__).resolve().parents[1] / "benchmarks"
+    sys.path.insert(0, str(here))
+    try:
+        spec = importlib.util.spec_from_file_location("service_hardening", here / "service_hardening.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+    finally:
+        sys.path.remove(str(here))
+    return mod
+
+
+def test_jpeg_scans_are_counted_without_decoding():
+    from cloud_server.image_guard import MAX_JPEG_SEGMENTS, jpeg_structure
+
+    baseline = jpeg_structure(_save((64, 48), "RGB"), 64)
+    assert baseline.scans == 1 and not baseline.progressive
+    st = jpeg_structure(_save((64, 48), "RGB", progressive=True), 64)
+    assert (st.scans, st.progressive, st.components, st.width, st.height) == (10, True, 3, 64, 48)  # libjpeg's 10
+    assert jpeg_structure(_save((64, 48), "L", progressive=True), 64).scans == 6
+    assert jpeg_structure(_save((64, 48), "CMYK", progressive=True), 64).scans == 18
+    assert jpeg_structure(_png((8, 8)), 64) is None and jpeg_structure(b"\xff\xd8garbage", 64) is None
+    bomb = _bench().scan_bomb_jpeg((600, 600), 20_000)
+    t0 = time.process_time()
+    st = jpeg_structure(bomb, 64)
+    assert st.scans == 65 and time.process_time() - t0 < 0.05  # stops once over the limit
+    many = b"\xff\xd8" + b"\xff\xfe\x00\x02" * 100_000 + _save((8, 8), "L")[2:]  # 100,000 empty comments
+    assert jpeg_structure(many, 64).segments > MAX_JPEG_SEGMENTS
+
+
+def _save(size, mode, **kw) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new(mode, size).save(buf, "JPEG", **kw)
+    return buf.getvalue()
+
+
+def test_a_progressive_jpeg_scan_bomb_is_refused_before_decoding(dataplane, monkeypatch):
+    """E1: the scan bomb (each scan another pass over the image) is refused from its markers, at once; a real
+    progressive JPEG still decodes; pixels x scans is bounded too, and so are the segments and chunks Pillow
+    parses one by one in Python."""
+    from cloud_server.errors import PayloadTooLarge
+
+    bomb = _bench().scan_bomb_jpeg((4000, 4000), 20_000)
+    t0 = time.process_time()
+    with pytest.raises(PayloadTooLarge, match="more than 64 scans"):
+        dataplane.infer_image(MODEL, bomb)
+    assert time.process_time() - t0 < 0.5
+    r = dataplane.infer_image(MODEL, _save((640, 480), "RGB", progressive=True, quality=90))
+    assert r.topk
+    monkeypatch.setattr(dataplane.settings, "max_jpeg_scan_pixels", 640 * 480 * 9)
+    with pytest.raises(PayloadTooLarge, match="pixels x scans"):
+        dataplane.infer_image(MODEL, _save((640, 480), "RGB", progressive=True))
+    many = b"\xff\xd8" + b"\xff\xfe\x00\x02" * 2000 + _save((64, 48), "L")[2:]
+    with pytest.raises(PayloadTooLarge, match="marker segments"):
+        dataplane.infer_image(MODEL, many)
+    # Pillow parses PNG chunks in Python: 833,000 empty ones in 10 MB cost it 2.3 CPU-s
+    png, empty = _png((64, 48)), b"\x00\x00\x00\x00abCd" + zlib.crc32(b"abCd").to_bytes(4, "big")
+    t0 = time.process_time()
+    with pytest.raises(PayloadTooLarge, match="more than 20000 chunks"):
+        dataplane.infer_image(MODEL, png[:33] + empty * 800_000 + png[33:])
+    assert time.process_time() - t0 < 0.5
+    assert dataplane.infer_image(MODEL, png[:33] + empty * 1000 + png[33:]).topk  # chunks Pillow skips
+    assert dataplane.inflight == 0
+
+
+def test_the_deadline_holds_while_an_image_decodes(dataplane, monkeypatch):
+    """E1: decoding reads the upload through a reader that checks the deadline and the client every 16 KiB, so
+    a decode past its deadline stops there (the scan bomb, with the scan limits lifted, would run for seconds)."""
+    from cloud_server.errors import Cancelled, DeadlineExceeded
+
+    monkeypatch.setattr(dataplane.settings, "max_jpeg_scans", 10**6)
+    monkeypatch.setattr(dataplane.settings, "max_jpeg_scan_pixels", 10**15)
+    bomb = _bench().scan_bomb_jpeg((2000, 2000), 20_000)  # about 6 CPU-s to decode in full
+    t0 = time.monotonic()
+    with pytest.raises(DeadlineExceeded, match="before the image was decoded"):
+        dataplane.infer_image(MODEL, bomb, timeout_s=0.3)
+    assert time.monotonic() - t0 < 2.0
+    from cloud_server.dataplane import CallScope, call_scope
+
+    scope = CallScope()
+    threading.Timer(0.3, scope.token.cancel).start()
+    t0 = time.monotonic()
+    with call_scope(scope), pytest.raises(Cancelled):
+        dataplane.infer_image(MODEL, bomb)
+    assert time.monotonic() - t0 < 2.0 and dataplane.inflight == 0
+
+
+def _first_answer(port: int, head: bytes, body: bytes = b"") -> bytes:
+    """Send ``head`` and as much of ``body`` as the server takes; what it answers (it must not wait for the rest)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(head)
+        try:
+            sock.sendall(body)
+        except OSError:  # answered and closed from the headers
+            pass
+        out = b""
+        try:
+            while True:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                out += chunk
+        except OSError:
+            pass
+        return out
+
+
+def test_rest_bodies_are_judged_on_their_headers_first(server, frames):
+    """E3: without the API key, on an unknown route, or over the route's limit, a request is answered from its
+    headers and its connection closed, before any of the body is read (100 held 10 MiB bodies took +1 GB)."""
+    port, big = server.http_port, 10 << 20
+
+    def head(path, *extra):
+        return "\r\n".join([f"POST {path} HTTP/1.1", "Host: x", f"content-length: {big}", *extra, "", ""]).encode()
+
+    cases = [
+        (head(f"/v2/models/{MODEL}/infer-image", "content-type: image/jpeg"), 401, b"missing API key"),
+        (head(f"/v2/models/{MODEL}/infer", "authorization: Bearer nope"), 401, b"invalid API key"),
+        (head("/v2/nowhere", "authorization: Bearer k1"), 404, b"no route POST /v2/nowhere"),
+        (head("/v2/health/live", "authorization: Bearer k1"), 405, b"not allowed"),
+        (head(f"/v2/models/{MODEL}/infer", "authorization: Bearer k1"), 413, b"an inference request"),
+    ]
+    for h, status, text in cases:
+        t0 = time.monotonic()
+        out = _first_answer(port, h, b"x" * 65536)  # a little of the body: never waited for
+        assert out.startswith(f"HTTP/1.1 {status}".encode()) and text in out, out[:300]
+        assert b"connection: close" in out.lower() and time.monotonic() - t0 < 2.0
+    # a body longer than the route's limit without a Content-Length (chunked) is cut while reading
+    chunked = (f"POST /v2/models/{MODEL}/infer HTTP/1.1\r\nHost: x\r\nauthorization: Bearer k1\r\n"
+               "transfer-encoding: chunked\r\n\r\n").encode()
+    piece = b"x" * (1 << 20)
+    out = _first_answer(port, chunked, (b"%x\r\n" % len(piece) + piece + b"\r\n") * 3)
+    assert out.startswith(b"HTTP/1.1 413"), out[:300]
+    assert httpx.get(f"http://127.0.0.1:{port}/v2/health/live", timeout=5).status_code == 200
+
+
+def test_json_bombs_on_infer_are_refused_before_parsing(server, frames):
+    """E4: /infer takes one bitstream, so its body limit is that (not the upload's 10 MiB), and a body with more
+    JSON values than a request has is refused before json.loads builds them."""
+    import base64
+
+    from cloud_server import oip
+
+    url = f"http://127.0.0.1:{server.http_port}/v2/models/{MODEL}/infer"
+    auth = {"authorization": "Bearer k1", "content-type": "application/json"}
+
+    def bomb(n):
+        return (b'{"inputs":[{"name":"bitstream","datatype":"BYTES","shape":[1],"data":['
+                + b",".join([b"{}"] * n) + b"]}]}")
+
+    r = httpx.post(url, content=bomb(3_500_000), headers=auth, timeout=10)  # the issue's: 10 MB
+    assert r.status_code == 413 and r.json()["kind"] == "payload_too_large", r.text[:200]
+    r = httpx.post(url, content=bomb(400_000), headers=auth, timeout=10)  # within the route's limit
+    assert r.status_code == 400 and "more than 4096 JSON values" in r.json()["error"], r.text[:200]
+    with pytest.raises(Exception, match="4096 JSON values"):
+        oip.load_json(b"[" + b"1," * 5000 + b"1]")
+    assert len(oip.load_json(b"[" + b"1," * 4000 + b"1]")) == 4001
+    good = {"inputs": [{"name": "bitstream", "datatype": "BYTES", "shape": [1],
+                        "data": [base64.b64encode(frames[0].data).decode()]}]}
+    assert httpx.post(url, json=good, headers=auth, timeout=10).status_code == 200
+    assert httpx.get(f"http://127.0.0.1:{server.http_port}/v2/health/live", timeout=5).status_code == 200
