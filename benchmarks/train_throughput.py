@@ -62,10 +62,7 @@ def measure(model_name: str, split: str, batch: int, steps: int, repeats: int, v
     opt = torch.optim.Adam(net.param_groups(1e-4))
     aux_opt = torch.optim.Adam(net.aux_parameters(), lr=1e-3)
     stepper = TrainStep(m, net, Objective(), var, x.shape[-2] * x.shape[-1], x.shape[-2:], tap_modules(m, list(targets)),
-                        tvar, 1.0, StepSpeed(precision, cl), device)
-    if compile_:
-        stepper.model.tail = torch.compile(stepper.model.tail)
-        net.g_a, net.g_s = torch.compile(net.g_a), torch.compile(net.g_s)
+                        tvar, 1.0, StepSpeed(precision, cl, compile_), device)
     gen = torch.Generator().manual_seed(0)
 
     def step():

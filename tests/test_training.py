@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import subprocess
 import sys
@@ -244,3 +245,15 @@ def test_log_rows_show_the_logit_loss_with_tail_every(model, cache, tmp_path):
                  tmp_path, progress=False)
     rows = log_rows(tmp_path)
     assert len(rows) >= 4 and all(r[7] != "nan" for r in rows)
+
+
+@pytest.mark.slow
+def test_a_compiled_step_trains_and_keeps_the_parameter_names(model, cache, tmp_path):
+    """--compile compiles g_a, g_s and the tail in place: the trained state loads into a plain Bottleneck."""
+    (net,) = train_ladder(model, cache, BCFG, config(lambdas=[1.0], steps=3, compile=True, feature_warmup=0),
+                          tmp_path, progress=False)
+    fresh = Bottleneck(BCFG)
+    assert net.state_dict().keys() == fresh.state_dict().keys()
+    fresh.load_state_dict(net.state_dict())
+    assert [r[2] for r in log_rows(tmp_path)] == ["1", "2", "3"]  # every step ran (and logged its loss)
+    assert all(math.isfinite(float(r[3])) for r in log_rows(tmp_path))

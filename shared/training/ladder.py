@@ -56,6 +56,7 @@ class LadderConfig:
     warmup: float = 0.05  # share of each rung's schedule spent ramping the learning rate up
     precision: str = "auto"  # StepSpeed: bf16 autocast where the hardware has it, else fp32
     channels_last: bool = True
+    compile: bool = False  # StepSpeed: torch.compile g_a, g_s and the tail (pays at block14 on this CPU, not block1)
     checkpoint_every: float = 300.0  # seconds between mid-rung checkpoints (0 = only at the end of each rung)
     extra: Dict = field(default_factory=dict)
 
@@ -142,7 +143,7 @@ def train_ladder(
     net.set_feature_stats(feat_mean, feat_var.sqrt())
     if init is not None:  # weights (and feature statistics) of an earlier stage
         _load_train_state(net, _trainable(init))
-    speed = StepSpeed(cfg.precision, cfg.channels_last)
+    speed = StepSpeed(cfg.precision, cfg.channels_last, cfg.compile)
     if rank == 0 and progress:
         print(f"training step: {speed.describe(device)}, {torch.get_num_threads()} thread(s)")
     t_ladder = time.perf_counter()
@@ -285,7 +286,8 @@ def time_steps(model: SplitModel, cache: FeatureCache, bcfg: BottleneckConfig, c
         net = Bottleneck(bcfg).to(device)
         net.set_feature_stats(feat_mean, feat_var.sqrt())
         stepper = TrainStep(model, net, objective, feat_var, cache.input_hw[0] * cache.input_hw[1], cache.input_hw,
-                            taps, target_var, cfg.tail_feature_weight, StepSpeed(cfg.precision, cfg.channels_last),
+                            taps, target_var, cfg.tail_feature_weight,
+                            StepSpeed(cfg.precision, cfg.channels_last, cfg.compile),
                             device)
         opt = torch.optim.Adam(net.param_groups(cfg.lr))
         gen = torch.Generator().manual_seed(cfg.seed)

@@ -110,6 +110,9 @@ class TrainOptions:
                             choices=["auto", "bf16", "fp32"])
     channels_last: bool = option(True, "run a training step's convolutions in channels-last memory order "
                                        "(--no-channels-last: the default contiguous order)")
+    compile: bool = option(False, "torch.compile the convolutions of a training step (g_a, g_s, the frozen tail): "
+                                   "minutes of compilation first; measured 1.46x on top of bf16 + channels-last at "
+                                   "block14 on the 2-core CPU, nothing at block1 (benchmarks/train_throughput.py)")
     warmup: float = option(0.05, "share of the schedule spent ramping the learning rate up (a run that continues "
                                  "from --init-from restarts its schedule: a warm restart)")
     limit: int = option(0, "use at most this many training images (0 = all)")
@@ -381,7 +384,7 @@ def train_bundle(opts: TrainOptions, say=print, started: Optional[float] = None)
         lr=opts.lr, mode="supervised" if opts.supervised else "distill", temperature=opts.temperature,
         feature_weight=opts.feature_weight, tail_every=opts.tail_every, feature_warmup=opts.feature_warmup,
         seed=opts.seed, tail_feature_weight=opts.tail_features, warmup=opts.warmup,
-        precision=opts.precision, channels_last=opts.channels_last,
+        precision=opts.precision, channels_last=opts.channels_last, compile=opts.compile,
     )
     with budget.phase("probe"):  # a few real steps: what the budget buys at this machine's speed now
         step_seconds = time_steps(model, cache, bcfg, lcfg, device)

@@ -42,10 +42,12 @@ def bf16_supported(device: str) -> bool:
 @dataclass(frozen=True)
 class StepSpeed:
     """``precision``: "fp32", "bf16" (autocast) or "auto" (bf16 where :func:`bf16_supported`);
-    ``channels_last``: the cached features and the convolutions in NHWC memory order."""
+    ``channels_last``: the cached features and the convolutions in NHWC memory order; ``compile``:
+    ``torch.compile`` of ``g_a``, ``g_s`` and the frozen tail (in place: parameter names do not change)."""
 
     precision: str = "auto"
     channels_last: bool = True
+    compile: bool = False
 
     def amp(self, device: str) -> Optional[torch.dtype]:
         if self.precision not in ("auto", "bf16", "fp32"):
@@ -56,7 +58,8 @@ class StepSpeed:
 
     def describe(self, device: str) -> str:
         amp = self.amp(device)
-        return f"{'bf16 autocast' if amp else 'fp32'}{', channels-last' if self.channels_last else ''}"
+        return (f"{'bf16 autocast' if amp else 'fp32'}{', channels-last' if self.channels_last else ''}"
+                f"{', torch.compile' if self.compile else ''}")
 
 
 class TrainStep:
@@ -75,6 +78,9 @@ class TrainStep:
         if speed.channels_last:
             net.to(memory_format=torch.channels_last)
             model.to(memory_format=torch.channels_last)
+        if speed.compile:  # Module.compile keeps the state-dict keys (torch.compile(m) would wrap them)
+            for m in (net.g_a, net.g_s, model.tail):
+                m.compile()
 
     def loss(self, feat: Tensor, teacher: Tensor, labels: Tensor, lam: float, use_tail: bool,
              targets: Optional[Dict[str, Tensor]] = None, level: Optional[int] = None) -> Dict[str, Tensor]:
