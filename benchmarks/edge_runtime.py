@@ -1,10 +1,14 @@
 """The torch-free edge (ONNX Runtime + numpy) against the PyTorch edge, side by side, measured in one run.
 
-For each ladder (default: both embedded ones), on the same images:
+For each bundle (default: the embedded ones, both ladders and the variable-rate bundle), on the same images:
 
 - per-frame edge time, batch 1, from the preprocessed image to the message (head + codec), medians of
-  interleaved repeats, each runtime at 1 thread (and the ONNX runtime at every ``--threads`` value);
+  interleaved repeats, each runtime at 1 thread (and the ONNX runtime at every ``--threads`` value), the ONNX
+  edge with each rANS coder (compiled ``c`` and ``python``), at ``--rung`` of a ladder, at ``--levels`` of a
+  variable-rate bundle (default: its lowest and highest);
 - the edge overhead in each runtime: head + codec over head alone;
+- the rANS coder alone on the payloads the edge writes for those images: ns per symbol to encode and to decode,
+  compiled, Python and CompressAI's C++; and ms per frame of the codec's other stages (rung encoder, integer h_s);
 - agreement: messages byte-identical, cloud decodes with a checksum failure (must be 0), top-1 of the cloud's
   answers equal between the two edges, mean bpp of each;
 - process start to first frame encoded, and peak RSS, of a fresh ``python`` that imports the edge and encodes
@@ -24,6 +28,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+
+# numpy's BLAS (the integer h_s's sums) at 1 thread like everything else here: on a busy 2-core machine its
+# worker threads wait for cores (measured under load at block1: h_s 32 ms per frame with its default threads, 12 ms
+# with one)
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import platform
 import statistics
 import subprocess
@@ -33,10 +42,13 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 SAMPLES = ROOT / "shared" / "assets" / "samples"
 TORCH_EDGE_REV = "8eafb8c"  # the last commit whose edge ran PyTorch (its requirements-edge.txt)
+CODERS = ("c", "python")  # the rANS coders timed in the ONNX edge: compiled (ranscoder.c) and pure Python
 GOALS = {"image_mb": 300, "deps_mb": 250, "start_s": 1.0, "rss_mb": 150, "frame_ratio": 0.8, "overhead": 1.15}
 
 
@@ -113,31 +125,126 @@ def _median_ms(fns: Dict[str, callable], inputs: Sequence, repeats: int, warmup:
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def frame_times(package, torch_encoder, images: Sequence[Path], rung: int, threads: Sequence[int], repeats: int,
-                warmup: int) -> Dict[str, float]:
+def frame_times(package, torch_encoder, images: Sequence[Path], point: int, threads: Sequence[int], repeats: int,
+                warmup: int, variable: bool = False) -> Dict[str, float]:
+    """Median ms per frame of each edge at one rung (a ladder) or quality level (``variable``); the ONNX edge with
+    each rANS coder (``onnx{t} head+codec {coder}``, coder: ``c`` compiled, ``python``)."""
     import torch
 
     from edge_client import OnnxEdgeEncoder
+    from shared.codec import rans
 
     torch.set_num_threads(1)
     onnx = {t: OnnxEdgeEncoder(package, threads=t) for t in threads}
     first = onnx[threads[0]]
     inputs = [(first.preprocess(p), torch_encoder.preprocess(p)) for p in images]
     hw = tuple(inputs[0][1].shape[-2:])
+    where = dict(level=point) if variable else dict(rung=point)
 
     def torch_full(x):
         with torch.no_grad():
-            torch_encoder.codec.encode(torch_encoder.head(x[1]), hw, rung)
+            torch_encoder.codec.encode(torch_encoder.head(x[1]), hw, **where)
 
     def torch_head(x):
         with torch.no_grad():
             torch_encoder.head(x[1])
 
+    def onnx_full(e, coder):
+        def run(x):
+            with rans.using(coder):
+                if variable:
+                    e.encode_variable(x[0], level=point)
+                else:
+                    e.encode_array(x[0], point)
+        return run
+
     fns = {"torch head": torch_head, "torch head+codec": torch_full}
     for t, enc in onnx.items():
         fns[f"onnx{t} head"] = (lambda e: lambda x: e.features(x[0]))(enc)
-        fns[f"onnx{t} head+codec"] = (lambda e: lambda x: e.encode_array(x[0], rung))(enc)
+        for coder in (c for c in CODERS if c in rans.IMPLEMENTATIONS):  # the compiled one may not be built
+            fns[f"onnx{t} head+codec {coder}"] = onnx_full(enc, coder)
     return _median_ms(fns, inputs, repeats, warmup)
+
+
+# ------------------------------------------------------------------------------------------- the coder alone
+class _Recorder:
+    """A rANS "implementation" that keeps what the edge codes (symbols, indexes, tables) and lets the compiled
+    coder code it: the real payloads of real images, for the per-symbol timings."""
+
+    name = "record"
+
+    def __init__(self, inner):
+        self.inner, self.calls = inner, []
+
+    def encode_with_indexes(self, symbols, indexes, tables):
+        self.calls.append((np.array(symbols, dtype=np.int64), np.array(indexes, dtype=np.int64), tables))
+        return self.inner.encode_with_indexes(symbols, indexes, tables)
+
+
+def coder_times(package, images: Sequence[Path], point: int, repeats: int, variable: bool = False) -> Dict:
+    """ns per symbol of each rANS coder on every payload the edge codes for ``images`` (one frame = all its
+    payloads; medians over ``repeats`` passes), CompressAI's C++ included (given Python lists, its API, with the
+    tables converted once as ``compressai_adapter`` does), and ms per frame of the edge's codec stages."""
+    from compressai.ans import RansDecoder, RansEncoder
+
+    from edge_client import OnnxEdgeEncoder
+    from shared.codec import rans
+    from shared.codec.integer_numpy import int_hyper_synthesis
+
+    enc = OnnxEdgeEncoder(package, threads=1)
+    rec = _Recorder(rans.IMPLEMENTATIONS["c"])
+    rans.IMPLEMENTATIONS["record"] = rec
+    frames = []
+    try:
+        with rans.using("record"):
+            for p in images:
+                x = enc.preprocess(p)
+                rec.calls = []
+                if variable:
+                    enc.encode_variable(x, level=point)
+                else:
+                    enc.encode_array(x, point)
+                frames.append(rec.calls)
+    finally:
+        del rans.IMPLEMENTATIONS["record"]
+    n_sym = statistics.median(sum(s.size for s, _, _ in f) for f in frames)
+    lists = {}
+    for f in frames:
+        for s, i, t in f:
+            if id(t) not in lists:
+                lists[id(t)] = (t.cdf.tolist(), t.lengths.tolist(), t.offsets.tolist())
+    payloads = [[rans.IMPLEMENTATIONS["c"].encode_with_indexes(s, i, t) for s, i, t in f] for f in frames]
+
+    def per_frame(fn) -> float:
+        times = []
+        for _ in range(repeats):
+            for k, f in enumerate(frames):
+                t0 = time.perf_counter()
+                fn(k, f)
+                times.append(time.perf_counter() - t0)
+        return statistics.median(times)
+
+    out: Dict = {"symbols_per_frame": n_sym}
+    for name, c in rans.IMPLEMENTATIONS.items():
+        out[f"encode {name}"] = per_frame(lambda k, f: [c.encode_with_indexes(s, i, t) for s, i, t in f])
+        out[f"decode {name}"] = per_frame(lambda k, f: [c.decode_with_indexes(b, i, t)
+                                                        for b, (s, i, t) in zip(payloads[k], f)])
+    py = [[(s.ravel().tolist(), i.ravel().tolist(), lists[id(t)]) for s, i, t in f] for f in frames]
+    out["encode compressai"] = per_frame(lambda k, f: [RansEncoder().encode_with_indexes(s, i, *tl)
+                                                       for s, i, tl in py[k]])
+    out["decode compressai"] = per_frame(lambda k, f: [RansDecoder().decode_with_indexes(b, i, *tl)
+                                                       for b, (s, i, tl) in zip(payloads[k], py[k])])
+    ns = {k: 1e9 * v / n_sym for k, v in out.items() if k != "symbols_per_frame"}
+    # the codec's other stages, per frame: the rung's ONNX encoder and (hyperprior rungs) the integer h_s
+    rung = enc.rung(0 if variable else point)
+    feats = [enc.features(enc.preprocess(p)) for p in images]
+    stages = {"rung encoder (ONNX)": per_frame(lambda k, f: rung.session.run(None, {"feature": feats[k]}))}
+    if rung.kind in ("hyperprior", "vr-hyperprior"):
+        side = [rung.session.run(None, {"feature": x}) for x in feats]
+        z_syms = [np.rint(z - rung.z_medians).astype(np.int64) for _, z in side]
+        stages["integer h_s (numpy)"] = per_frame(lambda k, f: int_hyper_synthesis(
+            rung.h_s, z_syms[k], rung.spec["levels"], rung.spec["means"], tuple(side[k][0].shape[-2:])))
+    return {"symbols_per_frame": n_sym, "ns_per_symbol": ns, "stage_ms": {k: 1e3 * v for k, v in stages.items()}}
 
 
 # ------------------------------------------------------------------------------------ fresh processes
@@ -213,6 +320,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--images", default=str(SAMPLES), help="image folder (default: the bundled samples)")
     ap.add_argument("--max-images", type=int, default=0, help="at most this many images for agreement (0: all)")
     ap.add_argument("--rung", type=int, default=0, help="rung timed per frame (default 0)")
+    ap.add_argument("--levels", default=None,
+                    help="quality levels timed per frame for a variable-rate bundle (default: its lowest and highest)")
     ap.add_argument("--threads", default="1,2", help="ONNX Runtime thread counts to time (default 1,2)")
     ap.add_argument("--repeats", type=int, default=30, help="timed repeats per stage (default 30)")
     ap.add_argument("--warmup", type=int, default=5)
@@ -230,30 +339,51 @@ def main(argv: Optional[List[str]] = None) -> int:
     from shared.bundle import embedded_bundle_paths, load_bundle
     from shared.data import scan_images, spread
 
+    from shared.codec import rans
+
     torch.set_num_threads(1)
     threads = [int(t) for t in args.threads.split(",")]
+    coders = [c for c in CODERS if c in rans.IMPLEMENTATIONS]
     paths = [Path(b) for b in args.bundles] if args.bundles else embedded_bundle_paths()
     images = [p for p, _ in spread(scan_images(args.images, labels=False), args.max_images)]
     print(f"# edge runtime benchmark: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"python {platform.python_version()}, torch {torch.__version__}; {len(images)} images from {args.images}")
+          f"python {platform.python_version()}, torch {torch.__version__}; {len(images)} images from {args.images}; "
+          f"load average {os.getloadavg()[0]:.1f}; rANS coders {', '.join(coders)}"
+          + (f" (compiled: {rans.COMPILED_ERROR})" if rans.COMPILED_ERROR else ""))
     report: Dict = {"images": len(images), "ladders": {}}
     for path in paths:
         bundle = load_bundle(path)
         pkg = find_package(bundle, weights=args.weights)
-        name = f"{bundle.model}/{bundle.split}"
+        # a variable-rate bundle shares its model and split with a ladder: its own key in the report
+        name = f"{bundle.model}/{bundle.split}" + (" variable-rate" if bundle.config.levels is not None else "")
         torch_enc = EdgeEncoder(bundle, weights=args.weights)
-        ft = frame_times(pkg, torch_enc, images[: max(1, min(len(images), 8))], args.rung, threads, args.repeats,
-                         args.warmup)
-        row: Dict = {"bundle_id": bundle.bundle_id, "package_id": pkg.package_id, "frame_ms": ft}
-        print(f"\n## {name} (bundle {bundle.bundle_id}, edge package {pkg.package_id}), rung {args.rung}, batch 1")
-        print(f"{'':34}{'PyTorch edge':>14}" + "".join(f"{f'ONNX, {t} thr':>14}" for t in threads))
-        print(f"{'head ms':34}{ft['torch head']:>14.2f}" + "".join(f"{ft[f'onnx{t} head']:>14.2f}" for t in threads))
-        print(f"{'head + codec ms (per frame)':34}{ft['torch head+codec']:>14.2f}"
-              + "".join(f"{ft[f'onnx{t} head+codec']:>14.2f}" for t in threads))
-        print(f"{'overhead (head+codec / head)':34}{ft['torch head+codec'] / ft['torch head']:>14.2f}"
-              + "".join(f"{ft[f'onnx{t} head+codec'] / ft[f'onnx{t} head']:>14.2f}" for t in threads))
-        print(f"{'per frame vs PyTorch edge':34}{1.0:>14.2f}"
-              + "".join(f"{ft[f'onnx{t} head+codec'] / ft['torch head+codec']:>14.2f}" for t in threads))
+        levels = bundle.config.levels
+        if levels is None:
+            points, what = [args.rung], "rung"
+        else:  # a variable-rate bundle: its coarsest and finest quality levels unless --levels says
+            what = "level"
+            points = [int(q) for q in args.levels.split(",")] if args.levels else [levels[0], levels[1]]
+        row: Dict = {"bundle_id": bundle.bundle_id, "package_id": pkg.package_id, "frame_ms": {}, "coder": {}}
+        timed = images[: max(1, min(len(images), 8))]
+        for point in points:
+            ft = frame_times(pkg, torch_enc, timed, point, threads, args.repeats, args.warmup, levels is not None)
+            row["frame_ms"][point] = ft
+            print(f"\n## {name} (bundle {bundle.bundle_id}, edge package {pkg.package_id}), {what} {point}, batch 1")
+            cols = [("PyTorch edge", "torch head", "torch head+codec")]
+            cols += [(f"ONNX {t}thr {c}", f"onnx{t} head", f"onnx{t} head+codec {c}") for t in threads for c in coders]
+            print(f"{'':34}" + "".join(f"{c[0]:>18}" for c in cols))
+            print(f"{'head ms':34}" + "".join(f"{ft[h]:>18.2f}" for _, h, _ in cols))
+            print(f"{'head + codec ms (per frame)':34}" + "".join(f"{ft[f]:>18.2f}" for _, _, f in cols))
+            print(f"{'overhead (head+codec / head)':34}" + "".join(f"{ft[f] / ft[h]:>18.2f}" for _, h, f in cols))
+            print(f"{'per frame vs PyTorch edge':34}"
+                  + "".join(f"{ft[f] / ft['torch head+codec']:>18.2f}" for _, _, f in cols))
+            if "c" in coders:
+                ct = coder_times(pkg, timed, point, args.repeats, levels is not None)
+                row["coder"][point] = ct
+                ns = ct["ns_per_symbol"]
+                print(f"rANS, ns per symbol ({ct['symbols_per_frame']:.0f} symbols a frame, real payloads): "
+                      + ", ".join(f"{k} {v:.1f}" for k, v in ns.items()))
+                print("codec stages, ms per frame: " + ", ".join(f"{k} {v:.2f}" for k, v in ct["stage_ms"].items()))
         if not args.no_agreement:
             dec = CloudDecoder(bundle, weights=args.weights)
             onnx_enc = OnnxEdgeEncoder(pkg)

@@ -49,7 +49,7 @@ _M32 = 0xFFFFFFFF
 _LOW = (1 << PRECISION) - 1
 CODER_ENV = "SPLITINFER_RANS"
 
-# one message per failure, raised alike by both implementations (rans_compiled.py maps ranscoder.h's codes here)
+# one message per failure, raised alike by both implementations (ranscoder.h's return codes)
 ERRORS = {
     -1: (ValueError, "bad arguments to the rANS coder"),
     -2: (ValueError, "table index out of range"),
@@ -238,7 +238,7 @@ def _implementations():
     found: Dict[str, object] = {"python": PythonCoder()}
     lib, where = load()
     if lib is not None:
-        found["c"] = CompiledCoder(lib, where)
+        found["c"] = CompiledCoder(lib, where, ERRORS)
     return found, (None if lib is not None else where)
 
 

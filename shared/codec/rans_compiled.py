@@ -13,7 +13,7 @@ import ctypes
 import importlib.machinery
 import os
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 
@@ -22,6 +22,7 @@ __all__ = ["LIB_ENV", "load", "CompiledCoder"]
 LIB_ENV = "SPLITINFER_RANS_LIB"  # an explicit path to the library (e.g. one built with plain cc)
 _NAME = "_ranscoder"
 _HERE = Path(__file__).resolve().parent
+
 
 def _candidates():
     explicit = os.environ.get(LIB_ENV)
@@ -43,7 +44,7 @@ def load() -> Tuple[Optional[ctypes.CDLL], str]:
         except (OSError, AttributeError) as e:  # another architecture, a missing symbol
             errors.append(f"{p.name}: {e}")
     where = os.environ.get(LIB_ENV) or f"{_HERE}/{_NAME}*.so"
-    return None, "; ".join(errors) or f"not built (no {where}; `pip install -e .` builds it)"
+    return None, "; ".join(errors) or f"not built (no {where}; `pip install .` builds it where a C compiler is)"
 
 
 def _declare(lib: ctypes.CDLL) -> None:
@@ -54,20 +55,19 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.si_rans_decode.restype = i64
 
 
-def _check(rc: int) -> int:
-    if rc < 0:
-        from .rans import ERRORS  # the messages both coders raise (rans imports this module at its end)
-
-        exc, msg = ERRORS.get(rc, (RuntimeError, f"rANS coder error {rc}"))
-        raise exc(msg)
-    return rc
-
-
 class CompiledCoder:
+    """``errors``: ranscoder.h's return codes -> (exception type, message), ``rans.ERRORS``: both coders raise alike."""
+
     name = "c"
 
-    def __init__(self, lib: ctypes.CDLL, where: str):
-        self.lib, self.where = lib, where
+    def __init__(self, lib: ctypes.CDLL, where: str, errors: Dict[int, Tuple[type, str]]):
+        self.lib, self.where, self.errors = lib, where, errors
+
+    def _check(self, rc: int) -> int:
+        if rc < 0:
+            exc, msg = self.errors.get(rc, (RuntimeError, f"rANS coder error {rc}"))
+            raise exc(msg)
+        return rc
 
     def encode_with_indexes(self, symbols: np.ndarray, indexes: np.ndarray, tables) -> bytes:
         sym = np.ascontiguousarray(symbols, dtype=np.int64).reshape(-1)
@@ -80,7 +80,7 @@ class CompiledCoder:
         cap = 8 + 4 * sym.size + 256  # fewer words than symbols unless escapes are many; else it says the size
         while True:
             out = np.empty(cap, dtype=np.uint8)
-            n = _check(self.lib.si_rans_encode(*args, out.ctypes.data, cap))
+            n = self._check(self.lib.si_rans_encode(*args, out.ctypes.data, cap))
             if n <= cap:
                 return out[:n].tobytes()
             cap = n
@@ -91,6 +91,6 @@ class CompiledCoder:
         cdf, lengths, offsets = tables.c_arrays()
         out = np.empty(flat.size, dtype=np.int32)
         data = bytes(data)
-        _check(self.lib.si_rans_decode(data, len(data), flat.ctypes.data, flat.size, cdf.ctypes.data, cdf.shape[1],
+        self._check(self.lib.si_rans_decode(data, len(data), flat.ctypes.data, flat.size, cdf.ctypes.data, cdf.shape[1],
                                        lengths.ctypes.data, offsets.ctypes.data, len(cdf), out.ctypes.data))
         return out.reshape(idx.shape)
