@@ -28,11 +28,11 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 import torch
-from compressai.layers import GDN
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from .bundle import Bundle, resolve_bundle
+from .codec.compressai_adapter import GDN
 from .codec.bottleneck import Bottleneck
 from .codec.compressai_adapter import cdf_tables, medians
 from .codec.integer import IntHyperSynthesis

@@ -37,15 +37,20 @@ import os
 import warnings
 from typing import List, Optional, Sequence, Tuple
 
-import compressai
 import torch
-from compressai.ans import RansDecoder, RansEncoder
-from compressai.entropy_models import EntropyBottleneck, GaussianConditional
-from compressai.entropy_models.entropy_models import EntropyModel
-from compressai.layers import GDN
-from compressai.models.base import CompressionModel
-from compressai.ops import quantize_ste
 from torch import Tensor
+
+with warnings.catch_warnings():
+    # compressai 1.2.8 applies torch.jit.script at import time, which torch 2.14 deprecates: without this, every
+    # command that touches the codec printed a FutureWarning about code that is not ours (issue 27)
+    warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
+    import compressai
+    from compressai.ans import RansDecoder, RansEncoder
+    from compressai.entropy_models import EntropyBottleneck, GaussianConditional
+    from compressai.entropy_models.entropy_models import EntropyModel
+    from compressai.layers import GDN
+    from compressai.models.base import CompressionModel
+    from compressai.ops import quantize_ste
 
 __all__ = [
     "TESTED_VERSIONS", "CompressAIVersionWarning", "check_version",
