@@ -68,13 +68,7 @@ def measure(model_name: str, split: str, batch: int, steps: int, repeats: int, v
     def step():
         q, lam = level_and_lambda(levels, (0.06, 64), gen) if levels else (None, 1.0)
         d = stepper.loss(feat, teacher, None, lam, True, targets=targets, level=q)
-        opt.zero_grad(set_to_none=True)
-        d["loss"].backward()
-        opt.step()
-        aux = net.aux_loss()
-        aux_opt.zero_grad(set_to_none=True)
-        aux.backward()
-        aux_opt.step()
+        stepper.update(d["loss"], opt, aux_opt)
 
     def sync():
         if device.startswith("cuda"):

@@ -104,17 +104,14 @@ def train_ladder(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed + rank)
-    objective = Objective(cfg.mode, cfg.temperature, cfg.feature_weight, task=model.spec.task)
-    feat_mean, feat_var = (t.to(device) for t in cache.feature_stats())
+    objective, feat_mean, feat_var, taps, target_var = _step_parts(model, cache, cfg, device)
     if distributed:  # every rank standardises with the statistics of all shards (DDP keeps rank 0's buffers anyway)
         second = feat_var + feat_mean**2
         for t in (feat_mean, second):
             dist.all_reduce(t)
             t /= world
         feat_var = second - feat_mean**2
-    use_targets = cfg.tail_feature_weight > 0 and bool(cache.targets)
-    target_var = {k: v.to(device) for k, v in cache.target_stats().items()} if use_targets else {}
-    taps = tap_modules(model, list(cache.targets)) if use_targets else {}  # hooked while the student's tail runs
+    use_targets = bool(taps)
     n_pixels = cache.input_hw[0] * cache.input_hw[1]
 
     order = sorted(range(len(cfg.lambdas)), key=lambda i: -cfg.lambdas[i])
@@ -157,10 +154,8 @@ def train_ladder(
             _load_train_state(net, _trainable(init_rungs[i]))
         steps = (cfg.steps if pos == 0 else cfg.steps_per_rung) if levels is None else vr_steps
         ddp = DDP(net, find_unused_parameters=True) if distributed else net
-        params, aux_params = net.net_parameters(), net.aux_parameters()
-        assert not set(map(id, params)) & set(map(id, aux_params))
         opt = torch.optim.Adam(net.param_groups(cfg.lr))
-        aux_opt = torch.optim.Adam(aux_params, lr=cfg.aux_lr)
+        aux_opt = torch.optim.Adam(net.aux_parameters(), lr=cfg.aux_lr)
         stepper = TrainStep(model, net, objective, feat_var, n_pixels, cache.input_hw, taps, target_var,
                             cfg.tail_feature_weight, speed, device, ddp=ddp)
         # rank 0 keeps the single-process seed; other ranks are offset by a large prime so that no (rung, rank)
@@ -212,18 +207,7 @@ def train_ladder(
             d = stepper.loss(feat, teacher, labels, lam, use_tail, level=q,
                              targets=cache.target_batch(idx, device) if use_tail and use_targets else None)
             bpp, loss = d["bpp"], d["loss"]
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
-            aux = net.aux_loss()
-            aux_opt.zero_grad(set_to_none=True)
-            aux.backward()
-            if distributed:  # the aux loss bypasses DDP: average its gradients by hand
-                for p in aux_params:
-                    dist.all_reduce(p.grad)
-                    p.grad /= world
-            aux_opt.step()
+            aux = stepper.update(loss, opt, aux_opt, average_aux=_average_grads if distributed else None)
             seen += feat.shape[0] * world
             step += 1
             recent.append(time.perf_counter() - t_step)
@@ -278,18 +262,14 @@ def time_steps(model: SplitModel, cache: FeatureCache, bcfg: BottleneckConfig, c
     the same with or without this probe."""
     rng = torch.get_rng_state()
     try:
-        objective = Objective(cfg.mode, cfg.temperature, cfg.feature_weight, task=model.spec.task)
-        feat_mean, feat_var = (t.to(device) for t in cache.feature_stats())
-        use_targets = cfg.tail_feature_weight > 0 and bool(cache.targets)
-        target_var = {k: v.to(device) for k, v in cache.target_stats().items()} if use_targets else {}
-        taps = tap_modules(model, list(cache.targets)) if use_targets else {}
+        objective, feat_mean, feat_var, taps, target_var = _step_parts(model, cache, cfg, device)
         net = Bottleneck(bcfg).to(device)
         net.set_feature_stats(feat_mean, feat_var.sqrt())
         stepper = TrainStep(model, net, objective, feat_var, cache.input_hw[0] * cache.input_hw[1], cache.input_hw,
                             taps, target_var, cfg.tail_feature_weight,
-                            StepSpeed(cfg.precision, cfg.channels_last, cfg.compile),
-                            device)
+                            StepSpeed(cfg.precision, cfg.channels_last, cfg.compile), device)
         opt = torch.optim.Adam(net.param_groups(cfg.lr))
+        aux_opt = torch.optim.Adam(net.aux_parameters(), lr=cfg.aux_lr)
         gen = torch.Generator().manual_seed(cfg.seed)
         lam = max(cfg.lambdas)
         level = None if bcfg.levels is None else bcfg.levels[1]
@@ -299,17 +279,33 @@ def time_steps(model: SplitModel, cache: FeatureCache, bcfg: BottleneckConfig, c
             idx = torch.randint(len(cache), (batch if k else min(batch, 2),), generator=gen)
             feat, teacher, labels = cache.batch(idx, device)
             d = stepper.loss(feat, teacher, labels, lam, cfg.tail_every > 0, level=level,
-                             targets=cache.target_batch(idx, device) if use_targets else None)
-            opt.zero_grad(set_to_none=True)
-            d["loss"].backward()
-            opt.step()
-            aux = net.aux_loss()
-            aux.backward()
+                             targets=cache.target_batch(idx, device) if taps else None)
+            stepper.update(d["loss"], opt, aux_opt)
             if k:
                 times.append(time.perf_counter() - t)
         return sum(times) / len(times) * cfg.batch_size / batch
     finally:
         torch.set_rng_state(rng)
+
+
+def _step_parts(model: SplitModel, cache: FeatureCache, cfg: LadderConfig, device: str):
+    """What every step of a run shares: the objective, the split feature's mean and variance, and for the
+    tail-feature loss the tapped tail modules (hooked while the student's tail runs) and their targets' variance
+    (both empty when the loss is off)."""
+    objective = Objective(cfg.mode, cfg.temperature, cfg.feature_weight, task=model.spec.task)
+    feat_mean, feat_var = (t.to(device) for t in cache.feature_stats())
+    use_targets = cfg.tail_feature_weight > 0 and bool(cache.targets)
+    target_var = {k: v.to(device) for k, v in cache.target_stats().items()} if use_targets else {}
+    taps = tap_modules(model, list(cache.targets)) if use_targets else {}
+    return objective, feat_mean, feat_var, taps, target_var
+
+
+def _average_grads(params) -> None:
+    """Average ``params``' gradients over the processes (the aux loss bypasses DDP)."""
+    world = dist.get_world_size()
+    for p in params:
+        dist.all_reduce(p.grad)
+        p.grad /= world
 
 
 def _train_state(net: Bottleneck) -> Dict:
@@ -335,19 +331,19 @@ def _load_train_state(net: Bottleneck, state: Dict) -> None:
     net.load_state_dict({**own_tables, **sd}, strict=True)
 
 
-def images_per_second(out: Path) -> List[float]:
+def _per_rung(out: Path, key: str) -> List[float]:
     ck = _load_checkpoint(Path(out))
-    if ck is None:
-        return []
-    return [float(v["__img_per_s__"]) for _, v in sorted(ck["trained"].items())]
+    return [] if ck is None else [float(v[key]) if key in v else 0.0 for _, v in sorted(ck["trained"].items())]
+
+
+def images_per_second(out: Path) -> List[float]:
+    """Training images per second of each finished rung of the checkpoint in ``out``."""
+    return _per_rung(out, "__img_per_s__")
 
 
 def samples_trained(out: Path) -> List[int]:
     """Training samples (images x steps, all processes) each finished rung of the checkpoint in ``out`` saw."""
-    ck = _load_checkpoint(Path(out))
-    if ck is None:
-        return []
-    return [int(v.get("__samples__", v["__steps__"] * 0)) for _, v in sorted(ck["trained"].items())]
+    return [int(v) for v in _per_rung(out, "__samples__")]
 
 
 def write_args(out: Path, args: Dict) -> None:

@@ -70,6 +70,8 @@ class TrainStep:
                  taps: Dict[str, torch.nn.Module], target_var: Dict[str, Tensor], tail_feature_weight: float,
                  speed: StepSpeed, device: str, ddp=None):
         self.model, self.net, self.ddp = model, net, ddp if ddp is not None else net
+        self.params, self.aux_params = net.net_parameters(), net.aux_parameters()
+        assert not set(map(id, self.params)) & set(map(id, self.aux_params))
         self.objective, self.feat_var, self.n_pixels = objective, feat_var, n_pixels
         self.taps, self.target_var, self.tail_feature_weight = taps, target_var, tail_feature_weight
         self.amp = speed.amp(device)
@@ -102,6 +104,22 @@ class TrainStep:
         d["bpp"] = bpp_from_likelihoods(o["likelihoods"], self.n_pixels)
         d["loss"] = d["bpp"] + lam * d["distortion"]
         return d
+
+    def update(self, loss: Tensor, opt, aux_opt, average_aux=None) -> Tensor:
+        """One step of ``opt`` on ``loss`` (gradient norm clipped to 1), then one of ``aux_opt`` on the rate model's
+        quantile loss, which trains apart (disjoint parameters). ``average_aux(params)``: averages the aux gradients
+        across processes (DDP does not see that loss). Returns the aux loss."""
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.params, 1.0)
+        opt.step()
+        aux = self.net.aux_loss()
+        aux_opt.zero_grad(set_to_none=True)
+        aux.backward()
+        if average_aux is not None:
+            average_aux(self.aux_params)
+        aux_opt.step()
+        return aux
 
 
 def level_and_lambda(levels, lambdas, gen: torch.Generator):
