@@ -11,12 +11,17 @@ import pytest
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "codec_overhead.py"
 
 
-@pytest.fixture(scope="module")
-def codec_overhead():
-    spec = importlib.util.spec_from_file_location("codec_overhead", SCRIPT)
+def _benchmark(name: str):
+    """The script ``benchmarks/<name>.py`` as a module (benchmarks are scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(name, SCRIPT.parent / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+@pytest.fixture(scope="module")
+def codec_overhead():
+    return _benchmark("codec_overhead")
 
 
 def test_help(codec_overhead, capsys):
@@ -102,9 +107,7 @@ def test_cross_device_decode_smoke(tmp_path, capsys):
 
 def test_edge_runtime_benchmark_on_tiny_bundle(tiny_bundle, tiny_weights, tiny_images, tmp_path, capsys):
     """``benchmarks/edge_runtime.py`` end to end: timings of both edges, agreement, start-up, sizes."""
-    spec = importlib.util.spec_from_file_location("edge_runtime", SCRIPT.parent / "edge_runtime.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = _benchmark("edge_runtime")
     path = tmp_path / "edge.json"
     assert mod.main(["--bundles", str(tiny_bundle.root), "--weights", str(tiny_weights), "--images", str(tiny_images),
                      "--max-images", "3", "--repeats", "2", "--warmup", "1", "--starts", "1", "--threads", "1",
@@ -120,9 +123,7 @@ def test_edge_runtime_benchmark_on_tiny_bundle(tiny_bundle, tiny_weights, tiny_i
 def test_edge_runtime_benchmark_on_a_variable_rate_bundle(vr_bundle, tiny_weights, tiny_images, tmp_path, capsys):
     """A variable-rate bundle is timed at quality levels (its ends by default), with both rANS coders and the
     coder's per-symbol costs; before, it stopped with "give a quality level"."""
-    spec = importlib.util.spec_from_file_location("edge_runtime", SCRIPT.parent / "edge_runtime.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = _benchmark("edge_runtime")
     path = tmp_path / "edge.json"
     assert mod.main(["--bundles", str(vr_bundle.root), "--weights", str(tiny_weights), "--images", str(tiny_images),
                      "--max-images", "2", "--repeats", "2", "--warmup", "1", "--starts", "1", "--threads", "1",
@@ -152,9 +153,7 @@ def test_rate_control_benchmark_on_a_tiny_variable_rate_bundle(vr_bundle, tiny_b
                                                                tmp_path, capsys):
     """``benchmarks/rate_control.py`` end to end: sizes, per-image hints (decoded), a short stream with its plot,
     the timing ratio (CamVid frames stand in as the tiny images)."""
-    spec = importlib.util.spec_from_file_location("rate_control", SCRIPT.parent / "rate_control.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = _benchmark("rate_control")
     frames = _camvid_like(tiny_images, tmp_path)
     curve = vr_bundle.manifest["variable_rate"]["curve"]
     hints = f"{curve[1]['bpp']:.4f},{curve[-1]['bpp'] * 2:.4f}"
@@ -181,9 +180,7 @@ def test_shaped_link_benchmark_on_a_tiny_variable_rate_bundle(vr_bundle, tiny_we
 
     if os.geteuid() != 0 or not (shutil.which("ip") and shutil.which("tc")):
         pytest.skip("needs root with ip and tc (network namespaces, a shaped veth)")
-    spec = importlib.util.spec_from_file_location("shaped_link", SCRIPT.parent / "shaped_link.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = _benchmark("shaped_link")
     try:  # what the benchmark sets up, tried first: a container may refuse namespaces, veth pairs or tbf
         mod.setup(100.0)
     except subprocess.CalledProcessError as e:
@@ -203,9 +200,7 @@ def test_shaped_link_benchmark_on_a_tiny_variable_rate_bundle(vr_bundle, tiny_we
 def test_train_throughput_times_the_real_step_under_each_variant(capsys):
     """``benchmarks/train_throughput.py`` times ``TrainStep`` (the loop's own step) per variant, side by side with
     the first as the baseline; a tiny backbone keeps it quick."""
-    spec = importlib.util.spec_from_file_location("train_throughput", SCRIPT.parent / "train_throughput.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = _benchmark("train_throughput")
     rc = mod.main(["--model", "cifar_resnet20", "--splits", "layer1", "--batch-size", "4", "--steps", "1",
                    "--repeats", "1", "--variants", "fp32,bf16+cl"])
     assert rc == 0

@@ -773,17 +773,17 @@ def _first_answer(port: int, head: bytes, body: bytes = b"") -> bytes:
         sock.sendall(head)
         try:
             sock.sendall(body)
-        except OSError:  # answered and closed from the headers
-            pass
+        except (BrokenPipeError, ConnectionResetError):
+            body = b""  # the server answered from the headers and closed before taking the body: what we test
         out = b""
-        try:
-            while True:
+        while True:
+            try:
                 chunk = sock.recv(65536)
-                if not chunk:
-                    break
-                out += chunk
-        except OSError:
-            pass
+            except ConnectionResetError:  # closed with unread body bytes: the answer read so far is all there is
+                break
+            if not chunk:
+                break
+            out += chunk
         return out
 
 
