@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-all venv clean bench models images
+.PHONY: demo test test-all venv clean bench models images images-arm64
 
 # (ranscoder.c/.h: `pip install -e .` builds the rANS coder in place, so a change to them reinstalls)
 $(STAMP): requirements.txt pyproject.toml setup.py proto/splitinfer.proto proto/grpc_service.proto \
@@ -39,6 +39,12 @@ bench: $(STAMP)
 # Needs root and about 25 GB of disk; see docs/deploy.md.
 images:
 	docker/build.sh
+
+# The edge image for linux/arm64 (buildah + qemu-user-static; no cloud image: the edge packages are exported here
+# with .venv), then run under emulation against the x86_64 cloud on loopback: every sample x every rung and a set of
+# levels must give byte-identical messages to the x86_64 edge and the same answers. Needs root; docs/deploy.md.
+images-arm64: $(STAMP)
+	scripts/build_edge_arm64.sh
 
 clean:
 	rm -rf $(VENV) build *.egg-info

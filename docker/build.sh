@@ -27,56 +27,16 @@ HTTP_PORT=${HTTP_PORT:-18080}
 GRPC_PORT=${GRPC_PORT:-15051}
 DEBIAN_MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 mkdir -p "$WORK"
-log() { printf '[build.sh %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
+LOG_NAME=build.sh
+# shellcheck source=docker/lib.sh
+. "$ROOT/docker/lib.sh"
 
 # --- tools and configuration --------------------------------------------------------------------------
-need=()
-command -v buildah >/dev/null || need+=(buildah)
-command -v debootstrap >/dev/null || need+=(debootstrap)
-if [ ${#need[@]} -gt 0 ]; then
-    log "installing ${need[*]}"
-    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need[@]}"
-fi
-if [ -z "${CONTAINERS_CONF:-}" ]; then
-    # this machine's cgroup setup rejects buildah's default ulimits and systemd cgroup manager
-    printf '[containers]\ndefault_ulimits = []\n\n[engine]\ncgroup_manager = "cgroupfs"\n' > "$WORK/containers.conf"
-    export CONTAINERS_CONF=$WORK/containers.conf
-fi
-export BUILDAH_ISOLATION=chroot
+need_tools buildah=buildah debootstrap=debootstrap
+buildah_setup
 
 # --- base image: Debian bookworm + Debian's python3.11 (stand-in for python:3.11-slim-bookworm) -----------
-# Slimmed as debian:bookworm-slim is (no docs but copyrights, man pages, locales, apt caches: 176 -> 129 MB), so
-# that the image sizes measured here are close to what the official base gives.
-if [ "$BASE_IMAGE" = localhost/splitinfer-base:bookworm-slim ] \
-        && ! buildah inspect --type image "$BASE_IMAGE" >/dev/null 2>&1; then
-    t0=$(date +%s)
-    rootfs=$WORK/base-rootfs
-    if [ ! -x "$rootfs/usr/bin/python3.11" ]; then
-        log "debootstrap bookworm -> $rootfs"
-        rm -rf "$rootfs"
-        debootstrap --variant=minbase --include=python3.11,python3.11-venv,python3-venv,ca-certificates \
-            bookworm "$rootfs" "$DEBIAN_MIRROR" > "$WORK/debootstrap.log" 2>&1 \
-            || { tail -20 "$WORK/debootstrap.log"; exit 1; }
-    fi
-    log "committing $BASE_IMAGE"
-    ctr=$(buildah from scratch)
-    mnt=$(buildah mount "$ctr")
-    tar -C "$rootfs" --exclude='./var/cache/apt/*.bin' --exclude='./var/cache/apt/archives/*.deb' \
-        --exclude='./var/lib/apt/lists/*' --exclude='./var/log/*' --exclude='./usr/share/man/*' \
-        --exclude='./usr/share/info/*' --exclude='./usr/share/locale/*' --exclude='./usr/share/lintian/*' \
-        -cf - . | tar -C "$mnt" -xf -
-    find "$mnt/usr/share/doc" -mindepth 1 ! -type d ! -name copyright -delete
-    find "$mnt/usr/share/doc" -mindepth 1 -type d -empty -delete
-    # and packages installed later on this base stay slim (debian:bookworm-slim's /etc/dpkg/dpkg.cfg.d/docker)
-    printf '%s\n' 'path-exclude /usr/share/doc/*' 'path-include /usr/share/doc/*/copyright' \
-        'path-exclude /usr/share/man/*' 'path-exclude /usr/share/info/*' 'path-exclude /usr/share/locale/*' \
-        'path-exclude /usr/share/lintian/*' > "$mnt/etc/dpkg/dpkg.cfg.d/docker"
-    buildah umount "$ctr" >/dev/null
-    buildah config --env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin --env LANG=C.UTF-8 \
-        --cmd python3 "$ctr"
-    buildah commit --rm -q "$ctr" "$BASE_IMAGE" >/dev/null
-    log "base image ready in $(( $(date +%s) - t0 )) s"
-fi
+[ "$BASE_IMAGE" = localhost/splitinfer-base:bookworm-slim ] && make_base "$BASE_IMAGE"
 
 # --- the two images ----------------------------------------------------------------------------------
 build() {  # build NAME DOCKERFILE [--build-arg ...]

@@ -8,21 +8,27 @@
 #   index (its `2.14.1+cpu` build satisfies the `torch==2.14.1` pin) and the CUDA wheels (nvidia-*, cuda-*,
 #   triton) are dropped. On a machine that is not x86_64 they are dropped too (PyPI's aarch64 torch has no
 #   such dependencies).
+# - PIP_WHEELS, a folder: when it holds wheels, pip installs from it alone (--no-index), e.g. the target platform's
+#   wheels downloaded on the build machine for an emulated build (scripts/build_edge_arm64.sh); empty or unset:
+#   from the index.
 set -eu
 req=$1
+pip=${PIP:-/opt/venv/bin/pip}  # (a test points PIP elsewhere)
 if [ -s /run/secrets/pipcert ]; then export PIP_CERT=/run/secrets/pipcert; fi
 if [ -n "${TORCH_INDEX_URL:-}" ] || [ "$(uname -m)" != x86_64 ]; then
     grep -v -E '^(nvidia-|cuda-|triton==)' "$req" > /tmp/requirements.filtered.txt
     req=/tmp/requirements.filtered.txt
 fi
-if [ -n "${TORCH_INDEX_URL:-}" ]; then
+if [ -n "${PIP_WHEELS:-}" ] && ls "$PIP_WHEELS"/*.whl >/dev/null 2>&1; then
+    set -- --no-index --find-links "$PIP_WHEELS"
+elif [ -n "${TORCH_INDEX_URL:-}" ]; then
     set -- --extra-index-url "$TORCH_INDEX_URL"
 else
     set --
 fi
 # setuptools/wheel: the venv's own copies are too old for torch's, compressai's and grpcio-tools' metadata
 # (they are not in requirements.txt); pinned here to the versions the project's .venv runs with.
-/opt/venv/bin/pip install --no-deps --disable-pip-version-check setuptools==84.2.1 wheel==0.48.0
-/opt/venv/bin/pip install --no-deps --disable-pip-version-check "$@" -r "$req"
-/opt/venv/bin/pip check
+"$pip" install --no-deps --disable-pip-version-check "$@" setuptools==84.2.1 wheel==0.48.0
+"$pip" install --no-deps --disable-pip-version-check "$@" -r "$req"
+"$pip" check
 rm -f /tmp/requirements.filtered.txt
