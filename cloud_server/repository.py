@@ -12,7 +12,7 @@ import logging
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from shared.bundle import Bundle, default_bundle_path, embedded_bundle_paths, load_bundle
 from shared.models import SplitModel, load_split_model
@@ -23,7 +23,7 @@ from .decoder import CloudDecoder
 from .errors import NotFound
 from .settings import BundleSpec, Settings
 
-__all__ = ["ServedModel", "ModelRepository"]
+__all__ = ["ServedModel", "ModelRepository", "default_names"]
 
 log = logging.getLogger("splitinfer.server")
 BackboneKey = Tuple[str, str, Optional[str]]
@@ -66,6 +66,20 @@ class ServedModel:
         return self._encoder
 
 
+LADDER_SUFFIX, VR_SUFFIX = "-ladder", "-vr"
+
+
+def default_names(specs: Sequence[BundleSpec], bundles: Sequence[Bundle]) -> List[str]:
+    """The served name of each bundle: its spec's name, else ``<backbone>-<split>``. A variable-rate network is the
+    default model of its split: where a ladder of the same backbone and split is served beside it, the ladder
+    becomes ``<backbone>-<split>-ladder`` (ladders stay supported, under that name). Earlier versions served the
+    variable-rate network as ``<backbone>-<split>-vr``; :meth:`ModelRepository.get` still answers to it."""
+    names = [s.name or b.served_name for s, b in zip(specs, bundles)]
+    vr_bases = {n for s, b, n in zip(specs, bundles, names) if not s.name and b.config.variable_rate}
+    return [n + LADDER_SUFFIX if not s.name and not b.config.variable_rate and n in vr_bases else n
+            for s, b, n in zip(specs, bundles, names)]
+
+
 class ModelRepository:
     def __init__(self, settings: Settings):
         self.settings = settings
@@ -78,13 +92,15 @@ class ModelRepository:
     def load(self) -> "ModelRepository":
         # no bundle named: every embedded ladder (shallow and deep split), on one backbone each
         specs = self.settings.bundles or [BundleSpec(path=p) for p in embedded_bundle_paths()]
-        for spec in specs:
-            self.add(spec)
+        bundles = [load_bundle(s.path if s.path is not None else default_bundle_path()) for s in specs]
+        for spec, bundle, name in zip(specs, bundles, default_names(specs, bundles)):
+            self.add(spec, bundle, name)
         return self
 
-    def add(self, spec: BundleSpec) -> ServedModel:
-        bundle = load_bundle(spec.path if spec.path is not None else default_bundle_path())
-        name = spec.name or bundle.served_name
+    def add(self, spec: BundleSpec, bundle: Optional[Bundle] = None, name: Optional[str] = None) -> ServedModel:
+        if bundle is None:
+            bundle = load_bundle(spec.path if spec.path is not None else default_bundle_path())
+        name = name or spec.name or bundle.served_name
         if name in self._models:
             raise ValueError(f"two bundles are named {name!r}; name them (BundleSpec.name / --bundle NAME=DIR)")
         weights = spec.weights if spec.weights is not None else self.settings.weights
@@ -120,6 +136,10 @@ class ModelRepository:
         try:
             return self._models[name]
         except KeyError:
+            if name.endswith(VR_SUFFIX):  # the name earlier versions gave a variable-rate network
+                served = self._models.get(name[: -len(VR_SUFFIX)])
+                if served is not None and served.bundle.config.variable_rate:
+                    return served
             known = ", ".join(sorted(self._models)) or "none"
             raise NotFound(f"model {name!r} is not served here (models: {known})") from None
 

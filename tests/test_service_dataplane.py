@@ -257,3 +257,36 @@ def test_no_bundle_named_serves_the_embedded_ladders(tiny_bundle, tiny_weights, 
         assert [m.name for m in repo.models()] == [MODEL] and repo.get(MODEL).bundle.bundle_id == tiny_bundle.bundle_id
     finally:
         repo.close()
+
+
+def test_variable_rate_network_is_its_splits_default_model(tiny_bundle, vr_bundle, tiny_weights):
+    """A ladder and a variable-rate network of one split served together: the variable-rate network takes the
+    split's name, the ladder moves to ``-ladder``, the name earlier versions gave the variable-rate network still
+    answers, and explicit names win over the rule."""
+    from cloud_server.errors import NotFound
+    from cloud_server.repository import ModelRepository
+    from cloud_server.settings import BundleSpec
+
+    assert tiny_bundle.served_name == vr_bundle.served_name == MODEL
+    specs = [BundleSpec(path=tiny_bundle.root), BundleSpec(path=vr_bundle.root)]
+    repo = ModelRepository(make_settings(tiny_bundle, tiny_weights, bundles=specs)).load()
+    try:
+        assert sorted(m.name for m in repo.models()) == sorted([MODEL, MODEL + "-ladder"])
+        assert repo.get(MODEL).bundle.bundle_id == vr_bundle.bundle_id
+        assert repo.get(MODEL + "-ladder").bundle.bundle_id == tiny_bundle.bundle_id
+        assert repo.get(MODEL + "-vr") is repo.get(MODEL)
+        with pytest.raises(NotFound, match="not served"):
+            repo.get(MODEL + "-ladder-vr")
+    finally:
+        repo.close()
+    named = [BundleSpec(path=tiny_bundle.root, name="mine"), BundleSpec(path=vr_bundle.root)]
+    repo = ModelRepository(make_settings(tiny_bundle, tiny_weights, bundles=named)).load()
+    try:
+        assert sorted(m.name for m in repo.models()) == sorted(["mine", MODEL])
+    finally:
+        repo.close()
+    alone = ModelRepository(make_settings(tiny_bundle, tiny_weights, bundles=[BundleSpec(path=tiny_bundle.root)]))
+    try:  # a ladder served alone keeps the split's name
+        assert [m.name for m in alone.load().models()] == [MODEL]
+    finally:
+        alone.close()
