@@ -1,6 +1,6 @@
 #!/bin/sh
 # Install a fully pinned requirements file into /opt/venv during an image build (both Dockerfiles).
-#   pip-install.sh REQUIREMENTS
+#   pip-install.sh REQUIREMENTS [PIP_INSTALL_OPTION...]     (e.g. --no-compile)
 # - pip's CA bundle, when the build machine needs one (a TLS-intercepting proxy), comes in as the build
 #   secret `pipcert` (`--secret id=pipcert,src=$PIP_CERT`) and is never written into a layer.
 # - --no-deps + `pip check`: exactly the pinned set, and a missing pin fails the build.
@@ -13,6 +13,7 @@
 #   from the index.
 set -eu
 req=$1
+shift
 pip=${PIP:-/opt/venv/bin/pip}  # (a test points PIP elsewhere)
 if [ -s /run/secrets/pipcert ]; then export PIP_CERT=/run/secrets/pipcert; fi
 if [ -n "${TORCH_INDEX_URL:-}" ] || [ "$(uname -m)" != x86_64 ]; then
@@ -20,11 +21,9 @@ if [ -n "${TORCH_INDEX_URL:-}" ] || [ "$(uname -m)" != x86_64 ]; then
     req=/tmp/requirements.filtered.txt
 fi
 if [ -n "${PIP_WHEELS:-}" ] && ls "$PIP_WHEELS"/*.whl >/dev/null 2>&1; then
-    set -- --no-index --find-links "$PIP_WHEELS"
+    set -- "$@" --no-index --find-links "$PIP_WHEELS"
 elif [ -n "${TORCH_INDEX_URL:-}" ]; then
-    set -- --extra-index-url "$TORCH_INDEX_URL"
-else
-    set --
+    set -- "$@" --extra-index-url "$TORCH_INDEX_URL"
 fi
 # setuptools/wheel: the venv's own copies are too old for torch's, compressai's and grpcio-tools' metadata
 # (they are not in requirements.txt); pinned here to the versions the project's .venv runs with.

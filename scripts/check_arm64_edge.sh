@@ -52,8 +52,11 @@ in_image() {  # in_image COMMAND...: as the image's service user, on the host ne
 }
 log "$EDGE: $(buildah inspect --type image --format '{{.OCIv1.OS}}/{{.OCIv1.Architecture}}/{{.OCIv1.Variant}}' "$EDGE"), \
 $(buildah images --format '{{.Size}}' "$EDGE") (buildah images), du $(du -sh "$mnt" | cut -f1)"
-log "inside: $(in_image python -c "import platform, sys; from shared.codec import rans; \
-print(platform.machine(), 'Python', sys.version.split()[0], 'rANS coder:', rans.implementation())")"
+# the compiled coder, when the image ships one, must load there (else the Python coder would quietly take over)
+log "inside: $(in_image python -c "import glob, platform, sys; from shared.codec import rans; \
+shipped = glob.glob('/opt/splitinfer/app/shared/codec/_ranscoder*.so'); \
+assert rans.implementation() == 'c' or not shipped, (shipped, rans.COMPILED_ERROR); \
+print(platform.machine(), 'Python', sys.version.split()[0], 'rANS coder:', rans.implementation(), *shipped)")"
 
 # --- the cloud: x86_64, this tree, every embedded bundle -----------------------------------------------------
 bundles=()
