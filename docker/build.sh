@@ -58,7 +58,9 @@ for image in ${IMAGES-cloud edge}; do
     case $image in
         cloud) build "$CLOUD" docker/Dockerfile.cloud --build-arg "TORCH_INDEX_URL=${TORCH_INDEX_URL:-}" ;;
         # the edge's export stage runs in the cloud image just built: its packages match what that image serves
-        edge) build "$EDGE" docker/Dockerfile.edge --build-arg "CLOUD_IMAGE=$CLOUD" ;;
+        # (EDGE_EXPORT given although it is the default: buildah 1.28 resolves a stage named by a build argument
+        # in FROM only when the argument is passed, not from its default)
+        edge) build "$EDGE" docker/Dockerfile.edge --build-arg "CLOUD_IMAGE=$CLOUD" --build-arg EDGE_EXPORT=export ;;
         *) log "IMAGES: unknown image $image (cloud, edge)"; exit 2 ;;
     esac
 done
