@@ -7,7 +7,7 @@
    ``StreamRateController`` at K kbit/s and F fps; reports the sent rate over every 30-frame window against K
    and draws the rate against the target (``--plot``).
 3. **A link that changes** (``--link-plot``): the same frames, sent at 10 fps over a simulated link
-   (``shared.ratecontrol.SimulatedLink``: one message at a time, 30 ms round trip) of K, then 0.4 K, then
+   (``tests/linksim.py``'s ``SimulatedLink``: one message at a time, 30 ms round trip) of K, then 0.4 K, then
    0.75 K kbit/s for a third of the stream each (K: 0.1 bpp at 10 fps), the hint asking 1.25 K: following the link
    (``LinkRateTracker``, from the answers' delays) against the hint alone. Reports the sent rate over every
    30-frame window against the link and each frame's delay beyond the round trip (its own transmission and the
@@ -104,7 +104,7 @@ def per_image(enc, items, hints, model=None, codec=None):
 
 def stream(enc, frames, kbps, fps, window, plot):
     from shared.imageprep import load_image
-    from shared.ratecontrol import StreamRateController
+    from shared.rate import StreamRateController
 
     ctl = StreamRateController(kbps, fps, enc.levels)
     sent, levels = [], []
@@ -179,7 +179,8 @@ def plot_link(plot, t, cap, runs, window, fps, title, delay_label, delay_offset=
 def link(enc, frames, kbps, fps, window, plot):
     """Section 3: following a link that changes, against the hint alone (both over the same simulated link)."""
     from shared.imageprep import load_image
-    from shared.ratecontrol import LinkRateTracker, SimulatedLink, StreamRateController
+    from shared.rate import LinkRateTracker, StreamRateController
+    from tests.linksim import SimulatedLink
 
     images = [load_image(p) for p in frames]
     third = len(images) / fps / 3

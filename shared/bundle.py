@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 from .codec.config import BottleneckConfig
 from .errors import UserError
 from .options import option
+from .rate.scheme import RateScheme, scheme_of, select_rung
 
 if TYPE_CHECKING:
     from .codec.bottleneck import Bottleneck
@@ -235,11 +236,9 @@ class Bundle:
 
     @property
     def served_name(self) -> str:
-        """The model name a server gives this bundle unless told otherwise: ``<backbone>-<split>``. Where a ladder
-        and a variable-rate network of one split are served together, the variable-rate network keeps this name
-        (it is the split's default model) and the ladder is ``<backbone>-<split>-ladder``
-        (``cloud_server.repository.default_names``)."""
-        return f"{self.model}-{self.split}"
+        """The model name a server gives this ladder unless told otherwise: ``<backbone>-<split>``, with ``-vr`` for
+        a variable-rate bundle (so it can be served beside the ladder of the same split)."""
+        return f"{self.model}-{self.split}" + ("-vr" if self.config.levels is not None else "")
 
     @property
     def task(self) -> str:
@@ -317,6 +316,11 @@ class Bundle:
     def select(self, bitrate_bpp: Optional[float]) -> int:
         return select_rung(self.rungs, bitrate_bpp)
 
+    @property
+    def scheme(self) -> RateScheme:
+        """How this bundle turns a bitrate hint into an operating point (a ladder, or one variable-rate network)."""
+        return scheme_of(self)
+
     def check_backbone(self, model, parts: Sequence[str] = ("head", "tail")) -> None:
         """Refuse backbone weights other than those the ladder was trained against: its bottlenecks fit one
         head's features and one tail's expectations (e.g. a re-trained segmentation teacher does not fit).
@@ -333,21 +337,6 @@ class Bundle:
                 "hold only with those weights. Load the weights it was trained with (--weights, or the model's "
                 "default location), or train a ladder for these weights with `splitinfer train`."
             )
-
-
-def select_rung(rungs: Sequence[Rung], bitrate_bpp: Optional[float]) -> int:
-    """The one rule that maps a bitrate hint to a rung, shared by edge and cloud.
-
-    Picks the most accurate rung whose measured bpp fits the hint; if none fits, the cheapest rung.
-    No hint means the top rung. Rungs are ordered from highest to lowest rate, so an unmeasured
-    rung counts as costlier than every rung below it.
-    """
-    if bitrate_bpp is None:
-        return 0
-    if not bitrate_bpp > 0:
-        raise ValueError(f"bitrate hint must be a positive bpp, got {bitrate_bpp}")
-    fitting = [r.index for r in rungs if r.bpp is not None and r.bpp <= bitrate_bpp]
-    return min(fitting) if fitting else len(rungs) - 1
 
 
 def save_bundle(
@@ -443,7 +432,7 @@ def record_measurement(bundle, res: Dict, evaluation: Dict):
     drop = lambda d: {k: v for k, v in d.items() if k != "per_image"}  # noqa: E731
     extra = {"evaluation": {**evaluation, "reference": drop(res["reference"])}}
     points = [drop(p) for p in res["rungs"]]
-    if bundle.config.levels is not None:
+    if bundle.scheme.variable:
         curve = sorted(points, key=lambda p: p["level"])
         extra["variable_rate"] = {**(bundle.manifest.get("variable_rate") or {}), "curve": curve}
         points = [curve[-1]]

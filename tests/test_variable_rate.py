@@ -1,5 +1,5 @@
 """One variable-rate bottleneck (shared/codec/variable_rate.py): levels in the bitstream, bit-exact decoding,
-per-image rate control and stream rate control (shared/ratecontrol.py), on the torch and the ONNX edge."""
+per-image rate control and stream rate control (shared/rate/), on the torch and the ONNX edge."""
 
 from __future__ import annotations
 
@@ -12,10 +12,11 @@ import torch
 
 from shared.bitstream import VERSION, VERSION_LEVEL, BitstreamError, Header, pack, unpack
 from shared.pipeline import LadderCodec
-from shared.ratecontrol import (LevelCoder, LinkRateTracker, SimulatedLink, StreamRateController, choose_level,
-                                encode_within)
+from shared.codec.levels import LevelCoder
+from shared.rate import LinkRateTracker, StreamRateController, choose_level, encode_within
 
 from conftest import VR_LEVELS as LEVELS
+from linksim import SimulatedLink
 
 
 @pytest.fixture(scope="module")

@@ -117,9 +117,9 @@ class VariableRateHyperprior(HyperpriorRate):
         return [y_string, z_string], level_symbols_crc(q, y_sym[0].numpy(), z_sym[0].numpy())
 
     def level_coder(self, y: Tensor):
-        """One image's latent (1, C, h, w) ready for rate control at every level (``shared.ratecontrol``):
+        """One image's latent (1, C, h, w) ready for rate control at every level (``shared.rate``):
         (LevelCoder, z payload, z symbols). The y payload it writes equals :meth:`compress`'s at that level."""
-        from ..ratecontrol import LevelCoder
+        from .levels import LevelCoder
         from .rans import RansTables
 
         z_sym, z_string, idx, means = self.code_side(y)

@@ -1,9 +1,10 @@
-"""Bitrate hints: what a request says about the link, and the rung it maps to on a ladder.
+"""Bitrate hints: what a request says about the link.
 
 A hint is either a target in bits per pixel, or a link rate (kbit/s) with a frame rate, which becomes
-``kbit_per_s * 1000 / fps`` bits per frame over the bundle's input pixels. Edge and cloud both turn a
-hint into a rung with :meth:`BitrateHint.rung`, which ends in :func:`shared.bundle.select_rung`, the one
-rule for that, so an edge and a server holding the same bundle always agree.
+``kbit_per_s * 1000 / fps`` bits per frame over the bundle's input pixels. A bundle's rate scheme
+(:mod:`shared.rate.scheme`) turns it into an operating point: on a ladder the rung of
+:func:`~shared.rate.scheme.select_rung`, the one rule for that, so an edge and a server holding the same bundle
+always agree.
 """
 
 from __future__ import annotations
@@ -12,9 +13,12 @@ import math
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
-from .bundle import Bundle, select_rung
+__all__ = ["BitrateHint", "HintError"]
 
-__all__ = ["BitrateHint"]
+
+class HintError(ValueError):
+    """A hint, rung or quality level a bundle's rate scheme cannot take (a level for a ladder, a rung out of range,
+    a link to follow without a variable-rate network): the caller's mistake, said in one line."""
 
 
 def _positive(name: str, v: float) -> float:
@@ -56,9 +60,9 @@ class BitrateHint:
             return self.kbit_per_s * 1000.0 / self.fps / (input_hw[0] * input_hw[1])
         return None
 
-    def rung(self, bundle: Bundle) -> int:
-        """The rung of ``bundle`` this hint selects (no hint: the top rung)."""
-        return select_rung(bundle.rungs, self.bpp(bundle.input_size))
+    def rung(self, bundle) -> int:
+        """The rung of ``bundle`` this hint selects (no hint: the top rung; a variable-rate bundle: its one network)."""
+        return bundle.scheme.point(self).rung
 
     def __str__(self) -> str:
         if self.target_bpp is not None:
