@@ -236,9 +236,11 @@ class Bundle:
 
     @property
     def served_name(self) -> str:
-        """The model name a server gives this ladder unless told otherwise: ``<backbone>-<split>``, with ``-vr`` for
-        a variable-rate bundle (so it can be served beside the ladder of the same split)."""
-        return f"{self.model}-{self.split}" + ("-vr" if self.config.levels is not None else "")
+        """The model name a server gives this bundle unless told otherwise: ``<backbone>-<split>``. Where a ladder
+        and a variable-rate network of one split are served together, the variable-rate network keeps this name
+        (it is the split's default model) and the ladder is ``<backbone>-<split>-ladder``
+        (``cloud_server.repository.default_names``)."""
+        return f"{self.model}-{self.split}"
 
     @property
     def task(self) -> str:
