@@ -25,7 +25,7 @@ from typing import Callable, Iterator, List, Optional
 
 from shared import __version__
 from shared.bitstream import BitstreamError, unpack
-from shared.hint import BitrateHint
+from shared.rate import BitrateHint, HintError
 from shared.imageprep import resized_size
 
 from .errors import (BundleMismatch, Cancelled, DeadlineExceeded, InternalError, InvalidArgument, Overloaded,
@@ -206,12 +206,12 @@ class DataPlane:
             figures = {k: mt.get(k) for k in task.metrics}  # the task's accuracy figures, by name
             rungs.append(RungMetadata(index=r.index, lam=r.lam, bpp=mt.get("bpp"), agreement=mt.get("agreement"),
                                       n_images=int(mt.get("n_images") or 0), resident=r.index in resident, **figures))
-        vr = None
-        if b.config.levels is not None:
+        vr, scheme = None, b.scheme
+        if scheme.variable:
             curve = [LevelPoint(level=p["level"], bpp=p["bpp"], agreement=p.get("agreement"),
                                 n_images=int(p.get("n_images") or 0), **{k: p.get(k) for k in task.metrics})
-                     for p in (b.variable_rate or {}).get("curve", [])]
-            vr = VariableRate(levels=b.config.levels, curve=curve)
+                     for p in scheme.curve]
+            vr = VariableRate(levels=scheme.levels, curve=curve)
         return ModelMetadata(name=m.name, bundle_id=b.bundle_id, backbone=b.model, split=b.split,
                              task=task.name, input_hw=m.input_hw, rate_model=b.config.rate_model,
                              num_classes=m.decoder.model.spec.num_classes, backbone_loaded=m.backbone_loaded,
@@ -246,13 +246,13 @@ class DataPlane:
                 raise PayloadTooLarge(f"image of {len(image)} bytes exceeds the limit of "
                                       f"{self.settings.max_upload_bytes} bytes")
             t0 = time.perf_counter()
-            n = len(served.bundle.rungs)
             if rung is not None and hint.is_set:
                 raise InvalidArgument("give either a rung or a bitrate hint, not both")
-            if rung is not None and not 0 <= rung < n:
-                raise InvalidArgument(f"rung {rung} is not in bundle {served.bundle.bundle_id} (rungs 0..{n - 1})")
+            try:  # the edge's own rule: a rung, or the message itself within the hint (variable rate)
+                point = served.bundle.scheme.point(hint, rung=rung)
+            except HintError as e:
+                raise InvalidArgument(str(e)) from None
             encoder = served.encoder()
-            r = hint.rung(served.bundle) if rung is None else rung
             # the big part (the decoded upload) lives only inside this block; a few at a time
             if not self._image_slots.acquire(timeout=max(0.0, min(2.0, deadline - time.monotonic()))):
                 self._check(deadline, ctx["token"], "decoding the image")
@@ -260,16 +260,13 @@ class DataPlane:
             try:
                 img = self._open_image(image, encoder.preprocess_spec, deadline, ctx["token"])
                 self._check(deadline, ctx["token"], "encoding")
-                if served.bundle.config.levels is not None:  # one network: the message itself fits the hint
-                    frame = encoder.encode(img, bitrate=hint.bpp(served.bundle.input_size))
-                else:
-                    frame = encoder.encode(img, rung=r)
+                frame = encoder.encode(img, point=point)
                 del img
             finally:
                 self._image_slots.release()
             encode_ms = 1e3 * (time.perf_counter() - t0)
             req = parse_request(dict(model=model, bitstream=frame.data, target_bpp=hint.target_bpp,
-                                     kbit_per_s=hint.kbit_per_s, fps=hint.fps, expected_rung=r,
+                                     kbit_per_s=hint.kbit_per_s, fps=hint.fps, expected_rung=point.rung,
                                      request_id=ctx["request_id"], top_k=top_k))
             with served.batcher.track():
                 resp = self._infer(served, req, ctx, deadline)

@@ -33,7 +33,8 @@ from shared.codec.integer_numpy import int_hyper_synthesis, layers_from_arrays
 from shared.codec.rans import RansTables, encode_with_indexes
 from shared.frame import EncodedFrame, ImageLike
 from shared.imageprep import input_crop, load_image, to_array
-from shared.ratecontrol import LevelCoder, RateChoice, StreamRateController, choose_level, level_message
+from shared.codec.levels import LevelCoder, level_message
+from shared.rate import BitrateHint, OperatingPoint, RateChoice, StreamRateController, choose_level
 
 from .package import EdgePackage, find_package
 
@@ -185,9 +186,14 @@ class OnnxEdgeEncoder:
         return self.head.run(None, {"image": x})[0]
 
     @property
+    def scheme(self):
+        """The bundle's rate scheme (``shared.rate``): hint -> operating point, and each message's outcome."""
+        return self.bundle.scheme
+
+    @property
     def levels(self) -> Optional[Tuple[int, int]]:
         """The quality levels of a variable-rate bundle; None for a ladder."""
-        return self.bundle.config.levels
+        return self.scheme.levels
 
     def encode_array(self, x: np.ndarray, rung: int) -> bytes:
         """A preprocessed image (1, 3, H, W) float32 -> one message (a ladder rung)."""
@@ -197,25 +203,29 @@ class OnnxEdgeEncoder:
         return pack(Header(self.bundle.id_bytes, self.tag, rung, hw, y_hw, side, crc), payloads)
 
     def encode_variable(self, x: np.ndarray, **how) -> RateChoice:
-        """A preprocessed image -> a variable-rate bundle's message; ``how``: see ``shared.ratecontrol.choose_level``."""
+        """A preprocessed image -> a variable-rate bundle's message; ``how``: see ``shared.rate.choose_level``."""
         coder, z_str, z_sym, y_hw, side = self.rung(0).level_coder(self.features(x))
         message = level_message(self.bundle.id_bytes, self.tag, x.shape[-2:], y_hw, side, z_str, z_sym[0])
         return choose_level(coder, message, **how)
 
     def encode(self, image: ImageLike, bitrate: Optional[float] = None, rung: Optional[int] = None,
-               level: Optional[int] = None, controller: Optional[StreamRateController] = None) -> EncodedFrame:
-        """Encode one image. A ladder: at the rung given, or the rung the bitrate hint (bpp) selects. A
+               level: Optional[int] = None, controller: Optional[StreamRateController] = None,
+               point: Optional[OperatingPoint] = None) -> EncodedFrame:
+        """Encode one image at the operating ``point`` of the bundle's rate scheme, or the one the other arguments
+        give (``self.scheme.point``). A ladder: at the rung given, or the rung the bitrate hint (bpp) selects. A
         variable-rate bundle: at the quality ``level`` given, within the hint (each message at most ``bitrate``
-        bpp), under a stream ``controller``, or at the finest level."""
+        bpp), under a stream ``controller``, or at the finest level. The frame's ``hint`` says whether the message
+        met the hint."""
+        if point is None:
+            point = self.scheme.point(BitrateHint(target_bpp=bitrate), rung=rung, level=level, controller=controller)
         t0 = time.perf_counter()
         x = self.preprocess(image)
         hw = tuple(x.shape[-2:])
-        if self.levels is not None:
-            budget = None if bitrate is None else bitrate * hw[0] * hw[1] / 8.0
-            c = self.encode_variable(x, level=level, max_bytes=budget, controller=controller)
-            return EncodedFrame(c.message, 0, hw, 1e3 * (time.perf_counter() - t0), c.level, c.trials)
-        if level is not None or controller is not None:
-            raise ValueError("quality levels and stream rate control need a variable-rate bundle; this one is a ladder")
-        r = self.select(bitrate) if rung is None else rung
-        data = self.encode_array(x, r)
-        return EncodedFrame(data, r, hw, 1e3 * (time.perf_counter() - t0))
+        if point.variable:
+            c = self.encode_variable(x, **point.how())
+            frame = EncodedFrame(c.message, 0, hw, 0.0, c.level, c.trials)
+        else:
+            frame = EncodedFrame(self.encode_array(x, point.rung), point.rung, hw)
+        frame.encode_ms = 1e3 * (time.perf_counter() - t0)
+        frame.hint = self.scheme.outcome(point, frame.n_bytes, hw, frame.level)
+        return frame

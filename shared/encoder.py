@@ -20,6 +20,7 @@ from .data import eval_transform, load_image
 from .frame import EncodedFrame, ImageLike
 from .models import SplitModel, load_split_model
 from .pipeline import LadderCodec
+from .rate import BitrateHint, OperatingPoint
 
 __all__ = ["EdgeEncoder", "EncodedFrame"]
 
@@ -54,23 +55,30 @@ class EdgeEncoder:
         return self._transform(img).unsqueeze(0)
 
     @property
+    def scheme(self):
+        """The bundle's rate scheme (``shared.rate``): hint -> operating point, and each message's outcome."""
+        return self.bundle.scheme
+
+    @property
     def levels(self):
         """The quality levels of a variable-rate bundle; None for a ladder."""
-        return self.codec.levels
+        return self.scheme.levels
 
     @torch.no_grad()
     def encode(self, image: ImageLike, bitrate: Optional[float] = None, rung: Optional[int] = None,
-               level: Optional[int] = None, controller=None) -> EncodedFrame:
+               level: Optional[int] = None, controller=None, point: Optional[OperatingPoint] = None) -> EncodedFrame:
         """Encode one image; the arguments as :meth:`edge_client.runtime.OnnxEdgeEncoder.encode`'s."""
+        if point is None:
+            point = self.scheme.point(BitrateHint(target_bpp=bitrate), rung=rung, level=level, controller=controller)
         t0 = time.perf_counter()
         x = self.preprocess(image).to(self.device)
         hw = tuple(x.shape[-2:])
-        if self.levels is not None:
-            budget = None if bitrate is None else bitrate * hw[0] * hw[1] / 8.0
-            (c,) = self.codec.encode_variable(self.head(x), hw, level=level, max_bytes=budget, controller=controller)
-            return EncodedFrame(c.message, 0, hw, 1e3 * (time.perf_counter() - t0), c.level, c.trials)
-        if level is not None or controller is not None:
-            raise ValueError("quality levels and stream rate control need a variable-rate bundle; this one is a ladder")
-        r = self.select(bitrate) if rung is None else rung
-        (data,) = self.codec.encode(self.head(x), hw, r)
-        return EncodedFrame(data, r, hw, 1e3 * (time.perf_counter() - t0))
+        if point.variable:
+            (c,) = self.codec.encode_variable(self.head(x), hw, **point.how())
+            frame = EncodedFrame(c.message, 0, hw, 0.0, c.level, c.trials)
+        else:
+            (data,) = self.codec.encode(self.head(x), hw, point.rung)
+            frame = EncodedFrame(data, point.rung, hw)
+        frame.encode_ms = 1e3 * (time.perf_counter() - t0)
+        frame.hint = self.scheme.outcome(point, frame.n_bytes, hw, frame.level)
+        return frame

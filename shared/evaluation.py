@@ -20,6 +20,7 @@ from .bundle import Bundle
 from .data import Item, input_crop, load_image, load_mask, mask_crop, to_model_input
 from .models.split import SplitModel
 from .pipeline import LadderCodec, bits_per_pixel
+from .rate.scheme import default_levels  # noqa: F401 - where callers have always found it
 from .tasks import all_metrics, get_task
 from .training.objectives import bpp_from_likelihoods
 
@@ -56,17 +57,8 @@ def evaluate_ladder(
     order of ``items`` (``bytes`` of each message, and the task's per-image figures: ``Scores.per_image``), from
     which :mod:`shared.intervals` draws intervals over images; compact lists for results.json, never manifests."""
     codec = LadderCodec(bundle, device)
-    if codec.levels is not None:
-        points = [(0, int(q)) for q in (default_levels(codec.levels) if levels is None else levels)]
-    else:
-        points = [(r, None) for r in (range(len(bundle.rungs)) if rungs is None else rungs)]
+    points = bundle.scheme.measure_points(rungs, levels)
     return _evaluate_points(model, bundle, codec, items, points, batch_size, device, progress, per_image)
-
-
-def default_levels(levels, every: int = 4) -> List[int]:
-    """The quality levels a variable-rate bundle is measured at: every ``every``-th, both ends included."""
-    lo, hi = levels
-    return sorted({*range(lo, hi + 1, every), hi})
 
 
 def level_lambda(bundle, q: int) -> float:
@@ -74,7 +66,7 @@ def level_lambda(bundle, q: int) -> float:
     from .codec.variable_rate import lambda_at
 
     lams = (bundle.variable_rate or {}).get("lambdas")
-    return lambda_at(q, bundle.config.levels, lams) if lams else bundle.rungs[0].lam
+    return lambda_at(q, bundle.scheme.levels, lams) if lams else bundle.rungs[0].lam
 
 
 def _evaluate_points(model, bundle, codec, items, points, batch_size, device, progress, per_image=False) -> Dict:
@@ -121,7 +113,9 @@ def _evaluate_points(model, bundle, codec, items, points, batch_size, device, pr
             **a["scores"].result(),
             **({"per_image": {"bytes": a["sizes"], **a["scores"].per_image()}} if per_image else {}),
         })
-    reference = {"n_images": n, **ref.result(), **({"per_image": ref.per_image()} if per_image else {})}
+    # n_labelled: the images the accuracy figures score (unlabelled ones count in rate and agreement only)
+    reference = {"n_images": n, "n_labelled": ref.n_labelled, **ref.result(),
+                 **({"per_image": ref.per_image()} if per_image else {})}
     return {"rungs": results, "reference": reference, "metric": task.metrics[0]}
 
 

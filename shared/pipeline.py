@@ -63,23 +63,19 @@ class LadderCodec:
 
     # -- edge --------------------------------------------------------------------------------------
     @property
+    def scheme(self):
+        """The bundle's rate scheme (``shared.rate``): a ladder of rungs, or one variable-rate network."""
+        return self.bundle.scheme
+
+    @property
     def levels(self) -> Optional[Tuple[int, int]]:
         """The quality levels of a variable-rate bundle (one network, shared/codec/variable_rate.py); None for a ladder."""
-        return self.bundle.config.levels
-
-    def _level_kw(self, level: Optional[int]) -> Dict:
-        if self.levels is None:
-            if level is not None:
-                raise ValueError("this bundle is a ladder of rungs: it takes a rung, not a quality level")
-            return {}
-        if level is None:
-            raise ValueError(f"this bundle is variable-rate: give a quality level in {self.levels[0]}..{self.levels[1]}")
-        return {"level": int(level)}
+        return self.scheme.levels
 
     @torch.no_grad()
     def encode(self, feature: Tensor, input_hw: Tuple[int, int], rung: int = 0, level: Optional[int] = None) -> list[bytes]:
         """Features of a batch (N, C, h, w) -> one message per image (``level``: variable-rate bundles only)."""
-        kw = self._level_kw(level)
+        kw = self.scheme.level_kw(level)
         net = self.rung(rung)
         y_hw = net.latent_shape(tuple(feature.shape[-2:]))
         side = net.rate.side_shape(y_hw) or (0, 0)
@@ -92,11 +88,12 @@ class LadderCodec:
     @torch.no_grad()
     def encode_variable(self, feature: Tensor, input_hw: Tuple[int, int], **how) -> list:
         """A variable-rate bundle: features (N, C, h, w) -> one ``RateChoice`` per image (its message and level);
-        ``how``: a level, a byte budget or a stream controller (``shared.ratecontrol.choose_level``)."""
-        from .ratecontrol import choose_level, level_message
+        ``how``: a level, a byte budget or a stream controller (``shared.rate.choose_level``)."""
+        from .codec.levels import level_message
+        from .rate import HintError, choose_level
 
-        if self.levels is None:
-            raise ValueError("rate control needs a variable-rate bundle; this one is a ladder of rungs")
+        if not self.scheme.variable:
+            raise HintError("rate control needs a variable-rate bundle; this one is a ladder of rungs")
         net = self.rung(0)
         y_all = net._analysis(feature.to(self.device)).cpu()
         y_hw = tuple(y_all.shape[-2:])
@@ -122,11 +119,9 @@ class LadderCodec:
             raise BitstreamError("bitstream was made for another split point")
         if not 0 <= hdr.rung < len(b.rungs):
             raise BitstreamError(f"rung {hdr.rung} is not in this bundle (rungs 0..{len(b.rungs) - 1})")
-        if (hdr.level is None) != (self.levels is None):
-            raise BitstreamError("bitstream carries a quality level but this bundle is a ladder" if self.levels is None
-                                 else "bitstream carries no quality level but this bundle is variable-rate")
-        if hdr.level is not None and not self.levels[0] <= hdr.level <= self.levels[1]:
-            raise BitstreamError(f"quality level {hdr.level} is outside this bundle's {self.levels[0]}..{self.levels[1]}")
+        problem = self.scheme.header_problem(hdr.level)
+        if problem:
+            raise BitstreamError(problem)
         if hdr.input_hw not in self.allowed_inputs():
             raise BitstreamError(
                 f"input size {hdr.input_hw[0]}x{hdr.input_hw[1]} is not one this bundle encodes "
@@ -150,7 +145,7 @@ class LadderCodec:
         hdr, payloads = self.parse(data)
         feat_hw = self.feature_hw(hdr.input_hw)
         try:
-            feat, crc = self.rung(hdr.rung).decompress(payloads, feat_hw, **self._level_kw(hdr.level))
+            feat, crc = self.rung(hdr.rung).decompress(payloads, feat_hw, **self.scheme.level_kw(hdr.level))
         except (RuntimeError, ValueError, OverflowError) as e:  # the coder's own complaints
             raise BitstreamError(f"entropy decoding failed: {e}") from e
         if crc != hdr.symbols_crc:
