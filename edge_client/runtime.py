@@ -29,6 +29,7 @@ import numpy as np
 from PIL import Image
 
 from shared.bitstream import Header, pack, split_tag, symbols_crc
+from shared.bundle import BundleError
 from shared.codec.integer_numpy import int_hyper_synthesis, layers_from_arrays
 from shared.codec.rans import RansTables, encode_with_indexes
 from shared.frame import EncodedFrame, ImageLike
@@ -59,7 +60,9 @@ class _Preprocess:
         self.mean, self.std = tuple(d["mean"]), tuple(d["std"])
 
 
-def _session(path: Path, threads: int):
+def _session(graph: bytes, threads: int, where: Union[str, Path] = "a graph"):
+    """An ONNX Runtime session of a graph the package checked (``EdgePackage.graph``: the bytes checked are the
+    bytes run); a graph ONNX Runtime refuses is a one-line :class:`BundleError`."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -70,7 +73,10 @@ def _session(path: Path, threads: int):
     # no spin-waiting between frames: spinning workers keep burning the cores the camera pipeline (and, measured
     # here, the next frame's other session) needs; at batch 1 they save microseconds
     so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
+    try:
+        return ort.InferenceSession(graph, sess_options=so, providers=["CPUExecutionProvider"])
+    except Exception as e:  # noqa: BLE001 - onnxruntime's Fail / InvalidGraph / ... share no public base but Exception
+        raise BundleError(f"{where}: ONNX Runtime cannot load it: {str(e).splitlines()[0][:200]}") from None
 
 
 def _tables(arrays, prefix: str) -> RansTables:
@@ -81,11 +87,9 @@ class _Rung:
     """One rung's encoder: its ONNX graph (feature -> y[, z]) and the arrays that code y."""
 
     def __init__(self, pkg: EdgePackage, spec: Dict, threads: int):
-        from safetensors.numpy import load_file
-
         self.spec, self.kind = spec, spec["rate_model"]
-        self.session = _session(pkg.root / spec["onnx"], threads)
-        a = load_file(str(pkg.root / spec["arrays"]))
+        self.session = _session(pkg.graph(spec["onnx"]), threads, pkg.root / spec["onnx"])
+        a = pkg.arrays(spec["index"])
         self.y_tables = _tables(a, "y")
         if self.kind in ("hyperprior", "vr-hyperprior"):
             self.z_tables = _tables(a, "z")
@@ -156,7 +160,7 @@ class OnnxEdgeEncoder:
         self.num_classes = int(m["num_classes"])
         self.labels = m.get("labels")  # the label set of the classes (older packages: None, the class count picks)
         self.tag = split_tag(m["model"], m["split"])
-        self.head = _session(self.package.root / m["head"], self.threads)
+        self.head = _session(self.package.graph(m["head"]), self.threads, self.package.root / m["head"])
         self._specs = {r["index"]: r for r in m["rungs"]}
         self._rungs: Dict[int, _Rung] = {}
         self._lock = threading.Lock()

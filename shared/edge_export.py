@@ -6,8 +6,10 @@ An edge package is a folder::
     edge.json              format, package id (content hash), bundle id, head weights fingerprint, preprocessing,
                            classes (number and label set: the colours the edge draws masks in),
                            per rung: rate model, files, integer h_s layer specs; every file's SHA-256
-    head.onnx              image (N, 3, H, W) -> split feature, the frozen head of the backbone
-    rung-00.onnx           split feature -> y (and z for a hyperprior): g_a (+ h_a), float
+    head.onnx              image (N, 3, H, W) -> split feature, the frozen head of the backbone; its metadata
+                           binds it to the bundle id and the head's weights fingerprint (``shared.edge_format``)
+    rung-00.onnx           split feature -> y (and z for a hyperprior): g_a (+ h_a), float; bound to the bundle
+                           id and its rung
     rung-00.safetensors    what coding needs, as plain arrays: CDF tables, z medians, the integer h_s's int8
                            weights, int64 multipliers and biases (``edge_client.package`` reads it with numpy)
 
@@ -32,6 +34,7 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from .bundle import Bundle, resolve_bundle
+from .edge_format import EDGE_FORMAT, META_BUNDLE, META_HEAD, META_RUNG, package_id
 from .codec.compressai_adapter import GDN
 from .codec.bottleneck import Bottleneck
 from .codec.compressai_adapter import cdf_tables, medians
@@ -41,7 +44,6 @@ from .codec.variable_rate import VariableRateHyperprior
 
 __all__ = ["EDGE_FORMAT", "export_edge", "package_id"]
 
-EDGE_FORMAT = "splitinfer-edge/1"
 OPSET = 17
 
 
@@ -98,6 +100,18 @@ def _onnx(module: nn.Module, example: Tensor, path: Path, inputs: List[str], out
                           dynamic_axes=axes, opset_version=OPSET, dynamo=False, do_constant_folding=True)
 
 
+def _bind(path: Path, props: Dict[str, str]) -> None:
+    """Write ``props`` into the graph's ``metadata_props``: what ties it to its bundle, head and rung
+    (``shared.edge_format``), checked by the edge on load."""
+    import onnx
+
+    model = onnx.load(str(path))
+    for key, value in props.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(model, str(path))
+
+
 def _tables(prefix: str, em) -> Dict[str, Tensor]:
     cdf, lengths, offsets = cdf_tables(em)
     return {f"{prefix}.cdf": cdf, f"{prefix}.cdf_length": lengths, f"{prefix}.offset": offsets}
@@ -147,12 +161,6 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def package_id(files: Dict[str, str], bundle_id: str) -> str:
-    """Content hash of an edge package: its bundle and every file's hash."""
-    key = json.dumps({"bundle_id": bundle_id, "files": files}, sort_keys=True)
-    return hashlib.sha256(key.encode()).hexdigest()[:16]
-
-
 def export_edge(bundle, out: Path | str, weights: Optional[str] = None, model=None, progress=None) -> Path:
     """Write the edge package of ``bundle`` (a Bundle, folder, or None: the embedded ladder) to ``out``.
 
@@ -174,6 +182,8 @@ def export_edge(bundle, out: Path | str, weights: Optional[str] = None, model=No
         image = torch.zeros(1, 3, h, w)
         say(f"head {b.model}/{b.split} -> head.onnx")
         _onnx(model.head, image, tmp / "head.onnx", ["image"], ["feature"])
+        head_weights = model.fingerprints()["head"]
+        _bind(tmp / "head.onnx", {META_BUNDLE: b.bundle_id, META_HEAD: head_weights})
         with torch.no_grad():
             feature = model.head(image)
         rungs = []
@@ -184,6 +194,7 @@ def export_edge(bundle, out: Path | str, weights: Optional[str] = None, model=No
             say(f"rung {r.index} (lambda {r.lam:g}) -> {stem}.onnx, {stem}.safetensors")
             hyper = spec["rate_model"] in ("hyperprior", VariableRateHyperprior.kind)
             _onnx(_RungGraph(net), feature, tmp / f"{stem}.onnx", ["feature"], ["y", "z"] if hyper else ["y"])
+            _bind(tmp / f"{stem}.onnx", {META_BUNDLE: b.bundle_id, META_RUNG: str(r.index)})
             save_file(arrays, str(tmp / f"{stem}.safetensors"))
             rungs.append({"index": r.index, "onnx": f"{stem}.onnx", "arrays": f"{stem}.safetensors",
                           "stride": b.config.stride, "latent": b.config.latent, **spec})
@@ -195,7 +206,7 @@ def export_edge(bundle, out: Path | str, weights: Optional[str] = None, model=No
             "bundle_id": b.bundle_id,
             "model": b.model,
             "split": b.split,
-            "head_weights": model.fingerprints()["head"],
+            "head_weights": head_weights,
             "num_classes": model.spec.num_classes,
             "labels": model.spec.labels,  # the label set: the torch-free edge draws masks in its colours
             "feature_stride": b.feature_stride,
