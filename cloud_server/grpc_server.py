@@ -117,7 +117,8 @@ def from_metadata(m: ModelMetadata) -> pb.ModelInfo:
         rungs.append(ri)
     info = pb.ModelInfo(name=m.name, bundle_id=m.bundle_id, backbone=m.backbone, split=m.split, task=m.task,
                         input_height=m.input_hw[0], input_width=m.input_hw[1], rate_model=m.rate_model,
-                        rungs=rungs, backbone_loaded=m.backbone_loaded, num_classes=m.num_classes)
+                        rungs=rungs, backbone_loaded=m.backbone_loaded, num_classes=m.num_classes,
+                        head_weights=m.head_weights)
     if m.variable_rate is not None:
         v = m.variable_rate
         info.variable_rate.CopyFrom(pb.VariableRate(level_min=v.levels[0], level_max=v.levels[1], curve=[
@@ -179,6 +180,15 @@ class InferenceServicer(pb_grpc.SplitInferenceServicer):
         from shared import __version__
 
         return pb.ModelMetadataResponse(models=[from_metadata(m) for m in models], server_version=__version__)
+
+    def EdgePackage(self, request: pb.EdgePackageRequest, context: grpc.ServicerContext):
+        from .edge_packages import grpc_chunks  # the served models' edge packages (issue 25): its own module
+
+        try:
+            self.dp.authenticate(_token(context))
+            yield from grpc_chunks(self.dp, request.model)
+        except SplitInferError as e:
+            self._abort(context, e)
 
 
 # ------------------------------------------------------------------------------------------ guard
@@ -465,6 +475,17 @@ class CallGuard(grpc.ServerInterceptor):
 
 
 # ------------------------------------------------------------------------------------------ server
+def http2_options(settings: Settings) -> list:
+    """gRPC core's HTTP/2 limits against stream abuse (HTTP/2 rapid reset, CVE-2023-44487): a connection may have
+    ``grpc_max_streams_per_connection`` streams, and a stream counts until the server has let go of it, not until
+    the client resets it (``grpc.http.overload_protection``), so a client that opens and at once resets streams gets
+    REFUSED_STREAM from the transport itself beyond that, without reaching Python; and the transport starts at most
+    that many new streams per read before it reads other connections (``grpc.http2.max_requests_per_read``)."""
+    n = settings.grpc_streams_per_connection
+    return [("grpc.max_concurrent_streams", n), ("grpc.http.overload_protection", 1),
+            ("grpc.http2.max_requests_per_read", n)]
+
+
 class GrpcFrontEnd:
     """The gRPC server around one data plane: inference service, health, reflection, limits, TLS."""
 
@@ -477,7 +498,7 @@ class GrpcFrontEnd:
             self._pool, interceptors=[self.guard],
             options=[("grpc.max_receive_message_length", max_msg),
                      ("grpc.max_send_message_length", max(max_msg, 4 << 20)),
-                     ("grpc.so_reuseport", 0)])
+                     ("grpc.so_reuseport", 0), *http2_options(settings)])
         pb_grpc.add_SplitInferenceServicer_to_server(InferenceServicer(dataplane), self.server)
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)

@@ -96,6 +96,10 @@ class Settings(BaseSettings):
     grpc_max_streams: int = Field(16, ge=1)
     """Streaming calls open at once (InferStream, ModelStreamInfer, Health/Watch, reflection); each holds a thread.
     More are refused with RESOURCE_EXHAUSTED. At most half the workers, whatever this says."""
+    grpc_max_streams_per_connection: Optional[int] = Field(None, ge=1)
+    """Streams one gRPC connection may have open (HTTP/2 MAX_CONCURRENT_STREAMS); a stream counts until the server
+    is done with it, even after the client reset it, so a client that opens and resets streams at once (HTTP/2
+    rapid reset) is refused by the transport beyond this. None: ``grpc_workers`` (every worker on one connection)."""
     grpc_idle_timeout_s: float = Field(30.0, gt=0)
     """A stream that neither sends a message nor reads an answer for this long is cancelled."""
     grpc_message_timeout_s: float = Field(5.0, gt=0)
@@ -156,6 +160,11 @@ class Settings(BaseSettings):
         if self.grpc_workers is not None:
             return self.grpc_workers
         return self.max_concurrent_requests + self.grpc_max_streams + 8
+
+    @property
+    def grpc_streams_per_connection(self) -> int:
+        """HTTP/2 streams one gRPC connection may hold: ``grpc_max_streams_per_connection``, or the workers."""
+        return self.grpc_max_streams_per_connection or self.grpc_threads
 
     @property
     def grpc_stream_limit(self) -> int:

@@ -841,3 +841,33 @@ def test_json_bombs_on_infer_are_refused_before_parsing(server, frames):
                         "data": [base64.b64encode(frames[0].data).decode()]}]}
     assert httpx.post(url, json=good, headers=auth, timeout=10).status_code == 200
     assert httpx.get(f"http://127.0.0.1:{server.http_port}/v2/health/live", timeout=5).status_code == 200
+
+
+# ------------------------------------------------------------------------------------------ issue 24 E2
+def test_http2_rapid_reset_is_refused_by_the_transport(tiny_bundle, tiny_weights, frames):
+    """Streams opened and reset at once (HTTP/2 rapid reset) count against the connection's stream limit until the
+    server lets go of them: beyond it the transport answers REFUSED_STREAM itself, and a legitimate call on another
+    connection is answered meanwhile (before: no limit, every reset stream queued for the Python server, legitimate
+    calls CANCELLED)."""
+    from cloud_server.settings import Settings
+
+    assert Settings().grpc_streams_per_connection == Settings().grpc_threads
+    assert Settings(grpc_max_streams_per_connection=5).grpc_streams_per_connection == 5
+    bench = _bench()
+    with running_server(tiny_bundle, tiny_weights) as srv:
+        assert srv.settings.grpc_streams_per_connection == 8
+        channel, stub = grpc_stub(srv.grpc_port)
+        req = pb.InferRequest(model=MODEL, bitstream=frames[0].data)
+        stub.Infer(req, timeout=30)
+        box = {}
+        t = threading.Thread(target=lambda: box.update(bench.rapid_reset(srv.grpc_port, 2.0)))
+        t.start()
+        time.sleep(0.3)
+        answers = []
+        while t.is_alive():
+            answers.append(stub.Infer(req, timeout=10).rung)
+        t.join()
+        channel.close()
+    assert box["sent"] > 100 and not box["error"]
+    assert box["rst_codes"].get(7, 0) > 0, box  # REFUSED_STREAM from the transport
+    assert answers
