@@ -479,11 +479,10 @@ def http2_options(settings: Settings) -> list:
     """gRPC core's HTTP/2 limits against stream abuse (HTTP/2 rapid reset, CVE-2023-44487): a connection may have
     ``grpc_max_streams_per_connection`` streams, and a stream counts until the server has let go of it, not until
     the client resets it (``grpc.http.overload_protection``), so a client that opens and at once resets streams gets
-    REFUSED_STREAM from the transport itself beyond that, without reaching Python; and the transport starts at most
-    that many new streams per read before it reads other connections (``grpc.http2.max_requests_per_read``)."""
-    n = settings.grpc_streams_per_connection
-    return [("grpc.max_concurrent_streams", n), ("grpc.http.overload_protection", 1),
-            ("grpc.http2.max_requests_per_read", n)]
+    REFUSED_STREAM from the transport itself beyond that, without reaching Python. (The transport also starts at most
+    32 new streams per read, its default ``grpc.http2.max_requests_per_read``, before it reads other connections.)"""
+    return [("grpc.max_concurrent_streams", settings.grpc_streams_per_connection),
+            ("grpc.http.overload_protection", 1)]
 
 
 class GrpcFrontEnd:
