@@ -15,22 +15,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from shared.summary import bd_rate, bpp_to_reach, envelope  # noqa: E402
-
-
-def top1_at(points, bpp: float):
-    """Top-1 at ``bpp`` on the curve's envelope, interpolated in log bpp (above its top: the best rung's, which
-    fits; below its cheapest rung: None)."""
-    import math
-
-    env = envelope(points)
-    if env and bpp >= env[-1][0]:
-        return env[-1][1]
-    for (b0, a0), (b1, a1) in zip(env, env[1:]):
-        if b0 <= bpp <= b1:
-            t = (math.log(bpp) - math.log(b0)) / (math.log(b1) - math.log(b0))
-            return a0 + t * (a1 - a0)
-    return env[0][1] if len(env) == 1 and abs(env[0][0] - bpp) < 1e-9 else None
+from shared.summary import accuracy_at as top1_at  # noqa: E402
+from shared.summary import bd_rate, bpp_to_reach  # noqa: E402
 
 
 def ladder(root: Path) -> dict:

@@ -540,7 +540,11 @@ def merge_bundles(root: Path | str, picks: Sequence[tuple], extra: Optional[Dict
     keep = {k: v for k, v in first.manifest.items()
             if k not in ("format", "bundle_id", "model", "split", "rungs", "training", "config", "evaluation",
                          "transforms_dtype")}
-    extra = {**keep, "training": {"merged_from": sorted({b.bundle_id for b, _ in picks})}, **(extra or {})}
+    sources = sorted({b.bundle_id for b, _ in picks})
+    # one source (a re-export, e.g. to float16): its training record stays, so training can continue from the
+    # result (samples seen, recipe); several: each rung's record is in its metrics' source
+    training = {**(first.training or {}), "merged_from": sources} if len(sources) == 1 else {"merged_from": sources}
+    extra = {**keep, "training": training, **(extra or {})}
     return save_bundle(root, first.model, first.split, first.config, nets,
                        [b.rungs[i].lam for b, i in chosen], metrics, extra, sort=False,
                        transforms_dtype=transforms_dtype or first.transforms_dtype)

@@ -35,7 +35,7 @@ from .intervals import (LEVEL, RESAMPLES, SEED, Resamples, gap_interval, has_rec
                         percentile_interval, resampled_curve)
 from .tasks import all_metrics, metric_labels
 
-__all__ = ["METRIC_LABELS", "LEVEL_DROP_POINTS", "bd_rate", "bpp_to_reach", "envelope", "ladder_label", "ladder_gaps",
+__all__ = ["METRIC_LABELS", "LEVEL_DROP_POINTS", "accuracy_at", "accuracy_gap_at", "bd_rate", "bpp_to_reach", "envelope", "ladder_label", "ladder_gaps",
            "level_check", "level_check_line", "summarize", "summary_markdown", "fmt_interval", "images_line"]
 
 MARGINS = (1, 3)  # percentage points below the reference
@@ -79,6 +79,38 @@ def bpp_to_reach(points: Sequence[Dict], target: float, metric: str = "top1") ->
             return {"bpp": math.exp(math.log(b0) + t * (math.log(b1) - math.log(b0))), "reached": True,
                     "upper_bound": False, "reason": None}
     raise AssertionError("unreachable: the envelope rises monotonically")
+
+
+def accuracy_at(points: Sequence[Dict], bpp: float, metric: str = "top1") -> Optional[float]:
+    """``metric`` at ``bpp`` on the curve's envelope, linear in log(bpp) between its points; above its costliest
+    point that point's (it fits the budget); below its cheapest point None (the curve cannot go that low)."""
+    env = envelope(points, metric)
+    if env and bpp >= env[-1][0]:
+        return env[-1][1]
+    for (b0, a0), (b1, a1) in zip(env, env[1:]):
+        if b0 <= bpp <= b1:
+            t = (math.log(bpp) - math.log(b0)) / (math.log(b1) - math.log(b0))
+            return a0 + t * (a1 - a0)
+    return env[0][1] if len(env) == 1 and abs(env[0][0] - bpp) < 1e-9 else None
+
+
+def accuracy_gap_at(test: Sequence[Dict], anchor: Sequence[Dict], bpp: float, metric: str = "top1",
+                    resamples: int = RESAMPLES, seed: int = SEED, level: float = LEVEL) -> Dict:
+    """``test`` minus ``anchor`` in ``metric`` points at the same rate ``bpp`` (:func:`accuracy_at` on both), with a
+    paired bootstrap interval when both curves carry per-image records of the same images: ``{"bpp", "gap",
+    "interval", "resamples_without"}`` (gap None where a curve does not reach down to ``bpp``)."""
+    a, b = accuracy_at(test, bpp, metric), accuracy_at(anchor, bpp, metric)
+    out = {"bpp": bpp, "gap": None if a is None or b is None else 100 * (a - b), "interval": None}
+    n = len((test[0].get("per_image") or {}).get("bytes", ())) if test else 0
+    if out["gap"] is None or not n or not (_pairable(test, metric, n) and _pairable(anchor, metric, n)):
+        return out
+    rs = Resamples(n, resamples, seed)
+    vals = []
+    for t, r in zip(resampled_curve(rs, test, metric), resampled_curve(rs, anchor, metric)):
+        x, y = accuracy_at(t, bpp, metric), accuracy_at(r, bpp, metric)
+        vals.append(math.nan if x is None or y is None else 100 * (x - y))
+    iv = percentile_interval(vals, level)
+    return {**out, "interval": iv["interval"], "resamples_without": len(vals) - iv["valid"]}
 
 
 def _integral(x: np.ndarray, y: np.ndarray, lo: float, hi: float, variant: str) -> float:

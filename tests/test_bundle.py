@@ -22,6 +22,8 @@ def test_merge_orders_by_bpp_reexports_and_keeps_provenance(tiny_bundle, tmp_pat
         net = out.load_rung(r.index)  # hashes verified, tables loaded
         assert net.rate.entropy_models()[0]._quantized_cdf.numel() > 0
     assert out.manifest["feature_stride"] == src.manifest["feature_stride"]
+    # one source: its training record stays (samples seen, recipe), so training continues from the re-export
+    assert out.training == {**src.training, "merged_from": [src.bundle_id]} and out.training["samples_seen"] > 0
 
 
 def test_merge_refuses_incompatible_bundles(tiny_bundle, tmp_path):

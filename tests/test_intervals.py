@@ -304,3 +304,27 @@ def test_cli_eval_segmentation_records_pixels_and_says_why_mIoU_has_no_interval(
     assert s["gaps"][0]["figure"] == "pixel_acc" and all("interval" in g for g in s["gaps"][0]["points"])
     assert "mIoU is not a per-image figure" in s["intervals"]["reason"]
     assert "pixel acc. − unsplit (points) [95%]" in (out / "results.md").read_text()
+
+
+def test_accuracy_gap_at_a_fixed_rate_reads_both_curves_and_pairs_the_images():
+    from shared.summary import accuracy_at, accuracy_gap_at
+
+    pts = [{"bpp": 0.1, "top1": 0.70}, {"bpp": 0.4, "top1": 0.80}, {"bpp": 0.2, "top1": 0.65}]
+    assert accuracy_at(pts, 0.2) == pytest.approx(0.75)  # halfway in log bpp; the dominated point is ignored
+    assert accuracy_at(pts, 1.0) == 0.80 and accuracy_at(pts, 0.05) is None
+    rng = np.random.default_rng(3)
+    a = synthetic_curve(rng)
+    same = accuracy_gap_at(a, a, 0.3, resamples=200)  # a curve against itself: zero on every resample
+    assert same["gap"] == 0.0 and same["interval"] == [0.0, 0.0]
+    # B: A's bytes, one image in ten turned wrong at every rung: lower at every rate, and resolved
+    flip = np.arange(N) % 10 == 0
+    b = []
+    for p in a:
+        hits = np.array(p["per_image"]["top1"], dtype=bool) & ~flip
+        b.append({**p, "top1": hits.mean(), "per_image": {**p["per_image"], "top1": [int(h) for h in hits]}})
+    g = accuracy_gap_at(b, a, 0.3, resamples=400)
+    lo, hi = g["interval"]
+    assert g["gap"] < 0 and lo <= g["gap"] <= hi < 0
+    unpaired = accuracy_gap_at([{k: v for k, v in p.items() if k != "per_image"} for p in b], a, 0.3)
+    assert unpaired["gap"] == pytest.approx(g["gap"]) and unpaired["interval"] is None
+    assert accuracy_gap_at(b, a, 0.001)["gap"] is None  # below both curves' cheapest point
