@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Deque, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
-from shared.hint import BitrateHint
+from shared.rate import BitrateHint, HintError, HintOutcome
 
 from .runtime import EncodedFrame, ImageLike, OnnxEdgeEncoder
 
@@ -109,6 +109,7 @@ class InferResult:
     level: Optional[int] = None  # variable-rate bundles: the quality level the edge encoded at
     target_kbps: Optional[float] = None  # a stream following its link (track_link): the rate it aimed at then
     skipped: bool = False  # stream control dropped this frame: the link carries less than the coarsest level
+    hint_outcome: HintOutcome = HintOutcome(None)  # whether the message met its bitrate hint, and why not
 
     @property
     def ok(self) -> bool:
@@ -173,6 +174,7 @@ class _GrpcTransport:
             self.channel = grpc.insecure_channel(target, options)
         self.stub = pb_grpc.SplitInferenceStub(self.channel)
         self.metadata = [("authorization", f"Bearer {api_key}")] if api_key else []
+        self.target = target
 
     def error(self, e) -> ServiceError:
         code = e.code()
@@ -187,7 +189,9 @@ class _GrpcTransport:
         retry_after = int(ms) / 1e3 if ms.isdigit() else None
         if kind == "bundle_mismatch":
             return BundleMismatchError(e.details() or str(e))
-        return ServiceError(name, e.details() or str(e), kind, retry_after)
+        details = e.details() or str(e)
+        return ServiceError(name, details + _grpc_cause(details, self.target) if not kind else details, kind,
+                            retry_after)
 
     def request(self, model: str, frame: EncodedFrame, hint: BitrateHint, expected_rung: Optional[int],
                 request_id: str, top_k: int):
@@ -248,8 +252,13 @@ class _RestTransport:
             return self._check(self.client.request(method, url, timeout=timeout, **kw))
         except self.httpx.TimeoutException as e:
             raise ServiceError("DEADLINE_EXCEEDED", f"no answer in time: {e}") from None
+        except self.httpx.RemoteProtocolError as e:  # an answer, but not HTTP/1.1: e.g. the gRPC port (HTTP/2 only)
+            raise ServiceError(503, f"the server's answer is not HTTP/1.1 ({e}): is {self.client.base_url} the gRPC "
+                                    "port? Drop --rest (REST: the server's HTTP port, 8000 by default)",
+                               "unavailable") from None
         except self.httpx.TransportError as e:  # connection refused, reset, ...
-            raise ServiceError(503, f"cannot reach the server: {e}", "unavailable") from None
+            raise ServiceError(503, f"cannot reach the server: {e}" + _refused(str(e), str(self.client.base_url)),
+                               "unavailable") from None
 
     def request(self, model: str, frame: EncodedFrame, hint: BitrateHint, expected_rung: Optional[int],
                 request_id: str, top_k: int):
@@ -414,29 +423,19 @@ class EdgeClient:
 
     def encode(self, image: ImageLike, bitrate: Optional[float] = None, rung: Optional[int] = None,
                hint: Optional[BitrateHint] = None, controller=None) -> Tuple[EncodedFrame, BitrateHint, float]:
-        """A ladder: the rung the hint selects (or ``rung``). A variable-rate bundle: each message fits the hint
-        (bpp, or a link rate's bits per frame), or follows a stream ``controller`` (``shared.ratecontrol``)."""
+        """At the operating point the bundle's rate scheme gives the hint (``shared.rate``): a ladder, the rung the
+        hint selects (or ``rung``); a variable-rate bundle, each message within the hint (bpp, or a link rate's bits
+        per frame), or as a stream ``controller`` holds it. The frame's ``hint`` says whether it met the hint."""
         hint = hint if hint is not None else BitrateHint(target_bpp=bitrate)
+        point = self.bundle.scheme.point(hint, rung=rung, controller=controller)
         t0 = time.perf_counter()
-        if self.bundle.config.levels is not None:
-            if rung not in (None, 0):
-                raise ValueError("a variable-rate bundle has one network (rung 0); give a bitrate hint instead")
-            bpp = hint.bpp(self.bundle.input_size)
-            frame = self.encoder.encode(image, bitrate=None if controller else bpp, controller=controller)
-        else:
-            r = hint.rung(self.bundle) if rung is None else rung
-            frame = self.encoder.encode(image, rung=r)
+        frame = self.encoder.encode(image, point=point)
         return frame, hint, 1e3 * (time.perf_counter() - t0)
 
     def stream_controller(self, hint: Optional[BitrateHint]):
         """For a sequence of frames under a link-rate hint with a variable-rate bundle: a rate controller that
-        holds the sent rate to the link (``shared.ratecontrol.StreamRateController``); else None (per frame)."""
-        levels = self.bundle.config.levels
-        if levels is None or hint is None or hint.kbit_per_s is None:
-            return None
-        from shared.ratecontrol import StreamRateController
-
-        return StreamRateController(hint.kbit_per_s, hint.fps, levels)
+        holds the sent rate to the link (``shared.rate.StreamRateController``); else None (per frame)."""
+        return self.bundle.scheme.stream_controller(hint)
 
     def infer(self, image: ImageLike, bitrate: Optional[float] = None, rung: Optional[int] = None,
               hint: Optional[BitrateHint] = None, request_id: Optional[str] = None) -> InferResult:
@@ -455,7 +454,7 @@ class EdgeClient:
         req = self.transport.request(self._model, frame, hint, expected_rung, rid, self.top_k)
         deadline = time.monotonic() + self.timeout_s
         res = self._with_retries(lambda t: self.transport.infer(req, t, source, encode_ms), deadline)
-        res.level = frame.level
+        res.level, res.hint_outcome = frame.level, frame.hint
         return res
 
     def infer_many(self, images: Iterable[ImageLike], bitrate: Optional[float] = None, rung: Optional[int] = None,
@@ -491,12 +490,13 @@ class EdgeClient:
         Over REST this falls back to one request per frame (with retries).
 
         ``track_link`` (a variable-rate bundle and a ``kbit/s`` hint, gRPC): frames leave at the hint's fps, and
-        the rate follows what the link delivers (:class:`shared.ratecontrol.LinkRateTracker`, from the answers'
-        times), the hint's ``kbit/s`` being the most it asks for; each result carries its ``target_kbps``."""
+        the rate follows what the link delivers (:class:`shared.rate.LinkRateTracker`, from the answers'
+        times), the hint's ``kbit/s`` being the most it asks for; each result carries its ``target_kbps``. A stream
+        this cannot run raises :class:`shared.rate.HintError` (a ValueError) before anything is sent."""
+        if track_link and self.rest:
+            raise HintError("following the link (--track-link) needs the gRPC stream, not REST")
+        self.bundle.scheme.check_stream(hint, track_link)
         ctl = self.stream_controller(hint)
-        if track_link and (ctl is None or self.rest):
-            raise ValueError("following the link needs a variable-rate bundle, a kbit/s hint with its fps, and "
-                             "the gRPC stream")
         if self.rest:
             yield from self.infer_many(images, bitrate, rung, hint)
             return
@@ -505,11 +505,11 @@ class EdgeClient:
         # per frame in send order: (source, encode ms, send time, None) for a frame sent, or (source, 0, 0, result)
         # for one not sent (unreadable, or skipped by stream control); the encoding thread appends, this one pops
         pending: Deque[Tuple[str, float, float, Optional[InferResult]]] = deque()
-        # per frame sent: its quality level (variable-rate bundles), bytes and the rate aimed at
-        levels: Deque[Tuple[Optional[int], int, Optional[float]]] = deque()
+        # per frame sent: its quality level (variable-rate bundles), bytes, the rate aimed at and its hint's outcome
+        levels: Deque[Tuple[Optional[int], int, Optional[float], HintOutcome]] = deque()
         tracker, lock = None, threading.Lock()  # the controller is used by the encoding and the answering threads
         if track_link:
-            from shared.ratecontrol import LinkRateTracker
+            from shared.rate import LinkRateTracker
 
             tracker = LinkRateTracker(hint.kbit_per_s)
 
@@ -533,7 +533,7 @@ class EdgeClient:
                                                                         skipped=True, target_kbps=target)))
                     continue
                 rid = uuid.uuid4().hex
-                levels.append((frame.level, frame.n_bytes, target))
+                levels.append((frame.level, frame.n_bytes, target, frame.hint))
                 pending.append((_name(image), encode_ms, time.perf_counter(), None))
                 yield t.request(self._model, frame, h, frame.rung if rung is None else None, rid, self.top_k)
 
@@ -545,7 +545,7 @@ class EdgeClient:
             for resp in t.stub.InferStream(requests(), timeout=timeout_s, metadata=t.metadata):
                 yield from not_sent()
                 source, encode_ms, sent, _ = pending.popleft()
-                level, n_bytes, target = levels.popleft()
+                level, n_bytes, target, outcome = levels.popleft()
                 now = time.perf_counter()
                 latency = 1e3 * (now - sent)
                 if tracker is not None:
@@ -560,7 +560,7 @@ class EdgeClient:
                                       target_kbps=target)
                 else:
                     res = _result_from_pb(resp.result, source, latency, encode_ms)
-                    res.level, res.target_kbps = level, target
+                    res.level, res.target_kbps, res.hint_outcome = level, target, outcome
                     yield res
         except t.grpc.RpcError as e:
             raise t.error(e) from None
@@ -588,6 +588,20 @@ def _retry_after(headers) -> Optional[float]:
         except ValueError:
             continue
     return None
+
+
+def _grpc_cause(details: str, target: str) -> str:
+    """The likely cause of a gRPC transport failure, named (gRPC's own wording says it only in HTTP/2 terms)."""
+    if "HTTP/2" in details or "HTTP status" in details or "http1" in details.lower():
+        return (f" -- {target} answered HTTP/1, not gRPC: it is likely the server's REST port; use --rest with it, or "
+                "the gRPC port (50051 by default)")
+    return _refused(details, target)
+
+
+def _refused(details: str, target: str) -> str:
+    if "refused" in details.lower():
+        return f" -- nothing listens at {target}: is the server running (splitinfer serve), and is this its port?"
+    return ""
 
 
 def _code_name(code: int) -> str:

@@ -3,7 +3,7 @@ what to print), ``encode`` (one image to a bitstream file) and ``export-edge`` (
 
 Each field is documented once (:func:`shared.options.option`): for Python callers, and as the help of the flag
 ``splitinfer edge --FIELD-NAME`` made from it. :meth:`EdgeOptions.client` makes the :class:`EdgeClient` they
-describe, :meth:`EdgeOptions.hint` the :class:`~shared.hint.BitrateHint`. Torch-free, and cheap to import (the
+describe, :meth:`EdgeOptions.hint` the :class:`~shared.rate.BitrateHint`. Torch-free, and cheap to import (the
 client loads when asked for): ``splitinfer edge --help`` imports this module.
 """
 
@@ -32,7 +32,7 @@ class EdgeOptions:
                                    exclusive="hint")
     rung: Optional[int] = option(None, "force a rung (0 = highest rate)", exclusive="hint")
     fps: Optional[float] = option(None, "frame rate for --kbps", type=positive())
-    stream: bool = option(False, "send all frames over one InferStream (gRPC)")
+    stream: bool = option(False, "send all frames over one InferStream (gRPC; not with --rest)")
     track_link: bool = option(False, "with --stream and --kbps, a variable-rate bundle: send frames at --fps and "
                                      "follow the rate the link delivers (measured from the answers' delays), "
                                      "--kbps being the most to send")
@@ -58,12 +58,15 @@ class EdgeOptions:
 
     def hint(self):
         """The bitrate hint the options give (``--kbps`` needs ``--fps``: a :class:`UserError` otherwise)."""
-        from shared.hint import BitrateHint
+        from shared.rate import BitrateHint
 
         if (self.kbps is None) != (self.fps is None):
             raise UserError("--kbps and --fps go together")
         if self.track_link and not (self.stream and self.kbps and not self.rest):
             raise UserError("--track-link needs --stream over gRPC and --kbps with --fps")
+        if self.stream and self.rest:  # not dropped silently: over REST every frame would be its own request
+            raise UserError("--stream needs gRPC (InferStream): drop --rest to stream, or --stream to send each "
+                            "frame as its own REST request")
         return BitrateHint(target_bpp=self.bitrate, kbit_per_s=self.kbps, fps=self.fps)
 
     @property

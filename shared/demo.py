@@ -43,13 +43,22 @@ def samples_dir() -> Path:
 
 
 def _default_hints(bundle) -> list:
-    curve = (bundle.variable_rate or {}).get("curve")
-    if bundle.config.levels is not None and curve:  # one network: hints inside the rates its levels reach per
-        lo, hi = curve[min(1, len(curve) - 1)]["bpp"], curve[-1]["bpp"]  # image (the coarsest level's mean is not)
+    scheme = bundle.scheme
+    curve = scheme.curve if scheme.variable else None
+    if curve:  # one network: hints inside the rates its levels reach per image (the coarsest level's mean is not)
+        lo, hi = curve[min(1, len(curve) - 1)]["bpp"], curve[-1]["bpp"]
         return [round(lo, 3), round((lo * hi) ** 0.5, 3), round(hi * 0.8, 3)]
     n = len(bundle.rungs)
     picks = sorted({0, n // 2, n - 1})
     return [bundle.rungs[i].bpp if bundle.rungs[i].bpp else None for i in picks]
+
+
+LEGEND = ("'<' after the bpp: the message is within its hint. A ladder picks the rung whose *mean* bpp fits the hint, "
+          "so one image may take more; a variable-rate network fits each message, down to its coarsest level.")
+
+
+def _heading(bundle) -> str:
+    return f"{bundle.split[-9:]} vr" if bundle.scheme.variable else bundle.split[-12:]
 
 
 def run_demo(bundle: Optional[str] = None, weights: Optional[str] = None, images: Optional[str] = None,
@@ -77,9 +86,7 @@ def run_demo(bundle: Optional[str] = None, weights: Optional[str] = None, images
                         bundles=[BundleSpec(path=b.root, weights=weights) for b in bundles])
     say("starting the cloud server on 127.0.0.1 with " + "; ".join(
         f"bundle {b.bundle_id} ({b.model}, split {b.split}, the edge runs "
-        f"{split_info(b.model, b.split)['edge_flop_share']:.0%} of the FLOPs, "
-        + (f"{len(b.rungs)} rungs)" if b.config.levels is None else
-           f"one variable-rate network, levels {b.config.levels[0]}..{b.config.levels[1]})") for b in bundles))
+        f"{split_info(b.model, b.split)['edge_flop_share']:.0%} of the FLOPs, {b.scheme.describe()})" for b in bundles))
     with SplitInferServer(settings) as server:
         target = f"127.0.0.1:{server.http_port if rest else server.grpc_port}"
         say(f"  gRPC on 127.0.0.1:{server.grpc_port}, REST on http://127.0.0.1:{server.http_port}")
@@ -92,13 +99,14 @@ def run_demo(bundle: Optional[str] = None, weights: Optional[str] = None, images
             say(f"  edge clients connected over {'REST' if rest else 'gRPC'} to "
                   f"{', '.join(repr(c.model) for c in clients)}; the edge runs on ONNX Runtime (no PyTorch): "
                   + ", ".join(f"edge package {c.encoder.package.package_id}" for c in clients) + "\n")
-            col = lambda b: f"{b.split[-12:]:>12}: {'rung':>4} {'bytes':>5} {'bpp':>5} {'ms':>5}  answer"  # noqa: E731
+            # a column per bundle, headed by its split; the variable-rate network's as such (it may share the split)
+            col = lambda b: f"{_heading(b):>12}: {'rung':>4} {'bytes':>5} {'bpp':>5}  {'ms':>5}  answer"  # noqa: E731
             head = f"{'image':<24} {'true class':<14} {'unsplit':<14} " + " | ".join(col(b) for b in bundles)
             say(head)
             say("-" * len(head))
             hits = {(c.model, j): 0 for c in clients for j in range(3)}
             sizes = {c.model: [] for c in clients}
-            fits = {}
+            fits, misses = {}, {}
             ref_hits = 0
             for path, label in samples:
                 with torch.no_grad():
@@ -114,8 +122,11 @@ def run_demo(bundle: Optional[str] = None, weights: Optional[str] = None, images
                         sizes[c.model].append(r.n_bytes)
                         # a variable-rate bundle: the level its rate control chose; '<' marks a message within the hint
                         where = r.rung if r.level is None else f"q{r.level}"
-                        within = h is not None and r.bpp <= h
+                        within = bool(r.hint_outcome.met)
                         fits[c.model] = fits.get(c.model, 0) + within
+                        if r.hint_outcome.met is False:  # why not, by kind (below the coarsest point, a ladder's mean)
+                            why = r.hint_outcome.reason.split(":")[0]
+                            misses.setdefault(c.model, {})[why] = misses.get(c.model, {}).get(why, 0) + 1
                         cells.append(f"{'':>12}  {where:>4} {r.n_bytes:>5} {r.bpp:>5.3f} {'<' if within else ' '}"
                                      f"{r.encode_ms:>5.1f}  {'ok' if top[0] == label else '--'} {top[1][:14]:<14}")
                     first = j == 0
@@ -124,6 +135,7 @@ def run_demo(bundle: Optional[str] = None, weights: Optional[str] = None, images
         finally:
             for c in clients:
                 c.close()
+    say(f"\n{LEGEND}")
     say("\nserver stopped cleanly")
     say(f"unsplit model: {ref_hits}/{len(samples)} correct")
     for c, b in zip(clients, bundles):
@@ -131,5 +143,6 @@ def run_demo(bundle: Optional[str] = None, weights: Optional[str] = None, images
         say(f"{c.model}: " + ", ".join(f"hint {h:.3f} bpp: {hits[(c.model, j)]}/{len(samples)}" for j, h in enumerate(hs))
               + f"; {sum(sizes[c.model]) / len(sizes[c.model]):.0f} bytes per image on average; "
               f"{fits.get(c.model, 0)}/{len(sizes[c.model])} messages within their hint"
-              + (" (one variable-rate network: each image's level chosen to fit)" if b.config.levels else ""))
+              + (" (one variable-rate network: each image's level chosen to fit)" if b.scheme.variable else "")
+              + "".join(f"; {n} over: {why}" for why, n in sorted(misses.get(c.model, {}).items())))
     return 0

@@ -16,7 +16,8 @@ import typing
 from dataclasses import MISSING, field
 from typing import Any
 
-__all__ = ["option", "add_options", "options", "positive", "server_address", "BUNDLE_HELP", "WEIGHTS_HELP"]
+__all__ = ["option", "add_options", "options", "positive", "server_address", "DefaultsHelpFormatter", "BUNDLE_HELP",
+           "WEIGHTS_HELP"]
 
 # the two options most commands share
 BUNDLE_HELP = "bundle folder (default: the embedded efficientnet_lite0 ladder)"
@@ -56,6 +57,17 @@ def server_address(s: str) -> str:
     if not port.isdigit() or not 0 < int(port) < 65536:
         raise argparse.ArgumentTypeError(f"the port of {s!r} must be a number from 1 to 65535")
     return s
+
+
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """argparse's "(default: X)" where it tells something: not for a default of None (not given), not for a switch
+    (``--no-resume`` "(default: True)" reads as if the switch were on), not where the help names its default."""
+
+    def _get_help_string(self, action):
+        if (action.default is None or action.nargs == 0 or "default" in (action.help or "")
+                or action.default is argparse.SUPPRESS):
+            return action.help
+        return super()._get_help_string(action)
 
 
 def add_options(p: argparse.ArgumentParser, cls, skip=()) -> None:

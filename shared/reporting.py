@@ -18,7 +18,8 @@ from .errors import UserError
 from .options import BUNDLE_HELP, option
 
 __all__ = ["EvalOptions", "ReportOptions", "evaluate_bundles", "read_results", "write_report", "summary_text",
-           "write_pictures", "bundle_table", "ladder_table", "models_table", "edge_row", "EDGE_HEADER", "write_mask",
+           "write_pictures", "bundle_table", "ladder_table", "models_table", "edge_row", "EDGE_HEADER",
+           "hint_summary", "write_mask",
            "MASK_SUFFIX"]
 
 MASK_SUFFIX = ".mask.png"
@@ -61,7 +62,18 @@ class ReportOptions:
 class InfoOptions:
     """``splitinfer info``: one bundle's manifest (:func:`bundle_table`)."""
 
-    bundle: Optional[str] = option(None, BUNDLE_HELP, positional=True, nargs="?")
+    bundle: Optional[str] = option(None, BUNDLE_HELP)
+    # the form before --bundle (every other command takes --bundle): still read, with a note
+    path: Optional[str] = option(None, "deprecated: the bundle folder without --bundle", positional=True, nargs="?",
+                                 metavar="BUNDLE")
+
+    def folder(self, warn=None) -> Optional[str]:
+        """The bundle asked for (``--bundle``, or the deprecated positional form; both: they must agree)."""
+        if self.path is not None and self.bundle is not None and self.path != self.bundle:
+            raise UserError(f"two bundles given ({self.path} and --bundle {self.bundle}): give one, with --bundle")
+        if self.path is not None and self.bundle is None and warn is not None:
+            warn(f"note: `splitinfer info BUNDLE` is deprecated: use `splitinfer info --bundle {self.path}`")
+        return self.bundle if self.bundle is not None else self.path
 
 
 @dataclass
@@ -175,7 +187,10 @@ def ladder_table(bundle, res: dict, metrics, where: str) -> List[str]:
     recorded = ref.get("n_images") and any("per_image" in r for r in res["rungs"])
     gaps = ladder_gaps(res, metrics[0], Resamples(ref["n_images"]) if recorded else None)
     gap_head = f"{METRIC_LABELS.get(gaps['figure'], '')} - unsplit [95%]" if gaps["figure"] else ""
-    lines = [f"bundle {bundle.bundle_id} ({bundle.model}/{bundle.split}) on {ref['n_images']} images ({where}); "
+    scored = ref.get("n_labelled", ref["n_images"])
+    images = (f"{ref['n_images']} images" if scored == ref["n_images"] else
+              f"{ref['n_images']} images, {scored} of them labelled (the accuracy figures score those)")
+    lines = [f"bundle {bundle.bundle_id} ({bundle.model}/{bundle.split}) on {images} ({where}); "
              f"unsplit {METRIC_LABELS[metrics[0]]} {ref.get(metrics[0], float('nan')):.2%}",
              f"{'rung':>4} {'lambda':>7} {'bpp':>7} {'est.bpp':>8} {'bytes':>7} "
              + " ".join(f"{METRIC_LABELS[k]:>10}" for k in metrics) + f" {'agree':>6}  {gap_head}".rstrip()]
@@ -205,10 +220,9 @@ def bundle_table(b) -> List[str]:
         score = (f"{cols[0][1]} {ref[cols[0][0]]:.2%}" if ref.get(cols[0][0]) is not None else
                  f"no labels, so no {cols[0][1]}: agreement with it is shown")
         lines.append(f"unsplit model on the same held-out images: {score} ({ref.get('n_images')} images)")
-    curve = (b.variable_rate or {}).get("curve") if b.config.levels is not None else None
     # a variable-rate bundle: its one network at every measured level (``qN``), else one row per rung
-    rows = [(f"q{p['level']}", p.get("lambda", b.rungs[0].lam), p) for p in curve] if curve else \
-        [(r.index, r.lam, r.metrics) for r in b.rungs]
+    scheme = b.scheme
+    rows = scheme.points()
     if any(m.get("agreement") is not None for _, _, m in rows):
         cols.append(("agreement", "agree"))
     lines.append(f"{'rung':>4} {'lambda':>8} {'bpp':>8} " + " ".join(f"{label:>10}" for _, label in cols))
@@ -216,9 +230,10 @@ def bundle_table(b) -> List[str]:
         f = lambda k, fmt: (fmt.format(m[k]) if m.get(k) is not None else "-")  # noqa: E731
         lines.append(f"{where:>4} {lam:>8g} {f('bpp', '{:.4f}'):>8} "
                      + " ".join(f"{f(k, '{:.2%}'):>10}" for k, _ in cols))
-    if b.config.levels is not None:
-        lines.append(f"one variable-rate network: quality levels {b.config.levels[0]}..{b.config.levels[1]}, any of "
-                     "them per message (docs/variable-rate.md)")
+    if scheme.variable:
+        lo, hi = scheme.levels
+        lines.append(f"one variable-rate network: quality levels {lo}..{hi}, any of them per message "
+                     "(docs/variable-rate.md)")
     # the verdict train recorded; for a bundle from before verdicts, judged now from its recorded figures
     lines.append(verdict_line(b.verdict or judge(b.manifest)))
     return lines + [f"WARNING: {w}" for w in ladder_warnings(b.manifest)]
@@ -233,15 +248,21 @@ def models_table(rows: List[dict]) -> List[str]:
         "", "edge FLOPs: share of the unsplit model's FLOPs that the edge (head) runs, at the model's input size."]
 
 
-EDGE_HEADER = f"{'image':<32} {'rung':>4} {'bytes':>6} {'bpp':>7} {'enc ms':>7} {'rtt ms':>7}  prediction"
+EDGE_HEADER = f"{'image':<32} {'rung':>4} {'bytes':>6} {'bpp':>7} {'hint':>4} {'enc ms':>7} {'rtt ms':>7}  prediction"
+# the hint column: the message met its bitrate hint, went over it (why: hint_summary), or had none to meet
+_HINT_MARK = {True: "met", False: "OVER", None: "-"}
 
 
 def edge_row(r, mask: Optional[Path] = None, as_json: bool = False) -> str:
     """One answer of the edge client (``edge_client.InferResult``) as ``splitinfer edge`` prints it: a row under
     :data:`EDGE_HEADER` (the rung, or ``qN``: the quality level of a variable-rate bundle), a failure line, or
-    (``as_json``) one JSON object."""
+    (``as_json``) one JSON object: ``ok`` is the answer (neither refused nor skipped), ``hint_met`` whether the
+    message met its bitrate hint (null: none to meet, e.g. a forced rung, or a stream's frames judged together) and
+    ``hint_reason`` why not."""
     if as_json:
-        return json.dumps({"image": r.source, "ok": r.ok, "skipped": r.skipped, "rung": r.rung, "level": r.level,
+        o = r.hint_outcome
+        return json.dumps({"image": r.source, "ok": r.ok, "hint_met": o.met, "hint_reason": o.reason or None,
+                           "skipped": r.skipped, "rung": r.rung, "level": r.level,
                            "target_kbps": r.target_kbps, "bytes": r.n_bytes, "bpp": r.bpp, "encode_ms": r.encode_ms, "latency_ms": r.latency_ms, "topk": r.topk,
                            "class_pixels": r.class_pixels, "mask": str(mask) if mask else None,
                            "server_timings_ms": r.server_timings_ms, "error": r.error.message if r.error else None})
@@ -252,8 +273,21 @@ def edge_row(r, mask: Optional[Path] = None, as_json: bool = False) -> str:
         return f"{name:<32} {'failed' if r.error.kind == 'bad_image' else 'refused'}: {r.error.code}: {r.error.message}"
     pred = "  ".join(f"{label} ({score:.0%})" for _, label, score in r.topk)
     where = r.rung if r.level is None else f"q{r.level}"  # a variable-rate bundle: the quality level
-    return (f"{name:<32} {where:>4} {r.n_bytes:>6} {r.bpp:>7.4f} {r.encode_ms:>7.1f} {r.latency_ms:>7.1f}  {pred}"
-            + (f"  -> {mask}" if mask else ""))
+    return (f"{name:<32} {where:>4} {r.n_bytes:>6} {r.bpp:>7.4f} {_HINT_MARK[r.hint_outcome.met]:>4} "
+            f"{r.encode_ms:>7.1f} {r.latency_ms:>7.1f}  {pred}" + (f"  -> {mask}" if mask else ""))
+
+
+def hint_summary(outcomes) -> List[str]:
+    """The messages over their hint, by reason (the part before its first colon), with one example each."""
+    over = [o for o in outcomes if o.met is False]
+    kinds = {}
+    for o in over:
+        kinds.setdefault(o.reason.split(":")[0], []).append(o.reason)
+    if not over:
+        return []
+    judged = sum(o.met is not None for o in outcomes)
+    return [f"{len(over)} of {judged} messages over their hint"] + [
+        f"  {len(rs)} x {rs[0]}" for _, rs in sorted(kinds.items())]
 
 
 def write_mask(result, folder, num_classes: int, labels: Optional[str] = None) -> Path:

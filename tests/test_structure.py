@@ -5,6 +5,9 @@
 - The packages ``shared``, ``cloud_server`` and ``edge_client`` import each other without cycles, counting the
   imports inside functions too (a cycle there still ties the two modules together, and breaks as soon as one
   of the imports moves to the top).
+- Whether a bundle is a ladder or one variable-rate network is the rate scheme's business (:mod:`shared.rate`):
+  outside it (and the codec, whose network has the levels) no code asks for ``levels is None``, and the codec
+  imports nothing of rate control (it sits below it).
 """
 
 from __future__ import annotations
@@ -27,6 +30,19 @@ TASK_CHECKS = [
     ("model name prefix as a task check", re.compile(
         r"""\.(startswith|endswith)\(\s*\(?\s*["'](cifar|deeplab|efficientnet|resnet|_seg|seg_|mobilenet|vit)""")),
 ]
+
+
+# what a "does this bundle have levels?" check looks like (ask bundle.scheme instead: shared/rate/scheme.py)
+LEVEL_CHECKS = [
+    ("levels compared with None", re.compile(r"\blevels\s+is\s+(not\s+)?None\b")),
+    ("a bundle's config asked for its levels", re.compile(r"\bconfig\.levels\b")),
+    ("levels tested for truth", re.compile(
+        r"\b(if|elif|and|or|not)\s+[\w.]*\blevels\s*(:|\band\b|\bor\b|\belse\b|\))|\blevels\s+else\b")),
+]
+RATE_ROOM = (ROOT / "shared" / "rate", ROOT / "shared" / "codec")  # the scheme, and the network that has the levels
+# still asking their own configuration, to switch to a scheme (owned by the training use case); a file leaves this
+# list when it no longer asks (test_the_level_check_exemptions_are_still_needed)
+LEVEL_CHECKS_PENDING = {"shared/training/recipe.py", "shared/training/ladder.py"}
 
 
 def _sources() -> Iterator[Path]:
@@ -57,6 +73,36 @@ def test_the_task_check_patterns_catch_what_they_should():
     fine = ["task=spec.task,", 'x = t.dim()', 'if k.startswith("rate."):', "self.task = get_task(spec.task)",
             'key = METRICS[task]']
     hit = lambda s: any(p.search(s) for _, p in TASK_CHECKS)  # noqa: E731
+    assert all(hit(s) for s in caught), [s for s in caught if not hit(s)]
+    assert not any(hit(s) for s in fine), [s for s in fine if hit(s)]
+
+
+def _level_checks(path: Path) -> List[str]:
+    found = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        code = line.split("#", 1)[0]
+        found += [f"{path.relative_to(ROOT)}:{n}: {what}: {line.strip()}" for what, p in LEVEL_CHECKS if p.search(code)]
+    return found
+
+
+def test_no_level_checks_outside_the_rate_scheme():
+    found = [hit for path in _sources() if not any(room in path.parents for room in RATE_ROOM)
+             and str(path.relative_to(ROOT)) not in LEVEL_CHECKS_PENDING for hit in _level_checks(path)]
+    assert not found, ("ladder-or-variable-rate checks outside shared/rate/ (ask the bundle's scheme: bundle.scheme."
+                       "point / outcome / points / variable):\n" + "\n".join(found))
+
+
+def test_the_level_check_exemptions_are_still_needed():
+    assert all(_level_checks(ROOT / p) for p in LEVEL_CHECKS_PENDING), \
+        [p for p in LEVEL_CHECKS_PENDING if not _level_checks(ROOT / p)]
+
+
+def test_the_level_check_patterns_catch_what_they_should():
+    caught = ["if bundle.config.levels is not None:", "if self.levels is None:", "lams = a if levels is None else b",
+              "if b.config.levels:", "x = 1 if opts.levels else 2", "if levels:"]
+    fine = ["lo, hi = coder.levels", "vr = VariableRate(levels=scheme.levels, curve=curve)", "if scheme.variable:",
+            "if level is None:", "levels = self.levels"]
+    hit = lambda s: any(p.search(s) for _, p in LEVEL_CHECKS)  # noqa: E731
     assert all(hit(s) for s in caught), [s for s in caught if not hit(s)]
     assert not any(hit(s) for s in fine), [s for s in fine if hit(s)]
 
@@ -179,6 +225,14 @@ def test_no_import_cycles():
         " -> ".join(c) for c in cycles)
 
 
+def test_the_codec_imports_no_rate_control():
+    """shared/codec codes at a level (shared.codec.levels); choosing the level is shared.rate's, above it."""
+    g = import_graph()
+    up = {(m, t) for m, ts in g.items() if m == "shared.codec" or m.startswith("shared.codec.")
+          for t in ts if t in ("shared.ratecontrol", "shared.rate") or t.startswith("shared.rate.")}
+    assert not up, sorted(up)
+
+
 def test_the_cycle_finder_finds_cycles():
     g = {"a": {"b"}, "b": {"c"}, "c": {"a", "d"}, "d": set(), "e": {"e2"}, "e2": {"e"}}
     cycles = find_cycles(g)
@@ -247,3 +301,25 @@ def test_a_metric_a_task_adds_reaches_both_transports_without_other_changes():
     info = from_metadata(meta).rungs[0]
     assert dict(info.metrics) == {"top1": 0.75, "boundary_f1": 0.25}
     assert info.HasField("top1") and info.top1 == 0.75 and not info.HasField("miou") and info.bpp == 0.5
+
+
+# ------------------------------------------------------------------------------------------ the torch-free cloud
+# what a server that serves cloud packages (cloud_server.onnx_runtime) imports at start: none of it may import torch
+TORCH_FREE_CLOUD = ("cloud_server.onnx_runtime", "cloud_server.repository", "cloud_server.server", "cloud_server.rest",
+                    "cloud_server.grpc_server", "cloud_server.batching", "cloud_server.decoder", "shared.tasks",
+                    "shared.cli.serve")
+
+
+def test_the_onnx_cloud_runtime_imports_no_torch():
+    """In a fresh interpreter, importing the torch-free cloud's modules loads no torch, torchvision or compressai
+    (the PyTorch runtime imports them where it builds a decoder; tests/test_cloud_onnx.py serves with them
+    blocked)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, importlib\n"
+            f"for m in {TORCH_FREE_CLOUD!r}: importlib.import_module(m)\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision', 'compressai')))\n")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip() == "[]", r.stdout

@@ -79,10 +79,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser.commands[args._name].error(f"unrecognized arguments: {' '.join(unknown)}")
     run = getattr(importlib.import_module(args._module), f"run_{args._name.replace('-', '_')}")
     from ..bitstream import BitstreamError
+    from ..rate import HintError
 
     try:
         return int(run(args) or 0)
-    except (UserError, BitstreamError) as e:
+    except (UserError, BitstreamError, HintError) as e:  # HintError: a rung or level this bundle does not have
         print(f"error: {e}", file=sys.stderr)
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as e:
         print(f"error: {e.filename}: {e.strerror.lower()}" if e.filename else f"error: {e}", file=sys.stderr)

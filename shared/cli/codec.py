@@ -25,8 +25,11 @@ def run_encode(args) -> int:
     enc = EdgeEncoder(args.bundle, weights=args.weights)
     frame = enc.encode(image, bitrate=args.bitrate, rung=args.rung)
     Path(args.output).write_bytes(frame.data)
+    where = f"rung {frame.rung}" if frame.level is None else f"quality level {frame.level}"
     print(f"{args.output}: {frame.n_bytes} bytes, {frame.bpp:.4f} bpp over {frame.input_hw[0]}x{frame.input_hw[1]}, "
-          f"rung {frame.rung} of bundle {enc.bundle.bundle_id}")
+          f"{where} of bundle {enc.bundle.bundle_id}")
+    if frame.hint.met is False:  # written all the same (the coarsest point there is), and said
+        print(f"over the hint of {args.bitrate:g} bpp: {frame.hint.reason}")
     return 0
 
 
@@ -54,7 +57,11 @@ def run_info(args) -> int:
     from ..bundle import resolve_bundle
     from ..reporting import bundle_table
 
-    print("\n".join(bundle_table(resolve_bundle(args.bundle))))
+    from ..options import options
+    from ..reporting import InfoOptions
+
+    folder = options(InfoOptions, args).folder(warn=lambda m: print(m, file=sys.stderr))
+    print("\n".join(bundle_table(resolve_bundle(folder))))
     return 0
 
 

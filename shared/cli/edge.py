@@ -13,13 +13,16 @@ def run_edge(args) -> int:
     from edge_client import ServiceError
     from edge_client.options import EdgeOptions, find_images
 
-    from ..reporting import EDGE_HEADER, edge_row, write_mask
+    from ..rate import HintError
+    from ..reporting import EDGE_HEADER, edge_row, hint_summary, write_mask
 
     opts = options(EdgeOptions, args)
     hint, images = opts.hint(), find_images(opts.images)
-    client, failed, skipped, sent, target = opts.client(), 0, 0, [], None
+    client, failed, skipped, sent, target, outcomes = opts.client(), 0, 0, [], None, []
     with client:
         try:
+            if opts.stream:  # what the bundle cannot stream is refused before connecting
+                client.bundle.scheme.check_stream(hint, opts.track_link)
             client.connect()
             if not opts.json:
                 print(f"server {opts.server} ({'REST' if opts.rest else 'gRPC'}), model {client.model}, bundle "
@@ -32,6 +35,7 @@ def run_edge(args) -> int:
                 skipped += r.skipped
                 sent += [r.n_bytes] if r.ok or r.skipped else []  # a skipped frame's time passed with 0 bytes
                 target = r.target_kbps if r.target_kbps is not None else target
+                outcomes += [r.hint_outcome] if r.ok else []
                 mask = None
                 if r.ok and r.mask_png and opts.write_masks:
                     enc = client.encoder
@@ -39,11 +43,21 @@ def run_edge(args) -> int:
                 print(edge_row(r, mask, opts.json), flush=True)
         except ServiceError as e:
             raise UserError(str(e)) from None
-    if opts.kbps and sent and not opts.json:  # what the link carried against what it was given
-        print(f"sent {8e-3 * sum(sent) / len(sent) * opts.fps:.2f} kbit/s at {opts.fps:g} fps (target {opts.kbps:g}) "
-              f"over {len(sent)} frames" + (f"; following the link, last aimed at {target:.2f} kbit/s"
-                                            if target is not None else "")
-              + (f"; {skipped} frames skipped (the link carried less than the coarsest level)" if skipped else ""))
+        except HintError as e:
+            raise UserError(str(e)) from None
+    # every hint outcome visible: on stdout under the table, on stderr beside --json's one object per frame
+    say = (lambda m: print(m, file=sys.stderr)) if opts.json else print
+    for line in hint_summary(outcomes):
+        say(line)
+    if opts.kbps and sent:  # what the link carried against what it was given
+        if not opts.json:
+            print(f"sent {8e-3 * sum(sent) / len(sent) * opts.fps:.2f} kbit/s at {opts.fps:g} fps (target "
+                  f"{opts.kbps:g}) over {len(sent)} frames" + (f"; following the link, last aimed at {target:.2f} "
+                                                               "kbit/s" if target is not None else "")
+                  + (f"; {skipped} frames skipped (the link carried less than the coarsest level)" if skipped else ""))
+        held = client.bundle.scheme.stream_outcome(hint, sent, skipped) if target is None else None
+        if held is not None and held.met is False:  # (following the link, the link's rate is the target)
+            say(f"the {'stream' if opts.stream else 'frames'} did not hold --kbps {opts.kbps:g}: {held.reason}")
     if failed and not opts.json:
         print(f"{failed} of {len(images)} images failed", file=sys.stderr)
     return 1 if failed else 0

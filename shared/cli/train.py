@@ -6,11 +6,11 @@ from __future__ import annotations
 import argparse
 
 from . import command_line
-from ..options import options
+from ..options import DefaultsHelpFormatter, options
 
 
 def setup_train(p: argparse.ArgumentParser) -> None:
-    p.formatter_class = argparse.ArgumentDefaultsHelpFormatter
+    p.formatter_class = DefaultsHelpFormatter
     p.epilog = (
         "Images listed by --data are used for training except those held out by the fixed rule "
         "(shared.data.is_heldout: CRC32 of the file name is odd); --eval-data uses only the held-out ones, "
@@ -34,7 +34,7 @@ def run_train(args) -> int:
 def setup_train_teacher(p: argparse.ArgumentParser) -> None:
     from ..training.teacher import MODEL
 
-    p.formatter_class = argparse.ArgumentDefaultsHelpFormatter
+    p.formatter_class = DefaultsHelpFormatter
     p.epilog = (f"The weights go to --out (default: where {MODEL} looks for them, $SPLITINFER_SEG_TEACHER or the "
                 "user cache); OUT.json records the command, the time taken and the test scores; OUT.ckpt lets an "
                 "interrupted run resume.")
@@ -48,7 +48,7 @@ def run_train_teacher(args) -> int:
 
 
 def setup_migrate(p: argparse.ArgumentParser) -> None:
-    p.formatter_class = argparse.ArgumentDefaultsHelpFormatter
+    p.formatter_class = DefaultsHelpFormatter
     p.epilog = (
         "Only h_s is retrained (on the bits of y; g_a, h_a and g_s are frozen, so y and z are unchanged). "
         "Training images follow the held-out rule of `splitinfer train`; --eval-data measures the new ladder "
