@@ -49,6 +49,11 @@ aside. The settings used are printed first.
         for ``--g-seconds``; meanwhile one legitimate client calls ``Infer`` every 0.5 s (5 s deadline) on its own
         connection. Figures: the legitimate calls that succeeded, the streams the attackers opened per second, the
         server's CPU-seconds, what the attackers got back (REFUSED_STREAM resets, GOAWAY). Goal: >= 99% succeed.
+    g2: goodput of C closed-loop gRPC clients (C = the server's ``max_concurrent_requests``) whose calls have a 2 s
+        deadline against the same clients with a 30 s deadline, alternated ``--repeats`` times (refused clients wait
+        the server's retry hint, as in (e)). Goal: >= 0.9.
+    g3: goodput of 4C clients that retry 10 ms after a refusal, whatever the server's hint, against C clients
+        (30 s deadlines), gRPC and REST, alternated ``--repeats`` times. Goal: >= 0.85.
 
 Today's figure is printed next to each goal. A section that cannot run (a server that does not start, a client
 library that fails) is reported, not raised; a non-zero exit status means only that the server did not start.
@@ -97,6 +102,8 @@ GOALS = {
     "f2": "RSS added by 100 unauthenticated held 10 MiB bodies (API keys on): <= +50 MB",
     "f3": "RSS added by 8 concurrent JSON bombs on /infer: <= +200 MB",
     "g1": "legitimate Infer success during an HTTP/2 rapid reset from 2 connections: >= 99%",
+    "g2": "goodput at capacity with 2 s client deadlines, against 30 s deadlines: >= 0.9",
+    "g3": "goodput at 4x with clients retrying 10 ms after a refusal, against capacity: >= 0.85",
 }
 
 
@@ -1425,11 +1432,67 @@ def _g1(server: "Server", model: str, msg: bytes, args) -> Dict[str, Any]:
             "met": n > 0 and share >= 0.99 and alive, "figure": fig}
 
 
-def section_g(server: "Server", model: str, msg: bytes, args) -> Dict[str, Any]:
+def _paired_load(server: "Server", model: str, msgs: List[bytes], front: str, rest_fmt: Optional[str], args,
+                 runs: Sequence[Tuple[str, int, float, float, float]]) -> Dict[str, Any]:
+    """Load runs (label, clients, deadline, backoff, max_backoff) alternated ``--repeats`` times: goodput of each."""
+    got: Dict[str, List[Dict[str, Any]]] = {r[0]: [] for r in runs}
+    for _ in range(args.repeats):
+        for label, clients, deadline, backoff, max_backoff in runs:
+            server.ensure()
+            server.wait_idle(timeout=30)
+            r = asyncio.run(_run_load(front, server, model, msgs, clients, args.warmup, args.duration, deadline,
+                                      backoff, max_backoff, rest_fmt or "json"))
+            got[label].append(r)
+            print(f"  {front} {label:<26} {clients:>4} clients, deadline {deadline:g} s: goodput "
+                  f"{r['goodput_rps']:.1f}/s {r['counts']}, refused p50 {r['refused_p50_ms'] or 0:.1f} ms, ok p50 "
+                  f"{r['ok_p50_ms'] or 0:.0f} ms", flush=True)
+    return {label: _aggregate(rs) for label, rs in got.items()}
+
+
+def _g2(server: "Server", model: str, msgs: List[bytes], capacity: int, args) -> Dict[str, Any]:
+    agg = _paired_load(server, model, msgs, "grpc", None, args,
+                       [("30 s deadlines", capacity, 30.0, args.backoff, args.max_backoff),
+                        ("2 s deadlines", capacity, 2.0, args.backoff, args.max_backoff)])
+    long_, short_ = agg["30 s deadlines"], agg["2 s deadlines"]
+    ratio = short_["goodput_rps"] / long_["goodput_rps"] if long_["goodput_rps"] else None
+    fig = (f"C={capacity}: {ratio:.2f} ({short_['goodput_rps']:.1f} / {long_['goodput_rps']:.1f} req/s; runs "
+           f"{short_['goodput_per_run']} / {long_['goodput_per_run']}; 2 s: {short_['counts']})" if ratio is not None
+           else "n/a")
+    print(f"  g2 {fig}", flush=True)
+    return {"runs": agg, "ratio": ratio, "met": ratio is not None and ratio >= 0.9, "figure": fig}
+
+
+def _g3(server: "Server", model: str, msgs: List[bytes], capacity: int, rest_fmt: Optional[str],
+        args) -> Dict[str, Any]:
+    out: Dict[str, Any] = {}
+    fronts = ["grpc"] + (["rest"] if rest_fmt else [])
+    for front in fronts:
+        agg = _paired_load(server, model, msgs, front, rest_fmt, args,
+                           [("capacity", capacity, 30.0, args.backoff, args.max_backoff),
+                            ("4x, 10 ms retries", 4 * capacity, 30.0, 0.01, 0.01)])
+        cap, x4 = agg["capacity"], agg["4x, 10 ms retries"]
+        out[front] = {"runs": agg, "ratio": x4["goodput_rps"] / cap["goodput_rps"] if cap["goodput_rps"] else None}
+    ratios = [out[f]["ratio"] for f in fronts]
+    out["met"] = all(r is not None and r >= 0.85 for r in ratios)
+    out["figure"] = f"C={capacity}: " + "; ".join(
+        f"{f}: {out[f]['ratio']:.2f} ({out[f]['runs']['4x, 10 ms retries']['goodput_rps']:.1f} / "
+        f"{out[f]['runs']['capacity']['goodput_rps']:.1f} req/s; refused p50 "
+        f"{out[f]['runs']['4x, 10 ms retries']['refused_p50_ms'] or 0:.0f} ms)" if out[f]["ratio"] is not None
+        else f"{f}: n/a" for f in fronts)
+    print(f"  g3 {out['figure']}", flush=True)
+    return out
+
+
+def section_g(server: "Server", model: str, msgs: List[bytes], capacity: int, rest_fmt: Optional[str],
+              args) -> Dict[str, Any]:
     out: Dict[str, Any] = {}
     cases = set(args.g_cases.replace(" ", "").split(","))
     if "g1" in cases:
-        out["g1"] = _g1(server, model, msg, args)
+        out["g1"] = _g1(server, model, msgs[0], args)
+    if "g2" in cases:
+        out["g2"] = _g2(server, model, msgs, capacity, args)
+    if "g3" in cases:
+        out["g3"] = _g3(server, model, msgs, capacity, rest_fmt, args)
     return out
 
 
@@ -1468,7 +1531,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--slowloris-s", type=float, default=15.0, help="(b) how long slow connections try (default 15)")
     p.add_argument("--case-timeout", type=float, default=60.0, help="(b) client timeout per abuse case")
     p.add_argument("--f-cases", default="f1,f2,f3", help="(f) which of its cases to run (default all)")
-    p.add_argument("--g-cases", default="g1", help="(g) which of its cases to run (default all)")
+    p.add_argument("--g-cases", default="g1,g2,g3", help="(g) which of its cases to run (default all)")
     p.add_argument("--g-seconds", type=float, default=10.0, help="(g1) seconds of rapid reset (default 10)")
     p.add_argument("--g-attackers", type=int, default=2, help="(g1) attacking connections (default 2)")
     p.add_argument("--server-env", action="append", default=[], metavar="KEY=VALUE", help="more server settings")
@@ -1490,7 +1553,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     for kv in args.server_env:
         k, _, v = kv.partition("=")
         env[k] = v
-    if not args.capacity and "e" in only:
+    if not args.capacity and only & {"e", "g"}:
         args.capacity = server_setting(server_root, env, "max_concurrent_requests") or 64
     git = fz.git_state() if server_root == fz.ROOT else {"server_root": str(server_root)}
     results: Dict[str, Any] = {"git": git, "bundle": bundle.bundle_id, "model": model, "server_env": env,
@@ -1525,7 +1588,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             ("b", "(b)+(c) adversarial list and upload RSS", lambda: section_bc(server, model, msg, args)),
             ("f", "(f) issue 24: scan bomb, held unauthenticated bodies, JSON bombs (a server with an API key)",
              lambda: _with_key_server(bundle, model, env, server_root, args)),
-            ("g", "(g) issue 24: HTTP/2 rapid reset", lambda: section_g(server, model, msg, args)),
+            ("g", "(g) issue 24: HTTP/2 rapid reset, deadline-aware admission",
+             lambda: section_g(server, model, messages, args.capacity, fmt, args)),
         ]
         for key, title, fn in sections:
             if key not in only:
@@ -1582,7 +1646,7 @@ def _summary(results: Dict[str, Any]) -> None:
                                             ("e", "e1", "figure_share", "met_share"),
                                             ("e", "e2", "figure_ratio", "met_ratio"),
                                             ("f", "f1", "", ""), ("f", "f2", "", ""), ("f", "f3", "", ""),
-                                            ("g", "g1", "", "")]:
+                                            ("g", "g1", "", ""), ("g", "g2", "", ""), ("g", "g3", "", "")]:
         r = results.get(key)
         if key in ("f", "g") and r is not None and goal_key in r:
             r = r[goal_key]

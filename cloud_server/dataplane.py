@@ -42,6 +42,9 @@ __all__ = ["DataPlane", "IMAGE_FORMATS", "CancelToken", "Admission", "CallScope"
 log = logging.getLogger("splitinfer.server")
 IMAGE_FORMATS = ("JPEG", "PNG", "WEBP")
 # bytes per pixel of PIL's in-memory image by mode (everything else: 4, e.g. RGB is stored as RGBX)
+# deadline-aware admission: the pace (seconds between answers while busy) is an EWMA of this weight (about the last
+# 20 answers: a few batches), measured from this many answers on; one gap counts at most this long
+_PACE_ALPHA, _PACE_WARMUP, _PACE_MAX_S = 0.05, 8, 5.0
 _PIL_BYTES_PER_PIXEL = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N": 2}
 
 
@@ -147,6 +150,11 @@ class DataPlane:
         self._image_slots = threading.BoundedSemaphore(settings.max_concurrent_image_decodes)
         self._decode_slots = threading.BoundedSemaphore(settings.max_concurrent_decodes or os.cpu_count() or 1)
         self._api_keys = [k.encode() for k in settings.all_api_keys()]
+        # deadline-aware admission: the measured time between answers while busy (1 / throughput), an EWMA
+        self._pace_lock = threading.Lock()
+        self._pace_s: Optional[float] = None
+        self._pace_n = 0
+        self._last_done: Optional[float] = None
         self._ready = True
         self._update_resident()
 
@@ -215,7 +223,7 @@ class DataPlane:
         return ModelMetadata(name=m.name, bundle_id=b.bundle_id, backbone=b.model, split=b.split,
                              task=task.name, input_hw=m.input_hw, rate_model=b.config.rate_model,
                              num_classes=m.decoder.model.spec.num_classes, backbone_loaded=m.backbone_loaded,
-                             rungs=rungs, variable_rate=vr)
+                             rungs=rungs, variable_rate=vr, head_weights=m.decoder.model.fingerprints()["head"])
 
     def _update_resident(self) -> None:
         for m in self.repository.models():
@@ -228,6 +236,7 @@ class DataPlane:
         with self._request(request.model, protocol, request.request_id) as ctx:
             served = self._served(request.model)
             deadline = self._deadline(timeout_s)
+            self._check_fits(deadline)
             with served.batcher.track():
                 resp = self._infer(served, request, ctx, deadline)
             ctx["response"] = resp
@@ -240,6 +249,7 @@ class DataPlane:
         with self._request(model, protocol, request_id) as ctx:
             served = self._served(model)
             deadline = self._deadline(timeout_s)
+            self._check_fits(deadline)
             if not image:
                 raise InvalidArgument("missing image (upload a JPEG or PNG file)")
             if len(image) > self.settings.max_upload_bytes:
@@ -470,6 +480,40 @@ class DataPlane:
         self.metrics.requests.labels(protocol, label, err.kind).inc()
         raise err
 
+    @property
+    def pace_s(self) -> Optional[float]:
+        """Measured seconds between answers while more than one request is in flight (1 / throughput; an EWMA over
+        about the last 20 answers); None until measured."""
+        return self._pace_s if self._pace_n >= _PACE_WARMUP else None
+
+    def expected_s(self) -> Optional[float]:
+        """How long a request admitted now would take to be answered: the requests in flight (itself included) at
+        the measured pace; None when nothing is queued or nothing is measured yet."""
+        pace, n = self.pace_s, self._inflight
+        return None if pace is None or n < 2 else n * pace
+
+    def _check_fits(self, deadline: float) -> None:
+        """Deadline-aware admission: refuse at once (``overloaded``, retryable) a request that cannot be answered
+        before its deadline at the measured pace, instead of letting it wait in the queue and time out after taking a
+        slot (and the work of the ones before it) for nothing."""
+        need = self.expected_s()
+        if need is None:
+            return
+        left = deadline - time.monotonic()
+        if need > left:
+            raise Overloaded(f"cannot be answered before its deadline: about {need:.2f} s of work is ahead of it "
+                             f"({self._inflight} requests in flight), {max(0.0, left):.2f} s left; retry later")
+
+    def _record_answer(self) -> None:
+        """One request answered: the time since the one before counts toward the pace when the server was busy."""
+        now = time.monotonic()
+        with self._pace_lock:
+            if self._last_done is not None and self._inflight >= 2:
+                dt = min(now - self._last_done, _PACE_MAX_S)
+                self._pace_s = dt if self._pace_s is None else self._pace_s + _PACE_ALPHA * (dt - self._pace_s)
+                self._pace_n += 1
+            self._last_done = now
+
     def _release_slot(self) -> None:
         with self._slot_lock:
             self._inflight -= 1
@@ -500,6 +544,8 @@ class DataPlane:
             outcome = err.kind
             raise err from e
         finally:
+            if err is None:
+                self._record_answer()  # before the slot goes: the count says whether others were in flight
             admission.release()
             dt = time.perf_counter() - t0
             m.requests.labels(protocol, label, outcome).inc()

@@ -871,3 +871,40 @@ def test_http2_rapid_reset_is_refused_by_the_transport(tiny_bundle, tiny_weights
     assert box["sent"] > 100 and not box["error"]
     assert box["rst_codes"].get(7, 0) > 0, box  # REFUSED_STREAM from the transport
     assert answers
+
+
+# ------------------------------------------------------------------------------------------ issue 24 E6
+def test_admission_refuses_what_cannot_finish_before_its_deadline(dataplane, frames):
+    """A request that the measured pace says cannot be answered before its deadline is refused at once
+    (``overloaded``, retryable), before any work; with time enough it is served. The pace is measured only while
+    others are in flight."""
+    from cloud_server.errors import Overloaded
+    from cloud_server.types import parse_request
+
+    dp = dataplane
+    req = parse_request({"model": MODEL, "bitstream": frames[0].data})
+    assert dp.pace_s is None or dp.pace_s >= 0
+    held = [dp.admit() for _ in range(3)]  # three requests in flight
+    try:
+        dp._pace_s, dp._pace_n, dp._last_done = None, 0, None
+        for _ in range(12):
+            dp._record_answer()
+            time.sleep(0.01)
+        assert dp.pace_s is not None and 0.005 < dp.pace_s < 1.0
+        dp._pace_s = 0.5  # 4 in flight with this one: 2 s of work ahead
+        assert dp.expected_s() == pytest.approx(1.5)
+        calls = _count_tail_calls(dp)
+        t0 = time.perf_counter()
+        with pytest.raises(Overloaded, match="before its deadline") as e:
+            dp.infer(req, timeout_s=1.0)
+        assert time.perf_counter() - t0 < 0.5 and not calls and e.value.retry_after_s
+        assert dp.infer(req, timeout_s=30.0).rung == frames[0].rung
+    finally:
+        for a in held:
+            a.release()
+        dp._pace_s, dp._pace_n, dp._last_done = None, 0, None
+    dp._record_answer()  # nothing else in flight: no pace from a lone request
+    dp._record_answer()
+    assert dp.pace_s is None and dp.expected_s() is None
+
+
