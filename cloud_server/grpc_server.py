@@ -11,8 +11,12 @@ polling thread before a worker is taken):
   an inference call while the data plane is at ``max_concurrent_requests``, it is refused at once with
   RESOURCE_EXHAUSTED (kind ``overloaded``), on the polling thread itself (no worker, no hand-off);
 - ``grpc.health.v1.Health/Check`` runs on a pool of its own, so it answers while every worker is busy;
-- a stream that neither sends nor reads for ``grpc_idle_timeout_s``, or a unary call whose request has not
-  arrived after ``grpc_message_timeout_s``, is cancelled (a watchdog thread; its worker is freed);
+- a stream that makes no progress for ``grpc_idle_timeout_s`` is cancelled (a watchdog thread; its worker is
+  freed): progress is an answer that is not an error (a request answered with an error, or a message that only
+  resets the timer, does not count), and an answer the client does not read within that time is none either; a
+  unary call whose request has not arrived after ``grpc_message_timeout_s`` is cancelled too;
+- ``grpc.health.v1.Health/Watch`` is exempt from the idle timer (it answers only when the status changes, and
+  clients keep it open) and runs on threads of its own, at most ``_WATCH_CALLS`` at once, outside the stream slots;
 - requests are deserialized by the guard: an undecodable message is INVALID_ARGUMENT, not INTERNAL;
 - each call runs in a :class:`~cloud_server.dataplane.CallScope` whose cancel token is set when the call ends
   (client cancel, deadline, disconnect), so the data plane drops the work of a client that went away.
@@ -52,9 +56,19 @@ _MESSAGE_SLACK = 64 * 1024
 ERROR_KIND_KEY = "splitinfer-error-kind"
 RETRY_AFTER_KEY = "splitinfer-retry-after-ms"
 HEALTH_CHECK = "/grpc.health.v1.Health/Check"
+HEALTH_WATCH = "/grpc.health.v1.Health/Watch"
 # unary inference methods: refused by the guard itself (no worker, no decoding) while the data plane is full
 ADMITTED_METHODS = frozenset({"/splitinfer.v1.SplitInference/Infer", "/inference.GRPCInferenceService/ModelInfer"})
 _HEALTH_THREADS, _HEALTH_CALLS = 4, 16  # Health/Check: its own threads; calls beyond _HEALTH_CALLS are refused
+_WATCH_CALLS = 16  # Health/Watch: a thread each, of its own (outside the workers and stream slots); more are refused
+
+
+def is_progress(response) -> bool:
+    """Whether a stream's answer is progress for the idle timer: not an error answer (``InferStream``'s ``error``,
+    ``ModelStreamInfer``'s ``error_message``)."""
+    if isinstance(response, pb.InferStreamResponse):
+        return not response.HasField("error")
+    return not getattr(response, "error_message", "")
 
 
 def status_code(e: SplitInferError) -> grpc.StatusCode:
@@ -264,13 +278,14 @@ class _Inline(futures.ThreadPoolExecutor):
 class _Call:
     """One guarded call: its scope, its watchdog timer, and its place in the guard's counts."""
 
-    __slots__ = ("guard", "context", "method", "release_fn", "scope", "_timer", "timed_out")
+    __slots__ = ("guard", "context", "method", "release_fn", "scope", "_timer", "timed_out", "progress_at")
 
     def __init__(self, guard: "CallGuard", context, method: str, release_fn: Callable[[], None]):
         self.guard, self.context, self.method, self.release_fn = guard, context, method, release_fn
         self.scope = CallScope()
         self._timer = None
         self.timed_out = False
+        self.progress_at = time.monotonic()  # the call's start, then its last answer that was not an error
         enter_scope(self.scope)  # gRPC runs each call in a contextvars.Context of its own
         if not context.add_callback(self.scope.token.cancel):  # the call has already ended
             self.scope.token.cancel()
@@ -282,6 +297,10 @@ class _Call:
 
     def arm(self, seconds: float) -> None:
         self._timer = self.guard.watchdog.arm(seconds, self._expire)
+
+    def arm_progress(self) -> None:
+        """Until the idle time since the last progress is over (at once when it already is)."""
+        self.arm(max(0.0, self.progress_at + self.guard.idle_s - time.monotonic()))
 
     def disarm(self) -> None:
         _Watchdog.disarm(self._timer)
@@ -310,10 +329,13 @@ class CallGuard(grpc.ServerInterceptor):
         self.active = 0  # calls holding (or about to hold) a worker thread
         self.streams = 0  # of which streaming calls
         self.health_calls = 0
+        self.watch_pool = futures.ThreadPoolExecutor(_WATCH_CALLS, thread_name_prefix="grpc-watch")
+        self.watch_calls = 0
 
     def close(self) -> None:
         self.watchdog.stop()
         self.health_pool.shutdown(wait=False)
+        self.watch_pool.shutdown(wait=False)
         self.refusal_pool.shutdown(wait=False)
 
     # -- the interceptor (gRPC's polling thread: must not block) ------------------------------------------
@@ -330,6 +352,11 @@ class CallGuard(grpc.ServerInterceptor):
                     err = Overloaded(f"too many health checks at once (limit {_HEALTH_CALLS}); retry later")
                 else:
                     self.health_calls += 1
+            elif method == HEALTH_WATCH:
+                if self.watch_calls >= _WATCH_CALLS:
+                    err = Overloaded(f"too many health watches at once (limit {_WATCH_CALLS}); retry later")
+                else:
+                    self.watch_calls += 1
             elif self.active >= self.threads:
                 err = Overloaded(f"all {self.threads} gRPC workers are busy; retry later")
             elif method in ADMITTED_METHODS and self.dp is not None and self.dp.at_capacity:
@@ -345,11 +372,17 @@ class CallGuard(grpc.ServerInterceptor):
             return self._refusal(err)
         if method == HEALTH_CHECK:
             return self._wrap(handler, method, self._release_health, self.health_pool)
+        if method == HEALTH_WATCH:
+            return self._wrap(handler, method, self._release_watch, self.watch_pool)
         return self._wrap(handler, method, self._releaser(streaming), None)
 
     def _release_health(self) -> None:
         with self._lock:
             self.health_calls -= 1
+
+    def _release_watch(self) -> None:
+        with self._lock:
+            self.watch_calls -= 1
 
     def _releaser(self, streaming: bool) -> Callable[[], None]:
         def release() -> None:
@@ -394,7 +427,7 @@ class CallGuard(grpc.ServerInterceptor):
 
         def requests(call: _Call, request_iterator):
             while True:
-                call.arm(guard.idle_s)
+                call.arm_progress()  # a message that arrives is not progress: an answer that is not an error is
                 try:
                     raw = next(request_iterator)
                 except StopIteration:
@@ -405,8 +438,8 @@ class CallGuard(grpc.ServerInterceptor):
 
         def responses(call: _Call, response_iterator, watch_inner: bool):
             """``watch_inner``: the client can send nothing more (unary request), so the time the handler takes to
-            produce the next answer counts as idle too (Health/Watch); a bidirectional handler waits on the
-            client through ``requests``, which has its own timer."""
+            produce the next answer counts as idle too (not for Health/Watch); a bidirectional handler waits on the
+            client through ``requests``, which has its own timer. An answer that is not an error is progress."""
             try:
                 while True:
                     if watch_inner:
@@ -418,6 +451,8 @@ class CallGuard(grpc.ServerInterceptor):
                     finally:
                         if watch_inner:
                             call.disarm()
+                    if is_progress(response):
+                        call.progress_at = time.monotonic()
                     call.arm(guard.idle_s)  # until gRPC asks for the next one: the client took this one
                     yield response
                     call.disarm()
@@ -453,7 +488,8 @@ class CallGuard(grpc.ServerInterceptor):
             def behavior(request_iterator, context):
                 call = _Call(guard, context, method, release)
                 try:
-                    return responses(call, inner(first_request(call, request_iterator), context), True)
+                    return responses(call, inner(first_request(call, request_iterator), context),
+                                     method != HEALTH_WATCH)
                 except BaseException:
                     call.release()
                     raise

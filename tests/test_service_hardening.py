@@ -908,3 +908,77 @@ def test_admission_refuses_what_cannot_finish_before_its_deadline(dataplane, fra
     assert dp.pace_s is None and dp.expected_s() is None
 
 
+
+# ------------------------------------------------------------------------------------------ issue 24 E7, E11
+def _guarded_server(guard, handlers):
+    from concurrent import futures
+
+    server = grpc.server(futures.ThreadPoolExecutor(8), interceptors=[guard])
+    server.add_generic_rpc_handlers(handlers)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    return server, port
+
+
+def test_streams_are_cut_without_progress_and_watch_is_exempt():
+    """The idle timer measures progress, not bytes: a stream whose every request is answered with an error is cut
+    after the idle time, however often it sends (before: each message reset the timer, so one every 20 s held a
+    slot for ever); one whose answers succeed stays. Health/Watch, which answers only on a change, is not cut and
+    takes no stream slot or worker (before: cut every idle period)."""
+    from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+    from cloud_server.grpc_server import CallGuard, is_progress
+    from cloud_server.settings import Settings
+
+    assert not is_progress(pb.InferStreamResponse(error=pb.Error(code=3, kind="invalid_argument")))
+    assert is_progress(pb.InferStreamResponse(result=pb.InferResponse()))
+
+    def answer(ok):
+        def stream(requests, context):
+            for r in requests:
+                yield (pb.InferStreamResponse(request_id=r.request_id, result=pb.InferResponse()) if ok else
+                       pb.InferStreamResponse(request_id=r.request_id, error=pb.Error(code=3, message="garbage")))
+        return grpc.stream_stream_rpc_method_handler(stream, pb.InferRequest.FromString,
+                                                     pb.InferStreamResponse.SerializeToString)
+
+    guard = CallGuard(Settings(grpc_workers=8, grpc_idle_timeout_s=0.8))
+    hs = health.HealthServicer()
+    server, port = _guarded_server(guard, [grpc.method_handlers_generic_handler(
+        "test.S", {"Bad": answer(False), "Good": answer(True)})])
+    health_pb2_grpc.add_HealthServicer_to_server(hs, server)
+    hs.set("", health_pb2.HealthCheckResponse.SERVING)
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        def trickle(method, seconds):
+            def gen():
+                end = time.monotonic() + seconds
+                while time.monotonic() < end:
+                    yield pb.InferRequest(request_id="x", bitstream=b"garbage")
+                    time.sleep(0.1)
+            call = channel.stream_stream(f"/test.S/{method}", pb.InferRequest.SerializeToString,
+                                         pb.InferStreamResponse.FromString)(gen(), timeout=30)
+            t0, got, code = time.monotonic(), 0, None
+            try:
+                for _ in call:
+                    got += 1
+            except grpc.RpcError as e:
+                code = e.code()
+            return code, time.monotonic() - t0, got
+
+        code, secs, got = trickle("Bad", 4.0)
+        assert code == grpc.StatusCode.CANCELLED and secs < 2.5 and got >= 3  # answered, then cut
+        code, secs, got = trickle("Good", 2.0)
+        assert code is None and secs >= 1.9  # progress all along: not cut
+        watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(), timeout=30)
+        assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+        assert wait_for(lambda: guard.watch_calls == 1) and guard.active == 0 and guard.streams == 0
+        time.sleep(2.0)  # 2.5 idle periods without a change
+        assert not watch.done()
+        hs.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+        assert next(watch).status == health_pb2.HealthCheckResponse.NOT_SERVING
+        watch.cancel()
+        assert wait_for(lambda: guard.watch_calls == 0, timeout=5)
+    finally:
+        channel.close()
+        server.stop(0)
+        guard.close()
