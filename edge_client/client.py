@@ -39,9 +39,10 @@ from typing import Any, Deque, Dict, Iterable, Iterator, List, Optional, Sequenc
 
 from shared.rate import BitrateHint, HintError, HintOutcome
 
+from .answers import answer_problem, lost_frames
 from .runtime import EncodedFrame, ImageLike, OnnxEdgeEncoder
 
-__all__ = ["EdgeClient", "InferResult", "ServiceError", "BundleMismatchError", "ImageError"]
+__all__ = ["EdgeClient", "InferResult", "ServiceError", "BundleMismatchError", "ImageError", "AnswerError"]
 
 # Retries follow the server's error kind, the same on both transports: "overloaded" (429 / RESOURCE_EXHAUSTED)
 # and "unavailable" (503 / UNAVAILABLE: starting, shutting down). An answer without a kind did not come from the
@@ -79,6 +80,16 @@ class ImageError(ServiceError):
 
     def __init__(self, message: str):
         super().__init__("BAD_IMAGE", message, "bad_image")
+
+
+class AnswerError(ServiceError):
+    """An answer the edge does not accept (``edge_client.answers``: a rung, class or score out of range, other bytes
+    than were sent), or a stream that broke its order (an answer with no frame waiting, an unknown request id, frames
+    left unanswered when it ended). ``lost``: the frames left without an answer, by name."""
+
+    def __init__(self, message: str, lost: Sequence[str] = ()):
+        self.lost = list(lost)
+        super().__init__("BAD_ANSWER", message + (f"; {lost_frames(self.lost)}" if self.lost else ""), "bad_answer")
 
 
 def _encode_error(image, e: Exception) -> ImageError:
@@ -454,6 +465,9 @@ class EdgeClient:
         req = self.transport.request(self._model, frame, hint, expected_rung, rid, self.top_k)
         deadline = time.monotonic() + self.timeout_s
         res = self._with_retries(lambda t: self.transport.infer(req, t, source, encode_ms), deadline)
+        bad = self._vetted(res, frame.n_bytes).error  # an answer that does not fit the frame sent
+        if bad is not None:
+            raise bad
         res.level, res.hint_outcome = frame.level, frame.hint
         return res
 
@@ -505,6 +519,7 @@ class EdgeClient:
         # per frame in send order: (source, encode ms, send time, None) for a frame sent, or (source, 0, 0, result)
         # for one not sent (unreadable, or skipped by stream control); the encoding thread appends, this one pops
         pending: Deque[Tuple[str, float, float, Optional[InferResult]]] = deque()
+        ids: Deque[str] = deque()  # per frame sent: its request id, which its answer must carry
         # per frame sent: its quality level (variable-rate bundles), bytes, the rate aimed at and its hint's outcome
         levels: Deque[Tuple[Optional[int], int, Optional[float], HintOutcome]] = deque()
         tracker, lock = None, threading.Lock()  # the controller is used by the encoding and the answering threads
@@ -533,6 +548,7 @@ class EdgeClient:
                                                                         skipped=True, target_kbps=target)))
                     continue
                 rid = uuid.uuid4().hex
+                ids.append(rid)
                 levels.append((frame.level, frame.n_bytes, target, frame.hint))
                 pending.append((_name(image), encode_ms, time.perf_counter(), None))
                 yield t.request(self._model, frame, h, frame.rung if rung is None else None, rid, self.top_k)
@@ -541,9 +557,23 @@ class EdgeClient:
             while pending and pending[0][3] is not None:
                 yield pending.popleft()[3]
 
+        def unanswered() -> List[str]:
+            return [p[0] for p in pending if p[3] is None]
+
         try:
-            for resp in t.stub.InferStream(requests(), timeout=timeout_s, metadata=t.metadata):
+            call = t.stub.InferStream(requests(), timeout=timeout_s, metadata=t.metadata)
+            for resp in call:
                 yield from not_sent()
+                if not pending or not ids:
+                    call.cancel()
+                    raise AnswerError(f"the server sent an answer (request id {resp.request_id[:40]!r}) with no frame "
+                                      "waiting for one (two answers for a frame, or one before the first frame)", unanswered())
+                if resp.request_id != ids[0]:
+                    call.cancel()
+                    raise AnswerError(f"the server answered request id {resp.request_id[:40]!r}, not the next frame's "
+                                      f"({pending[0][0]}, id {ids[0]!r}): answers must come in order, one per frame",
+                                      unanswered())
+                ids.popleft()
                 source, encode_ms, sent, _ = pending.popleft()
                 level, n_bytes, target, outcome = levels.popleft()
                 now = time.perf_counter()
@@ -551,7 +581,10 @@ class EdgeClient:
                 if tracker is not None:
                     with lock:
                         ctl.set_rate(tracker.acked(n_bytes, sent, now))
-                if resp.WhichOneof("outcome") == "error":
+                if resp.WhichOneof("outcome") is None:
+                    yield InferResult(source, resp.request_id, -1, 0, 0.0, [], latency, encode_ms, level=level,
+                                      target_kbps=target, error=AnswerError(f"{source}: neither a result nor an error"))
+                elif resp.WhichOneof("outcome") == "error":
                     if resp.error.kind == "bundle_mismatch":
                         err: ServiceError = BundleMismatchError(resp.error.message)
                     else:
@@ -561,10 +594,21 @@ class EdgeClient:
                 else:
                     res = _result_from_pb(resp.result, source, latency, encode_ms)
                     res.level, res.target_kbps, res.hint_outcome = level, target, outcome
-                    yield res
+                    yield self._vetted(res, n_bytes)
         except t.grpc.RpcError as e:
             raise t.error(e) from None
         yield from not_sent()
+        if unanswered():
+            raise AnswerError("the server ended the stream without answering every frame", unanswered())
+
+    def _vetted(self, res: InferResult, n_bytes: int) -> InferResult:
+        """``res``, or, when it does not fit the frame it answers (``edge_client.answers``), a failed result."""
+        problem = answer_problem(res, rungs=len(self.bundle.rungs), num_classes=getattr(self.encoder, "num_classes",
+                                 1 << 30), top_k=self.top_k, n_bytes=n_bytes)
+        if problem is None:
+            return res
+        return InferResult(res.source, res.request_id, -1, 0, 0.0, [], res.latency_ms, res.encode_ms, level=res.level,
+                           target_kbps=res.target_kbps, error=AnswerError(f"{res.source}: {problem}"))
 
     # -- lifecycle -----------------------------------------------------------------------------------
     def close(self) -> None:
