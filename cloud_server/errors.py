@@ -10,6 +10,8 @@ the edge client retries ``overloaded`` and ``unavailable``); status codes are wh
 from __future__ import annotations
 
 __all__ = [
+    "MAX_MESSAGE_CHARS",
+    "bounded",
     "SplitInferError",
     "InvalidArgument",
     "BundleMismatch",
@@ -26,6 +28,18 @@ __all__ = [
 ]
 
 
+# an error message names what was wrong, never echoes the request: longer ones are cut (issue 24, E10: 500,000
+# output names made a 2 MB grpc-message the client could not even receive)
+MAX_MESSAGE_CHARS = 1000
+
+
+def bounded(message: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+    """``message``, cut to ``limit`` characters with a note of how much was cut."""
+    if len(message) <= limit:
+        return message
+    return f"{message[:limit]}... ({len(message) - limit} more characters cut)"
+
+
 class SplitInferError(Exception):
     status_code = 500
     grpc_code = "INTERNAL"  # name of a grpc.StatusCode member (kept as text: no grpc import here)
@@ -33,6 +47,7 @@ class SplitInferError(Exception):
     retry_after_s = None  # a hint for clients (HTTP Retry-After, gRPC splitinfer-retry-after-ms); None: no retry
 
     def __init__(self, message: str):
+        message = bounded(str(message))
         super().__init__(message)
         self.message = message
 

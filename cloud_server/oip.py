@@ -41,7 +41,7 @@ __all__ = [
     "RequestParameters", "InputParameters", "OutputParameters", "RequestInput", "RequestOutput", "InferRequestBody",
     "ResponseOutput", "InferResponseBody", "TensorMetadata", "ModelMetadataBody",
     "InputTensor", "RequestedOutput", "Tensor", "OipCall",
-    "parse_model", "check_version", "model_outputs", "model_metadata", "server_metadata", "make_call",
+    "MAX_OUTPUTS", "MAX_DIMS", "check_counts", "parse_model", "check_version", "model_outputs", "model_metadata", "server_metadata", "make_call",
     "answer_tensors", "response_parameters", "render_rest", "decode_base64_elements",
 ]
 
@@ -54,6 +54,10 @@ INPUT_NAME = "bitstream"
 # every output any task has (a model's own: its task's, shared.tasks.Task.outputs)
 OUTPUT_NAMES = tuple(dict.fromkeys(o.name for t in list_tasks() for o in get_task(t).outputs(0)))
 _MAX_CLASSIFICATION = 100  # the data plane's top_k limit
+# a request names at most this many outputs (a model has a handful) and an input has at most this many dimensions;
+# beyond, refused before anything else is looked at (issue 24, E10 and the minor items: 500,000 outputs, a shape of
+# 900,000 ones)
+MAX_OUTPUTS, MAX_DIMS = 16, 8
 
 
 # ------------------------------------------------------------------------------------------ JSON
@@ -297,11 +301,21 @@ def _output_request(o: RequestedOutput, allowed: Sequence[str]) -> RequestedOutp
     return o
 
 
+def check_counts(n_outputs: int, shape: Sequence[int] = ()) -> None:
+    """Refuse a request naming more than ``MAX_OUTPUTS`` outputs, or an input of more than ``MAX_DIMS`` dimensions,
+    by the counts alone (front ends call this before they translate each output)."""
+    if n_outputs > MAX_OUTPUTS:
+        raise InvalidArgument(f"{n_outputs} outputs requested; a request names at most {MAX_OUTPUTS}")
+    if len(shape) > MAX_DIMS:
+        raise InvalidArgument(f"an input shape of {len(shape)} dimensions; at most {MAX_DIMS}")
+
+
 def make_call(model: str, meta: Optional[ModelMetadata], request_id: Optional[str], params: RequestParameters,
               inputs: Sequence[InputTensor], outputs: Sequence[RequestedOutput], default_top_k: int) -> OipCall:
     """Validate an OIP request against the model (``meta``: None when unknown, which the data plane reports)."""
     if len(inputs) != 1:
         raise InvalidArgument(f"expected exactly one input ({INPUT_NAME!r}, BYTES, shape [1]), got {len(inputs)}")
+    check_counts(len(outputs), inputs[0].shape)
     (inp,) = inputs
     if inp.name != INPUT_NAME:
         raise InvalidArgument(f"unknown input {inp.name!r}; the one input is {INPUT_NAME!r} (BYTES, shape [1])")
@@ -318,7 +332,8 @@ def make_call(model: str, meta: Optional[ModelMetadata], request_id: Optional[st
     allowed = [t.name for t in model_outputs(meta)] if meta is not None else list(OUTPUT_NAMES)
     names = [o.name for o in outputs]
     if len(set(names)) != len(names):
-        raise InvalidArgument(f"an output is requested twice: {names}")
+        twice = next(n for i, n in enumerate(names) if n in names[:i])
+        raise InvalidArgument(f"output {twice!r} is requested twice")
     resolved = tuple(_output_request(o, allowed) for o in outputs)
     if not resolved:  # none named: every output of the model
         resolved = tuple(RequestedOutput(n) for n in allowed)

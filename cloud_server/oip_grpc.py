@@ -86,6 +86,10 @@ def _outputs(m: pb.ModelInferRequest) -> List[oip.RequestedOutput]:
 def to_call(m: pb.ModelInferRequest, meta: Optional[ModelMetadata], default_top_k: int) -> oip.OipCall:
     """A ModelInferRequest -> the data plane's request and the outputs to answer with (``meta``: None if unknown)."""
     oip.check_version(meta, m.model_version)
+    if len(m.inputs) > 1:
+        raise InvalidArgument(f"expected exactly one input ({oip.INPUT_NAME!r}, BYTES, shape [1]), got "
+                              f"{len(m.inputs)}")
+    oip.check_counts(len(m.outputs), m.inputs[0].shape if m.inputs else ())
     params = oip.parse_model(oip.RequestParameters, _params(m.parameters), "request parameters")
     return oip.make_call(m.model_name, meta, m.id or None, params, _inputs(m), _outputs(m), default_top_k)
 

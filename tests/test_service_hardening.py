@@ -982,3 +982,33 @@ def test_streams_are_cut_without_progress_and_watch_is_exempt():
         channel.close()
         server.stop(0)
         guard.close()
+
+
+# ------------------------------------------------------------------------------------------ issue 24 E10
+def test_errors_never_echo_the_request():
+    """A refusal names what is wrong in a bounded message: 500,000 empty outputs (before: a 2 MB grpc-message,
+    RESOURCE_EXHAUSTED at the client) or an input shape of 900,000 ones (before: accepted) are refused by their
+    counts, and any message is cut at MAX_MESSAGE_CHARS."""
+    from cloud_server import oip, oip_grpc
+    from cloud_server.errors import MAX_MESSAGE_CHARS, InvalidArgument, NotFound
+
+    pbo = oip_grpc.pb
+    inp = pbo.ModelInferRequest.InferInputTensor(name="bitstream", datatype="BYTES", shape=[1])
+    inp.contents.bytes_contents.append(b"x")
+    m = pbo.ModelInferRequest(model_name=MODEL, inputs=[inp])
+    m.outputs.extend([pbo.ModelInferRequest.InferRequestedOutputTensor()] * 500_000)
+    with pytest.raises(InvalidArgument, match="500000 outputs requested") as e:
+        oip_grpc.to_call(m, None, 5)
+    assert len(e.value.message) < 200
+    m2 = pbo.ModelInferRequest(model_name=MODEL, inputs=[inp])
+    m2.inputs[0].shape[:] = [1] * 900_000
+    with pytest.raises(InvalidArgument, match="dimensions") as e:
+        oip_grpc.to_call(m2, None, 5)
+    assert len(e.value.message) < 200
+    twice = [oip.RequestedOutput("topk_index")] * 3
+    with pytest.raises(InvalidArgument, match="'topk_index' is requested twice"):
+        oip.make_call(MODEL, None, None, oip.RequestParameters(), [oip.InputTensor("bitstream", "BYTES", (1,), [b"x"])],
+                      twice, 5)
+    long = NotFound("no model " + "x" * 10**6)
+    assert len(long.message) <= MAX_MESSAGE_CHARS + 60 and long.message.endswith("characters cut)")
+    assert str(long) == long.message and NotFound("short").message == "short"
