@@ -141,7 +141,13 @@ class _Wire(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
 
-class RequestParameters(_Wire):
+class _Parameters(_Wire):
+    # the known parameters are type-checked as docs/service.md says, not coerced: "top_k": true is refused, not 1
+    # (an integer is still a number for a float parameter)
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+
+class RequestParameters(_Parameters):
     """Request parameters: the project's hint and options, and the standard ones this server honours."""
 
     target_bpp: Optional[float] = None
@@ -155,12 +161,12 @@ class RequestParameters(_Wire):
     """Triton's request timeout, in microseconds; the server's own limit still applies."""
 
 
-class InputParameters(_Wire):
+class InputParameters(_Parameters):
     binary_data_size: Optional[int] = Field(None, ge=0)
     shared_memory_region: Optional[str] = None
 
 
-class OutputParameters(_Wire):
+class OutputParameters(_Parameters):
     binary_data: Optional[bool] = None
     classification: Optional[int] = Field(None, ge=0)
     shared_memory_region: Optional[str] = None

@@ -1012,3 +1012,22 @@ def test_errors_never_echo_the_request():
     long = NotFound("no model " + "x" * 10**6)
     assert len(long.message) <= MAX_MESSAGE_CHARS + 60 and long.message.endswith("characters cut)")
     assert str(long) == long.message and NotFound("short").message == "short"
+
+
+def test_known_parameters_are_type_checked_not_coerced():
+    """Request, input and output parameters the server knows are refused when mistyped (before: "top_k": true was
+    1, "3" was 3); an integer still counts as a number, and unknown parameters are still ignored."""
+    from cloud_server import oip
+    from cloud_server.errors import InvalidArgument
+
+    for bad in ({"top_k": True}, {"top_k": "3"}, {"top_k": 2.0}, {"target_bpp": True}, {"target_bpp": "0.2"},
+                {"binary_data_output": 1}, {"timeout": 1.5}, {"expected_rung": False}):
+        with pytest.raises(InvalidArgument, match=next(iter(bad))):
+            oip.parse_model(oip.RequestParameters, bad, "request parameters")
+    with pytest.raises(InvalidArgument, match="classification"):
+        oip.parse_model(oip.OutputParameters, {"classification": True}, "output parameters")
+    with pytest.raises(InvalidArgument, match="binary_data_size"):
+        oip.parse_model(oip.InputParameters, {"binary_data_size": "12"}, "input parameters")
+    p = oip.parse_model(oip.RequestParameters, {"top_k": 3, "target_bpp": 1, "binary_data_output": True,
+                                                "priority": "high", "sequence_id": 7}, "request parameters")
+    assert (p.top_k, p.target_bpp, p.binary_data_output) == (3, 1.0, True)
