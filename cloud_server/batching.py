@@ -21,20 +21,32 @@ from concurrent import futures
 from concurrent.futures import CancelledError, Future
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Tuple
-
-import torch
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from .errors import Cancelled, DeadlineExceeded, Unavailable
 
 __all__ = ["TailBatcher", "BatchResult"]
 
-TailFn = Callable[[torch.Tensor, Tuple[int, int]], torch.Tensor]
+# features and outputs are torch tensors (the PyTorch runtime) or numpy arrays (the ONNX one): the batcher only
+# stacks and slices them
+Array = Any
+TailFn = Callable[[Array, Tuple[int, int]], Array]
+
+
+def _cat(features: List[Array]) -> Array:
+    """Stack features along the batch: numpy arrays with numpy, tensors with torch (imported only for them)."""
+    if type(features[0]).__module__.startswith("numpy"):
+        import numpy as np
+
+        return np.concatenate(features)
+    import torch
+
+    return torch.cat(features)
 
 
 @dataclass
 class BatchResult:
-    output: torch.Tensor  # this request's row, shape (1, ...)
+    output: Array  # this request's row, shape (1, ...)
     batch_size: int
     queue_ms: float
     tail_ms: float
@@ -42,7 +54,7 @@ class BatchResult:
 
 @dataclass
 class _Item:
-    feature: torch.Tensor
+    feature: Array
     input_hw: Tuple[int, int]
     deadline: Optional[float]
     token: object = None  # a dataplane.CancelToken (anything with .cancelled)
@@ -76,7 +88,7 @@ class TailBatcher:
             with self._count_lock:
                 self._inflight -= 1
 
-    def run(self, feature: torch.Tensor, input_hw: Tuple[int, int], deadline: Optional[float] = None,
+    def run(self, feature: Array, input_hw: Tuple[int, int], deadline: Optional[float] = None,
             token=None) -> BatchResult:
         """Tail output for one decoded feature (1, C, h, w). ``deadline``: a ``time.monotonic()`` instant;
         ``token``: a :class:`~cloud_server.dataplane.CancelToken` (cancelled: the request leaves the queue)."""
@@ -167,7 +179,7 @@ class TailBatcher:
     def _run_group(self, hw: Tuple[int, int], group: List[_Item]) -> None:
         t0 = time.perf_counter()
         try:
-            out = self.fn(torch.cat([it.feature for it in group]), hw)
+            out = self.fn(_cat([it.feature for it in group]), hw)
         except BaseException as e:  # noqa: BLE001 - handed to every waiting caller
             for it in group:
                 it.future.set_exception(e)

@@ -5,15 +5,17 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple, Union
 
-import torch
-
-from shared.bitstream import Header
+from shared.bitstream import Header, bits_per_pixel
 from shared.bundle import Bundle, resolve_bundle
-from shared.models import SplitModel, load_split_model
-from shared.pipeline import LadderCodec, bits_per_pixel
-from shared.tasks import Answer, Task, get_task
+
+if TYPE_CHECKING:  # the PyTorch decoder imports torch when it is built: Prediction serves the torch-free one too
+    import torch
+
+    from shared.models import SplitModel
+    from shared.pipeline import LadderCodec
+    from shared.tasks import Answer, Task
 
 __all__ = ["Prediction", "CloudDecoder"]
 
@@ -39,7 +41,8 @@ class Prediction:
 
 
 class CloudDecoder:
-    """The cloud half of one bundle.
+    """The cloud half of one bundle, in PyTorch (the reference decoder; ``cloud_server.onnx_runtime`` has the
+    torch-free one).
 
     ``model`` and ``codec`` may be given to share a loaded backbone (a server serving several ladders of
     one backbone loads it once) and the ladder's resident rungs; otherwise they are built here.
@@ -48,6 +51,10 @@ class CloudDecoder:
     def __init__(self, bundle: Union[Bundle, Path, str, None] = None, weights: Optional[str] = None,
                  device: str = "cpu", preload: bool = False, model: Optional[SplitModel] = None,
                  codec: Optional[LadderCodec] = None):
+        from shared.models import load_split_model
+        from shared.pipeline import LadderCodec
+        from shared.tasks import get_task
+
         self.bundle = resolve_bundle(bundle)
         if model is None:
             model = load_split_model(self.bundle.model, self.bundle.split, weights)
@@ -60,26 +67,34 @@ class CloudDecoder:
         if preload:
             self.codec.preload()
 
-    @torch.no_grad()
+    runtime = "torch"
+
     def run_tail(self, features: torch.Tensor, input_hw: Sequence[int]) -> torch.Tensor:
         """Tail on a batch of decoded features (N, C, h, w) of ``input_hw`` inputs -> (N, classes[, H, W])."""
-        return self.model.run_tail(features, (features.shape[0], 3, *input_hw))
+        import torch
 
-    @torch.no_grad()
+        with torch.no_grad():
+            return self.model.run_tail(features, (features.shape[0], 3, *input_hw))
+
     def decode_output(self, data: bytes) -> Tuple[torch.Tensor, Header, Dict[str, float]]:
         """Raw tail output for one message (raises shared.bitstream.BitstreamError on bad input)."""
-        t0 = time.perf_counter()
-        feat, hdr = self.codec.decode(data)
-        t1 = time.perf_counter()
-        out = self.run_tail(feat, hdr.input_hw)
-        t2 = time.perf_counter()
+        import torch
+
+        with torch.no_grad():
+            t0 = time.perf_counter()
+            feat, hdr = self.codec.decode(data)
+            t1 = time.perf_counter()
+            out = self.run_tail(feat, hdr.input_hw)
+            t2 = time.perf_counter()
         return out, hdr, {"decode": 1e3 * (t1 - t0), "tail": 1e3 * (t2 - t1)}
 
-    @torch.no_grad()
     def answer(self, out: torch.Tensor, topk: int = 5) -> Answer:
         """One image's tail output (1, classes[, H, W]) -> its answer, as the model's task makes it: the top-k
         classes, and the task's further outputs (segmentation: the mask PNG and the pixels of each class)."""
-        return self.task.answer(out, self.names, topk)
+        import torch
+
+        with torch.no_grad():
+            return self.task.answer(out, self.names, topk)
 
     def decode(self, data: bytes, topk: int = 5) -> Prediction:
         out, hdr, timings = self.decode_output(data)

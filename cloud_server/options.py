@@ -15,7 +15,7 @@ from typing import List, Optional
 
 from shared.options import BUNDLE_HELP, WEIGHTS_HELP, option
 
-__all__ = ["ServeOptions", "DecodeOptions"]
+__all__ = ["ServeOptions", "DecodeOptions", "ExportCloudOptions"]
 
 
 @dataclass
@@ -27,6 +27,18 @@ class DecodeOptions:
     topk: int = option(5, "classes to print, best first (default 5)")
     weights: Optional[str] = option(None, WEIGHTS_HELP)
     json: bool = option(False, "print one JSON object (rung, bytes, bpp, topk, timings)")
+
+
+@dataclass(kw_only=True)
+class ExportCloudOptions:
+    """The package holds each rung's bottleneck decoder (g_s) and the tail as ONNX, the integer hyper-decoder's
+    weights and the entropy coder's tables as arrays, and the bundle's manifest; it is tied to the bundle id and
+    the tail's weights fingerprint. Serve it without PyTorch (ONNX Runtime, numpy and the project's rANS decoder):
+      splitinfer serve --bundle CLOUD_DIR"""
+
+    bundle: Optional[str] = option(None, BUNDLE_HELP)
+    out: str = option(help="folder to write (replaced if it exists)", metavar="CLOUD_DIR")
+    weights: Optional[str] = option(None, WEIGHTS_HELP)
 
 
 @dataclass

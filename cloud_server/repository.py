@@ -8,22 +8,27 @@ request never touches the backbone.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
+import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple, Union
 
-from shared.bundle import Bundle, default_bundle_path, embedded_bundle_paths, load_bundle
-from shared.models import SplitModel, load_split_model
-from shared.pipeline import LadderCodec
+from shared.bundle import Bundle, BundleError, default_bundle_path, embedded_bundle_paths, load_bundle
 
 from .batching import TailBatcher
 from .decoder import CloudDecoder
 from .errors import NotFound
+from .onnx_runtime import OnnxCloudDecoder, is_cloud_package
 from .settings import BundleSpec, Settings
 
-__all__ = ["ServedModel", "ModelRepository", "default_names"]
+if TYPE_CHECKING:  # the PyTorch runtime imports them when it loads a backbone
+    from shared.models import SplitModel
+    from shared.pipeline import LadderCodec
+
+__all__ = ["ServedModel", "ModelRepository", "default_names", "cloud_runtime", "RUNTIME_ENV", "RUNTIMES"]
 
 log = logging.getLogger("splitinfer.server")
 BackboneKey = Tuple[str, str, Optional[str]]
@@ -34,7 +39,7 @@ class ServedModel:
     name: str
     bundle: Bundle
     weights: Optional[str]
-    decoder: CloudDecoder
+    decoder: Union[CloudDecoder, OnnxCloudDecoder]
     batcher: TailBatcher
     _encoder: object = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -56,6 +61,11 @@ class ServedModel:
 
     def encoder(self):
         """The edge half on the server's own backbone (for clients that upload images)."""
+        if self.decoder.runtime != "torch":
+            from .errors import Unavailable
+
+            raise Unavailable(f"model {self.name!r} is served from a cloud package (ONNX Runtime), which holds no head: "
+                              "encode at the edge and send the bitstream")
         if self._encoder is None:
             with self._lock:
                 if self._encoder is None:
@@ -67,6 +77,35 @@ class ServedModel:
 
 
 LADDER_SUFFIX, VR_SUFFIX = "-ladder", "-vr"
+RUNTIME_ENV = "SPLITINFER_CLOUD_RUNTIME"
+RUNTIMES = ("auto", "torch", "onnx")
+
+
+def _torch_importable() -> bool:
+    try:
+        return importlib.util.find_spec("torch") is not None
+    except (ImportError, ValueError):  # blocked, or a broken install
+        return False
+
+
+def cloud_runtime(settings: Settings, path) -> str:
+    """The runtime that serves the bundle at ``path``: ``"onnx"`` (``cloud_server.onnx_runtime``, a cloud package
+    from ``splitinfer export-cloud``) or ``"torch"`` (``CloudDecoder``, a bundle). ``settings.runtime`` if the
+    settings have one, else ``$SPLITINFER_CLOUD_RUNTIME``: ``torch``, ``onnx``, or ``auto`` (the default): ONNX
+    Runtime for a cloud package or where torch cannot be imported, PyTorch otherwise."""
+    want = (getattr(settings, "runtime", None) or os.environ.get(RUNTIME_ENV) or "auto").lower()
+    if want not in RUNTIMES:
+        raise ValueError(f"{RUNTIME_ENV} must be one of {', '.join(RUNTIMES)}, not {want!r}")
+    package = is_cloud_package(path)
+    if want == "torch" and package:
+        raise BundleError(f"{path} is a cloud package (ONNX graphs, no PyTorch weights): serve it with the onnx "
+                          "runtime, or serve the bundle it was exported from with the torch one")
+    if want == "auto":
+        want = "onnx" if package or not _torch_importable() else "torch"
+    if want == "onnx" and not package:
+        raise BundleError(f"{path} is a bundle, not a cloud package: the onnx runtime serves what "
+                          f"`splitinfer export-cloud --bundle {path} --out CLOUD_DIR` writes")
+    return want
 
 
 def default_names(specs: Sequence[BundleSpec], bundles: Sequence[Bundle]) -> List[str]:
@@ -104,21 +143,29 @@ class ModelRepository:
         if name in self._models:
             raise ValueError(f"two bundles are named {name!r}; name them (BundleSpec.name / --bundle NAME=DIR)")
         weights = spec.weights if spec.weights is not None else self.settings.weights
-        key: BackboneKey = (bundle.model, bundle.split,
-                            str(Path(weights).resolve()) if weights and Path(weights).exists() else weights)
-        model = self._backbones.get(key)
-        if model is None:
-            log.info("loading backbone %s/%s (weights: %s)", bundle.model, bundle.split, weights or "pretrained")
-            model = self._backbones[key] = load_split_model(bundle.model, bundle.split, weights)
-        decoder = CloudDecoder(bundle, device=self.settings.device, model=model, preload=self.settings.preload)
+        runtime = cloud_runtime(self.settings, bundle.root)
+        if runtime == "onnx":  # a cloud package: its own tail graph, one batcher per package
+            key: BackboneKey = (bundle.model, bundle.split, f"onnx:{bundle.root.resolve()}")
+            decoder = OnnxCloudDecoder(bundle.root, device=self.settings.device, preload=self.settings.preload)
+            self._backbones.setdefault(key, decoder.model)
+        else:
+            key = (bundle.model, bundle.split,
+                   str(Path(weights).resolve()) if weights and Path(weights).exists() else weights)
+            model = self._backbones.get(key)
+            if model is None:
+                from shared.models import load_split_model
+
+                log.info("loading backbone %s/%s (weights: %s)", bundle.model, bundle.split, weights or "pretrained")
+                model = self._backbones[key] = load_split_model(bundle.model, bundle.split, weights)
+            decoder = CloudDecoder(bundle, device=self.settings.device, model=model, preload=self.settings.preload)
         batcher = self._batchers.get(key)
         if batcher is None:
             batcher = self._batchers[key] = TailBatcher(
                 decoder.run_tail, self.settings.batch_max_size, self.settings.batch_max_wait_ms / 1e3,
                 name=f"{bundle.model}/{bundle.split}", on_batch=self._batch_done(key))
         served = self._models[name] = ServedModel(name, bundle, weights, decoder, batcher)
-        log.info("serving %s: bundle %s, %d rungs%s", name, bundle.bundle_id, len(bundle.rungs),
-                 " (preloaded)" if self.settings.preload else "")
+        log.info("serving %s: bundle %s, %d rungs%s (%s runtime)", name, bundle.bundle_id, len(bundle.rungs),
+                 " (preloaded)" if self.settings.preload else "", runtime)
         if (bundle.verdict or {}).get("weak"):  # `splitinfer train --allow-weak` kept it; the operator must know
             log.warning("serving %s: bundle %s was judged WEAK when trained: %s", name, bundle.bundle_id,
                         bundle.verdict.get("reason"))

@@ -33,6 +33,7 @@ COMMANDS = {
     "serve": ("shared.cli.serve", "run the cloud server: REST and gRPC front ends on one data plane"),
     "edge": ("shared.cli.edge", "encode images on the edge and send them to a server (gRPC or REST)"),
     "export-edge": ("shared.cli.codec", "export a bundle's edge half (ONNX + arrays) for the torch-free edge runtime"),
+    "export-cloud": ("shared.cli.codec", "export a bundle's cloud half (ONNX + arrays) for the torch-free cloud runtime"),
 }
 # the options dataclass whose fields make a command's flags (shared.options.add_options); its setup_* adds the rest
 OPTIONS = {"train": "shared.training.recipe:TrainOptions", "train-teacher": "shared.training.teacher:TeacherOptions",
@@ -40,7 +41,8 @@ OPTIONS = {"train": "shared.training.recipe:TrainOptions", "train-teacher": "sha
            "report": "shared.reporting:ReportOptions", "encode": "edge_client.options:EncodeOptions",
            "decode": "cloud_server.options:DecodeOptions", "serve": "cloud_server.options:ServeOptions",
            "edge": "edge_client.options:EdgeOptions", "export-edge": "edge_client.options:ExportEdgeOptions",
-           "demo": "shared.demo:DemoOptions", "info": "shared.reporting:InfoOptions",
+           "export-cloud": "cloud_server.options:ExportCloudOptions", "demo": "shared.demo:DemoOptions",
+           "info": "shared.reporting:InfoOptions",
            "merge": "shared.bundle:MergeOptions", "models": "shared.reporting:ModelsOptions"}
 
 def command_line(name: str) -> Optional[str]:

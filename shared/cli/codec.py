@@ -100,6 +100,26 @@ def run_export_edge(args) -> int:
     return 0
 
 
+def setup_export_cloud(p: argparse.ArgumentParser) -> None:
+    import inspect
+
+    from cloud_server.options import ExportCloudOptions
+
+    p.formatter_class, p.epilog = argparse.RawDescriptionHelpFormatter, inspect.getdoc(ExportCloudOptions)
+
+
+def run_export_cloud(args) -> int:
+    from cloud_server.onnx_runtime import CloudPackage
+
+    from ..cloud_export import export_cloud
+
+    out = export_cloud(args.bundle, Path(args.out), weights=args.weights, progress=lambda m: print(m, file=sys.stderr))
+    pkg, size = CloudPackage(out), sum(f.stat().st_size for f in out.iterdir())
+    print(f"cloud package {pkg.package_id} -> {out} ({size / 1e6:.1f} MB): bundle {pkg.bundle_id} ({pkg.bundle.model}/"
+          f"{pkg.bundle.split}, {len(pkg.bundle.rungs)} rungs), tail weights {pkg.manifest['tail_weights']}")
+    return 0
+
+
 def run_models(args) -> int:
     from ..models.split import describe_models
     from ..reporting import models_table

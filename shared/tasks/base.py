@@ -24,13 +24,13 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Dict, List, Optional, Sequence, Tuple, Type, TypeVar, Union
-
-import torch
-from torch import Tensor
-from torch.utils.data import Dataset
+from typing import TYPE_CHECKING, Any, ClassVar, Dict, List, Optional, Sequence, Tuple, Type, TypeVar, Union
 
 from .. import labels as label_sets
+
+if TYPE_CHECKING:  # torch is imported where a tensor is made: a torch-free server imports tasks for their outputs
+    from torch import Tensor
+    from torch.utils.data import Dataset
 
 __all__ = ["Task", "Scores", "Answer", "OutputSpec", "TOPK_OUTPUTS", "register_task", "get_task", "list_tasks",
            "all_metrics", "metric_labels"]
@@ -93,6 +93,8 @@ class Scores(ABC):
             same = pred == reference.argmax(1)
             self.agree += int(same.sum())
             self.compared += same.numel()
+            import torch
+
             self._keep("agreement", same.reshape(len(same), -1).sum(1), torch.full((len(same),), same[0].numel()))
         self._add(logits, pred, labels.to(logits.device))
 

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence
 
-import torch
-import torch.nn.functional as F
-from torch import Tensor
-
-from ..data import ImageDataset, eval_transform, train_transform
 from .base import Answer, Scores, Task, register_task
+
+if TYPE_CHECKING:  # torch (and the data pipeline) are imported where they are used: see base.py
+    from torch import Tensor
+
+    from ..data import ImageDataset
 
 __all__ = ["Classification", "TopKScores", "topk_correct"]
 
@@ -51,9 +51,13 @@ class Classification(Task):
 
     def make_dataset(self, items: Sequence, pre, train: bool = False) -> ImageDataset:
         """(input, class index or -1): random resized crops and flips for training, the input crop otherwise."""
+        from ..data import ImageDataset, eval_transform, train_transform
+
         return ImageDataset(items, train_transform(pre) if train else eval_transform(pre))
 
     def item_labels(self, items: Sequence, pre) -> List[Tensor]:
+        import torch
+
         return [torch.tensor(-1 if y is None else y) for _, y in items]
 
     def scores(self, num_classes: int) -> TopKScores:
@@ -62,6 +66,8 @@ class Classification(Task):
     def supervised_loss(self, logits: Tensor, labels: Optional[Tensor]) -> Tensor:
         if labels is None or (labels < 0).any():
             raise ValueError("supervised training needs a label for every image (use distill mode)")
+        import torch.nn.functional as F
+
         return F.cross_entropy(logits, labels)
 
     def answer(self, output: Tensor, names: Sequence[str], top_k: int) -> Answer:

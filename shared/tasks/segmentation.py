@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import io
 import math
-from typing import Dict, List, Optional, Sequence
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence
 
-import torch
-import torch.nn.functional as F
-from torch import Tensor
-
-from ..data import SegmentationDataset, load_mask, mask_crop, seg_eval_transform, seg_train_transform
 from .base import Answer, OutputSpec, Scores, Task, register_task
+
+if TYPE_CHECKING:  # torch (and the data pipeline) are imported where they are used: see base.py
+    from torch import Tensor
+
+    from ..data import SegmentationDataset
 
 __all__ = ["Segmentation", "ConfusionScores", "DENSE_STRIDE", "segmentation_ce", "encode_mask_png"]
 
@@ -27,6 +27,8 @@ DENSE_STRIDE = 8  # cached segmentation logits: 45x60 for a 360x480 input (the t
 def segmentation_ce(logits: Tensor, masks: Tensor, weight: Optional[Tensor] = None) -> Tensor:
     """Per-pixel cross-entropy against (N, H, W) masks; values >= the number of classes are void (ignored).
     A batch without a single labelled pixel gives 0 (with a gradient), not NaN."""
+    import torch.nn.functional as F
+
     target = masks.long().masked_fill(masks.long() >= logits.shape[1], -100)
     if not (target >= 0).any():
         return logits.sum() * 0.0
@@ -51,6 +53,8 @@ class ConfusionScores(Scores):
 
     def __init__(self, num_classes: int):
         super().__init__(num_classes)
+        import torch
+
         self.confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64)
 
     per_pixel = True
@@ -61,6 +65,8 @@ class ConfusionScores(Scores):
         # per image: correct and labelled pixels (pixel accuracy; mIoU would need each image's confusion matrix)
         self._keep("pixel_acc", ((pred == labels) & valid).flatten(1).sum(1), valid.flatten(1).sum(1))
         idx = labels[valid].long() * self.c + pred[valid]
+        import torch
+
         self.confusion += torch.bincount(idx, minlength=self.c * self.c).view(self.c, self.c).cpu()
 
     def class_iou(self) -> List[Optional[float]]:
@@ -85,10 +91,14 @@ class Segmentation(Task):
     def make_dataset(self, items: Sequence, pre, train: bool = False) -> SegmentationDataset:
         """(input, mask): for training, random rescaling, crops and flips nearer scale 1 than the teacher's
         fine-tuning (the bottleneck learns the features of inputs like those it will code); else the input crop."""
+        from ..data import SegmentationDataset, seg_eval_transform, seg_train_transform
+
         transform = seg_train_transform(pre, scale=(0.75, 1.5)) if train else seg_eval_transform(pre)
         return SegmentationDataset(items, transform)
 
     def item_labels(self, items: Sequence, pre) -> List[Tensor]:
+        from ..data import load_mask, mask_crop
+
         return [mask_crop(None if y is None else load_mask(y), pre) for _, y in items]
 
     def scores(self, num_classes: int) -> ConfusionScores:
@@ -96,15 +106,21 @@ class Segmentation(Task):
 
     def cache_output(self, teacher: Tensor, input_hw: Sequence[int]) -> Tensor:
         """Per-pixel logits average-pooled to 1/DENSE_STRIDE of the input."""
+        import torch.nn.functional as F
+
         return F.adaptive_avg_pool2d(teacher, [math.ceil(s / DENSE_STRIDE) for s in input_hw])
 
     def cache_labels(self, labels: Tensor, keep: bool) -> Tensor:
         """The masks, or -1 per view when the items have none (label-free runs keep no masks)."""
+        import torch
+
         return labels if keep else torch.full((len(labels),), -1)
 
     def match_teacher(self, student: Tensor, teacher: Tensor) -> Tensor:
         """The student's logits average-pooled to the (cached, reduced) resolution of the teacher's."""
         if student.shape[-2:] != teacher.shape[-2:]:
+            import torch.nn.functional as F
+
             return F.adaptive_avg_pool2d(student, teacher.shape[-2:])
         return student
 
@@ -116,6 +132,8 @@ class Segmentation(Task):
     def answer(self, output: Tensor, names: Sequence[str], top_k: int) -> Answer:
         """The per-pixel argmax as a PNG mask, the pixel count of every class, and the classes ranked by the
         share of pixels they take (the share is the score)."""
+        import torch
+
         mask = output[0].argmax(0)
         counts = torch.bincount(mask.flatten(), minlength=output.shape[1])
         p, idx = (counts.double() / mask.numel()).topk(min(top_k, counts.numel()))
