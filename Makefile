@@ -6,9 +6,9 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: demo test test-all venv clean bench models images images-arm64
 
-# (ranscoder.c/.h: `pip install -e .` builds the rANS coder in place, so a change to them reinstalls)
+# (ranscoder.c/.h, hyperdec.c/.h: `pip install -e .` builds the edge's C library in place, so a change reinstalls)
 $(STAMP): requirements.txt pyproject.toml setup.py proto/splitinfer.proto proto/grpc_service.proto \
-          shared/codec/ranscoder.c shared/codec/ranscoder.h
+          shared/codec/ranscoder.c shared/codec/ranscoder.h shared/codec/hyperdec.c shared/codec/hyperdec.h
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -r requirements.txt
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
