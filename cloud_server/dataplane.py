@@ -514,6 +514,18 @@ class DataPlane:
                 self._pace_n += 1
             self._last_done = now
 
+    def refused(self, protocol: str, model: Optional[str], err: SplitInferError,
+                request_id: Optional[str] = None) -> None:
+        """Count and log a request a front end refused before it reached :meth:`infer` (while translating its wire
+        format: a bad tensor, an unknown output, a mistyped parameter), as :meth:`infer` counts its own refusals."""
+        label = model if model is not None and model in self.repository else "unknown"
+        self.metrics.requests.labels(protocol, label, err.kind).inc()
+        self.metrics.errors.labels(protocol, err.kind).inc()
+        rid = request_id or uuid.uuid4().hex
+        log.info("infer %s %s", rid, err.kind, extra={"fields": {
+            "event": "infer", "request_id": rid, "protocol": protocol, "model": model, "outcome": err.kind,
+            "ms": 0.0, "error": err.message, "stage": "translation"}})
+
     def _release_slot(self) -> None:
         with self._slot_lock:
             self._inflight -= 1

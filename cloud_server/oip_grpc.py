@@ -134,7 +134,11 @@ class OipServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     def _infer(self, request: pb.ModelInferRequest, context: grpc.ServicerContext,
                protocol: str) -> pb.ModelInferResponse:
-        call = to_call(request, self._lookup(request.model_name), self.dp.settings.default_top_k)
+        try:
+            call = to_call(request, self._lookup(request.model_name), self.dp.settings.default_top_k)
+        except SplitInferError as e:  # counted and logged as the data plane's own refusals are
+            self.dp.refused(protocol, request.model_name, e, request.id or None)
+            raise
         resp = self.dp.infer(call.request, protocol=protocol, timeout_s=self._timeout(context, call))
         return from_answer(resp, call)
 

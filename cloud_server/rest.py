@@ -244,10 +244,14 @@ class Endpoints:
     def _infer_body(self, name: str, version: Optional[str], body: bytes,
                     header_len: Optional[str]) -> Tuple[bytes, Optional[int]]:
         meta = self._lookup(name)  # None: unknown, which the data plane reports (and counts)
-        oip.check_version(meta, version)
-        doc, inputs = parse_infer_body(body, header_len)
-        call = oip.make_call(name, meta, doc.id, doc.parameters or oip.RequestParameters(), inputs,
-                             requested_outputs(doc), self.dp.settings.default_top_k)
+        try:
+            oip.check_version(meta, version)
+            doc, inputs = parse_infer_body(body, header_len)
+            call = oip.make_call(name, meta, doc.id, doc.parameters or oip.RequestParameters(), inputs,
+                                 requested_outputs(doc), self.dp.settings.default_top_k)
+        except SplitInferError as e:  # counted and logged as the data plane's own refusals are
+            self.dp.refused("rest", name, e)
+            raise
         resp = self.dp.infer(call.request, "rest", call.timeout_s)
         return oip.render_rest(resp, oip.answer_tensors(resp, call))
 

@@ -1031,3 +1031,38 @@ def test_known_parameters_are_type_checked_not_coerced():
     p = oip.parse_model(oip.RequestParameters, {"top_k": 3, "target_bpp": 1, "binary_data_output": True,
                                                 "priority": "high", "sequence_id": 7}, "request parameters")
     assert (p.top_k, p.target_bpp, p.binary_data_output) == (3, 1.0, True)
+
+
+def test_refusals_while_translating_oip_are_counted(server, frames):
+    """A request refused while its OIP wire format is translated (a mistyped parameter, too many outputs) counts in
+    splitinfer_requests_total and splitinfer_errors_total like any refusal (before: neither counted nor logged)."""
+    import base64
+
+    from shared._proto import grpc_service_pb2 as pbo, grpc_service_pb2_grpc as pbo_grpc
+
+    m = server.dataplane.metrics
+
+    def count(protocol):
+        return (m.requests.labels(protocol, MODEL, "invalid_argument")._value.get(),
+                m.errors.labels(protocol, "invalid_argument")._value.get())
+
+    before = count("rest")
+    body = {"inputs": [{"name": "bitstream", "datatype": "BYTES", "shape": [1],
+                        "data": [base64.b64encode(frames[0].data).decode()]}], "parameters": {"top_k": "3"}}
+    r = httpx.post(f"http://127.0.0.1:{server.http_port}/v2/models/{MODEL}/infer", json=body,
+                   headers={"authorization": "Bearer k1"}, timeout=30)
+    assert r.status_code == 400 and "top_k" in r.json()["error"]
+    assert count("rest") == (before[0] + 1, before[1] + 1)
+
+    before = count("grpc-oip")
+    channel = grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}")
+    inp = pbo.ModelInferRequest.InferInputTensor(name="bitstream", datatype="BYTES", shape=[1])
+    inp.contents.bytes_contents.append(frames[0].data)
+    req = pbo.ModelInferRequest(model_name=MODEL, inputs=[inp])
+    req.outputs.extend([pbo.ModelInferRequest.InferRequestedOutputTensor(name="topk_index")] * 20)
+    with pytest.raises(grpc.RpcError) as e:
+        pbo_grpc.GRPCInferenceServiceStub(channel).ModelInfer(req, metadata=AUTH, timeout=30)
+    channel.close()
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "20 outputs" in e.value.details()
+    assert count("grpc-oip") == (before[0] + 1, before[1] + 1)
+
