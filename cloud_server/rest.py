@@ -23,6 +23,7 @@ from __future__ import annotations
 import base64
 import logging
 import typing
+import zlib
 from typing import Any, Dict, List, Optional, Tuple
 
 from fastapi import FastAPI, Request
@@ -35,7 +36,7 @@ from shared.hint import BitrateHint
 
 from . import oip
 from .dataplane import DataPlane
-from .errors import InternalError, InvalidArgument, NotFound, PayloadTooLarge, SplitInferError
+from .errors import InternalError, InvalidArgument, NotFound, PayloadTooLarge, SplitInferError, bounded
 from .settings import Settings
 from .types import InferenceResponse, ModelMetadata
 
@@ -57,6 +58,27 @@ def _binary_split(body: bytes, header_len: Optional[str]) -> Tuple[bytes, bytes]
     if not 0 < n <= len(body):
         raise InvalidArgument(f"{BINARY_HEADER} {n} does not fit a body of {len(body)} bytes")
     return body[:n], body[n:]
+
+
+def decode_body(body: bytes, encoding: Optional[str], limit: int) -> bytes:
+    """A request body sent with ``Content-Encoding: gzip`` or ``deflate`` (tritonclient's request compression),
+    inflated to at most ``limit`` bytes (413 beyond: the bytes on the wire were judged against the route's limit
+    already, what they inflate to is judged here, without inflating more than that)."""
+    enc = (encoding or "identity").strip().lower()
+    if enc == "identity":
+        return body
+    if enc not in ("gzip", "x-gzip", "deflate"):
+        raise InvalidArgument(f"unsupported Content-Encoding {bounded(enc, 40)!r} (gzip, deflate or none)")
+    d = zlib.decompressobj(wbits=31 if "gzip" in enc else 15)
+    try:
+        out = d.decompress(body, limit + 1)
+    except zlib.error as e:
+        raise InvalidArgument(f"the request body is not valid {enc} data: {e}") from None
+    if len(out) > limit or d.unconsumed_tail:
+        raise PayloadTooLarge(f"the request body inflates to more than {limit} bytes, the limit of this route")
+    if not d.eof or d.unused_data:
+        raise InvalidArgument(f"the request body is not one complete {enc} stream")
+    return out
 
 
 def parse_infer_body(body: bytes, header_len: Optional[str]) -> Tuple[oip.InferRequestBody, List[oip.InputTensor]]:
@@ -235,16 +257,18 @@ class Endpoints:
         body = await request.body()
         # parsing a large body is CPU work too: off the event loop, in the same thread as the inference
         content, header_len = await run_in_threadpool(self._infer_body, name, version, body,
-                                                      request.headers.get(BINARY_HEADER))
+                                                      request.headers.get(BINARY_HEADER),
+                                                      request.headers.get("content-encoding"))
         if header_len is None:
             return Response(content, media_type="application/json")
         return Response(content, media_type="application/octet-stream",
                         headers={"Inference-Header-Content-Length": str(header_len)})
 
-    def _infer_body(self, name: str, version: Optional[str], body: bytes,
-                    header_len: Optional[str]) -> Tuple[bytes, Optional[int]]:
+    def _infer_body(self, name: str, version: Optional[str], body: bytes, header_len: Optional[str],
+                    encoding: Optional[str] = None) -> Tuple[bytes, Optional[int]]:
         meta = self._lookup(name)  # None: unknown, which the data plane reports (and counts)
         try:
+            body = decode_body(body, encoding, self.dp.settings.max_infer_bytes)
             oip.check_version(meta, version)
             doc, inputs = parse_infer_body(body, header_len)
             call = oip.make_call(name, meta, doc.id, doc.parameters or oip.RequestParameters(), inputs,

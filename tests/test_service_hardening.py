@@ -1066,3 +1066,32 @@ def test_refusals_while_translating_oip_are_counted(server, frames):
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "20 outputs" in e.value.details()
     assert count("grpc-oip") == (before[0] + 1, before[1] + 1)
 
+
+def test_compressed_request_bodies_are_inflated_within_the_limit(server, frames):
+    """``Content-Encoding: gzip`` / ``deflate`` (tritonclient's request compression) is inflated, to at most the
+    route's limit (before: 400 "not JSON"); a gzip bomb is 413 without inflating past the limit."""
+    import base64
+    import gzip
+    import json
+
+    from cloud_server.errors import InvalidArgument, PayloadTooLarge
+    from cloud_server.rest import decode_body
+
+    assert decode_body(gzip.compress(b"abc"), "gzip", 10) == b"abc"
+    assert decode_body(zlib.compress(b"abc"), "deflate", 10) == b"abc" == decode_body(b"abc", None, 10)
+    with pytest.raises(PayloadTooLarge):
+        decode_body(gzip.compress(bytes(100 << 20)), "gzip", 1 << 20)  # 100 MiB of zeros in about 100 KB
+    for bad, enc in ((b"not gzip", "gzip"), (gzip.compress(b"abc")[:-4], "gzip"), (b"abc", "br")):
+        with pytest.raises(InvalidArgument):
+            decode_body(bad, enc, 10)
+    body = json.dumps({"inputs": [{"name": "bitstream", "datatype": "BYTES", "shape": [1],
+                                   "data": [base64.b64encode(frames[0].data).decode()]}]}).encode()
+    url = f"http://127.0.0.1:{server.http_port}/v2/models/{MODEL}/infer"
+    for enc, data in (("gzip", gzip.compress(body)), ("deflate", zlib.compress(body))):
+        r = httpx.post(url, content=data, headers={"authorization": "Bearer k1", "content-encoding": enc,
+                                                   "content-type": "application/json"}, timeout=30)
+        assert r.status_code == 200, r.text
+        assert r.json()["parameters"]["rung"] == frames[0].rung
+    bomb = gzip.compress(b'{"inputs": [' + b" " * (20 << 20) + b"]}")
+    r = httpx.post(url, content=bomb, headers={"authorization": "Bearer k1", "content-encoding": "gzip"}, timeout=30)
+    assert r.status_code == 413, r.text
