@@ -18,9 +18,9 @@ import torch
 from tests.conftest import VR_LEVELS
 
 ROOT = Path(__file__).resolve().parents[1]
-# logits of the two runtimes: float32 graphs, ONNX Runtime fuses and reorders; measured on the tiny bundles the
-# largest difference is about 1e-5 of the logits' range
-LOGIT_TOL = 1e-4
+# logits of the two runtimes: float32 graphs that ONNX Runtime fuses and reorders. Measured on the tiny bundles (every
+# held-out image, rung and level): at most 2.4e-7 of the logits' range; the tolerance leaves 40x of room
+LOGIT_TOL = 1e-5
 
 
 @pytest.fixture(scope="module")
