@@ -211,7 +211,8 @@ def _check_arrays(a: Dict[str, np.ndarray], spec: Dict) -> None:
                     raise TypeError(f"h_s.{j}.{part} is {a[f'h_s.{j}.{part}'].dtype}")
         layers = layers_from_arrays(a, spec["h_s"], "h_s.")
         for layer in layers:
-            if layer.w.ndim != 4 or layer.mult.shape != layer.bias.shape or layer.mult.shape != layer.w.shape[:1]:
+            out, *kernel = layer.w.shape  # (out, in, k, k): one multiplier and one bias per output channel
+            if len(kernel) != 3 or layer.mult.shape != layer.bias.shape or layer.mult.shape != (out,):
                 raise ValueError("an h_s layer's weights, multipliers and biases do not fit together")
     else:
         medians("y.medians", n_y)
