@@ -214,6 +214,12 @@ class Endpoints:
         self._auth(request)
         return {"models": [m.model_dump() for m in self.dp.metadata()]}
 
+    async def edge_package(self, name: str, request: Request) -> Response:
+        from .edge_packages import rest_response  # the served models' edge packages (issue 25): its own module
+
+        self._auth(request)
+        return await rest_response(self.dp, name)
+
     # Each OIP route exists with and without /versions/{version}: the endpoints FastAPI sees take exactly their
     # path parameters (an optional ``version`` argument would become a query parameter)
     async def model_metadata(self, name: str, request: Request) -> Dict[str, Any]:
@@ -326,6 +332,7 @@ def create_app(dataplane: DataPlane, settings: Settings) -> FastAPI:
         ("GET", "/v2/models/{name}/versions/{version}/ready", e.version_ready),
         ("POST", "/v2/models/{name}/versions/{version}/infer", e.version_infer),
         ("POST", "/v2/models/{name}/infer-image", e.infer_image),
+        ("GET", "/v2/models/{name}/edge-package", e.edge_package),
     ]
     for method, path, endpoint in routes:
         app.add_api_route(path, endpoint, methods=[method])

@@ -122,6 +122,7 @@ class ModelMetadata(BaseModel):
     rungs: List[RungMetadata]
     variable_rate: Optional[VariableRate] = None
     platform: str = "splitinfer"
+    head_weights: str = ""  # fingerprint of the backbone's head: an edge package must carry the same (docs/deploy.md)
 
 
 def _describe(e: ValidationError) -> str:

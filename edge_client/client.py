@@ -50,6 +50,7 @@ __all__ = ["EdgeClient", "InferResult", "ServiceError", "BundleMismatchError", "
 _RETRY_KINDS = ("overloaded", "unavailable")
 _RETRY_WITHOUT_KIND = ("UNAVAILABLE", 429, 502, 503, 504)
 _KIND_KEY, _RETRY_AFTER_KEY = "splitinfer-error-kind", "splitinfer-retry-after-ms"  # gRPC trailing metadata
+FETCH_TIMEOUT_S = 300.0  # fetching the edge package: the server may export it first (tens of seconds on a small CPU)
 
 
 class ServiceError(Exception):
@@ -222,7 +223,29 @@ class _GrpcTransport:
         except self.grpc.RpcError as e:
             raise self.error(e) from None
         return [{"name": m.name, "bundle_id": m.bundle_id, "backbone": m.backbone, "split": m.split,
+                 "head_weights": m.head_weights,
                  "variable_rate": _variable_rate(m) if m.HasField("variable_rate") else None} for m in resp.models]
+
+    def edge_package(self, model: str, timeout: float):
+        """The server's edge package of ``model`` (``edge_client.fetch.Archive``), its chunks bounded."""
+        from .fetch import MAX_ARCHIVE_BYTES, Archive
+
+        parts, n, first = [], 0, None
+        try:
+            for chunk in self.stub.EdgePackage(self.pb.EdgePackageRequest(model=model), timeout=timeout,
+                                               metadata=self.metadata):
+                first = first or chunk
+                n += len(chunk.data)
+                if n > min(MAX_ARCHIVE_BYTES, first.total_bytes):
+                    raise ServiceError("BAD_ANSWER", f"the edge package of {model!r} runs past the "
+                                       f"{min(MAX_ARCHIVE_BYTES, first.total_bytes):,} bytes announced", "bad_answer")
+                parts.append(chunk.data)
+        except self.grpc.RpcError as e:
+            raise self.error(e) from None
+        if first is None or n != first.total_bytes:
+            raise ServiceError("BAD_ANSWER", f"the edge package of {model!r} ended after {n:,} of "
+                               f"{first.total_bytes if first else 0:,} bytes", "bad_answer")
+        return Archive(b"".join(parts), first.package_id, "", "", first.sha256)
 
     def infer(self, req, timeout: float, source: str, encode_ms: float) -> InferResult:
         t0 = time.perf_counter()
@@ -288,6 +311,32 @@ class _RestTransport:
     def models(self, timeout: float) -> List[Dict[str, Any]]:
         return self._send("GET", "/v2/models", timeout)["models"]
 
+    def edge_package(self, model: str, timeout: float):
+        """The server's edge package of ``model`` (``edge_client.fetch.Archive``), read up to its size limit."""
+        from urllib.parse import quote
+
+        from .fetch import MAX_ARCHIVE_BYTES, Archive
+
+        try:
+            with self.client.stream("GET", f"/v2/models/{quote(model, safe='')}/edge-package", timeout=timeout) as r:
+                if r.status_code != 200:
+                    r.read()
+                    self._check(r)
+                parts, n = [], 0
+                for part in r.iter_bytes():
+                    n += len(part)
+                    if n > MAX_ARCHIVE_BYTES:
+                        raise ServiceError("BAD_ANSWER", f"the edge package of {model!r} is over "
+                                           f"{MAX_ARCHIVE_BYTES:,} bytes", "bad_answer")
+                    parts.append(part)
+        except self.httpx.TimeoutException as e:
+            raise ServiceError("DEADLINE_EXCEEDED", f"no answer in time: {e}") from None
+        except self.httpx.TransportError as e:
+            raise ServiceError(503, f"cannot reach the server: {e}", "unavailable") from None
+        h = r.headers
+        return Archive(b"".join(parts), h.get("x-splitinfer-package-id", ""), h.get("x-splitinfer-bundle-id", ""),
+                       h.get("x-splitinfer-head-weights", ""), h.get("x-splitinfer-sha256"))
+
     def infer(self, req, timeout: float, source: str, encode_ms: float) -> InferResult:
         model, header, data = req
         t0 = time.perf_counter()
@@ -316,8 +365,11 @@ class EdgeClient:
         server: ``HOST:PORT`` of the gRPC front end, or of the REST one with ``rest=True`` (a full
             ``http(s)://`` URL also works for REST).
         bundle: the ladder the edge encodes with: an edge package (``splitinfer export-edge``), a bundle folder
-            (its edge package is exported once into ``$SPLITINFER_CACHE``, which needs PyTorch), or None (the
-            embedded ladder). weights: backbone weights for that export (default: pretrained).
+            (its edge package is exported once into ``$SPLITINFER_CACHE``, which needs PyTorch), or None: the
+            package of the server's model (``model``, else the one serving the embedded ladder, else its first),
+            fetched from the server on first use, checked against its metadata and cached (``edge_client.fetch``;
+            a server without the call: the embedded ladder's, as before). weights: backbone weights for that
+            export (default: pretrained).
         model: the server's model name; default: whichever server model serves this edge's bundle.
         timeout_s: deadline per request, retries included. retries / backoff_s: tries after an
             overloaded or unavailable answer, with exponential backoff (and jitter) starting at ``backoff_s``.
@@ -337,7 +389,8 @@ class EdgeClient:
                  encoder: Optional[EdgeEncoder] = None, device: str = "cpu", top_k: int = 5,
                  check_bundle: bool = True, max_message_bytes: int = 4 << 20,
                  grpc_options: Sequence[Tuple[str, Any]] = (), runtime: str = "onnx", threads: Optional[int] = None):
-        if encoder is None:
+        fetch = encoder is None and bundle is None and weights is None and runtime == "onnx"
+        if encoder is None and not fetch:  # with fetch: made from the server's package on first use (``encoder``)
             if runtime == "onnx":
                 encoder = OnnxEdgeEncoder(bundle, threads=threads, weights=weights)
             elif runtime == "torch":
@@ -346,8 +399,7 @@ class EdgeClient:
                 encoder = EdgeEncoder(bundle, weights=weights, device=device)
             else:
                 raise ValueError(f"runtime must be 'onnx' or 'torch', not {runtime!r}")
-        self.encoder = encoder
-        self.bundle = self.encoder.bundle
+        self._encoder, self._threads = encoder, threads
         self.timeout_s, self.retries, self.backoff_s, self.top_k = timeout_s, retries, backoff_s, top_k
         self.rest = rest
         self._model = model
@@ -365,6 +417,43 @@ class EdgeClient:
         else:
             cert = Path(root_cert).read_bytes() if root_cert else None
             self.transport = _GrpcTransport(server, api_key, tls, cert, max_message_bytes, grpc_options)
+
+    # -- the edge package ----------------------------------------------------------------------------
+    @property
+    def encoder(self):
+        """The edge encoder; with no bundle given, made on first use from the package the server offers."""
+        if self._encoder is None:
+            self._encoder = self._fetched_encoder()
+        return self._encoder
+
+    @property
+    def bundle(self):
+        return self.encoder.bundle
+
+    def _fetched_encoder(self) -> OnnxEdgeEncoder:
+        from shared.bundle import default_bundle_path, load_bundle
+
+        from .fetch import package_for
+
+        deadline = time.monotonic() + max(self.timeout_s, FETCH_TIMEOUT_S)  # a server's first export takes a while
+        models = self._with_retries(lambda t: self.transport.models(t), deadline)
+        if self._model is not None:
+            found = [m for m in models if m["name"] == self._model]
+        else:
+            embedded = load_bundle(default_bundle_path()).bundle_id
+            found = [m for m in models if m["bundle_id"] == embedded] or list(models)
+        if not found:
+            names = ", ".join(m["name"] for m in models) or "nothing"
+            raise BundleMismatchError(f"the server has no model {self._model!r}; it serves: {names}")
+        try:
+            pkg = package_for(found[0], lambda name: self._with_retries(
+                lambda t: self.transport.edge_package(name, t), deadline))
+        except ServiceError as e:
+            if e.code != "UNIMPLEMENTED" and e.kind != "method_not_allowed":
+                raise
+            return OnnxEdgeEncoder(None, threads=self._threads)  # a server from before edge packages
+        self._model = self._model or found[0]["name"]
+        return OnnxEdgeEncoder(pkg, threads=self._threads)
 
     # -- bundle agreement ----------------------------------------------------------------------------
     @property

@@ -37,7 +37,8 @@ class EdgeOptions:
                                      "follow the rate the link delivers (measured from the answers' delays), "
                                      "--kbps being the most to send")
     bundle: Optional[str] = option(None, "edge package (splitinfer export-edge) or bundle folder (exported once into "
-                                         "the cache; needs PyTorch); default: the embedded ladder")
+                                         "the cache; needs PyTorch); default: the package of the server's model, "
+                                         "fetched from the server on first use, checked and cached")
     weights: Optional[str] = option(None, "backbone weights file for that export (default: pretrained)")
     runtime: str = option("onnx", "onnx: ONNX Runtime + numpy, no PyTorch (default); torch: the PyTorch reference "
                                   "encoder", choices=("onnx", "torch"))
