@@ -518,7 +518,9 @@ def http2_options(settings: Settings) -> list:
     REFUSED_STREAM from the transport itself beyond that, without reaching Python. (The transport also starts at most
     32 new streams per read, its default ``grpc.http2.max_requests_per_read``, before it reads other connections.)"""
     return [("grpc.max_concurrent_streams", settings.grpc_streams_per_connection),
-            ("grpc.http.overload_protection", 1)]
+            ("grpc.http.overload_protection", 1),
+            # a connection that never finishes its TLS handshake or HTTP/2 preface is closed (E5: held 120 s)
+            ("grpc.server_handshake_timeout_ms", int(1000 * settings.handshake_timeout_s))]
 
 
 class GrpcFrontEnd:

@@ -24,8 +24,9 @@
 :func:`guarded_h11` is uvicorn's h11 protocol with a header timeout: a connection must deliver a request's
 headers within ``rest_header_timeout_s`` of opening (or of the first byte of a keep-alive request), or it is
 answered 408 and closed. Uvicorn itself bounds the header size (``h11_max_incomplete_event_size``), idle
-keep-alive connections (``timeout_keep_alive``) and connections at once (``limit_concurrency``); see
-``server.py``.
+keep-alive connections (``timeout_keep_alive``); see ``server.py``. ``rest_max_connections`` caps the requests in
+progress (:class:`RequestGuard`, 503 beyond; probes and ``/metrics`` are exempt), not connections: a connection
+that has not sent its headers is no work yet, and the header timeout cuts it.
 """
 
 from __future__ import annotations
@@ -102,6 +103,7 @@ class RequestGuard:
         self.app, self.dp, self.settings = app, dataplane, settings
         self.routes = routes  # the app's (Starlette routes): matched from the scope alone, before any body
         self._threads_sized = False
+        self.requests = 0  # requests in progress (headers received), probes aside: the event loop's, no lock
 
     def _gate(self, scope) -> int:
         """Judge a request with a body from its request line and headers (see the module docstring); returns its
@@ -142,7 +144,22 @@ class RequestGuard:
             return await self.app(scope, receive, send)
         self._size_thread_pool()
         path, method = scope["path"], scope["method"]
-        if not self.dp.ready() and path not in OPEN_PATHS:
+        if path in OPEN_PATHS:  # probes and /metrics: cheap, never refused for load
+            return await self.app(scope, receive, send)
+        # the cap counts requests, established work, not connections still sending their headers (issue 24, E5:
+        # 1,050 such connections made uvicorn answer 503 to health checks); those are cut by the header timeout
+        if self.requests >= self.settings.rest_max_connections:
+            return await error_app(Unavailable(f"{self.requests} requests in progress (limit "
+                                               f"{self.settings.rest_max_connections}); retry later"),
+                                   close=True)(scope, receive, send)
+        self.requests += 1
+        try:
+            return await self._guarded(scope, receive, send, path, method)
+        finally:
+            self.requests -= 1
+
+    async def _guarded(self, scope, receive, send, path: str, method: str):
+        if not self.dp.ready():
             return await error_app(Unavailable("the server is shutting down"), close=True)(scope, receive, send)
         if path in DOCS_PATHS and self.dp.auth_required:
             try:

@@ -91,7 +91,8 @@ class SplitInferServer:
                 ssl_keyfile=str(s.tls_key_file) if s.tls else None,
                 # read limits: header timeout (the protocol class), header size, idle keep-alive, connections
                 http=guarded_h11(s.rest_header_timeout_s), h11_max_incomplete_event_size=s.rest_max_header_bytes,
-                timeout_keep_alive=s.rest_keep_alive_s, limit_concurrency=s.rest_max_connections)
+                # requests in progress are capped by the RequestGuard (rest_max_connections), not connections
+                timeout_keep_alive=s.rest_keep_alive_s, limit_concurrency=None)
             self._http = uvicorn.Server(config)
             self._http_thread = threading.Thread(target=self._http.run, kwargs={"sockets": [self._sock]},
                                                  name="http", daemon=True)

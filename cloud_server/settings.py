@@ -114,7 +114,11 @@ class Settings(BaseSettings):
     rest_max_header_bytes: int = Field(16 * 1024, ge=1024)
     """Largest request line + headers accepted on REST."""
     rest_max_connections: int = Field(1000, ge=1)
-    """REST connections (and requests) open at once; beyond, uvicorn answers 503."""
+    """REST requests in progress at once (headers received; probes and /metrics aside); beyond, 503. Connections
+    that have not sent their headers do not count (the header timeout cuts them)."""
+    handshake_timeout_s: float = Field(10.0, gt=0)
+    """A new gRPC connection must finish its TLS handshake and send the HTTP/2 preface within this time, or it is
+    closed (gRPC core's default: 120 s)."""
 
     api_keys: List[SecretStr] = Field(default_factory=list)
     """Accepted API keys (bearer token on REST, ``authorization: Bearer`` or ``x-api-key`` metadata on gRPC).

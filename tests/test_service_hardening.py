@@ -1095,3 +1095,31 @@ def test_compressed_request_bodies_are_inflated_within_the_limit(server, frames)
     bomb = gzip.compress(b'{"inputs": [' + b" " * (20 << 20) + b"]}")
     r = httpx.post(url, content=bomb, headers={"authorization": "Bearer k1", "content-encoding": "gzip"}, timeout=30)
     assert r.status_code == 413, r.text
+
+
+# ------------------------------------------------------------------------------------------ issue 24 E5
+def test_connections_without_headers_hold_nothing(tiny_bundle, tiny_weights):
+    """The REST cap counts requests in progress, not connections that have not sent their headers (before: six such
+    connections over a cap of 3 made every request 503); a gRPC connection that never sends the HTTP/2 preface (or
+    finishes a TLS handshake) is closed after handshake_timeout_s (before: held 120 s)."""
+    with running_server(tiny_bundle, tiny_weights, rest_max_connections=3, handshake_timeout_s=1.0) as srv:
+        held = []
+        for _ in range(6):
+            sk = socket.create_connection(("127.0.0.1", srv.http_port))
+            sk.sendall(b"GET /v2 HTTP/1.1\r\nhost: x\r\n")  # headers never finished
+            held.append(sk)
+        time.sleep(0.3)
+        try:
+            for path in ("/v2/health/live", "/v2", f"/v2/models/{MODEL}"):
+                r = httpx.get(f"http://127.0.0.1:{srv.http_port}{path}", timeout=10)
+                assert r.status_code == 200, (path, r.status_code, r.text)
+        finally:
+            for sk in held:
+                sk.close()
+        sk = socket.create_connection(("127.0.0.1", srv.grpc_port))
+        sk.settimeout(8)
+        t0 = time.monotonic()
+        while sk.recv(1024):  # the server's SETTINGS, then the close (a timeout here: still open after 8 s)
+            pass
+        assert time.monotonic() - t0 < 4
+        sk.close()
