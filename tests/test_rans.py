@@ -234,10 +234,11 @@ def test_the_choice_applies_to_the_module_functions(tables):
                     reason="needs the aarch64 cross compiler and qemu (apt-get install gcc-aarch64-linux-gnu "
                            "qemu-user-static)")
 def test_the_arm64_build_writes_and_reads_compressais_bytes(tmp_path):
-    """``scripts/check_arm64_coder.sh``: ranscoder.c cross-compiled for aarch64, run under qemu by a C driver on
-    vectors written here from CompressAI's encoder (no Python on the target)."""
+    """``scripts/check_arm64_coder.sh``: ranscoder.c and hyperdec.c cross-compiled for aarch64, run under qemu by C
+    drivers on vectors written here from CompressAI's encoder and the numpy h_s (no Python on the target)."""
     out = subprocess.run([str(ROOT / "scripts" / "check_arm64_coder.sh")], cwd=ROOT, capture_output=True, text=True,
                          env={**os.environ, "CASES": "120", "WORK": str(tmp_path), "PYTHON": sys.executable},
                          timeout=900)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert out.stdout.count(": 0 failed") == 2 and "aarch64 under" in out.stdout
+    assert out.stdout.count("integer h_s vectors:") == 2 and out.stdout.count(", 0 failed") == 2
