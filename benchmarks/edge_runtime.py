@@ -4,11 +4,13 @@ For each bundle (default: the embedded ones, both ladders and the variable-rate 
 
 - per-frame edge time, batch 1, from the preprocessed image to the message (head + codec), medians of
   interleaved repeats, each runtime at 1 thread (and the ONNX runtime at every ``--threads`` value), the ONNX
-  edge with each rANS coder (compiled ``c`` and ``python``), at ``--rung`` of a ladder, at ``--levels`` of a
-  variable-rate bundle (default: its lowest and highest);
+  edge with each ``--edge-paths`` pair of rANS coder and integer h_s (default: both compiled ``c/c``, the compiled
+  coder with the numpy h_s ``c/numpy``, and neither compiled ``python/numpy``), at ``--rung`` of a ladder, at
+  ``--levels`` of a variable-rate bundle (default: its lowest and highest);
 - the edge overhead in each runtime: head + codec over head alone;
 - the rANS coder alone on the payloads the edge writes for those images: ns per symbol to encode and to decode,
-  compiled, Python and CompressAI's C++; and ms per frame of the codec's other stages (rung encoder, integer h_s);
+  compiled, Python and CompressAI's C++; and ms per frame of the codec's other stages (rung encoder, integer h_s
+  compiled and numpy);
 - agreement: messages byte-identical, cloud decodes with a checksum failure (must be 0), top-1 of the cloud's
   answers equal between the two edges, mean bpp of each;
 - process start to first frame encoded, and peak RSS, of a fresh ``python`` that imports the edge and encodes
@@ -48,7 +50,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 SAMPLES = ROOT / "shared" / "assets" / "samples"
 TORCH_EDGE_REV = "8eafb8c"  # the last commit whose edge ran PyTorch (its requirements-edge.txt)
-CODERS = ("c", "python")  # the rANS coders timed in the ONNX edge: compiled (ranscoder.c) and pure Python
+# the ONNX edge's paths timed: (rANS coder, integer h_s), each compiled (ranscoder.c, hyperdec.c) or not
+EDGE_PATHS = "c/c,c/numpy,python/numpy"
 GOALS = {"image_mb": 300, "deps_mb": 250, "start_s": 1.0, "rss_mb": 150, "frame_ratio": 0.8, "overhead": 1.15}
 
 
@@ -113,7 +116,8 @@ def _no_grad():
 
 # ------------------------------------------------------------------------------------------------ timings
 def _median_ms(fns: Dict[str, callable], inputs: Sequence, repeats: int, warmup: int) -> Dict[str, float]:
-    """Median ms of each function; repeat ``i`` runs every function in turn on input ``i`` (interleaved)."""
+    """Median ms of each function, and its minimum as ``"min " + name`` (on a loaded machine the least preempted
+    run: closest to what an idle one gives); repeat ``i`` runs every function in turn on input ``i`` (interleaved)."""
     times: Dict[str, List[float]] = {k: [] for k in fns}
     for i in range(warmup + repeats):
         x = inputs[i % len(inputs)]
@@ -122,17 +126,17 @@ def _median_ms(fns: Dict[str, callable], inputs: Sequence, repeats: int, warmup:
             fn(x)
             if i >= warmup:
                 times[k].append(1e3 * (time.perf_counter() - t))
-    return {k: statistics.median(v) for k, v in times.items()}
+    return {**{k: statistics.median(v) for k, v in times.items()}, **{f"min {k}": min(v) for k, v in times.items()}}
 
 
 def frame_times(package, torch_encoder, images: Sequence[Path], point: int, threads: Sequence[int], repeats: int,
-                warmup: int, variable: bool = False) -> Dict[str, float]:
-    """Median ms per frame of each edge at one rung (a ladder) or quality level (``variable``); the ONNX edge with
-    each rANS coder (``onnx{t} head+codec {coder}``, coder: ``c`` compiled, ``python``)."""
+                warmup: int, variable: bool = False, paths: Sequence[str] = ("c/c",)) -> Dict[str, float]:
+    """Median ms per frame of each edge at one rung (a ladder) or quality level (``variable``); the ONNX edge on
+    each path (``onnx{t} head+codec {coder}/{h_s}``: ``c`` compiled, ``python`` / ``numpy`` not)."""
     import torch
 
     from edge_client import OnnxEdgeEncoder
-    from shared.codec import rans
+    from shared.codec import integer_numpy, rans
 
     torch.set_num_threads(1)
     onnx = {t: OnnxEdgeEncoder(package, threads=t) for t in threads}
@@ -149,9 +153,11 @@ def frame_times(package, torch_encoder, images: Sequence[Path], point: int, thre
         with torch.no_grad():
             torch_encoder.head(x[1])
 
-    def onnx_full(e, coder):
+    def onnx_full(e, path):
+        coder, h_s = path.split("/")
+
         def run(x):
-            with rans.using(coder):
+            with rans.using(coder), integer_numpy.using(h_s):
                 if variable:
                     e.encode_variable(x[0], level=point)
                 else:
@@ -161,8 +167,8 @@ def frame_times(package, torch_encoder, images: Sequence[Path], point: int, thre
     fns = {"torch head": torch_head, "torch head+codec": torch_full}
     for t, enc in onnx.items():
         fns[f"onnx{t} head"] = (lambda e: lambda x: e.features(x[0]))(enc)
-        for coder in (c for c in CODERS if c in rans.IMPLEMENTATIONS):  # the compiled one may not be built
-            fns[f"onnx{t} head+codec {coder}"] = onnx_full(enc, coder)
+        for path in paths:
+            fns[f"onnx{t} head+codec {path}"] = onnx_full(enc, path)
     return _median_ms(fns, inputs, repeats, warmup)
 
 
@@ -188,8 +194,7 @@ def coder_times(package, images: Sequence[Path], point: int, repeats: int, varia
     from compressai.ans import RansDecoder, RansEncoder
 
     from edge_client import OnnxEdgeEncoder
-    from shared.codec import rans
-    from shared.codec.integer_numpy import int_hyper_synthesis
+    from shared.codec import integer_numpy, rans
 
     enc = OnnxEdgeEncoder(package, threads=1)
     rec = _Recorder(rans.IMPLEMENTATIONS["c"])
@@ -242,8 +247,9 @@ def coder_times(package, images: Sequence[Path], point: int, repeats: int, varia
     if rung.kind in ("hyperprior", "vr-hyperprior"):
         side = [rung.session.run(None, {"feature": x}) for x in feats]
         z_syms = [np.rint(z - rung.z_medians).astype(np.int64) for _, z in side]
-        stages["integer h_s (numpy)"] = per_frame(lambda k, f: int_hyper_synthesis(
-            rung.h_s, z_syms[k], rung.spec["levels"], rung.spec["means"], tuple(side[k][0].shape[-2:])))
+        for name, h_s in integer_numpy.IMPLEMENTATIONS.items():
+            stages[f"integer h_s ({name})"] = per_frame(lambda k, f: h_s(
+                rung.h_s, z_syms[k], rung.spec["levels"], rung.spec["means"], tuple(side[k][0].shape[-2:])))
     return {"symbols_per_frame": n_sym, "ns_per_symbol": ns, "stage_ms": {k: 1e3 * v for k, v in stages.items()}}
 
 
@@ -323,6 +329,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--levels", default=None,
                     help="quality levels timed per frame for a variable-rate bundle (default: its lowest and highest)")
     ap.add_argument("--threads", default="1,2", help="ONNX Runtime thread counts to time (default 1,2)")
+    ap.add_argument("--edge-paths", default=EDGE_PATHS,
+                    help=f"ONNX edge paths timed, rANS coder/integer h_s, c or python / c or numpy (default {EDGE_PATHS})")
     ap.add_argument("--repeats", type=int, default=30, help="timed repeats per stage (default 30)")
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--starts", type=int, default=3, help="fresh processes per runtime for start time / RSS")
@@ -339,17 +347,27 @@ def main(argv: Optional[List[str]] = None) -> int:
     from shared.bundle import embedded_bundle_paths, load_bundle
     from shared.data import scan_images, spread
 
-    from shared.codec import rans
+    from shared.codec import integer_numpy, rans
 
     torch.set_num_threads(1)
     threads = [int(t) for t in args.threads.split(",")]
-    coders = [c for c in CODERS if c in rans.IMPLEMENTATIONS]
+    paths_asked = [p.strip() for p in args.edge_paths.split(",") if p.strip()]
+    for p in paths_asked:
+        if p.count("/") != 1 or p.split("/")[0] not in ("c", "python") or p.split("/")[1] not in ("c", "numpy"):
+            ap.error(f"--edge-paths: {p!r} is not rANS coder/h_s (c or python / c or numpy)")
+    # a compiled part that is not built here is left out (the header says why)
+    edge_paths = [p for p in paths_asked if p.split("/")[0] in rans.IMPLEMENTATIONS
+                  and p.split("/")[1] in integer_numpy.IMPLEMENTATIONS]
+    coders = [c for c in ("c", "python") if c in rans.IMPLEMENTATIONS]
     paths = [Path(b) for b in args.bundles] if args.bundles else embedded_bundle_paths()
     images = [p for p, _ in spread(scan_images(args.images, labels=False), args.max_images)]
     print(f"# edge runtime benchmark: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"python {platform.python_version()}, torch {torch.__version__}; {len(images)} images from {args.images}; "
           f"load average {os.getloadavg()[0]:.1f}; rANS coders {', '.join(coders)}"
-          + (f" (compiled: {rans.COMPILED_ERROR})" if rans.COMPILED_ERROR else ""))
+          + (f" (compiled: {rans.COMPILED_ERROR})" if rans.COMPILED_ERROR else "")
+          + f"; integer h_s {', '.join(integer_numpy.IMPLEMENTATIONS)}"
+          + (f" (compiled: {integer_numpy.COMPILED_ERROR})" if integer_numpy.COMPILED_ERROR else "")
+          + f"; ONNX edge paths (rANS/h_s) {', '.join(edge_paths)}")
     report: Dict = {"images": len(images), "ladders": {}}
     for path in paths:
         bundle = load_bundle(path)
@@ -366,17 +384,20 @@ def main(argv: Optional[List[str]] = None) -> int:
         row: Dict = {"bundle_id": bundle.bundle_id, "package_id": pkg.package_id, "frame_ms": {}, "coder": {}}
         timed = images[: max(1, min(len(images), 8))]
         for point in points:
-            ft = frame_times(pkg, torch_enc, timed, point, threads, args.repeats, args.warmup, levels is not None)
+            ft = frame_times(pkg, torch_enc, timed, point, threads, args.repeats, args.warmup, levels is not None,
+                             edge_paths)
             row["frame_ms"][point] = ft
             print(f"\n## {name} (bundle {bundle.bundle_id}, edge package {pkg.package_id}), {what} {point}, batch 1")
             cols = [("PyTorch edge", "torch head", "torch head+codec")]
-            cols += [(f"ONNX {t}thr {c}", f"onnx{t} head", f"onnx{t} head+codec {c}") for t in threads for c in coders]
-            print(f"{'':34}" + "".join(f"{c[0]:>18}" for c in cols))
-            print(f"{'head ms':34}" + "".join(f"{ft[h]:>18.2f}" for _, h, _ in cols))
-            print(f"{'head + codec ms (per frame)':34}" + "".join(f"{ft[f]:>18.2f}" for _, _, f in cols))
-            print(f"{'overhead (head+codec / head)':34}" + "".join(f"{ft[f] / ft[h]:>18.2f}" for _, h, f in cols))
+            cols += [(f"ONNX {t}thr {p}", f"onnx{t} head", f"onnx{t} head+codec {p}") for t in threads for p in edge_paths]
+            print(f"{'':34}" + "".join(f"{c[0]:>23}" for c in cols))
+            print(f"{'head ms':34}" + "".join(f"{ft[h]:>23.2f}" for _, h, _ in cols))
+            print(f"{'head + codec ms (per frame)':34}" + "".join(f"{ft[f]:>23.2f}" for _, _, f in cols))
+            print(f"{'overhead (head+codec / head)':34}" + "".join(f"{ft[f] / ft[h]:>23.2f}" for _, h, f in cols))
+            print(f"{'  the same from the minimums':34}"
+                  + "".join(f"{ft['min ' + f] / ft['min ' + h]:>23.2f}" for _, h, f in cols))
             print(f"{'per frame vs PyTorch edge':34}"
-                  + "".join(f"{ft[f] / ft['torch head+codec']:>18.2f}" for _, _, f in cols))
+                  + "".join(f"{ft[f] / ft['torch head+codec']:>23.2f}" for _, _, f in cols))
             if "c" in coders:
                 ct = coder_times(pkg, timed, point, args.repeats, levels is not None)
                 row["coder"][point] = ct

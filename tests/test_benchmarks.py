@@ -121,8 +121,8 @@ def test_edge_runtime_benchmark_on_tiny_bundle(tiny_bundle, tiny_weights, tiny_i
 
 
 def test_edge_runtime_benchmark_on_a_variable_rate_bundle(vr_bundle, tiny_weights, tiny_images, tmp_path, capsys):
-    """A variable-rate bundle is timed at quality levels (its ends by default), with both rANS coders and the
-    coder's per-symbol costs; before, it stopped with "give a quality level"."""
+    """A variable-rate bundle is timed at quality levels (its ends by default), on each edge path (rANS coder and
+    integer h_s, compiled or not) with the coder's per-symbol costs; before, it stopped with "give a quality level"."""
     mod = _benchmark("edge_runtime")
     path = tmp_path / "edge.json"
     assert mod.main(["--bundles", str(vr_bundle.root), "--weights", str(tiny_weights), "--images", str(tiny_images),
@@ -134,9 +134,10 @@ def test_edge_runtime_benchmark_on_a_variable_rate_bundle(vr_bundle, tiny_weight
     row = next(iter(json.loads(path.read_text())["ladders"].values()))
     assert set(row["frame_ms"]) == {str(lo), str(hi)}
     ft = row["frame_ms"][str(hi)]
-    assert ft["onnx1 head+codec c"] > 0 and ft["onnx1 head+codec python"] > 0
+    assert all(ft[f"onnx1 head+codec {p}"] > 0 for p in ("c/c", "c/numpy", "python/numpy"))  # rANS/h_s
     ns = row["coder"][str(hi)]["ns_per_symbol"]
     assert {"encode c", "decode c", "encode python", "encode compressai", "decode compressai"} <= set(ns)
+    assert {"integer h_s (c)", "integer h_s (numpy)"} <= set(row["coder"][str(hi)]["stage_ms"])
 
 
 def _camvid_like(images: Path, tmp_path: Path) -> Path:
