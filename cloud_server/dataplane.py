@@ -21,7 +21,8 @@ import time
 import uuid
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Callable, Iterator, List, Optional
+from collections import deque
+from typing import Callable, Deque, Dict, Iterator, List, Optional
 
 from shared import __version__
 from shared.bitstream import BitstreamError, unpack
@@ -42,6 +43,9 @@ __all__ = ["DataPlane", "IMAGE_FORMATS", "CancelToken", "Admission", "CallScope"
 log = logging.getLogger("splitinfer.server")
 IMAGE_FORMATS = ("JPEG", "PNG", "WEBP")
 # bytes per pixel of PIL's in-memory image by mode (everything else: 4, e.g. RGB is stored as RGBX)
+# failed API keys: an address with this many failures within the window is refused without comparing its keys
+# (brute force); at most this many addresses are remembered
+_AUTH_FAILURES, _AUTH_WINDOW_S, _AUTH_PEERS = 20, 60.0, 10_000
 # deadline-aware admission: the pace (seconds between answers while busy) is an EWMA of this weight (about the last
 # 20 answers: a few batches), measured from this many answers on; one gap counts at most this long
 _PACE_ALPHA, _PACE_WARMUP, _PACE_MAX_S = 0.05, 8, 5.0
@@ -150,6 +154,8 @@ class DataPlane:
         self._image_slots = threading.BoundedSemaphore(settings.max_concurrent_image_decodes)
         self._decode_slots = threading.BoundedSemaphore(settings.max_concurrent_decodes or os.cpu_count() or 1)
         self._api_keys = [k.encode() for k in settings.all_api_keys()]
+        self._auth_lock = threading.Lock()
+        self._auth_failures: Dict[str, Deque[float]] = {}  # client address -> times of its recent failed keys
         # deadline-aware admission: the measured time between answers while busy (1 / throughput), an EWMA
         self._pace_lock = threading.Lock()
         self._pace_s: Optional[float] = None
@@ -181,10 +187,16 @@ class DataPlane:
     def auth_required(self) -> bool:
         return bool(self._api_keys)
 
-    def authenticate(self, token: Optional[str]) -> None:
-        """Raise Unauthenticated unless ``token`` is a configured API key (no keys configured: open)."""
+    def authenticate(self, token: Optional[str], peer: Optional[str] = None) -> None:
+        """Raise Unauthenticated unless ``token`` is a configured API key (no keys configured: open). ``peer`` (the
+        client's address, without its port) is throttled after ``_AUTH_FAILURES`` failed keys within
+        ``_AUTH_WINDOW_S``: its keys are then refused without being compared until the window has passed."""
         if not self._api_keys:
             return
+        if peer is not None and self._auth_throttled(peer):
+            self.metrics.errors.labels("auth", Unauthenticated.kind).inc()
+            raise Unauthenticated(f"too many failed API keys from this address (over {_AUTH_FAILURES} in "
+                                  f"{_AUTH_WINDOW_S:g} s); wait before trying again")
         if not token:
             self.metrics.errors.labels("auth", Unauthenticated.kind).inc()
             raise Unauthenticated("missing API key (send 'authorization: Bearer <key>')")
@@ -194,7 +206,28 @@ class DataPlane:
             ok |= hmac.compare_digest(given, k)
         if not ok:
             self.metrics.errors.labels("auth", Unauthenticated.kind).inc()
+            if peer is not None:
+                self._auth_failed(peer)
             raise Unauthenticated("invalid API key")
+
+    def _auth_throttled(self, peer: str) -> bool:
+        with self._auth_lock:
+            times = self._auth_failures.get(peer)
+            if not times:
+                return False
+            cutoff = time.monotonic() - _AUTH_WINDOW_S
+            while times and times[0] < cutoff:
+                times.popleft()
+            if not times:
+                del self._auth_failures[peer]
+                return False
+            return len(times) >= _AUTH_FAILURES
+
+    def _auth_failed(self, peer: str) -> None:
+        with self._auth_lock:
+            if peer not in self._auth_failures and len(self._auth_failures) >= _AUTH_PEERS:
+                self._auth_failures.pop(next(iter(self._auth_failures)))  # the oldest address goes
+            self._auth_failures.setdefault(peer, deque(maxlen=_AUTH_FAILURES)).append(time.monotonic())
 
     def server_metadata(self) -> dict:
         return {"name": "splitinfer", "version": __version__, "extensions": ["binary_tensor_data", "infer_image"]}

@@ -48,7 +48,7 @@ from .settings import Settings
 from .types import InferenceResponse, ModelMetadata, parse_request
 
 __all__ = ["InferenceServicer", "GrpcFrontEnd", "CallGuard", "to_request_fields", "from_response", "status_code",
-           "abort", "error_metadata", "ERROR_KIND_KEY", "RETRY_AFTER_KEY"]
+           "abort", "error_metadata", "peer_address", "ERROR_KIND_KEY", "RETRY_AFTER_KEY"]
 
 log = logging.getLogger("splitinfer.server")
 # headroom over the largest bitstream for the other fields of a request
@@ -141,6 +141,16 @@ def from_metadata(m: ModelMetadata) -> pb.ModelInfo:
     return info
 
 
+def peer_address(context: grpc.ServicerContext) -> Optional[str]:
+    """The client's address without its port ("ipv4:127.0.0.1:5000" -> "ipv4:127.0.0.1"), for the failed-key
+    throttle."""
+    try:
+        peer = context.peer() or ""
+    except Exception:  # noqa: BLE001
+        return None
+    return peer.rsplit(":", 1)[0] if peer.count(":") > 1 else (peer or None)
+
+
 def _token(context: grpc.ServicerContext) -> Optional[str]:
     for key, value in context.invocation_metadata() or ():
         if key == "authorization":
@@ -161,7 +171,7 @@ class InferenceServicer(pb_grpc.SplitInferenceServicer):
 
     def Infer(self, request: pb.InferRequest, context: grpc.ServicerContext) -> pb.InferResponse:
         try:
-            self.dp.authenticate(_token(context))
+            self.dp.authenticate(_token(context), peer_address(context))
             req = parse_request(to_request_fields(request))
             return from_response(self.dp.infer(req, protocol="grpc", timeout_s=context.time_remaining()))
         except SplitInferError as e:
@@ -170,7 +180,7 @@ class InferenceServicer(pb_grpc.SplitInferenceServicer):
     def InferStream(self, request_iterator: Iterator[pb.InferRequest],
                     context: grpc.ServicerContext) -> Iterator[pb.InferStreamResponse]:
         try:
-            self.dp.authenticate(_token(context))
+            self.dp.authenticate(_token(context), peer_address(context))
         except SplitInferError as e:
             self._abort(context, e)
         for request in request_iterator:
@@ -187,7 +197,7 @@ class InferenceServicer(pb_grpc.SplitInferenceServicer):
 
     def ModelMetadata(self, request: pb.ModelMetadataRequest, context: grpc.ServicerContext):
         try:
-            self.dp.authenticate(_token(context))
+            self.dp.authenticate(_token(context), peer_address(context))
             models = self.dp.metadata(request.model or None)
         except SplitInferError as e:
             self._abort(context, e)
@@ -199,7 +209,7 @@ class InferenceServicer(pb_grpc.SplitInferenceServicer):
         from .edge_packages import grpc_chunks  # the served models' edge packages (issue 25): its own module
 
         try:
-            self.dp.authenticate(_token(context))
+            self.dp.authenticate(_token(context), peer_address(context))
             yield from grpc_chunks(self.dp, request.model)
         except SplitInferError as e:
             self._abort(context, e)

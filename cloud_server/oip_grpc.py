@@ -27,7 +27,7 @@ from . import oip
 from .dataplane import DataPlane
 from .errors import Cancelled, InvalidArgument, NotFound, SplitInferError, Unauthenticated, Unavailable
 # one reading of API keys, one status mapping and one refusal (kind in the trailing metadata) for both services
-from .grpc_server import _token, abort, status_code
+from .grpc_server import _token, abort, peer_address, status_code
 from .types import InferenceResponse, ModelMetadata
 
 __all__ = ["OipServicer", "register", "to_call", "from_answer"]
@@ -156,7 +156,7 @@ class OipServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     def ModelReady(self, request: pb.ModelReadyRequest, context: grpc.ServicerContext) -> pb.ModelReadyResponse:
         try:
-            self.dp.authenticate(_token(context))
+            self.dp.authenticate(_token(context), peer_address(context))
             oip.check_version(self.dp.model_metadata(request.name), request.version)
             return pb.ModelReadyResponse(ready=self.dp.model_ready(request.name))
         except SplitInferError as e:
@@ -165,7 +165,7 @@ class OipServicer(pb_grpc.GRPCInferenceServiceServicer):
     def ModelMetadata(self, request: pb.ModelMetadataRequest,
                       context: grpc.ServicerContext) -> pb.ModelMetadataResponse:
         try:
-            self.dp.authenticate(_token(context))
+            self.dp.authenticate(_token(context), peer_address(context))
             m = self.dp.model_metadata(request.name)
             oip.check_version(m, request.version)
         except SplitInferError as e:
@@ -177,7 +177,7 @@ class OipServicer(pb_grpc.GRPCInferenceServiceServicer):
     # -- inference -------------------------------------------------------------------------------------
     def ModelInfer(self, request: pb.ModelInferRequest, context: grpc.ServicerContext) -> pb.ModelInferResponse:
         try:
-            self.dp.authenticate(_token(context))
+            self.dp.authenticate(_token(context), peer_address(context))
             return self._infer(request, context, "grpc-oip")
         except SplitInferError as e:
             self._abort(context, e)
@@ -185,7 +185,7 @@ class OipServicer(pb_grpc.GRPCInferenceServiceServicer):
     def ModelStreamInfer(self, request_iterator: Iterator[pb.ModelInferRequest],
                          context: grpc.ServicerContext) -> Iterator[pb.ModelStreamInferResponse]:
         try:
-            self.dp.authenticate(_token(context))
+            self.dp.authenticate(_token(context), peer_address(context))
         except SplitInferError as e:
             self._abort(context, e)
         for request in request_iterator:

@@ -194,7 +194,8 @@ class Endpoints:
             return
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
-        self.dp.authenticate(token.strip() if scheme.lower() == "bearer" else None)
+        self.dp.authenticate(token.strip() if scheme.lower() == "bearer" else None,
+                             request.client.host if request.client else None)
 
     async def live(self) -> Dict[str, bool]:
         return {"live": self.dp.live()}

@@ -81,6 +81,12 @@ def _bearer(scope) -> Optional[str]:
     return None
 
 
+def _client(scope) -> Optional[str]:
+    """The client's address (no port), for the failed-key throttle."""
+    client = scope.get("client")
+    return client[0] if client else None
+
+
 class _ClientGone(Exception):
     pass
 
@@ -117,7 +123,7 @@ class RequestGuard:
                 raise MethodNotAllowed(f"{method} is not allowed on {path}")
             raise NotFound(f"no route {method} {path}")
         if self.dp.auth_required:  # every route that takes a body needs the key
-            self.dp.authenticate(_bearer(scope))
+            self.dp.authenticate(_bearer(scope), _client(scope))
         s = self.settings
         infer = path.endswith("/infer")
         limit = s.max_infer_bytes if infer else s.max_request_bytes
@@ -163,7 +169,7 @@ class RequestGuard:
             return await error_app(Unavailable("the server is shutting down"), close=True)(scope, receive, send)
         if path in DOCS_PATHS and self.dp.auth_required:
             try:
-                self.dp.authenticate(_bearer(scope))
+                self.dp.authenticate(_bearer(scope), _client(scope))
             except Unauthenticated as e:
                 return await error_app(e)(scope, receive, send)
         if method not in _BODY_METHODS:

@@ -1123,3 +1123,30 @@ def test_connections_without_headers_hold_nothing(tiny_bundle, tiny_weights):
             pass
         assert time.monotonic() - t0 < 4
         sk.close()
+
+
+def test_failed_api_keys_are_throttled_per_address(dataplane):
+    """After 20 failed keys within a minute from one address, its keys are refused without being compared (the
+    right one too) until the window passes; other addresses are not affected (before: no limit)."""
+    from cloud_server import dataplane as dpm
+    from cloud_server.errors import Unauthenticated
+
+    dp = dataplane
+    keys, dp._api_keys = dp._api_keys, [b"right"]
+    try:
+        dp.authenticate("right", "ipv4:10.0.0.1")
+        for _ in range(dpm._AUTH_FAILURES):
+            with pytest.raises(Unauthenticated, match="invalid API key"):
+                dp.authenticate("guess", "ipv4:10.0.0.1")
+        with pytest.raises(Unauthenticated, match="too many failed API keys"):
+            dp.authenticate("right", "ipv4:10.0.0.1")
+        dp.authenticate("right", "ipv4:10.0.0.2")
+        dp.authenticate("right")  # no address known: not throttled
+        times = dp._auth_failures["ipv4:10.0.0.1"]
+        for i in range(len(times)):  # the window passes
+            times[i] -= dpm._AUTH_WINDOW_S + 1
+        dp.authenticate("right", "ipv4:10.0.0.1")
+        assert "ipv4:10.0.0.1" not in dp._auth_failures
+    finally:
+        dp._api_keys = keys
+        dp._auth_failures.clear()
