@@ -42,13 +42,13 @@ __all__ = ["DataPlane", "IMAGE_FORMATS", "CancelToken", "Admission", "CallScope"
 
 log = logging.getLogger("splitinfer.server")
 IMAGE_FORMATS = ("JPEG", "PNG", "WEBP")
-# bytes per pixel of PIL's in-memory image by mode (everything else: 4, e.g. RGB is stored as RGBX)
 # failed API keys: an address with this many failures within the window is refused without comparing its keys
 # (brute force); at most this many addresses are remembered
 _AUTH_FAILURES, _AUTH_WINDOW_S, _AUTH_PEERS = 20, 60.0, 10_000
 # deadline-aware admission: the pace (seconds between answers while busy) is an EWMA of this weight (about the last
 # 20 answers: a few batches), measured from this many answers on; one gap counts at most this long
 _PACE_ALPHA, _PACE_WARMUP, _PACE_MAX_S = 0.05, 8, 5.0
+# bytes per pixel of PIL's in-memory image by mode (everything else: 4, e.g. RGB is stored as RGBX)
 _PIL_BYTES_PER_PIXEL = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N": 2}
 
 
