@@ -165,3 +165,23 @@ def test_serve_without_torch_answers_an_edge_request(cloud_packages, tiny_bundle
         proc.terminate()
         out = proc.communicate(timeout=30)[0]
     assert "onnx runtime" in out, out  # the repository says which runtime serves each model
+
+
+def test_cloud_runtime_benchmark_on_the_tiny_bundle(tiny_bundle, tiny_weights, tiny_images, cloud_packages, tmp_path,
+                                                    monkeypatch, capsys):
+    """``benchmarks/cloud_runtime.py`` end to end (tiny settings): both runtimes answer every frame alike, both
+    servers take load, and the summary has a ratio per client count."""
+    from tests.test_benchmarks import _benchmark
+
+    monkeypatch.setenv("SPLITINFER_CLOUD_THREADS", "1")  # the script sets it for its run; restored after the test
+    out = tmp_path / "bench.json"
+    rc = _benchmark("cloud_runtime").main([
+        "--bundle", str(tiny_bundle.root), "--package", str(cloud_packages[tiny_bundle.bundle_id]),
+        "--weights", str(tiny_weights), "--images", str(tiny_images), "--max-images", "2", "--clients", "1",
+        "--duration", "0.5", "--rounds", "1", "--json", str(out)])
+    assert rc == 0
+    r = json.loads(out.read_text())
+    assert r["answers"]["top1_equal"] == r["answers"]["frames"] == 2 * len(tiny_bundle.rungs)
+    assert {x["runtime"] for x in r["load"]} == {"torch", "onnx"} and all(x["ok"] > 0 for x in r["load"])
+    assert r["errors"] == 0 and r["summary"]["1"]["ratio_median"] > 0
+    assert "ONNX Runtime / PyTorch throughput" in capsys.readouterr().out
