@@ -9,7 +9,7 @@
 # then one `splitinfer eval` of all four on the TEST part of the held-out images (nothing is chosen here), whose
 # summary gives each row's BD-rate against the hyperprior row with its paired bootstrap 95% interval.
 # Usage: bash scripts/claims_retest.sh SPLIT OUT [ROW...]; OMP_NUM_THREADS sets each run's threads.
-#   STEPS / STEPS_PER_RUNG / LAMBDAS / BATCH / LATENT override the split's defaults below.
+#   STEPS / STEPS_PER_RUNG / LAMBDAS / BATCH / LATENT override the split's defaults below; SKIP_EVAL=1 trains only.
 set -euo pipefail
 SPLIT=${1:?usage: claims_retest.sh SPLIT OUT [ROW...]}; OUT=${2:?usage: claims_retest.sh SPLIT OUT [ROW...]}
 shift 2
@@ -43,5 +43,6 @@ for row in $ROWS; do
     > "$OUT/$row.log" 2>&1
   tail -1 "$OUT/$row.log"
 done
+[ -n "${SKIP_EVAL:-}" ] && exit 0  # rows trained in parallel: evaluate all of them once, in a last call
 "$ST" eval "${bundles[@]}" --data "$D/imagenet_val" --part test --out "$OUT/eval-test" > "$OUT/eval-test.log" 2>&1
 sed -n '/### Summary/,/^### splitinfer/p' "$OUT/eval-test/results.md"
