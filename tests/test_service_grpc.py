@@ -269,7 +269,7 @@ def test_health_and_reflection(server):
 
     pool = DescriptorPool(db)
     svc = pool.FindServiceByName(SERVICE_NAME)
-    assert {m.name for m in svc.methods} == {"Infer", "InferStream", "ModelMetadata"}
+    assert {m.name for m in svc.methods} == {"Infer", "InferStream", "ModelMetadata", "EdgePackage"}
     req = pool.FindMessageTypeByName("splitinfer.v1.InferRequest")
     assert {"model", "bitstream", "target_bpp", "link", "expected_rung", "request_id"} <= set(req.fields_by_name)
     channel.close()

@@ -256,7 +256,8 @@ def test_grpc_health_metadata_reflection(grpc_client, server, tiny_bundle):
     methods = {m.name for m in pool.FindServiceByName(OIP_SERVICE_NAME).methods}
     assert {"ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata", "ModelInfer",
             "ModelStreamInfer"} == methods
-    assert {m.name for m in pool.FindServiceByName(SERVICE_NAME).methods} == {"Infer", "InferStream", "ModelMetadata"}
+    assert {m.name for m in pool.FindServiceByName(SERVICE_NAME).methods} == {"Infer", "InferStream", "ModelMetadata",
+                                                                              "EdgePackage"}
     channel.close()
 
 
