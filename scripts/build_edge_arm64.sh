@@ -7,7 +7,8 @@
 #   scripts/build_edge_arm64.sh context image   # only these steps (of: base context image check)
 #
 # 1. binfmt_misc: qemu-aarch64 registered with the `F` flag (the interpreter opened now, so it also runs inside
-#    chroots and buildah's chroot isolation): Debian's /usr/lib/binfmt.d/qemu-aarch64.conf written to the kernel.
+#    chroots and buildah's chroot isolation): Debian's /usr/lib/binfmt.d/qemu-aarch64.conf written to the kernel,
+#    with a qemu >= 8 (bookworm's 7.2 crashes ONNX Runtime: see below).
 # 2. A Debian bookworm arm64 base (debootstrap --arch=arm64, second stage under qemu), slimmed as for amd64.
 # 3. A build context in $WORK/edge-arm64-context, made here: prebuilt/app (proto/, shared/ without rung weights and
 #    with the generated gRPC stubs, edge_client/: what the Dockerfile's export stage writes), prebuilt/edge (every
@@ -22,6 +23,7 @@
 # PYTHON (default .venv/bin/python: the full install, for export-edge), WORK (default
 # /var/tmp/splitinfer-images), TAG (dev: the image is localhost/splitinfer-edge:$TAG-arm64), BASE_IMAGE (default: the
 # locally made localhost/splitinfer-base:bookworm-slim-arm64), DEBIAN_MIRROR, CROSS_CC (aarch64-linux-gnu-gcc),
+# QEMU_AARCH64 (a qemu-aarch64 >= 8.1 to register; default: qemu-aarch64-static if >= 8, else bookworm-backports'),
 # NO_CHECK. Needs root (binfmt_misc, debootstrap, buildah); installs buildah, debootstrap, qemu-user-static and
 # gcc-aarch64-linux-gnu with apt-get if missing. Timings under emulation say nothing about an ARM board.
 set -euo pipefail
@@ -47,14 +49,44 @@ step() { [[ " $STEPS " == *" $1 "* ]]; }
 need_tools buildah=buildah debootstrap=debootstrap qemu-aarch64-static=qemu-user-static "$CROSS_CC=gcc-aarch64-linux-gnu"
 buildah_setup
 
-# --- 1. binfmt_misc ---------------------------------------------------------------------------------------
+# --- 1. qemu and binfmt_misc ---------------------------------------------------------------------------------
+# qemu >= 8.1 answers /proc/cpuinfo for an aarch64 guest; bookworm's 7.2 shows it the host's x86 one, and ONNX
+# Runtime (its cpuinfo library) then dies with SIGSEGV on import wherever /proc and /sys are both mounted, as in
+# buildah's RUN and run. So with qemu < 8 the interpreter is bookworm-backports' (apt-get download of qemu-user, a
+# private package list, nothing installed), unpacked into $WORK/qemu. QEMU_AARCH64 names another one.
+conf=/usr/lib/binfmt.d/qemu-aarch64.conf  # qemu-user-static's: flags OPF (F: usable inside a chroot)
+[ -f "$conf" ] || { log "no $conf (apt-get install qemu-user-static)"; exit 1; }
+qemu=${QEMU_AARCH64:-$(command -v qemu-aarch64-static)}
+if [ -z "${QEMU_AARCH64:-}" ] && [ "$("$qemu" --version | sed -n 's/.*version \([0-9]*\).*/\1/p;q')" -lt 8 ]; then
+    qemu=$WORK/qemu/qemu-aarch64
+    if [ ! -x "$qemu" ]; then
+        log "$(qemu-aarch64-static --version | head -1) cannot run ONNX Runtime: qemu-user from bookworm-backports"
+        apt=$WORK/qemu/apt
+        mkdir -p "$apt/lists/partial" "$apt/cache/archives/partial" "$apt/deb"
+        echo "deb ${DEBIAN_MIRROR} bookworm-backports main" > "$apt/sources.list"
+        opts=(-o "Dir::Etc::SourceList=$apt/sources.list" -o Dir::Etc::SourceParts=/dev/null
+              -o "Dir::State::Lists=$apt/lists" -o "Dir::Cache=$apt/cache")
+        apt-get "${opts[@]}" update -q >/dev/null
+        (cd "$apt/deb" && apt-get "${opts[@]}" download qemu-user/bookworm-backports 2>/dev/null)
+        dpkg-deb --fsys-tarfile "$apt"/deb/qemu-user_*.deb | tar -xO ./usr/bin/qemu-aarch64 > "$qemu.new"
+        chmod 755 "$qemu.new" && mv "$qemu.new" "$qemu"
+    fi
+fi
+# the binfmt-P name: Debian's qemu then keeps the program's argv[0] (flag P), as the packaged registration does
+if [ "$qemu" = "$(command -v qemu-aarch64-static)" ]; then
+    interp=/usr/libexec/qemu-binfmt/aarch64-binfmt-P  # the package's own
+else
+    interp=$(dirname "$qemu")/aarch64-binfmt-P
+    [ -e "$interp" ] || ln -s "$(basename "$qemu")" "$interp"
+fi
 binfmt=/proc/sys/fs/binfmt_misc
 [ -e "$binfmt/register" ] || mount -t binfmt_misc binfmt_misc "$binfmt"
+if [ -e "$binfmt/qemu-aarch64" ] && ! grep -qx "interpreter $interp" "$binfmt/qemu-aarch64"; then
+    echo -1 > "$binfmt/qemu-aarch64"  # registered with another interpreter
+fi
 if [ ! -e "$binfmt/qemu-aarch64" ]; then
-    conf=/usr/lib/binfmt.d/qemu-aarch64.conf  # qemu-user-static's: flags OPF (F: usable inside a chroot)
-    [ -f "$conf" ] || { log "no $conf (apt-get install qemu-user-static)"; exit 1; }
-    log "registering qemu-aarch64 with binfmt_misc ($conf)"
-    cat "$conf" > "$binfmt/register"
+    log "registering $interp ($("$qemu" --version | head -1)) for aarch64 with binfmt_misc"
+    sed "s|:/usr/libexec/qemu-binfmt/aarch64-binfmt-P:|:$interp:|" "$conf" > "$binfmt/register"
 fi
 grep -q '^flags: .*F' "$binfmt/qemu-aarch64" \
     || { log "qemu-aarch64 is registered without the F flag: it will not run inside a chroot"; exit 1; }

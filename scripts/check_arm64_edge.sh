@@ -36,6 +36,8 @@ command -v buildah >/dev/null || { log "no buildah (scripts/build_edge_arm64.sh 
 buildah inspect --type image "$EDGE" >/dev/null 2>&1 || { log "no image $EDGE: run scripts/build_edge_arm64.sh"; exit 3; }
 [ -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ] \
     || { log "qemu-aarch64 is not registered with binfmt_misc: run scripts/build_edge_arm64.sh"; exit 3; }
+interp=$(sed -n 's/^interpreter //p' /proc/sys/fs/binfmt_misc/qemu-aarch64)
+log "emulator: $interp ($("$(readlink -f "$interp")" --version | head -1); qemu < 8.1 crashes ONNX Runtime, see build_edge_arm64.sh)"
 
 ctr=$(buildah from "$EDGE")
 mnt=$(buildah mount "$ctr")
