@@ -13,6 +13,9 @@ Runtime (``OnnxCloudDecoder`` on the bundle's cloud package), same bundle, same 
 
     python benchmarks/cloud_runtime.py                       # the embedded shallow ladder (block1), sample images
     python benchmarks/cloud_runtime.py --bundle DIR --package CLOUD_DIR --clients 1,8 --rounds 5 --json out.json
+    python benchmarks/cloud_runtime.py --answers-only --bundle shared/assets/bundles/efficientnet_lite0-block14-vr
+
+A variable-rate bundle's frames are every image at its coarsest, middle and finest quality level.
 """
 
 from __future__ import annotations
@@ -73,6 +76,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--batch-max-wait-ms", type=float, default=2.0)
     p.add_argument("--threads", type=int, default=1, help="intra-op threads of each runtime (default 1, as "
                                                           "service_load.py)")
+    p.add_argument("--answers-only", action="store_true", help="part 1 only (no servers, no load)")
     p.add_argument("--json", default=None, help="write the results here")
     args = p.parse_args(argv)
 
@@ -98,7 +102,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     package = Path(args.package) if args.package else export_cloud(bundle, Path(tmp.name) / "cloud", model=model)
     enc = EdgeEncoder(bundle, model=model)
     items = scan_images(args.images or SAMPLES, labels=False)[: args.max_images]
-    frames = {r.index: [enc.encode(path, rung=r.index).data for path, _ in items] for r in bundle.rungs}
+    levels = bundle.scheme.levels
+    if levels:  # one network: rung 0 at levels across its range
+        lo, hi = levels
+        frames = {0: [enc.encode(path, level=q).data for q in (lo, (lo + hi) // 2, hi) for path, _ in items]}
+    else:
+        frames = {r.index: [enc.encode(path, rung=r.index).data for path, _ in items] for r in bundle.rungs}
     flat = [d for r in sorted(frames) for d in frames[r]]
     clients = [int(c) for c in args.clients.split(",") if c.strip()]
     results: Dict = {"setup": {"bundle": bundle.bundle_id, "model": f"{bundle.model}/{bundle.split}",
@@ -107,7 +116,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                                "torch": torch.__version__, "onnxruntime": __import__("onnxruntime").__version__,
                                "clients": clients, "duration_s": args.duration, "rounds": args.rounds,
                                "batch_max_size": args.batch_max_size, "loadavg_start": os.getloadavg()}}
-    print(f"bundle {bundle.bundle_id} ({bundle.model}/{bundle.split}), {len(items)} images x {len(frames)} rungs, "
+    print(f"bundle {bundle.bundle_id} ({bundle.model}/{bundle.split}), {len(items)} images x "
+          f"{'3 levels' if levels else f'{len(frames)} rungs'}, "
           f"{args.threads} intra-op thread(s) per runtime, {os.cpu_count()} CPUs, load average "
           f"{os.getloadavg()[0]:.2f} at start")
 
@@ -121,6 +131,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(f"per request (median, in process): PyTorch decode {m['torch']['decode']:.2f} ms + tail "
           f"{m['torch']['tail']:.2f} ms; ONNX Runtime decode {m['onnx']['decode']:.2f} ms + tail {m['onnx']['tail']:.2f} ms")
     del ref, onnx
+    if args.answers_only:
+        if args.json:
+            Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+        tmp.cleanup()
+        return 0
 
     # 2. load: one server per runtime, driven in turn
     base = dict(weights=args.weights, http_port=0, grpc_port=0, enable_rest=False, preload=True,
