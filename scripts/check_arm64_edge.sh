@@ -76,7 +76,7 @@ until SPLITINFER_HTTP_PORT=$HTTP_PORT "$PYTHON" "$ROOT/docker/healthcheck.py" cl
 done
 
 # --- the two edges on the same packages and images: the files in the arm64 image ------------------------------
-run_args=(run --server "127.0.0.1:$GRPC_PORT" --levels "$LEVELS" --bitrates "$BITRATES")
+run_args=(run --server "127.0.0.1:$GRPC_PORT" "--levels=$LEVELS" "--bitrates=$BITRATES")  # (= : -4 is not an option)
 log "x86_64 edge (this machine's runtime) on the image's packages"
 "$PYTHON" "$ROOT/scripts/check_arm64_edge.py" "${run_args[@]}" --packages "$mnt/opt/splitinfer/edge" \
     --images "$mnt/opt/splitinfer/app/shared/assets/samples" > "$WORK/arm64-check-x86_64.jsonl"
