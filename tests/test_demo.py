@@ -32,6 +32,7 @@ def test_demo_round_trip_through_a_real_server(tiny_bundle, tiny_weights, tiny_i
     rungs = [int(re.search(r"\s(\d+)\s+\d+\s+\d+\.\d{3}\s", r).group(1)) for r in rows]
     assert rungs == list(range(len(tiny_bundle.rungs))) * len(names)
     assert "bytes per image on average" in out
+    assert "'<' after the bpp: the message is within its hint" in out and f"{tiny_bundle.split}: rung" in out
     assert main(argv + ["--rest"]) == 0
     assert "connected over REST" in capsys.readouterr().out
 
@@ -65,3 +66,5 @@ def test_demo_meets_each_hint_per_image_with_a_variable_rate_bundle(vr_bundle, t
     cells = [re.search(r"\sq(-?\d+)\s+(\d+)\s+(\d+\.\d{3}) (<| )", r) for r in rows]
     assert all(c and c.group(4) == "<" for c in cells), rows
     assert f"{len(rows)}/{len(rows)} messages within their hint" in out
+    # the variable-rate network's column is headed as such, and its '<' mark is explained
+    assert f"{vr_bundle.split[-9:]} vr: rung" in out and "'<' after the bpp: the message is within its hint" in out

@@ -60,8 +60,11 @@ def run_info(args) -> int:
     from ..options import options
     from ..reporting import InfoOptions
 
-    folder = options(InfoOptions, args).folder(warn=lambda m: print(m, file=sys.stderr))
+    notes = []  # said after the table: an error stays one line
+    folder = options(InfoOptions, args).folder(warn=notes.append)
     print("\n".join(bundle_table(resolve_bundle(folder))))
+    for note in notes:
+        print(note, file=sys.stderr)
     return 0
 
 
