@@ -99,7 +99,8 @@ class Settings(BaseSettings):
     grpc_max_streams_per_connection: Optional[int] = Field(None, ge=1)
     """Streams one gRPC connection may have open (HTTP/2 MAX_CONCURRENT_STREAMS); a stream counts until the server
     is done with it, even after the client reset it, so a client that opens and resets streams at once (HTTP/2
-    rapid reset) is refused by the transport beyond this. None: ``grpc_workers`` (every worker on one connection)."""
+    rapid reset) is refused by the transport beyond this. None: twice the workers plus 32 (health checks), so that a
+    client on one connection meets the guard's own fast refusals (workers busy, capacity), not a wait for a stream."""
     grpc_idle_timeout_s: float = Field(30.0, gt=0)
     """A stream that neither sends a message nor reads an answer for this long is cancelled."""
     grpc_message_timeout_s: float = Field(5.0, gt=0)
@@ -167,8 +168,9 @@ class Settings(BaseSettings):
 
     @property
     def grpc_streams_per_connection(self) -> int:
-        """HTTP/2 streams one gRPC connection may hold: ``grpc_max_streams_per_connection``, or the workers."""
-        return self.grpc_max_streams_per_connection or self.grpc_threads
+        """HTTP/2 streams one gRPC connection may hold: ``grpc_max_streams_per_connection``, or twice the workers
+        plus 32."""
+        return self.grpc_max_streams_per_connection or 2 * self.grpc_threads + 32
 
     @property
     def grpc_stream_limit(self) -> int:

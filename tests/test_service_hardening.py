@@ -851,11 +851,10 @@ def test_http2_rapid_reset_is_refused_by_the_transport(tiny_bundle, tiny_weights
     calls CANCELLED)."""
     from cloud_server.settings import Settings
 
-    assert Settings().grpc_streams_per_connection == Settings().grpc_threads
+    assert Settings().grpc_streams_per_connection == 2 * Settings().grpc_threads + 32
     assert Settings(grpc_max_streams_per_connection=5).grpc_streams_per_connection == 5
     bench = _bench()
-    with running_server(tiny_bundle, tiny_weights) as srv:
-        assert srv.settings.grpc_streams_per_connection == 8
+    with running_server(tiny_bundle, tiny_weights, grpc_max_streams_per_connection=8) as srv:
         channel, stub = grpc_stub(srv.grpc_port)
         req = pb.InferRequest(model=MODEL, bitstream=frames[0].data)
         stub.Infer(req, timeout=30)
