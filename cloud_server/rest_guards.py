@@ -150,7 +150,7 @@ class RequestGuard:
             return await self.app(scope, receive, send)
         self._size_thread_pool()
         path, method = scope["path"], scope["method"]
-        if path in OPEN_PATHS:  # probes and /metrics: cheap, never refused for load
+        if path in OPEN_PATHS and method not in _BODY_METHODS:  # probes and /metrics: cheap, never refused for load
             return await self.app(scope, receive, send)
         # the cap counts requests, established work, not connections still sending their headers (issue 24, E5:
         # 1,050 such connections made uvicorn answer 503 to health checks); those are cut by the header timeout
