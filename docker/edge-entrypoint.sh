@@ -6,7 +6,7 @@ set -eu
 case "${1:-}" in
     edge|--help|-h) exec python -m shared.cli "$@" ;;
     # these load PyTorch, which the edge image does not have (the cloud image runs them)
-    models|train|train-teacher|encode|decode|eval|report|migrate|merge|demo|info|serve|export-edge)
+    models|train|train-teacher|encode|decode|eval|report|migrate|merge|demo|info|serve|export-edge|export-cloud)
         echo "splitinfer $1 needs PyTorch, which this edge image does not have: run it in the cloud image" >&2
         exit 2 ;;
 esac
