@@ -14,7 +14,7 @@
 #    with the generated gRPC stubs, edge_client/: what the Dockerfile's export stage writes), prebuilt/edge (every
 #    bundle in shared/assets/bundles exported with `splitinfer export-edge` from this tree's .venv), prebuilt/wheels
 #    (requirements-edge.txt's aarch64 wheels, `pip download --platform ...`) and the rANS coder cross-compiled for
-#    aarch64 with Debian's aarch64-linux-gnu-gcc into prebuilt/app/shared/codec.
+#    aarch64 with Debian's aarch64-linux-gnu-gcc into prebuilt/app/shared/codec (every C file there, -O3).
 # 4. buildah bud --platform linux/arm64 --build-arg EDGE_EXPORT=export-prebuilt: only the final stage runs under
 #    emulation (venv, an offline pip install, the build checks).
 #
@@ -110,8 +110,8 @@ if [ -n "${SOURCE_REV:-}" ]; then
     git -C "$ROOT" archive "$SOURCE_REV" proto shared edge_client cloud_server | tar -C "$SRC" -xf -
     (cd "$SRC" && PYTHONPATH=$SRC "$PYTHON" -m shared.proto_build >/dev/null)
     # this machine's build of the coder, for the x86_64 side of the check (as `pip install -e .` makes it)
-    cc -O2 -std=c99 -shared -fPIC -o "$SRC/shared/codec/_ranscoder$("$PYTHON" -c \
-        'import sysconfig; print(sysconfig.get_config_var("EXT_SUFFIX"))')" "$SRC/shared/codec/ranscoder.c"
+    cc -O3 -std=c99 -shared -fPIC -o "$SRC/shared/codec/_ranscoder$("$PYTHON" -c \
+        'import sysconfig; print(sysconfig.get_config_var("EXT_SUFFIX"))')" "$SRC"/shared/codec/*.c
 fi
 echo "$SRC" > "$CTX/source"  # scripts/check_arm64_edge.sh serves and encodes on x86_64 from the same source
 cp "$ROOT/requirements-edge.txt" "$CTX/"
@@ -134,7 +134,7 @@ log "  aarch64 wheels of requirements-edge.txt"
     -d "$CTX/prebuilt/wheels" -r "$ROOT/requirements-edge.txt" setuptools==84.2.1 wheel==0.48.0
 # the name CPython's loader tries first on aarch64 (shared/codec/rans_compiled.py looks for _ranscoder<suffix>)
 so=$CTX/prebuilt/app/shared/codec/_ranscoder.cpython-311-aarch64-linux-gnu.so
-"$CROSS_CC" -O2 -std=c99 -Wall -shared -fPIC -o "$so" "$SRC/shared/codec/ranscoder.c"
+"$CROSS_CC" -O3 -std=c99 -Wall -shared -fPIC -o "$so" "$SRC"/shared/codec/*.c  # (the coder and the integer h_s)
 log "  $(file -b "$so" | cut -d, -f1-2)"
 find "$CTX" -name __pycache__ -prune -exec rm -rf {} +
 chmod -R a+rX "$CTX/prebuilt"
