@@ -1353,8 +1353,8 @@ def rapid_reset(port: int, seconds: float, path: str = "/splitinfer.v1.SplitInfe
                         got["rst_codes"][code] = got["rst_codes"].get(code, 0) + 1
                     elif ftype == 7 and n >= 8:  # GOAWAY
                         got["goaway"] = int.from_bytes(payload[4:8], "big")
-        except OSError:
-            pass
+        except OSError as e:  # the server cut the connection: that is one outcome the attack measures
+            got["error"] = f"{type(e).__name__}: {e}"
         got["closed"] = True
 
     send(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + _h2_frame(4, 0, 0))

@@ -16,6 +16,7 @@ of asking the bundle whether it has quality levels (``tests/test_structure.py`` 
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -82,7 +83,7 @@ def _bpp(n_bytes: int, input_hw: Tuple[int, int]) -> float:
     return 8.0 * n_bytes / (input_hw[0] * input_hw[1])
 
 
-class RateScheme:
+class RateScheme(ABC):
     """What a bundle's rates are and how a hint reaches one (see the module docstring). ``bundle``: read for its
     rungs, input size and recorded curve."""
 
@@ -97,9 +98,10 @@ class RateScheme:
         return self.bundle.input_size
 
     # -- hint -> operating point -------------------------------------------------------------------------
+    @abstractmethod
     def point(self, hint: Optional[BitrateHint] = None, *, rung: Optional[int] = None, level: Optional[int] = None,
               controller: Optional[StreamRateController] = None) -> OperatingPoint:
-        raise NotImplementedError
+        """The operating point a message is coded at: from the hint, or a forced rung / level."""
 
     def stream_controller(self, hint: Optional[BitrateHint]) -> Optional[StreamRateController]:
         """A controller that holds a stream to a link-rate hint; None where frames are coded one by one."""
@@ -112,13 +114,13 @@ class RateScheme:
                             f"its fps; bundle {self.bundle.bundle_id} is {self.describe()}")
 
     # -- the decoder's side ------------------------------------------------------------------------------
+    @abstractmethod
     def level_kw(self, level: Optional[int]) -> Dict[str, int]:
         """The keyword a bottleneck codes with (``{"level": q}`` or nothing); HintError when it does not fit."""
-        raise NotImplementedError
 
+    @abstractmethod
     def header_problem(self, level: Optional[int]) -> Optional[str]:
         """Why a bitstream's header level cannot come from this bundle (None: it can)."""
-        raise NotImplementedError
 
     # -- outcomes ----------------------------------------------------------------------------------------
     def outcome(self, point: OperatingPoint, n_bytes: int, input_hw: Tuple[int, int],
@@ -131,8 +133,9 @@ class RateScheme:
             return HintOutcome(True)
         return HintOutcome(False, self._over(point, bpp, level))
 
+    @abstractmethod
     def _over(self, point: OperatingPoint, bpp: float, level: Optional[int]) -> str:
-        raise NotImplementedError
+        """Why one message went over its hint."""
 
     def stream_outcome(self, hint: BitrateHint, sent: Sequence[int], skipped: int = 0) -> HintOutcome:
         """Whether a stream of messages ``sent`` (bytes; a skipped frame: 0) held the hint's kbit/s at its fps."""
@@ -144,21 +147,23 @@ class RateScheme:
         over = f"sent {kbps:.2f} kbit/s, {100 * (kbps / hint.kbit_per_s - 1):.0f}% over {hint.kbit_per_s:g}"
         return HintOutcome(False, f"{over}: {self._stream_over(hint, skipped)}")
 
+    @abstractmethod
     def _stream_over(self, hint: BitrateHint, skipped: int) -> str:
-        raise NotImplementedError
+        """Why a stream went over its kbit/s."""
 
     # -- what was measured -------------------------------------------------------------------------------
+    @abstractmethod
     def points(self) -> List[Tuple[str, float, Dict[str, Any]]]:
         """The measured points, as ``(where, lambda, figures)``: ``where`` a rung index or ``qN``, a level."""
-        raise NotImplementedError
 
+    @abstractmethod
     def measure_points(self, rungs: Optional[Sequence[int]] = None,
                        levels: Optional[Sequence[int]] = None) -> List[Tuple[int, Optional[int]]]:
         """The (rung, level) points an evaluation measures (default: every rung, or :func:`default_levels`)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def describe(self) -> str:
-        raise NotImplementedError
+        """The scheme in a few words (for messages)."""
 
 
 class LadderScheme(RateScheme):
