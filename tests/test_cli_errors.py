@@ -17,17 +17,12 @@ import pytest
 
 from shared.cli import COMMANDS, OPTIONS, build_parser, main
 
-ROOT = Path(__file__).resolve().parents[1]
-SAMPLE = sorted((ROOT / "shared" / "assets" / "samples").glob("*.JPEG"))[0]
+from _cli import ROOT, SAMPLE, run_cli_out
 
 
 def run_cli(argv, capsys):
     """(exit code, stderr) of ``splitinfer ARGV`` run in-process; an uncaught exception fails the test."""
-    try:
-        rc = main([str(a) for a in argv])
-    except SystemExit as e:
-        rc = e.code
-    err = capsys.readouterr().err
+    rc, _, err = run_cli_out(argv, capsys)
     return rc, err
 
 

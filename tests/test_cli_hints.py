@@ -9,25 +9,14 @@ import json
 import socket
 import socketserver
 import threading
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
 from shared.cli import main
 
-ROOT = Path(__file__).resolve().parents[1]
-SAMPLE = sorted((ROOT / "shared" / "assets" / "samples").glob("*.JPEG"))[0]
-
-
-def run_cli(argv, capsys):
-    """(exit code, stdout, stderr) of ``splitinfer ARGV`` in-process; an uncaught exception fails the test."""
-    try:
-        rc = main([str(a) for a in argv])
-    except SystemExit as e:
-        rc = e.code
-    out = capsys.readouterr()
-    return rc, out.out, out.err
+from _cli import SAMPLE
+from _cli import run_cli_out as run_cli
 
 
 def assert_clean(rc, err, *needles):
