@@ -14,10 +14,7 @@ ST=${SPLITINFER:-.venv/bin/splitinfer}
 export SPLITINFER_SEG_TEACHER=${SPLITINFER_SEG_TEACHER:-$OUT/teacher.safetensors}
 mkdir -p "$OUT"
 
-if [ ! -f "$SPLITINFER_SEG_TEACHER" ]; then
-  "$ST" train-teacher --data "$D/train" --data "$D/val" --test-data "$D/test" --out "$SPLITINFER_SEG_TEACHER" \
-    --epochs 40 --crop 240x320 --scale 0.75,1.5 --batch-size 8 --time-budget ${TEACHER_BUDGET:-2400}
-fi
+bash "$(dirname "$0")/camvid_teacher.sh"
 [ -f "$OUT/block15-vr/manifest.json" ] || "$ST" train --model efficientnet_lite0_seg --data "$D/train" --data "$D/val" \
   --part all --views 2 --seed 0 --cache-dir "$OUT/cache" --split block15 --batch-size 16 --feature-weight 0.1 \
   --levels=-4:40 --lambdas ${LAMBDAS:-4,0.01} --steps 4000 --steps-per-rung 0 --feature-warmup 0.1 \
