@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
-import warnings
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -37,7 +36,7 @@ from .bundle import Bundle, resolve_bundle
 from .codec.bottleneck import Bottleneck
 from .codec.variable_rate import VariableRateHyperprior
 # one exporter's way of freezing GDN, of making the rate model's arrays, of hashing files and packages
-from .edge_export import OPSET, _plain, _rung_arrays, _sha256, package_id
+from .edge_export import OPSET, _bind, _onnx, _plain, _rung_arrays, _sha256, package_id
 
 __all__ = ["CLOUD_FORMAT", "export_cloud", "META_BUNDLE", "META_TAIL", "META_RUNG"]
 
@@ -76,22 +75,11 @@ class _TailGraph(nn.Module):
 
 def _export(module: nn.Module, example: Tensor, path: Path, inp: str, out: str, spatial_out: bool,
             props: Dict[str, str]) -> None:
-    """TorchScript ONNX export (as ``edge_export._onnx``: no onnxscript needed) with a dynamic batch (and spatial
-    axes where the graph keeps them), then ``props`` written into the graph's ``metadata_props``."""
-    import onnx
-
+    """ONNX export with a dynamic batch (and spatial axes where the graph keeps them), bound by ``props``."""
     axes = {inp: {0: "batch", 2: "height", 3: "width"}, out: {0: "batch", 2: "height", 3: "width"} if spatial_out
             else {0: "batch"}}
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Constant folding", category=UserWarning)
-        warnings.filterwarnings("ignore", category=DeprecationWarning)
-        torch.onnx.export(module.eval(), (example,), str(path), input_names=[inp], output_names=[out],
-                          dynamic_axes=axes, opset_version=OPSET, dynamo=False, do_constant_folding=True)
-    model = onnx.load(str(path))
-    for key, value in props.items():
-        entry = model.metadata_props.add()
-        entry.key, entry.value = key, value
-    onnx.save(model, str(path))
+    _onnx(module, example, path, [inp], [out], axes)
+    _bind(path, props)
 
 
 def export_cloud(bundle, out: Path | str, weights: Optional[str] = None, model=None, progress=None) -> Path:

@@ -88,9 +88,11 @@ class _RungGraph(nn.Module):
         return (y, self.h_a(y)) if self.h_a is not None else y
 
 
-def _onnx(module: nn.Module, example: Tensor, path: Path, inputs: List[str], outputs: List[str]) -> None:
+def _onnx(module: nn.Module, example: Tensor, path: Path, inputs: List[str], outputs: List[str],
+          axes: Optional[Dict[str, Dict[int, str]]] = None) -> None:
+    """Export ``module`` to ONNX; ``axes``: its dynamic axes (default: batch and spatial on every input and output)."""
     module = module.eval()
-    axes = {n: {0: "batch", 2: "height", 3: "width"} for n in inputs + outputs}
+    axes = axes or {n: {0: "batch", 2: "height", 3: "width"} for n in inputs + outputs}
     with torch.no_grad(), warnings.catch_warnings():
         # The TorchScript exporter (dynamo=False): it needs no onnxscript and takes the fx head as it is. torch
         # marks it deprecated, and notes Slice ops it cannot fold (harmless); move to dynamo=True when it goes.
