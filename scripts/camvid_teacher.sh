@@ -2,7 +2,7 @@
 # The CamVid segmentation teacher (efficientnet_lite0_seg), trained once and shared by scripts/camvid_seg.sh and
 # scripts/camvid_vr.sh: skipped when $SPLITINFER_SEG_TEACHER exists. TEACHER_BUDGET: wall-clock seconds (2400).
 set -euo pipefail
-: "${SPLITINFER_SEG_TEACHER:?set SPLITINFER_SEG_TEACHER to the teacher's weights file}"
+: "${SPLITINFER_SEG_TEACHER:?set SPLITINFER_SEG_TEACHER to the weights file of the teacher}"
 D=../shared/data/camvid
 ST=${SPLITINFER:-.venv/bin/splitinfer}
 if [ ! -f "$SPLITINFER_SEG_TEACHER" ]; then

@@ -360,3 +360,17 @@ def test_info_shows_the_measured_curve(vr_bundle, capsys):
     out = capsys.readouterr().out
     levels = [p["level"] for p in vr_bundle.manifest["variable_rate"]["curve"]]
     assert all(f" q{q} " in out for q in levels) and f"quality levels {LEVELS[0]}..{LEVELS[1]}" in out
+
+
+def test_training_starts_from_a_network_of_the_same_shape(vr_bundle):
+    """A variable-rate network continues on a wider level range, or from a ladder rung; other shapes are refused."""
+    from dataclasses import replace
+
+    from shared.training.recipe import _can_start_from
+
+    vr = vr_bundle.config
+    assert _can_start_from(vr, vr)
+    assert _can_start_from(vr, replace(vr, levels=(vr.levels[0] - 4, vr.levels[1])))
+    assert _can_start_from(replace(vr, rate_model="hyperprior", levels=None), vr)
+    assert not _can_start_from(vr, replace(vr, latent=vr.latent * 2))
+    assert not _can_start_from(vr, replace(vr, rate_model="hyperprior", levels=None))  # a level range dropped

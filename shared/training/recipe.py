@@ -523,14 +523,15 @@ def train_bundle(opts: TrainOptions, say=print, started: Optional[float] = None)
 
 
 def _can_start_from(src, cfg) -> bool:
-    """A run can start from ``src``'s weights when the networks are the same: equal configs, or a ladder rung
-    (mean-scale hyperprior) starting a variable-rate network of the same shape (same parameters; the level only
-    scales the quantiser step)."""
+    """A run can start from ``src``'s weights when the networks are the same: equal configs, or a network of the
+    same shape starting a variable-rate one: a ladder rung (mean-scale hyperprior), or a variable-rate network
+    trained on another level range (same parameters; the level only scales the quantiser step, so a range is
+    widened or narrowed without touching a weight)."""
     from dataclasses import replace
 
     if src == cfg:
         return True
-    return (src.rate_model, cfg.rate_model) == ("hyperprior", "vr-hyperprior") and \
+    return src.rate_model in ("hyperprior", "vr-hyperprior") and cfg.rate_model == "vr-hyperprior" and \
         replace(src, rate_model=cfg.rate_model, levels=cfg.levels) == cfg
 
 
