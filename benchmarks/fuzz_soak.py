@@ -6,7 +6,7 @@ Three phases, each optional (``--n-... 0`` skips it):
    per core). Each worker decodes the unmutated messages itself first; a mutated message must decode to exactly
    the same feature or raise ``BitstreamError``.
 2. **gRPC**: the native ``splitinfer.v1.SplitInference/Infer`` of a server started as a subprocess
-   (``python -m shared.cli serve``), from ``--clients`` threads.
+   (``python -m splitinfer serve``), from ``--clients`` threads.
 3. **REST**: ``POST /v2/models/{name}/infer`` on the same kind of server; the bitstream travels as the REST API
    takes it (``--rest-format``; ``auto`` probes the KServe binary framing, then the older raw framing, then
    base64 JSON), by httpx or by ``tritonclient.http`` (``--rest-client tritonclient``).
@@ -735,7 +735,7 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    """``python -m shared.cli serve`` as a subprocess on free loopback ports, with its log in a file: a crash of
+    """``python -m splitinfer serve`` as a subprocess on free loopback ports, with its log in a file: a crash of
     the server is the process exiting, visible here."""
 
     def __init__(self, bundle_dir: str, name: str, weights: Optional[str] = None, env: Optional[Dict[str, str]] = None,
@@ -761,7 +761,7 @@ class ServerProcess:
 
     def start(self, timeout: float = 180.0) -> "ServerProcess":
         self.http_port, self.grpc_port = free_port(), free_port()
-        cmd = [sys.executable, "-m", "shared.cli", "serve", "--bundle", f"{self.name}={self.bundle_dir}",
+        cmd = [sys.executable, "-m", "splitinfer", "serve", "--bundle", f"{self.name}={self.bundle_dir}",
                "--host", "127.0.0.1", "--http-port", str(self.http_port), "--grpc-port", str(self.grpc_port)]
         if self.weights:
             cmd += ["--weights", self.weights]
@@ -1410,7 +1410,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         if n <= 0:
             continue
         server = ServerProcess(str(bundle.root), model, args.weights, env=server_env, root=args.server_root)
-        print(f"\n{phase}: starting the server ({' '.join(server_env_str(server_env))} python -m shared.cli serve ...)")
+        print(f"\n{phase}: starting the server ({' '.join(server_env_str(server_env))} python -m splitinfer serve ...)")
         try:
             server.start()
         except RuntimeError as e:

@@ -5,7 +5,7 @@
     python benchmarks/service_hardening.py --server-root DIR     # serve from another checkout (e.g. `git archive`)
     python benchmarks/service_hardening.py --only a,d            # some sections only
 
-The server is ``python -m shared.cli serve`` in a subprocess (so a crash shows), on free loopback ports, with one
+The server is ``python -m splitinfer serve`` in a subprocess (so a crash shows), on free loopback ports, with one
 torch thread and ``SPLITINFER_LOG_LEVEL=WARNING``. To fit its time budget the benchmark sets REST header and body
 read timeouts of 5 and 8 s (``SPLITINFER_REST_HEADER_TIMEOUT_S``, ``SPLITINFER_REST_BODY_TIMEOUT_S``; a server
 without those settings ignores them); everything else is the server's default, ``--capacity`` and ``--server-env``

@@ -149,7 +149,7 @@ def main(argv=None) -> int:
     setup(kbps)
     server = None
     try:
-        cmd = [sys.executable, "-m", "shared.cli", "serve", "--bundle", args.bundle, "--host", CLOUD_IP,
+        cmd = [sys.executable, "-m", "splitinfer", "serve", "--bundle", args.bundle, "--host", CLOUD_IP,
                "--grpc-port", str(PORT), "--no-rest", "--preload"] + (["--weights", args.weights] if args.weights else [])
         server = subprocess.Popen(["ip", "netns", "exec", NS, *cmd], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         runs = {}

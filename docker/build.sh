@@ -79,7 +79,7 @@ trap cleanup EXIT
 log "starting the server in $CLOUD (REST 127.0.0.1:$HTTP_PORT, gRPC 127.0.0.1:$GRPC_PORT)"
 buildah run --isolation chroot --network host --user 10001:10001 \
     -e SPLITINFER_HOST=127.0.0.1 -e SPLITINFER_HTTP_PORT="$HTTP_PORT" -e SPLITINFER_GRPC_PORT="$GRPC_PORT" \
-    -e SPLITINFER_LOG_FORMAT=text "$cloud_ctr" -- python -m shared.cli serve > "$WORK/cloud-server.log" 2>&1 &
+    -e SPLITINFER_LOG_FORMAT=text "$cloud_ctr" -- python -m splitinfer serve > "$WORK/cloud-server.log" 2>&1 &
 server_pid=$!
 t0=$(date +%s)
 until buildah run --isolation chroot --network host --user 10001:10001 -e SPLITINFER_HTTP_PORT="$HTTP_PORT" \

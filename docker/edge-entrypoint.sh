@@ -4,7 +4,7 @@
 # SPLITINFER_EDGE_THREADS (ONNX Runtime threads, default 1) needs no flag: `splitinfer edge` reads it itself.
 set -eu
 case "${1:-}" in
-    edge|--help|-h) exec python -m shared.cli "$@" ;;
+    edge|--help|-h) exec python -m splitinfer "$@" ;;
     # these load PyTorch, which the edge image does not have (the cloud image runs them)
     models|train|train-teacher|encode|decode|eval|report|migrate|merge|demo|info|serve|export-edge|export-cloud)
         echo "splitinfer $1 needs PyTorch, which this edge image does not have: run it in the cloud image" >&2
@@ -34,7 +34,7 @@ repeat=${SPLITINFER_REPEAT:-1}   # 0 = forever
 i=0
 while :; do
     rc=0
-    python -m shared.cli edge "$@" || rc=$?
+    python -m splitinfer edge "$@" || rc=$?
     i=$((i + 1))
     if [ "$repeat" -ne 0 ] && [ "$i" -ge "$repeat" ]; then break; fi
     sleep "${SPLITINFER_INTERVAL_S:-5}"

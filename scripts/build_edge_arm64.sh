@@ -11,8 +11,9 @@
 #    with a qemu >= 8 (bookworm's 7.2 crashes ONNX Runtime: see below).
 # 2. A Debian bookworm arm64 base (debootstrap --arch=arm64, second stage under qemu), slimmed as for amd64.
 # 3. A build context in $WORK/edge-arm64-context, made here: prebuilt/app (proto/, shared/ without rung weights and
-#    with the generated gRPC stubs, edge_client/: what the Dockerfile's export stage writes), prebuilt/edge (every
-#    bundle in shared/assets/bundles exported with `splitinfer export-edge` from this tree's .venv), prebuilt/wheels
+#    with the generated gRPC stubs, edge_client/, splitinfer/: what the Dockerfile's export stage writes),
+#    prebuilt/edge (every bundle in shared/assets/bundles exported with `splitinfer export-edge` from this tree's
+#    .venv), prebuilt/wheels
 #    (requirements-edge.txt's aarch64 wheels, `pip download --platform ...`) and the rANS coder cross-compiled for
 #    aarch64 with Debian's aarch64-linux-gnu-gcc into prebuilt/app/shared/codec (every C file there, -O3).
 # 4. buildah bud --platform linux/arm64 --build-arg EDGE_EXPORT=export-prebuilt: only the final stage runs under
@@ -107,7 +108,7 @@ if [ -n "${SOURCE_REV:-}" ]; then
     SRC=$WORK/edge-arm64-src
     log "  source: git archive $SOURCE_REV ($(git -C "$ROOT" rev-parse --short "$SOURCE_REV")) -> $SRC"
     rm -rf "$SRC" && mkdir -p "$SRC"
-    git -C "$ROOT" archive "$SOURCE_REV" proto shared edge_client cloud_server | tar -C "$SRC" -xf -
+    git -C "$ROOT" archive "$SOURCE_REV" proto shared edge_client cloud_server splitinfer | tar -C "$SRC" -xf -
     (cd "$SRC" && PYTHONPATH=$SRC "$PYTHON" -m shared.proto_build >/dev/null)
     # this machine's build of the coder, for the x86_64 side of the check (as `pip install -e .` makes it)
     cc -O3 -std=c99 -shared -fPIC -o "$SRC/shared/codec/_ranscoder$("$PYTHON" -c \
@@ -118,13 +119,13 @@ cp "$ROOT/requirements-edge.txt" "$CTX/"
 cp "$ROOT"/docker/*.sh "$ROOT/docker/healthcheck.py" "$CTX/docker/"
 # the app as the export stage leaves it: the source, no rung weights, no library built for this machine
 tar -C "$SRC" --exclude=__pycache__ --exclude='*.pyc' --exclude='_ranscoder*.so' --exclude='rung-*.safetensors' \
-    -cf - proto shared edge_client | tar -C "$CTX/prebuilt/app" -xf -
+    -cf - proto shared edge_client splitinfer | tar -C "$CTX/prebuilt/app" -xf -
 find "$CTX/prebuilt/app/shared/_proto" -type f ! -name __init__.py -delete  # regenerated from proto/ just below
 (cd "$CTX/prebuilt/app" && PYTHONPATH=. "$PYTHON" -m shared.proto_build)
 for b in "$SRC"/shared/assets/bundles/*/; do
     [ -f "$b/manifest.json" ] || continue
     log "  export-edge $(basename "$b")"
-    (cd "$SRC" && PYTHONPATH=$SRC "$PYTHON" -m shared.cli export-edge --bundle "$b" \
+    (cd "$SRC" && PYTHONPATH=$SRC "$PYTHON" -m splitinfer export-edge --bundle "$b" \
         --out "$CTX/prebuilt/edge/$(basename "$b")" > /dev/null)
 done
 log "  aarch64 wheels of requirements-edge.txt"

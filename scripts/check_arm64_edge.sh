@@ -64,7 +64,7 @@ print(platform.machine(), 'Python', sys.version.split()[0], 'rANS coder:', rans.
 bundles=()
 for b in "$SRC"/shared/assets/bundles/*/; do [ -f "$b/manifest.json" ] && bundles+=(--bundle "$b"); done
 log "cloud: splitinfer serve (x86_64, source $SRC) on 127.0.0.1:$GRPC_PORT, $(( ${#bundles[@]} / 2 )) bundles"
-"$PYTHON" -m shared.cli serve "${bundles[@]}" --host 127.0.0.1 --http-port "$HTTP_PORT" --grpc-port "$GRPC_PORT" \
+"$PYTHON" -m splitinfer serve "${bundles[@]}" --host 127.0.0.1 --http-port "$HTTP_PORT" --grpc-port "$GRPC_PORT" \
     --preload --log-format text > "$WORK/arm64-check-server.log" 2>&1 &
 server_pid=$!
 t0=$(date +%s)

@@ -9,7 +9,7 @@ shift || true
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
 python3 -c "import torch, compressai; print('torch', torch.__version__, 'compressai', compressai.__version__, torch.cuda.get_device_name())" || exit 1
-python3 -m shared.cli train --device cuda --workers 12 \
+python3 -m splitinfer train --device cuda --workers 12 \
   --data .gpu/data/imagenet_val_train --extra-data .gpu/data/extra \
   --views 8 --batch-size 64 --time-budget "$BUDGET" --seed 0 --out /tmp/run "$@" 2>&1 \
   | tr '\r' '\n' | grep -v -E 'step/s|img/s|s/step' | grep .

@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SPLITINFER = [sys.executable, "-m", "shared.cli"]
+SPLITINFER = [sys.executable, "-m", "splitinfer"]
 
 
 def _deadline(s: str) -> float:

@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 
 from .codec.config import BottleneckConfig
 from .errors import UserError
-from .options import option
 from .rate.scheme import RateScheme, scheme_of, select_rung
 
 if TYPE_CHECKING:
@@ -499,18 +498,6 @@ def resolve_bundle(bundle: "Bundle | Path | str | None") -> Bundle:
     if isinstance(bundle, Bundle):
         return bundle
     return load_bundle(default_bundle_path() if bundle is None else bundle)
-
-
-@dataclass
-class MergeOptions:
-    """``splitinfer merge``: a ladder assembled from measured rungs of compatible bundles (:func:`merge_bundles`)."""
-
-    out: str = option(help="bundle folder to write", positional=True)
-    picks: List[str] = option(help="rungs to take from each (measured) source bundle", positional=True, nargs="+",
-                              metavar="BUNDLE:RUNG[,RUNG...]")
-    transforms_dtype: Optional[str] = option(None, "store g_a/g_s weights in this precision (float16 halves a deep "
-                                                   "rung; measure it again); default: the first source's",
-                                             choices=["float32", "float16"])
 
 
 def merge_bundles(root: Path | str, picks: Sequence[tuple], extra: Optional[Dict] = None,

@@ -103,7 +103,7 @@ def tiny_train_argv(tiny_images, tiny_weights) -> Callable[..., List[str]]:
 def tiny_bundle(tmp_path_factory, tiny_train_argv):
     """A real 3-rung hyperprior bundle, trained and measured by ``splitinfer train`` (a few seconds)."""
     from shared.bundle import load_bundle
-    from shared.cli import main
+    from splitinfer.cli import main
 
     out = tmp_path_factory.mktemp("tiny_bundle")
     assert main(["train", *tiny_train_argv(out)]) == 0
@@ -120,7 +120,7 @@ def vr_bundle(tmp_path_factory, tiny_train_argv):
     """A real variable-rate bundle (one network, quality levels 0..16) trained and measured by
     ``splitinfer train --levels`` (a few seconds)."""
     from shared.bundle import load_bundle
-    from shared.cli import main
+    from splitinfer.cli import main
 
     out = tmp_path_factory.mktemp("tiny_vr_bundle")
     assert main(["train", *tiny_train_argv(out, "--levels", f"{VR_LEVELS[0]}:{VR_LEVELS[1]}", "--lambdas", "0.5,16")]) == 0
@@ -204,7 +204,7 @@ def seg_weights(tmp_path_factory, seg_images) -> Path:
     """A segmentation teacher made by ``splitinfer train-teacher`` (ImageNet backbone, 16 steps on small crops of
     the synthetic frames, a few seconds): train, edge and cloud load this file. A random network would answer
     one class everywhere; this one already tells a few apart. Its report is ``<file>.json``."""
-    from shared.cli import main
+    from splitinfer.cli import main
 
     path = tmp_path_factory.mktemp("seg_weights") / "teacher.safetensors"
     argv = ["train-teacher", "--data", str(seg_images), "--test-data", str(seg_images), "--test-limit", "2",
@@ -219,7 +219,7 @@ def seg_bundle(tmp_path_factory, seg_images, seg_weights):
     """A 2-rung segmentation bundle at the deep split, trained label-free and measured (mIoU against the
     synthetic masks) by ``splitinfer train``."""
     from shared.bundle import load_bundle
-    from shared.cli import main
+    from splitinfer.cli import main
 
     out = tmp_path_factory.mktemp("seg_bundle")
     argv = ["train", "--model", SEG_MODEL, "--split", SEG_SPLIT, "--weights", str(seg_weights),

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from shared.bundle import BundleError, load_bundle, merge_bundles
-from shared.cli import main
+from splitinfer.cli import main
 
 
 def test_merge_orders_by_bpp_reexports_and_keeps_provenance(tiny_bundle, tmp_path):

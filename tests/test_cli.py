@@ -1,4 +1,4 @@
-"""The ``splitinfer`` command (``shared.cli.main``) and the edge/cloud halves it drives.
+"""The ``splitinfer`` command (``splitinfer.cli.main``) and the edge/cloud halves it drives.
 
 The edge and the cloud each build the backbone themselves: they load the same weights *file* (a random init
 saved once by the ``tiny_weights`` fixture), which is what makes the head of one and the tail of the other
@@ -14,7 +14,7 @@ import torch
 
 from shared import __version__
 from shared.bitstream import BitstreamError, unpack
-from shared.cli import COMMANDS, main
+from splitinfer.cli import COMMANDS, main
 
 HELP_MENTIONS = {
     "models": ["--json"],

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.cli import COMMANDS, OPTIONS, build_parser, main
+from splitinfer.cli import COMMANDS, OPTIONS, build_parser, main
 
 from _cli import ROOT, SAMPLE, run_cli_out
 
@@ -113,7 +113,7 @@ def test_every_option_has_help():
 def test_no_traceback_from_the_installed_command(tmp_path):
     """The same, through a fresh interpreter (what a user runs): one line on stderr, exit 2."""
     (tmp_path / "notes.txt").write_text("hello\n")
-    proc = subprocess.run([sys.executable, "-m", "shared.cli", "encode", str(tmp_path / "notes.txt"), "-o",
+    proc = subprocess.run([sys.executable, "-m", "splitinfer", "encode", str(tmp_path / "notes.txt"), "-o",
                            str(tmp_path / "x.si")], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith("error: ")
@@ -121,7 +121,7 @@ def test_no_traceback_from_the_installed_command(tmp_path):
 
 def test_a_reader_that_leaves_early_gets_no_traceback():
     """`splitinfer info | head -1`: the pipe closes before the table is written."""
-    proc = subprocess.Popen([sys.executable, "-m", "shared.cli", "info"], cwd=ROOT, stdout=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, "-m", "splitinfer", "info"], cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     proc.stdout.close()  # no reader: the first write fails with EPIPE
     _, err = proc.communicate(timeout=300)

@@ -13,7 +13,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from shared.cli import main
+from splitinfer.cli import main
 
 from _cli import SAMPLE
 from _cli import run_cli_out as run_cli

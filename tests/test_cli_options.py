@@ -71,8 +71,8 @@ def test_serve_settings_refusal_is_a_user_error():
 
 def test_the_edge_command_line_makes_its_options():
     from edge_client.options import EdgeOptions
-    from shared.cli import build_parser
     from shared.errors import UserError
+    from splitinfer.cli import build_parser
 
     parser = build_parser()
     args = parser.parse_args(["edge", "--server", "h:1", "--kbps", "500", "--fps", "10", "--api-key", "k", "x.jpg"])
@@ -119,12 +119,13 @@ def test_write_mask_draws_in_the_colours_of_the_label_set(tmp_path):
 
 
 def test_an_edge_install_parses_its_commands_without_cloud_server_or_pydantic():
-    """The edge image ships shared/ and edge_client/ only: a command builds its own flags, never the others'."""
+    """The edge image ships shared/, edge_client/ and splitinfer/ only: a command builds its own flags, never the
+    others'."""
     import subprocess
     import sys
 
     code = ("import sys\nfor m in ('torch', 'compressai', 'cloud_server', 'pydantic'):\n    sys.modules[m] = None\n"
-            "from shared.cli import main\nfor a in (['--help'], ['edge', '--help'], ['export-edge', '--help']):\n"
+            "from splitinfer.cli import main\nfor a in (['--help'], ['edge', '--help'], ['export-edge', '--help']):\n"
             "    try:\n        main(a)\n    except SystemExit as e:\n        assert e.code == 0, a\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr[-2000:]

@@ -103,7 +103,7 @@ def test_cloud_package_is_tied_to_its_bundle_and_checked(cloud_packages, tiny_bu
 
 
 def test_export_cloud_command(tiny_bundle, tiny_weights, tmp_path, capsys):
-    from shared.cli import main
+    from splitinfer.cli import main
 
     out = tmp_path / "cloud"
     assert main(["export-cloud", "--bundle", str(tiny_bundle.root), "--weights", str(tiny_weights),
@@ -137,7 +137,7 @@ def test_serve_without_torch_answers_an_edge_request(cloud_packages, tiny_bundle
     env.pop("SPLITINFER_CLOUD_RUNTIME", None)  # auto: a cloud package is served by ONNX Runtime
     grpc_port, http_port = _free_port(), _free_port()
     pkg = cloud_packages[tiny_bundle.bundle_id]
-    cmd = [sys.executable, "-m", "shared.cli", "serve", "--bundle", f"tiny={pkg}", "--host", "127.0.0.1",
+    cmd = [sys.executable, "-m", "splitinfer", "serve", "--bundle", f"tiny={pkg}", "--host", "127.0.0.1",
            "--grpc-port", str(grpc_port), "--http-port", str(http_port)]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     encoder = EdgeEncoder(tiny_bundle, model=tiny_model)

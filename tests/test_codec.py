@@ -239,9 +239,9 @@ def test_rate_estimate_matches_real_bytes_on_real_cifar(shared_data, tmp_path):
     import csv
 
     from shared.bundle import load_bundle
-    from shared.cli import main
     from shared.data import scan_images, split_items
     from shared.models import load_split_model
+    from splitinfer.cli import main
 
     root = shared_data / "cifar10" / "test_jpeg"
     listing = tmp_path / "cifar_subset.csv"  # 16 images of every class, by absolute path

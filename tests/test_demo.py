@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import shutil
 
-from shared.cli import main
+from splitinfer.cli import main
 
 
 def test_demo_round_trip_through_a_real_server(tiny_bundle, tiny_weights, tiny_images, tmp_path, capsys):

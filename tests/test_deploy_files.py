@@ -110,14 +110,14 @@ def test_edge_export_stage():
     # on the build platform: the packages are platform-independent, and an arm64 edge needs no arm64 cloud image
     assert "export" in stages and stages["export"][0][1].split()[:2] == ["--platform=$BUILDPLATFORM", "${CLOUD_IMAGE}"]
     export_runs = " ".join(a for k, a in stages["export"] if k == "RUN")
-    assert "shared.cli export-edge" in export_runs and "shared.proto_build" in export_runs
+    assert "-m splitinfer export-edge" in export_runs and "shared.proto_build" in export_runs
     assert "/opt/splitinfer/bundles" in export_runs, "bundles baked into the cloud image are exported too"
     assert re.search(r"rm -f \S*rung-\*\.safetensors", export_runs), "the edge image needs no rung weights"
     final = stages["final"]
     copies = [a for k, a in final if k == "COPY"]
     assert not any("cloud_server" in a for a in copies)
     # the app comes from the export stage (trimmed, with the generated stubs), never straight from the context
-    assert not any(re.match(r"(shared|edge_client)/", a) for a in copies)
+    assert not any(re.match(r"(shared|edge_client|splitinfer)/", a) for a in copies)
     assert any(a.startswith("--from=export") and "/edge" in a for a in copies)
     from shared.bundle import DEFAULT_BUNDLE
 
@@ -144,7 +144,7 @@ def test_edge_image_has_no_server_stack():
 
 def test_edge_entrypoint_refuses_torch_subcommands():
     """Every subcommand but `edge` needs PyTorch; the edge entrypoint says so instead of a ModuleNotFoundError."""
-    from shared.cli import COMMANDS
+    from splitinfer.cli import COMMANDS
 
     script = ROOT / "docker" / "edge-entrypoint.sh"
     text = script.read_text()

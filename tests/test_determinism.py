@@ -160,8 +160,8 @@ def test_thousand_images_decode_identically_under_perturbations():
 
 
 def test_migrate_turns_a_float_ladder_into_an_integer_one(tiny_train_argv, tiny_weights, tiny_images, tmp_path, capsys):
-    from shared.cli import main
     from shared.pipeline import LadderCodec
+    from splitinfer.cli import main
 
     old, new = tmp_path / "float", tmp_path / "int"
     assert main(["train", *tiny_train_argv(old, "--hyper-decoder", "float"), "--steps", "40", "--steps-per-rung", "20"]) == 0

@@ -105,7 +105,7 @@ def vr_package(vr_bundle, tiny_weights, tmp_path_factory):
 
 
 def _run(pkg, mode: str, capsys, track_link: bool = False):
-    from shared.cli import main
+    from splitinfer.cli import main
 
     server, port = _serve(pkg.bundle, mode)
     try:

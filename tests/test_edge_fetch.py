@@ -175,7 +175,7 @@ def test_a_torch_free_edge_with_an_empty_cache_gets_answers_from_a_live_server(s
     argv += ["--rest"] if transport == "rest" else []
     code = BLOCK + f"""
 import json
-from shared.cli import main
+from splitinfer.cli import main
 rc = main({argv!r})
 loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "torchvision", "compressai") and sys.modules[m])
 print(json.dumps({{"rc": rc, "loaded": loaded}}))

@@ -269,7 +269,7 @@ def test_the_untampered_package_loads(package):
 
 @pytest.mark.parametrize("case", list(TAMPER))
 def test_a_tampered_package_is_refused_with_one_line(package, tmp_path, case, capsys):
-    from shared.cli import main
+    from splitinfer.cli import main
 
     tamper, message = TAMPER[case]
     p = tmp_path / "pkg"

@@ -95,7 +95,7 @@ def test_edge_package_is_tied_to_its_bundle_and_checked(tiny_package, tiny_bundl
 
 
 def test_export_edge_command(tiny_bundle, tiny_weights, tmp_path, capsys):
-    from shared.cli import main
+    from splitinfer.cli import main
 
     out = tmp_path / "pkg"
     assert main(["export-edge", "--bundle", str(tiny_bundle.root), "--weights", str(tiny_weights), "--out", str(out)]) == 0
@@ -190,7 +190,7 @@ def test_the_edge_path_never_imports_torch_or_compressai(server, tiny_package, h
     img = str(heldout_items[0][0])
     code = f"""
 import json
-from shared.cli import main
+from splitinfer.cli import main
 for argv in (["--help"], ["edge", "--help"], ["export-edge", "--help"]):
     try:
         main(argv)
@@ -224,7 +224,7 @@ def test_edge_command_reports_bad_images_and_goes_on(server, tiny_package, heldo
     exit code 1."""
     import shutil
 
-    from shared.cli import main
+    from splitinfer.cli import main
 
     folder = tmp_path / "frames"
     folder.mkdir()
@@ -267,5 +267,5 @@ def test_the_base_install_is_the_torch_free_edge():
     assert "grpcio-tools" in {name(d) for d in tomllib.loads((ROOT / "pyproject.toml").read_text())["build-system"]
                               ["requires"]}
     assert {"torch", "torchvision", "compressai", "onnx"} <= {name(d) for d in project["optional-dependencies"]["cloud"]}
-    out = _run_blocked("from shared.cli import main\nsys.exit(main(['models']))")
+    out = _run_blocked("from splitinfer.cli import main\nsys.exit(main(['models']))")
     assert out.returncode == 2 and "pip install 'splitinfer[cloud]'" in out.stderr

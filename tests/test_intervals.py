@@ -243,7 +243,7 @@ def labelled_tiny(tiny_images, tiny_model, tmp_path_factory):
 def test_cli_eval_writes_per_image_records_and_intervals(tiny_bundle, vr_bundle, tiny_weights, labelled_tiny,
                                                          tmp_path, capsys):
     from shared.bundle import load_bundle
-    from shared.cli import main
+    from splitinfer.cli import main
 
     bundle = tmp_path / "bundle"
     shutil.copytree(tiny_bundle.root, bundle)  # --update-manifest writes into it
@@ -287,7 +287,7 @@ def test_cli_eval_writes_per_image_records_and_intervals(tiny_bundle, vr_bundle,
 
 def test_cli_eval_segmentation_records_pixels_and_says_why_mIoU_has_no_interval(seg_bundle, seg_weights, seg_images,
                                                                                  tmp_path):
-    from shared.cli import main
+    from splitinfer.cli import main
 
     out = tmp_path / "eval"
     argv = ["eval", "--bundle", str(seg_bundle.root), "--data", str(seg_images), "--weights", str(seg_weights),

@@ -19,13 +19,13 @@ from PIL import Image
 
 from _service import running_server
 from conftest import SEG_MODEL, SEG_SPLIT, write_seg_images
-from shared.cli import main
 from shared.data import (VOID, SegmentationDataset, mask_folder, scan_images, seg_eval_transform, seg_train_transform,
                          split_items)
 from shared.evaluation import Scores
 from shared.labels import CAMVID_CLASSES, palette
 from shared.models import Preprocess
 from shared.training.objectives import Objective, segmentation_ce
+from splitinfer.cli import main
 
 INPUT_HW = (360, 480)
 

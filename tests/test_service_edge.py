@@ -197,10 +197,10 @@ print(json.dumps({{"after_import": after_import, "after_use": after_use, "rungs"
 def test_serve_and_edge_commands(tiny_bundle, tiny_weights, images, tmp_path, capsys):
     """``splitinfer serve`` as its own process (both front ends), ``splitinfer edge`` against it over gRPC,
     REST and a stream, then SIGTERM: a clean exit."""
-    from shared.cli import main
+    from splitinfer.cli import main
 
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", "SPLITINFER_LOG_FORMAT": "json"}
-    cmd = [sys.executable, "-m", "shared.cli", "serve", "--bundle", f"tiny={tiny_bundle.root}", "--weights",
+    cmd = [sys.executable, "-m", "splitinfer", "serve", "--bundle", f"tiny={tiny_bundle.root}", "--weights",
            str(tiny_weights), "--http-port", "0", "--grpc-port", "0", "--preload"]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -240,7 +240,7 @@ def test_serve_and_edge_commands(tiny_bundle, tiny_weights, images, tmp_path, ca
 
 
 def test_command_help(capsys):
-    from shared.cli import main
+    from splitinfer.cli import main
 
     for cmd, flags in (("serve", ["--bundle", "--http-port", "--grpc-port", "--preload", "--host", "--weights"]),
                        ("edge", ["--server", "--rest", "--bitrate", "--stream", "--timeout", "--api-key"])):

@@ -307,7 +307,7 @@ def test_a_metric_a_task_adds_reaches_both_transports_without_other_changes():
 # what a server that serves cloud packages (cloud_server.onnx_runtime) imports at start: none of it may import torch
 TORCH_FREE_CLOUD = ("cloud_server.onnx_runtime", "cloud_server.repository", "cloud_server.server", "cloud_server.rest",
                     "cloud_server.grpc_server", "cloud_server.batching", "cloud_server.decoder", "shared.tasks",
-                    "shared.cli.serve")
+                    "splitinfer.cli.serve")
 
 
 def test_the_onnx_cloud_runtime_imports_no_torch():

@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 
 from shared.baselines import CODECS, CodecUnavailable, codec_roundtrip, parse_codecs, require_codec
-from shared.cli import main
 from shared.summary import bd_rate, bpp_to_reach, envelope, summarize, summary_markdown
+from splitinfer.cli import main
 
 
 def curve(accs, log_rate, method=None):

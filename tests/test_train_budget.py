@@ -10,10 +10,10 @@ import math
 
 import pytest
 
-from shared.cli import main
 from shared.training import verdict as verdict_mod
 from shared.training.budget import MIN_TRAIN_IMAGES, Budget
 from shared.training.verdict import EXIT_WEAK, MAX_METRIC_DROP, MIN_AGREEMENT, judge
+from splitinfer.cli import main
 
 PHASES = ["start-up", "views", "probe", "rungs", "refit", "export", "measurement"]
 SLACK = 5.0  # seconds a phase may run over its share: one training step or refit chunk on a loaded machine

@@ -169,12 +169,12 @@ def test_no_resume_starts_over(model, cache, tmp_path):
 # ------------------------------------------------------------------------------------------------- DDP
 @pytest.mark.slow
 def test_two_process_ddp_training_on_cpu(tiny_train_argv, tmp_path):
-    """``torchrun --nproc_per_node 2 -m shared.cli train ... --device cpu``: gloo; rank 0 builds the view store,
+    """``torchrun --nproc_per_node 2 -m splitinfer train ... --device cpu``: gloo; rank 0 builds the view store,
     each rank trains on its shard of the images."""
     out = tmp_path / "bundle"
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-        "-m", "shared.cli", "train", *tiny_train_argv(out, steps=3, steps_per_rung=2),
+        "-m", "splitinfer", "train", *tiny_train_argv(out, steps=3, steps_per_rung=2),
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(
         [str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])}
@@ -197,7 +197,7 @@ def test_two_process_ddp_training_on_cpu(tiny_train_argv, tmp_path):
 
 
 def test_python_dash_m_shared_cli():
-    proc = subprocess.run([sys.executable, "-m", "shared.cli", "--help"], cwd=REPO, capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "splitinfer", "--help"], cwd=REPO, capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert all(cmd in proc.stdout for cmd in ("models", "train", "encode", "decode", "info"))

@@ -313,7 +313,7 @@ def test_edge_command_streams_a_variable_rate_bundle_at_a_link_rate(vr_bundle, t
     and the command says what the link carried against K."""
     from _service import running_server
 
-    from shared.cli import main
+    from splitinfer.cli import main
 
     images = [str(p) for p, _ in heldout_items[:6]] * 2
     curve = vr_bundle.manifest["variable_rate"]["curve"]
@@ -335,7 +335,7 @@ def test_edge_command_follows_the_link(vr_bundle, tiny_weights, heldout_items, c
 
     from _service import running_server
 
-    from shared.cli import main
+    from splitinfer.cli import main
 
     images = [str(p) for p, _ in heldout_items[:4]] * 2
     curve = vr_bundle.manifest["variable_rate"]["curve"]
@@ -354,7 +354,7 @@ def test_edge_command_follows_the_link(vr_bundle, tiny_weights, heldout_items, c
 
 
 def test_info_shows_the_measured_curve(vr_bundle, capsys):
-    from shared.cli import main
+    from splitinfer.cli import main
 
     assert main(["info", str(vr_bundle.root)]) == 0
     out = capsys.readouterr().out

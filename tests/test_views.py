@@ -121,7 +121,7 @@ def test_ladder_warnings():
 
 
 def test_train_cli_reports_the_heldout_rule_and_bounds_its_budget(tiny_weights, tiny_images, tmp_path, capsys):
-    from shared.cli import main
+    from splitinfer.cli import main
 
     rc = main(["train", "--model", "cifar_resnet20", "--split", "layer1", "--weights", str(tiny_weights),
                "--data", str(tiny_images), "--lambdas", "2", "--steps", "100000", "--steps-per-rung", "1",

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 
 from . import command_line
-from ..options import DefaultsHelpFormatter, options
+from shared.options import DefaultsHelpFormatter, options
 
 
 def setup_train(p: argparse.ArgumentParser) -> None:
@@ -21,8 +21,8 @@ def setup_train(p: argparse.ArgumentParser) -> None:
 
 
 def run_train(args) -> int:
-    from ..training.budget import process_started
-    from ..training.recipe import TrainOptions, train_bundle
+    from shared.training.budget import process_started
+    from shared.training.recipe import TrainOptions, train_bundle
 
     opts = options(TrainOptions, args, command=command_line("train"))
     if args.no_eval:
@@ -32,7 +32,7 @@ def run_train(args) -> int:
 
 
 def setup_train_teacher(p: argparse.ArgumentParser) -> None:
-    from ..training.teacher import MODEL
+    from shared.training.teacher import MODEL
 
     p.formatter_class = DefaultsHelpFormatter
     p.epilog = (f"The weights go to --out (default: where {MODEL} looks for them, $SPLITINFER_SEG_TEACHER or the "
@@ -41,7 +41,7 @@ def setup_train_teacher(p: argparse.ArgumentParser) -> None:
 
 
 def run_train_teacher(args) -> int:
-    from ..training.teacher import TeacherOptions, train_teacher
+    from shared.training.teacher import TeacherOptions, train_teacher
 
     train_teacher(options(TeacherOptions, args, command=command_line("train-teacher")))
     return 0
@@ -57,7 +57,7 @@ def setup_migrate(p: argparse.ArgumentParser) -> None:
 
 
 def run_migrate(args) -> int:
-    from ..training.recipe import MigrateOptions, migrate_ladder
+    from shared.training.recipe import MigrateOptions, migrate_ladder
 
     migrate_ladder(options(MigrateOptions, args, command=command_line("migrate")))
     return 0

@@ -14,36 +14,39 @@ import os
 import sys
 from typing import List, Optional
 
-from .. import __version__
-from ..errors import UserError, missing_on_edge
-from ..options import add_options
+from shared import __version__
+from shared.errors import UserError, missing_on_edge
+from shared.options import add_options
 
 COMMANDS = {
-    "models": ("shared.cli.codec", "list supported models, split points, shapes and the edge's share of FLOPs"),
-    "train": ("shared.cli.train", "train a ladder of bottlenecks (one per lambda) into a bundle"),
-    "train-teacher": ("shared.cli.train", "fine-tune the segmentation teacher (efficientnet_lite0_seg) on CamVid"),
-    "encode": ("shared.cli.codec", "edge side on files: image -> bitstream file"),
-    "decode": ("shared.cli.codec", "cloud side on files: bitstream file -> prediction"),
-    "eval": ("shared.cli.eval", "measure every rung's real bpp and accuracy on held-out images"),
-    "report": ("shared.cli.eval", "rebuild results.md, rd.png and the summary from an existing results.json"),
-    "migrate": ("shared.cli.train", "convert a float-hyper-decoder ladder to the bit-exact integer hyper-decoder"),
-    "merge": ("shared.cli.codec", "assemble a ladder from measured rungs of compatible bundles"),
-    "demo": ("shared.cli.serve", "edge -> bytes -> cloud round trip on the embedded sample images"),
-    "info": ("shared.cli.codec", "show a bundle's manifest: rungs, measured bpp and accuracy"),
-    "serve": ("shared.cli.serve", "run the cloud server: REST and gRPC front ends on one data plane"),
-    "edge": ("shared.cli.edge", "encode images on the edge and send them to a server (gRPC or REST)"),
-    "export-edge": ("shared.cli.codec", "export a bundle's edge half (ONNX + arrays) for the torch-free edge runtime"),
-    "export-cloud": ("shared.cli.codec", "export a bundle's cloud half (ONNX + arrays) for the torch-free cloud runtime"),
+    "models": ("splitinfer.cli.codec", "list supported models, split points, shapes and the edge's share of FLOPs"),
+    "train": ("splitinfer.cli.train", "train a ladder of bottlenecks (one per lambda) into a bundle"),
+    "train-teacher": ("splitinfer.cli.train", "fine-tune the segmentation teacher (efficientnet_lite0_seg) on CamVid"),
+    "encode": ("splitinfer.cli.codec", "edge side on files: image -> bitstream file"),
+    "decode": ("splitinfer.cli.codec", "cloud side on files: bitstream file -> prediction"),
+    "eval": ("splitinfer.cli.eval", "measure every rung's real bpp and accuracy on held-out images"),
+    "report": ("splitinfer.cli.eval", "rebuild results.md, rd.png and the summary from an existing results.json"),
+    "migrate": ("splitinfer.cli.train", "convert a float-hyper-decoder ladder to the bit-exact integer hyper-decoder"),
+    "merge": ("splitinfer.cli.codec", "assemble a ladder from measured rungs of compatible bundles"),
+    "demo": ("splitinfer.cli.serve", "edge -> bytes -> cloud round trip on the embedded sample images"),
+    "info": ("splitinfer.cli.codec", "show a bundle's manifest: rungs, measured bpp and accuracy"),
+    "serve": ("splitinfer.cli.serve", "run the cloud server: REST and gRPC front ends on one data plane"),
+    "edge": ("splitinfer.cli.edge", "encode images on the edge and send them to a server (gRPC or REST)"),
+    "export-edge": ("splitinfer.cli.codec",
+                   "export a bundle's edge half (ONNX + arrays) for the torch-free edge runtime"),
+    "export-cloud": ("splitinfer.cli.codec",
+                    "export a bundle's cloud half (ONNX + arrays) for the torch-free cloud runtime"),
 }
 # the options dataclass whose fields make a command's flags (shared.options.add_options); its setup_* adds the rest
+# (a use case's options live beside it; those of a command that only prints, beside the command)
 OPTIONS = {"train": "shared.training.recipe:TrainOptions", "train-teacher": "shared.training.teacher:TeacherOptions",
            "migrate": "shared.training.recipe:MigrateOptions", "eval": "shared.reporting:EvalOptions",
-           "report": "shared.reporting:ReportOptions", "encode": "edge_client.options:EncodeOptions",
+           "report": "splitinfer.cli.eval:ReportOptions", "encode": "edge_client.options:EncodeOptions",
            "decode": "cloud_server.options:DecodeOptions", "serve": "cloud_server.options:ServeOptions",
            "edge": "edge_client.options:EdgeOptions", "export-edge": "edge_client.options:ExportEdgeOptions",
-           "export-cloud": "cloud_server.options:ExportCloudOptions", "demo": "shared.demo:DemoOptions",
-           "info": "shared.reporting:InfoOptions",
-           "merge": "shared.bundle:MergeOptions", "models": "shared.reporting:ModelsOptions"}
+           "export-cloud": "cloud_server.options:ExportCloudOptions", "demo": "splitinfer.demo:DemoOptions",
+           "info": "splitinfer.cli.codec:InfoOptions",
+           "merge": "splitinfer.cli.codec:MergeOptions", "models": "splitinfer.cli.codec:ModelsOptions"}
 
 def command_line(name: str) -> Optional[str]:
     """The command as typed (recorded in what it writes), when it runs from the ``splitinfer`` entry point."""
@@ -80,8 +83,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     if unknown:  # under the sub-command's usage, not the top level's
         parser.commands[args._name].error(f"unrecognized arguments: {' '.join(unknown)}")
     run = getattr(importlib.import_module(args._module), f"run_{args._name.replace('-', '_')}")
-    from ..bitstream import BitstreamError
-    from ..rate import HintError
+    from shared.bitstream import BitstreamError
+    from shared.rate import HintError
 
     try:
         return int(run(args) or 0)
@@ -100,7 +103,3 @@ def main(argv: Optional[List[str]] = None) -> int:
             raise
         print(f"error: {missing_on_edge(e, args._name)}", file=sys.stderr)
     return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

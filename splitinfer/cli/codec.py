@@ -1,21 +1,63 @@
 """``splitinfer encode`` / ``decode`` (the edge and cloud halves on files), ``info`` / ``merge`` / ``export-edge``
-(bundles) and ``models``."""
+(bundles) and ``models``; the options of the three that only call the library (``InfoOptions``, ``MergeOptions``,
+``ModelsOptions``: the others' live beside their use cases)."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import List, Optional
 
-from ..errors import UserError, input_file
+from shared.errors import UserError, input_file
+from shared.options import BUNDLE_HELP, option
+
+
+@dataclass
+class InfoOptions:
+    """``splitinfer info``: one bundle's manifest (:func:`splitinfer.tables.bundle_table`)."""
+
+    bundle: Optional[str] = option(None, BUNDLE_HELP)
+    # the form before --bundle (every other command takes --bundle): still read, with a note
+    path: Optional[str] = option(None, "deprecated: the bundle folder without --bundle", positional=True, nargs="?",
+                                 metavar="BUNDLE")
+
+    def folder(self, warn=None) -> Optional[str]:
+        """The bundle asked for (``--bundle``, or the deprecated positional form; both: they must agree)."""
+        if self.path is not None and self.bundle is not None and self.path != self.bundle:
+            raise UserError(f"two bundles given ({self.path} and --bundle {self.bundle}): give one, with --bundle")
+        if self.path is not None and self.bundle is None and warn is not None:
+            warn(f"note: `splitinfer info BUNDLE` is deprecated: use `splitinfer info --bundle {self.path}`")
+        return self.bundle if self.bundle is not None else self.path
+
+
+@dataclass
+class MergeOptions:
+    """``splitinfer merge``: a ladder assembled from measured rungs of compatible bundles
+    (:func:`shared.bundle.merge_bundles`)."""
+
+    out: str = option(help="bundle folder to write", positional=True)
+    picks: List[str] = option(help="rungs to take from each (measured) source bundle", positional=True, nargs="+",
+                              metavar="BUNDLE:RUNG[,RUNG...]")
+    transforms_dtype: Optional[str] = option(None, "store g_a/g_s weights in this precision (float16 halves a deep "
+                                                   "rung; measure it again); default: the first source's",
+                                             choices=["float32", "float16"])
+
+
+@dataclass
+class ModelsOptions:
+    """``splitinfer models``: the supported models and split points (:func:`splitinfer.tables.models_table`)."""
+
+    json: bool = option(False, "print JSON instead of a table")
 
 
 def run_encode(args) -> int:
     from PIL import Image
 
-    from ..encoder import EdgeEncoder
-    from ..imageprep import load_image
+    from shared.encoder import EdgeEncoder
+    from shared.imageprep import load_image
 
     path = input_file(args.image, "an image")
     try:
@@ -54,11 +96,10 @@ def run_decode(args) -> int:
 
 
 def run_info(args) -> int:
-    from ..bundle import resolve_bundle
-    from ..reporting import bundle_table
+    from shared.bundle import resolve_bundle
+    from shared.options import options
 
-    from ..options import options
-    from ..reporting import InfoOptions
+    from ..tables import bundle_table
 
     notes = []  # said after the table: an error stays one line
     folder = options(InfoOptions, args).folder(warn=notes.append)
@@ -69,7 +110,7 @@ def run_info(args) -> int:
 
 
 def run_merge(args) -> int:
-    from ..bundle import load_bundle, merge_bundles
+    from shared.bundle import load_bundle, merge_bundles
 
     picks = []
     for spec in args.picks:
@@ -94,7 +135,7 @@ def setup_export_edge(p: argparse.ArgumentParser) -> None:
 def run_export_edge(args) -> int:
     from edge_client.package import EdgePackage
 
-    from ..edge_export import export_edge
+    from shared.edge_export import export_edge
 
     out = export_edge(args.bundle, Path(args.out), weights=args.weights, progress=lambda m: print(m, file=sys.stderr))
     pkg, size = EdgePackage(out), sum(f.stat().st_size for f in out.iterdir())
@@ -114,7 +155,7 @@ def setup_export_cloud(p: argparse.ArgumentParser) -> None:
 def run_export_cloud(args) -> int:
     from cloud_server.onnx_runtime import CloudPackage
 
-    from ..cloud_export import export_cloud
+    from shared.cloud_export import export_cloud
 
     out = export_cloud(args.bundle, Path(args.out), weights=args.weights, progress=lambda m: print(m, file=sys.stderr))
     pkg, size = CloudPackage(out), sum(f.stat().st_size for f in out.iterdir())
@@ -124,8 +165,9 @@ def run_export_cloud(args) -> int:
 
 
 def run_models(args) -> int:
-    from ..models.split import describe_models
-    from ..reporting import models_table
+    from shared.models.split import describe_models
+
+    from ..tables import models_table
 
     rows = describe_models()
     print(json.dumps(rows, indent=2) if args.json else "\n".join(models_table(rows)))

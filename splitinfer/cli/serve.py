@@ -1,5 +1,5 @@
 """``splitinfer serve`` (the cloud server: REST and gRPC in one process around one data plane) and ``demo`` (a
-round trip through it on loopback: :mod:`shared.demo`).
+round trip through it on loopback: :mod:`splitinfer.demo`).
 
 Flags (:class:`cloud_server.options.ServeOptions`) override ``SPLITINFER_*`` environment variables, which override
 ``--config FILE`` (JSON); see ``cloud_server/settings.py`` for every setting.
@@ -7,8 +7,8 @@ Flags (:class:`cloud_server.options.ServeOptions`) override ``SPLITINFER_*`` env
 
 from __future__ import annotations
 
-from ..errors import UserError
-from ..options import options
+from shared.errors import UserError
+from shared.options import options
 
 
 def run_serve(args) -> int:

@@ -16,8 +16,8 @@ from importlib import resources
 from pathlib import Path
 from typing import List, Optional, Sequence
 
-from .errors import UserError
-from .options import WEIGHTS_HELP, option, positive
+from shared.errors import UserError
+from shared.options import WEIGHTS_HELP, option, positive
 
 __all__ = ["DemoOptions", "run_demo", "samples_dir"]
 

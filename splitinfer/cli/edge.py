@@ -5,16 +5,18 @@ from __future__ import annotations
 
 import sys
 
-from ..errors import UserError
-from ..options import options
+from shared.errors import UserError
+from shared.options import options
 
 
 def run_edge(args) -> int:
     from edge_client import ServiceError
     from edge_client.options import EdgeOptions, find_images
 
-    from ..rate import HintError
-    from ..reporting import EDGE_HEADER, edge_row, hint_summary, write_mask
+    from shared.rate import HintError
+    from shared.reporting import write_mask
+
+    from ..tables import EDGE_HEADER, edge_row, hint_summary
 
     opts = options(EdgeOptions, args)
     hint, images = opts.hint(), find_images(opts.images)
