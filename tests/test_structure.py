@@ -2,9 +2,12 @@
 
 - The task (classification or segmentation) is decided in one place, :mod:`shared.tasks`: outside it no code
   compares a task name, asks a tensor for its rank, or looks at a model name's prefix to tell the tasks apart.
-- The packages ``shared``, ``cloud_server`` and ``edge_client`` import each other without cycles, counting the
-  imports inside functions too (a cycle there still ties the two modules together, and breaks as soon as one
-  of the imports moves to the top).
+- The packages ``shared``, ``cloud_server``, ``edge_client`` and ``splitinfer`` import each other without cycles,
+  counting the imports inside functions too (a cycle there still ties the two modules together, and breaks as soon
+  as one of the imports moves to the top).
+- The imports run downward only: the library (``shared``) imports neither the edge client, nor the cloud server,
+  nor the application (``splitinfer``: the command and the demo); those two import no application, and the edge
+  client no cloud server (an edge install has none). Lazily or not: an import inside a function is an arrow too.
 - Whether a bundle is a ladder or one variable-rate network is the rate scheme's business (:mod:`shared.rate`):
   outside it (and the codec, whose network has the levels) no code asks for ``levels is None``, and the codec
   imports nothing of rate control (it sits below it).
@@ -18,7 +21,7 @@ from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Set, Tuple
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("shared", "cloud_server", "edge_client")
+PACKAGES = ("shared", "cloud_server", "edge_client", "splitinfer")
 TASK_PACKAGE = ROOT / "shared" / "tasks"
 
 # what a task check looks like: a task name compared, a tensor's rank used to tell dense outputs from class scores,
@@ -246,6 +249,58 @@ def test_the_import_graph_sees_imports_inside_functions_and_relative_ones():
     assert "shared.models.registry" in g["shared.models.split"]
     # the package imports its families, so that they register (timm's way)
     assert "shared.models.families" in g["shared.models"]
+
+
+# ------------------------------------------------------------------------------------------ layers
+# package -> the packages it must never import, at the top of a file or inside a function
+NEVER_IMPORTS = {"shared": {"edge_client", "cloud_server", "splitinfer"},
+                 "edge_client": {"cloud_server", "splitinfer"},
+                 "cloud_server": {"splitinfer"}}
+
+
+def imported_names(module: str, is_package: bool, tree: ast.AST) -> Iterator[Tuple[int, str]]:
+    """(line, absolute module name) of every import in ``tree`` (written in ``module``), wherever it is: the top,
+    a function, a ``TYPE_CHECKING`` block; relative ones resolved; ``importlib.import_module("...")`` and
+    ``__import__("...")`` of a constant name too (an import all the same)."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            yield from ((node.lineno, a.name) for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            yield node.lineno, _resolve(module, is_package, node.level, node.module)
+        elif (isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant)
+              and isinstance(node.args[0].value, str)
+              and getattr(node.func, "attr", getattr(node.func, "id", None)) in ("import_module", "__import__")):
+            yield node.lineno, node.args[0].value
+
+
+def upward_imports(path: Path, source: Optional[str] = None) -> List[str]:
+    """The imports in ``path`` (or in ``source``, as if written there) of a package its own must never import."""
+    module, package = _module_name(path), path.relative_to(ROOT).parts[0]
+    tree = ast.parse(path.read_text() if source is None else source, str(path))
+    return [f"{path.relative_to(ROOT)}:{line}: imports {name}"
+            for line, name in imported_names(module, path.name == "__init__.py", tree)
+            if name.split(".")[0] in NEVER_IMPORTS.get(package, ())]
+
+
+def test_imports_run_downward_only():
+    """shared <- edge_client, cloud_server <- splitinfer: no module imports a package above its own."""
+    found = [hit for path in _sources() for hit in upward_imports(path)]
+    assert not found, ("imports that run upward (the library imports no client, server or application; the client "
+                       "and the server no application; the edge client no server):\n" + "\n".join(found))
+
+
+def test_the_upward_import_finder_sees_every_kind_of_import():
+    lib, client = ROOT / "shared" / "bundle.py", ROOT / "edge_client" / "options.py"
+    caught = {lib: ["import cloud_server", "from splitinfer.cli import main", "def f():\n    import edge_client.client",
+                    "if TYPE_CHECKING:\n    from cloud_server.server import SplitInferServer",
+                    "import importlib\nimportlib.import_module('splitinfer.demo')"],
+              client: ["def f():\n    from cloud_server import CloudDecoder", "from splitinfer import tables"]}
+    fine = {lib: ["from . import errors", "from .rate import scheme", "import json", "x = 'cloud_server.server'",
+                  "def f():\n    from shared.labels import class_names"],
+            client: ["from shared.bundle import load_bundle", "from . import package"]}
+    assert all(upward_imports(p, src) for p, srcs in caught.items() for src in srcs), \
+        [src for p, srcs in caught.items() for src in srcs if not upward_imports(p, src)]
+    assert not any(upward_imports(p, src) for p, srcs in fine.items() for src in srcs)
 
 
 # ------------------------------------------------------------------------------------------ docs
