@@ -196,7 +196,7 @@ def test_two_process_ddp_training_on_cpu(tiny_train_argv, tmp_path):
         bundle.load_rung(r.index)  # sha256 checked, tables present
 
 
-def test_python_dash_m_shared_cli():
+def test_python_dash_m_splitinfer():
     proc = subprocess.run([sys.executable, "-m", "splitinfer", "--help"], cwd=REPO, capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
