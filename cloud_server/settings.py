@@ -118,8 +118,9 @@ class Settings(BaseSettings):
     """REST requests in progress at once (headers received; probes and /metrics aside); beyond, 503. Connections
     that have not sent their headers do not count (the header timeout cuts them)."""
     handshake_timeout_s: float = Field(10.0, gt=0)
-    """A new gRPC connection must finish its TLS handshake and send the HTTP/2 preface within this time, or it is
-    closed (gRPC core's default: 120 s)."""
+    """A new connection must finish its TLS handshake within this time, or it is closed (gRPC: and send the HTTP/2
+    preface; gRPC core's default 120 s, asyncio's under uvicorn 60 s). A REST connection's headers are then due
+    within ``rest_header_timeout_s``."""
 
     api_keys: List[SecretStr] = Field(default_factory=list)
     """Accepted API keys (bearer token on REST, ``authorization: Bearer`` or ``x-api-key`` metadata on gRPC).

@@ -1124,6 +1124,37 @@ def test_connections_without_headers_hold_nothing(tiny_bundle, tiny_weights):
         sk.close()
 
 
+@pytest.mark.skipif(__import__("shutil").which("openssl") is None, reason="needs the openssl command for a certificate")
+def test_tls_connections_without_a_client_hello_are_closed(tiny_bundle, tiny_weights, tmp_path):
+    """With TLS, a connection that never sends a ClientHello is closed after handshake_timeout_s on both front ends
+    (before: REST held it 60 s, asyncio's default under uvicorn, outside the header timeout); a real TLS client
+    still gets in."""
+    import ssl
+    import subprocess
+
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
+                    str(cert), "-days", "1", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+                   check=True, capture_output=True, timeout=60)
+    with running_server(tiny_bundle, tiny_weights, tls_cert_file=cert, tls_key_file=key, handshake_timeout_s=1.0,
+                        rest_header_timeout_s=30.0) as srv:
+        for port in (srv.http_port, srv.grpc_port):
+            sk = socket.create_connection(("127.0.0.1", port))
+            sk.settimeout(10)
+            t0 = time.monotonic()
+            try:
+                while sk.recv(1024):  # nothing comes before a ClientHello; then the close (a timeout: still open)
+                    pass
+            except ConnectionResetError:
+                pass
+            assert time.monotonic() - t0 < 4, port
+            sk.close()
+        ctx = ssl.create_default_context(cafile=str(cert))
+        r = httpx.get(f"https://127.0.0.1:{srv.http_port}/v2/health/live", verify=ctx, timeout=10)
+        assert r.status_code == 200
+
+
 def test_failed_api_keys_are_throttled_per_address(dataplane):
     """After 20 failed keys within a minute from one address, its keys are refused without being compared (the
     right one too) until the window passes; other addresses are not affected (before: no limit)."""
