@@ -908,6 +908,78 @@ def test_admission_refuses_what_cannot_finish_before_its_deadline(dataplane, fra
 
 
 
+def test_decode_slots_go_earliest_deadline_first():
+    """Requests waiting to decode get the slot in deadline order, not in whatever order a semaphore wakes them
+    (before: a request admitted with time for the work ahead could be overtaken by later ones and miss its deadline);
+    one that gives up while waiting is skipped, and a slot handed to one that gives up goes to the next."""
+    from cloud_server.dataplane import DeadlineGate
+    from cloud_server.errors import Cancelled
+
+    gate = DeadlineGate(1)
+    now = time.monotonic()
+    gate.acquire(now + 60, lambda: None)  # the one slot, taken
+    order, gone = [], threading.Event()
+
+    def give_up():
+        if gone.is_set():
+            raise Cancelled("gone")
+
+    def waiter(name, deadline, check=lambda: None):
+        try:
+            gate.acquire(deadline, check)
+        except Cancelled:
+            order.append(f"{name} gave up")
+            return
+        order.append(name)
+        time.sleep(0.02)
+        gate.release()
+
+    threads = []
+    for name, d, check in (("late", now + 50, lambda: None), ("gives up", now + 5, give_up),
+                           ("soon", now + 10, lambda: None), ("later", now + 40, lambda: None)):
+        threads.append(threading.Thread(target=waiter, args=(name, d, check)))
+        threads[-1].start()
+        time.sleep(0.05)  # arrival order: late, gives up, soon, later
+    gone.set()
+    assert wait_for(lambda: order == ["gives up gave up"], timeout=5)
+    gate.release()
+    for t in threads:
+        t.join(5)
+    assert order == ["gives up gave up", "soon", "later", "late"]
+    # a slot handed on while its waiter gives up goes to the next one
+    gate.acquire(now + 60, lambda: None)
+    granted_then_gone, got = threading.Event(), []
+
+    def check_after_grant():  # the slot arrives between its wait and its check, which gives up
+        if granted_then_gone.is_set():
+            with gate._lock:
+                gate._hand_on()
+            raise Cancelled("gone")
+
+    t1 = threading.Thread(target=lambda: _try(gate, now + 1, check_after_grant, got, "first"))
+    t1.start()
+    time.sleep(0.05)
+    t2 = threading.Thread(target=lambda: _try(gate, now + 2, lambda: None, got, "second"))
+    t2.start()
+    time.sleep(0.05)
+    granted_then_gone.set()  # the slot this thread holds goes to the first waiter, which gives up at once
+    t1.join(5)
+    t2.join(5)
+    assert "second" in got and "first" not in got and gate._free == 0
+    gate.release()
+    assert gate._free == 1 and not [e for e in gate._waiting if not e[3]]
+
+
+def _try(gate, deadline, check, got, name):
+    from cloud_server.errors import Cancelled
+
+    try:
+        gate.acquire(deadline, check)
+        got.append(name)
+    except Cancelled:
+        pass
+
+
 # ------------------------------------------------------------------------------------------ issue 24 E7, E11
 def _guarded_server(guard, handlers):
     from concurrent import futures
