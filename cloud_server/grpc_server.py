@@ -405,7 +405,8 @@ class CallGuard(grpc.ServerInterceptor):
                 err = Overloaded(f"all {self.threads} gRPC workers are busy; retry later")
             elif method in ADMITTED_METHODS and self.dp is not None and self.dp.at_capacity:
                 err = Overloaded(f"too many requests in flight (limit {self.dp.capacity}); retry later")
-            elif streaming and self.streams - self.preempting >= self.stream_limit and (victim := self._victim()) is None:
+            elif (streaming and self.streams - self.preempting >= self.stream_limit
+                  and (victim := self._victim()) is None):
                 err = Overloaded(f"too many open streams (limit {self.stream_limit}); retry later")
             else:
                 if victim is not None:  # its slot is this call's now; counted until its worker lets go

@@ -46,7 +46,8 @@ from .errors import (MethodNotAllowed, NotFound, PayloadTooLarge, RequestTimeout
                      Unavailable)
 from .settings import Settings
 
-__all__ = ["RequestGuard", "guarded_h11", "handshake_bounded_loop", "error_app", "INFER_SUFFIXES", "OPEN_PATHS", "DOCS_PATHS"]
+__all__ = ["RequestGuard", "guarded_h11", "handshake_bounded_loop", "error_app", "INFER_SUFFIXES", "OPEN_PATHS",
+           "DOCS_PATHS"]
 
 INFER_SUFFIXES = ("/infer", "/infer-image")
 OPEN_PATHS = frozenset({"/v2/health/live", "/v2/health/ready", "/metrics"})
