@@ -386,7 +386,6 @@ class DataPlane:
         if time.monotonic() > deadline:
             raise DeadlineExceeded(f"deadline exceeded before {stage}")
 
-
     def check_image_size(self, size, pre, mode: str = "RGB") -> None:
         """Refuse an image by its header alone: pixels, decoded memory (``mode``: PIL's), aspect ratio, and the
         size the resize would produce (``pre``: the model's preprocessing). Nothing is decoded or resized before
