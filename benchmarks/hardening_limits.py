@@ -364,7 +364,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                           f"{r['client_cpu_s']:>7.1f} {r['mean_inflight']:>6.1f} {100 * r['machine_busy']:>5.0f}%  "
                           f"{r['other'] or ''}")
             goodput = {k: sum(r["ok"] for r in v) / sum(r["seconds"] for r in v) for k, v in runs.items()}
-            per_cpu = {k: sum(r["ok"] for r in v) / sum(r["server_cpu_s"] for r in v) for k, v in runs.items()}
+            per_cpu = {k: sum(r["ok"] for r in v) / max(sum(r["server_cpu_s"] for r in v), 1e-9)
+                       for k, v in runs.items()}
             ratio = goodput["overload"] / max(goodput["capacity"], 1e-9)
             refused = sum(r["refused"] for r in runs["overload"])
             fast = (sum(r["refused_fast_share"] * r["refused"] for r in runs["overload"] if r["refused"]) / refused
@@ -374,7 +375,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                                         "refused_within_50ms": fast})
             print(f"  {transport}: goodput at {args.factor}x / at capacity = {ratio:.2f} (goal >= 0.9: "
                   f"{'met' if ratio >= 0.9 else 'NOT met'}; per server CPU-second: "
-                  f"{per_cpu['overload'] / per_cpu['capacity']:.2f}); refusals within 50 ms: "
+                  f"{per_cpu['overload'] / max(per_cpu['capacity'], 1e-9):.2f}); refusals within 50 ms: "
                   f"{'-' if fast is None else f'{100 * fast:.1f}%'} of {refused} (goal >= 99%: "
                   f"{'met' if fast is not None and fast >= 0.99 else 'NOT met'})")
         h = results["health"] = health_with_idle_streams(server.grpc_port)

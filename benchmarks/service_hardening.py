@@ -54,6 +54,19 @@ aside. The settings used are printed first.
         the server's retry hint, as in (e)). Goal: >= 0.9.
     g3: goodput of 4C clients that retry 10 ms after a refusal, whatever the server's hint, against C clients
         (30 s deadlines), gRPC and REST, alternated ``--repeats`` times. Goal: >= 0.85.
+(h) Issue 24, slow clients on the main server:
+    h1: ``--h-connections`` (default 1,050) slow-loris connections (their own process) each send a request line and
+        a header line every 2 s, never the end of the headers, and open again at once when the server cuts them;
+        meanwhile a prober checks ``/v2/health/live`` and ``/v2/health/ready`` (a new connection each, as a kubelet
+        does) and ``grpc.health.v1.Health/Check`` once a second for ``--h-seconds`` (default 30), each with a
+        ``--h-probe-timeout`` (default 2 s). Figures: probes answered / 503 / failed, the slow connections open.
+        Goal: every probe answered. RLIMIT_NOFILE is raised to its hard limit first (the server inherits it).
+    h2: ``--h-trickles`` (default 16) streams (InferStream and ModelStreamInfer) each send a frame that parses but
+        is refused (a garbage bitstream: an error answer) every ``--h-trickle-s`` (default 20) s; then 15 legitimate
+        streams (InferStream, ModelStreamInfer, Health/Watch, 5 each) try to open for ``--h-window`` (default 75) s,
+        retrying after the server's hint (at most 1 s); admitted = a first answer that is not an error. Two runs:
+        the attacking streams held as long as the server lets them (the issue's), then re-opened at once when cut
+        (a determined attacker, refusals retried after 0.1 s). Goal: all 15 admitted.
 
 Today's figure is printed next to each goal. A section that cannot run (a server that does not start, a client
 library that fails) is reported, not raised; a non-zero exit status means only that the server did not start.
@@ -104,6 +117,8 @@ GOALS = {
     "g1": "legitimate Infer success during an HTTP/2 rapid reset from 2 connections: >= 99%",
     "g2": "goodput at capacity with 2 s client deadlines, against 30 s deadlines: >= 0.9",
     "g3": "goodput at 4x with clients retrying 10 ms after a refusal, against capacity: >= 0.85",
+    "h1": "legitimate health checks (REST live/ready, gRPC Check) answered during a 1,050-connection slowloris: all",
+    "h2": "legitimate streams admitted while 16 streams trickle a refused frame every 20 s: all (15 of 15)",
 }
 
 
@@ -1496,6 +1511,354 @@ def section_g(server: "Server", model: str, msgs: List[bytes], capacity: int, re
     return out
 
 
+# ====================================================================================== (h) slow clients, trickles
+def raise_fd_limit() -> Tuple[int, int]:
+    """RLIMIT_NOFILE soft up to hard (a thousand slow connections need as many descriptors here and in the server,
+    which inherits the limit); returns (soft, hard) after."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard if hard != resource.RLIM_INFINITY else 65536, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)
+
+
+def slowloris_crowd(port: int, n: int, seconds: float, line_every: float = 2.0) -> Dict[str, Any]:
+    """``n`` connections that each send a request line and then one header line every ``line_every`` s, never the
+    end of the headers; a connection the server cuts (408, or closed) is opened again at once, for ``seconds``.
+    Returns the connections opened, how they ended, how long the server held them, and how many were open (sampled
+    every 0.5 s)."""
+    raise_fd_limit()
+    got: Dict[str, Any] = {"opened": 0, "connect_errors": {}, "ended": {}, "held_s": [], "open_samples": []}
+    live = [0]
+
+    async def one(i: int, t_end: float) -> None:
+        await asyncio.sleep(i / n)  # the opens spread over the first second
+        while time.monotonic() < t_end:
+            try:
+                reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 5)
+            except (OSError, asyncio.TimeoutError) as e:
+                k = type(e).__name__
+                got["connect_errors"][k] = got["connect_errors"].get(k, 0) + 1
+                await asyncio.sleep(0.2)
+                continue
+            got["opened"] += 1
+            live[0] += 1
+            t0 = time.monotonic()
+            how = "still open at the end"
+            try:
+                writer.write(b"GET /v2/health/live HTTP/1.1\r\nhost: 127.0.0.1\r\n")
+                while time.monotonic() < t_end:
+                    try:
+                        data = await asyncio.wait_for(reader.read(4096), line_every)
+                    except asyncio.TimeoutError:
+                        writer.write(b"x-slow: 1\r\n")
+                        continue
+                    if not data:
+                        how = "closed without an answer"
+                    else:
+                        how = f"answered {data.split(b' ', 2)[1].decode(errors='replace')}" \
+                            if data.startswith(b"HTTP/") else "closed after other bytes"
+                    break
+            except OSError as e:
+                how = f"{type(e).__name__}"
+            finally:
+                live[0] -= 1
+                writer.close()
+                if how != "still open at the end":
+                    got["held_s"].append(time.monotonic() - t0)
+                got["ended"][how] = got["ended"].get(how, 0) + 1
+
+    async def main() -> None:
+        t_end = time.monotonic() + seconds
+        tasks = [asyncio.create_task(one(i, t_end)) for i in range(n)]
+
+        async def sample():
+            while time.monotonic() < t_end:
+                await asyncio.sleep(0.5)
+                got["open_samples"].append(live[0])
+
+        await asyncio.gather(sample(), *tasks, return_exceptions=True)
+
+    asyncio.run(main())
+    held = got.pop("held_s")
+    got["held_p50_s"] = round(fz.pct(held, 50), 2) if held else None
+    got["held_max_s"] = round(max(held), 2) if held else None
+    s = sorted(got.pop("open_samples")[2:]) or [0]  # after the first second of opens
+    got["open_min"], got["open_p50"], got["open_max"] = s[0], s[len(s) // 2], s[-1]
+    return got
+
+
+def _h1(server: "Server", args) -> Dict[str, Any]:
+    """(h1) health checks while ``--h-connections`` slow-loris connections are held open and re-opened."""
+    import grpc
+    import httpx
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    n, secs, timeout = args.h_connections, args.h_seconds, args.h_probe_timeout
+    code = ("import json, sys; sys.path.insert(0, %r); import service_hardening as sh; "
+            "print(json.dumps(sh.slowloris_crowd(%d, %d, %r)))" % (str(HERE), server.http_port, n, secs + 4.0))
+    crowd = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             cwd=str(HERE), text=True)
+    channel = grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}")
+    health = health_pb2_grpc.HealthStub(channel)
+    with contextlib.suppress(grpc.RpcError):
+        health.Check(health_pb2.HealthCheckRequest(), timeout=10)  # connected before the crowd arrives
+    time.sleep(3.0)  # the crowd's connections are open
+    probes: Dict[str, Dict[str, int]] = {"rest live": {}, "rest ready": {}, "grpc Check": {}}
+    lat: Dict[str, List[float]] = {k: [] for k in probes}
+
+    def count(kind: str, outcome: str, dt: float) -> None:
+        probes[kind][outcome] = probes[kind].get(outcome, 0) + 1
+        if outcome == "answered":
+            lat[kind].append(1e3 * dt)
+
+    t_end = time.monotonic() + secs
+    while time.monotonic() < t_end:
+        t0 = time.monotonic()
+        for kind, path in (("rest live", "/v2/health/live"), ("rest ready", "/v2/health/ready")):
+            t = time.perf_counter()
+            try:  # a new connection each time, as a kubelet probe does
+                r = httpx.get(f"http://127.0.0.1:{server.http_port}{path}", timeout=timeout,
+                              headers={"connection": "close"})
+                count(kind, "answered" if r.status_code == 200 else str(r.status_code), time.perf_counter() - t)
+            except httpx.HTTPError as e:
+                count(kind, f"failed ({type(e).__name__})", 0)
+        t = time.perf_counter()
+        try:
+            r = health.Check(health_pb2.HealthCheckRequest(), timeout=timeout)
+            count("grpc Check", "answered" if r.status == health_pb2.HealthCheckResponse.SERVING
+                  else f"status {r.status}", time.perf_counter() - t)
+        except grpc.RpcError as e:
+            count("grpc Check", f"failed ({grpc_code(e)})", 0)
+        time.sleep(max(0.0, 1.0 - (time.monotonic() - t0)))
+    channel.close()
+    try:
+        out, err = crowd.communicate(timeout=secs + 60)
+        report = json.loads(out.strip().splitlines()[-1]) if out.strip() else {"error": err[-500:]}
+    except Exception as e:  # noqa: BLE001
+        crowd.kill()
+        report = {"error": short(e, 200)}
+    alive = server.health_rest(5.0)[0] and server.health_grpc(5.0)[0]
+    tried = {k: sum(v.values()) for k, v in probes.items()}
+    ok = {k: v.get("answered", 0) for k, v in probes.items()}
+    met = alive and all(tried[k] and ok[k] == tried[k] for k in probes) and "error" not in report
+    missed = {k: {o: c for o, c in v.items() if o != "answered"} for k, v in probes.items() if ok[k] < tried[k]}
+    fig = (f"{'; '.join(f'{k} {ok[k]} of {tried[k]}' for k in probes)} answered ({timeout:g} s timeout; worst "
+           + ", ".join(f"{k} {max(v):.0f} ms" for k, v in lat.items() if v)
+           + f"; not answered: {missed or 'none'})"
+           f" while {n} slow-loris connections were held (open {report.get('open_min')}-{report.get('open_max')}, "
+           f"p50 {report.get('open_p50')}; {report.get('opened')} opened in {secs + 4:g} s, each held p50 "
+           f"{report.get('held_p50_s')} s, max {report.get('held_max_s')} s; {report.get('ended')}; connect errors "
+           f"{report.get('connect_errors')}); server alive after: {alive}")
+    print(f"  h1 {fig}", flush=True)
+    return {"probes": probes, "latency_ms": {k: {"p50": fz.pct(v, 50), "max": max(v)} for k, v in lat.items() if v},
+            "crowd": report, "alive_after": alive, "met": met, "figure": fig}
+
+
+def _trickle_frames(model: str, msg: bytes):
+    """(InferStream, ModelStreamInfer) frames: a valid one, and one that parses but is refused (a garbage
+    bitstream): the server answers it with an error, which is not progress."""
+    from shared._proto import splitinfer_pb2 as pb
+
+    garbage = b"\x00garbage" * 8
+    frames = {"InferStream": (pb.InferRequest(model=model, bitstream=msg).SerializeToString(),
+                              pb.InferRequest(model=model, bitstream=garbage).SerializeToString())}
+    try:
+        from tritonclient.grpc import service_pb2 as tpb
+
+        t = tpb.ModelInferRequest.InferInputTensor
+
+        def oip(data: bytes) -> bytes:
+            return tpb.ModelInferRequest(model_name=model, inputs=[t(name="bitstream", datatype="BYTES", shape=[1])],
+                                         raw_input_contents=[struct.pack("<I", len(data)) + data]).SerializeToString()
+
+        frames["ModelStreamInfer"] = (oip(msg), oip(garbage))
+    except ImportError as e:
+        print(f"  note: no OIP stubs ({e}): ModelStreamInfer is not used", file=sys.stderr)
+    return frames
+
+
+_STREAM_PATHS = {"InferStream": "/splitinfer.v1.SplitInference/InferStream",
+                 "ModelStreamInfer": "/inference.GRPCInferenceService/ModelStreamInfer",
+                 "Watch": "/grpc.health.v1.Health/Watch"}
+
+
+def _is_error_answer(kind: str, raw: bytes) -> bool:
+    if kind == "InferStream":
+        from shared._proto import splitinfer_pb2 as pb
+
+        return pb.InferStreamResponse.FromString(raw).HasField("error")
+    if kind == "ModelStreamInfer":
+        from tritonclient.grpc import service_pb2 as tpb
+
+        return bool(tpb.ModelStreamInferResponse.FromString(raw).error_message)
+    from grpc_health.v1 import health_pb2
+
+    return health_pb2.HealthCheckResponse.FromString(raw).status != health_pb2.HealthCheckResponse.SERVING
+
+
+def _paced(frame: Optional[bytes], every: float, stop: threading.Event):
+    """A request stream: ``frame`` at once and then every ``every`` s until ``stop`` (None: one empty Watch
+    request)."""
+    if frame is None:
+        from grpc_health.v1 import health_pb2
+
+        yield health_pb2.HealthCheckRequest().SerializeToString()
+        stop.wait()
+        return
+    while not stop.is_set():
+        yield frame
+        if stop.wait(every):
+            return
+
+
+def _h2_run(server: "Server", model: str, msg: bytes, reopen: bool, args) -> Dict[str, Any]:
+    """One trickle run: 16 attacking streams, then 15 legitimate ones trying to open for ``--h-window`` s."""
+    import grpc
+
+    frames = _trickle_frames(model, msg)
+    kinds = [k for k in ("InferStream", "ModelStreamInfer") if k in frames]
+    stop_attack, stop_legit = threading.Event(), threading.Event()
+    channels = [grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") for _ in range(4)]
+    lock = threading.Lock()
+    attack: Dict[str, Any] = {"opened": 0, "ended": {}, "held_s": [], "error_answers": 0}
+    t_start = time.monotonic()
+
+    def attacker(i: int) -> None:
+        kind = kinds[i % len(kinds)]
+        while not stop_attack.is_set():
+            call = channels[i % len(channels)].stream_stream(_STREAM_PATHS[kind])(
+                _paced(frames[kind][1], args.h_trickle_s, stop_attack), timeout=600)
+            t0, end = time.monotonic(), "ended OK"
+            with lock:
+                attack["opened"] += 1
+            try:
+                for raw in call:
+                    if _is_error_answer(kind, raw):
+                        with lock:
+                            attack["error_answers"] += 1
+            except grpc.RpcError as e:
+                end = grpc_code(e)
+            with lock:
+                attack["ended"][end] = attack["ended"].get(end, 0) + 1
+                if end != "RESOURCE_EXHAUSTED":
+                    attack["held_s"].append(time.monotonic() - t0)
+            if not reopen and end != "RESOURCE_EXHAUSTED":
+                return
+            if end == "RESOURCE_EXHAUSTED":
+                stop_attack.wait(0.1)  # a determined attacker: no back-off worth the name
+
+    legit: List[Dict[str, Any]] = []
+
+    def legitimate(i: int) -> None:
+        kind = ("InferStream", "ModelStreamInfer", "Watch")[i % 3]
+        if kind not in frames and kind != "Watch":
+            kind = "InferStream"
+        rec: Dict[str, Any] = {"kind": kind, "admitted_after_s": None, "tries": 0, "refusals": {}, "answers": 0}
+        with lock:
+            legit.append(rec)
+        t_try = time.monotonic()
+        ch = channels[i % len(channels)]
+        while not stop_legit.is_set() and rec["admitted_after_s"] is None:
+            rec["tries"] += 1
+            frame = None if kind == "Watch" else frames[kind][0]
+            call = ch.stream_stream(_STREAM_PATHS[kind])(_paced(frame, 2.0, stop_legit), timeout=600)
+            wait = 0.5
+            try:
+                for raw in call:
+                    if _is_error_answer(kind, raw):
+                        continue
+                    rec["answers"] += 1
+                    if rec["admitted_after_s"] is None:
+                        rec["admitted_after_s"] = round(time.monotonic() - t_try, 1)
+                break_code = "ended OK"
+            except grpc.RpcError as e:
+                break_code = grpc_code(e)
+                for k, v in (e.trailing_metadata() or ()):
+                    if k == "splitinfer-retry-after-ms":
+                        with contextlib.suppress(ValueError):
+                            wait = min(float(v) / 1e3, 1.0)
+            if rec["admitted_after_s"] is None:
+                rec["refusals"][break_code] = rec["refusals"].get(break_code, 0) + 1
+                stop_legit.wait(wait)
+            else:
+                rec["ended"] = break_code
+
+    attackers = [threading.Thread(target=attacker, args=(i,), daemon=True) for i in range(args.h_trickles)]
+    for t in attackers:
+        t.start()
+    time.sleep(3.0)  # every attacking stream holds its slot
+    with lock:
+        held_before = attack["opened"] - sum(v for k, v in attack["ended"].items())
+    legits = [threading.Thread(target=legitimate, args=(i,), daemon=True) for i in range(args.h_legit)]
+    for t in legits:
+        t.start()
+    t_end = time.monotonic() + args.h_window
+    while time.monotonic() < t_end and not all(r["admitted_after_s"] is not None for r in legit):
+        time.sleep(0.5)
+    time.sleep(min(2.0, max(0.0, t_end - time.monotonic())))  # admitted streams answer a little longer
+    stop_legit.set()
+    stop_attack.set()
+    for c in channels:
+        c.close()
+    for t in attackers + legits:
+        t.join(10)
+    admitted = [r for r in legit if r["admitted_after_s"] is not None]
+    waits = sorted(r["admitted_after_s"] for r in admitted)
+    by_kind: Dict[str, str] = {}
+    for k in ("InferStream", "ModelStreamInfer", "Watch"):
+        rs = [r for r in legit if r["kind"] == k]
+        if rs:
+            by_kind[k] = f"{sum(r['admitted_after_s'] is not None for r in rs)}/{len(rs)}"
+    held = attack.pop("held_s")
+    return {"reopen": reopen, "attackers_open_before": held_before, "attack": attack,
+            "attack_held_p50_s": round(fz.pct(held, 50), 1) if held else None,
+            "legit": legit, "admitted": len(admitted), "tried": len(legit), "by_kind": by_kind,
+            "admitted_after_p50_s": waits[len(waits) // 2] if waits else None,
+            "admitted_after_max_s": waits[-1] if waits else None, "seconds": round(time.monotonic() - t_start, 1)}
+
+
+def _h2(server: "Server", model: str, msg: bytes, args) -> Dict[str, Any]:
+    """(h2) legitimate streams opening while ``--h-trickles`` streams trickle refused frames: the issue's attacker
+    (streams held as long as the server lets them), then a determined one (each stream opened again at once when the
+    server cuts it, refusals retried after 0.1 s)."""
+    out: Dict[str, Any] = {}
+    for mode, reopen in (("holding", False), ("re-opening", True)):
+        server.ensure()
+        server.wait_idle(timeout=30)
+        r = _h2_run(server, model, msg, reopen, args)
+        out[mode] = r
+        a = r["attack"]
+        print(f"  h2 {mode}: {r['admitted']} of {r['tried']} legitimate streams admitted ({r['by_kind']}; after p50 "
+              f"{r['admitted_after_p50_s']} s, max {r['admitted_after_max_s']} s) while {args.h_trickles} streams "
+              f"trickled a refused frame every {args.h_trickle_s:g} s ({r['attackers_open_before']} open before; "
+              f"{a['opened']} opened, ended {a['ended']}, held p50 {r['attack_held_p50_s']} s, {a['error_answers']} "
+              f"error answers)", flush=True)
+    alive = server.health_grpc(5.0)[0]
+    out["alive_after"] = alive
+    out["met"] = alive and all(out[m]["admitted"] == out[m]["tried"] > 0 for m in ("holding", "re-opening"))
+    out["figure"] = "; ".join(
+        f"{m}: {out[m]['admitted']} of {out[m]['tried']} admitted ({out[m]['by_kind']}; after p50 "
+        f"{out[m]['admitted_after_p50_s']} s, max {out[m]['admitted_after_max_s']} s; attackers opened "
+        f"{out[m]['attack']['opened']} streams, held p50 {out[m]['attack_held_p50_s']} s, ended "
+        f"{out[m]['attack']['ended']})" for m in ("holding", "re-opening")) + (
+        f"; {args.h_trickles} trickling streams, a refused frame every {args.h_trickle_s:g} s, "
+        f"{args.h_window:g} s window; server alive after: {alive}")
+    return out
+
+
+def section_h(server: "Server", model: str, msg: bytes, args) -> Dict[str, Any]:
+    out: Dict[str, Any] = {}
+    cases = set(args.h_cases.replace(" ", "").split(","))
+    if "h1" in cases:
+        out["h1"] = _h1(server, args)
+    if "h2" in cases:
+        out["h2"] = _h2(server, model, msg, args)
+    return out
+
+
 # ====================================================================================== main
 def server_setting(root: Path, env: Dict[str, str], name: str) -> Optional[Any]:
     """One setting as the server at ``root`` reads it with ``env`` (in a subprocess: that checkout's code)."""
@@ -1516,7 +1879,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--weights", default=None, help="backbone weights file (default: pretrained)")
     p.add_argument("--images", default=str(fz.SAMPLES), help="images for the valid bitstreams (default: samples)")
     p.add_argument("--server-root", default=None, help="run the server from this checkout (default: this one)")
-    p.add_argument("--only", default="a,b,c,d,e,f,g", help="sections to run (b and c run together)")
+    p.add_argument("--only", default="a,b,c,d,e,f,g,h", help="sections to run (b and c run together)")
     p.add_argument("--capacity", type=int, default=0,
                    help="(e) capacity C: the server's max_concurrent_requests is set to it (default 0: the server's "
                         "own setting)")
@@ -1534,6 +1897,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--g-cases", default="g1,g2,g3", help="(g) which of its cases to run (default all)")
     p.add_argument("--g-seconds", type=float, default=10.0, help="(g1) seconds of rapid reset (default 10)")
     p.add_argument("--g-attackers", type=int, default=2, help="(g1) attacking connections (default 2)")
+    p.add_argument("--h-cases", default="h1,h2", help="(h) which of its cases to run (default all)")
+    p.add_argument("--h-connections", type=int, default=1050, help="(h1) slow-loris connections (default 1,050)")
+    p.add_argument("--h-seconds", type=float, default=30.0, help="(h1) seconds of health probes (default 30)")
+    p.add_argument("--h-probe-timeout", type=float, default=2.0, help="(h1) timeout of each probe, s (default 2)")
+    p.add_argument("--h-trickles", type=int, default=16, help="(h2) trickling streams (default 16)")
+    p.add_argument("--h-trickle-s", type=float, default=20.0, help="(h2) seconds between their frames (default 20)")
+    p.add_argument("--h-legit", type=int, default=15, help="(h2) legitimate streams (default 15)")
+    p.add_argument("--h-window", type=float, default=75.0,
+                   help="(h2) seconds the legitimate streams try to open (default 75)")
     p.add_argument("--server-env", action="append", default=[], metavar="KEY=VALUE", help="more server settings")
     p.add_argument("--json", default=None, help="write every figure here")
     p.add_argument("-v", "--verbose", action="store_true", help="print every abuse case, not only the failures")
@@ -1543,6 +1915,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         only |= {"b", "c"}
 
     t_all = time.perf_counter()
+    fd_soft, fd_hard = raise_fd_limit()  # (h1): a thousand connections here and in the server (it inherits this)
     messages, bundle = fz.encode_messages(args.bundle, args.weights, args.images, 3)
     model = f"{bundle.model}-{bundle.split}"
     msg = messages[0]
@@ -1558,8 +1931,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     git = fz.git_state() if server_root == fz.ROOT else {"server_root": str(server_root)}
     results: Dict[str, Any] = {"git": git, "bundle": bundle.bundle_id, "model": model, "server_env": env,
                                "capacity": args.capacity, "cpus": os.cpu_count(),
-                               "python": platform.python_version(), "args": vars(args)}
-    print(f"server: {server_root} ({fz.git_label(git)}), bundle {bundle.bundle_id} ({model}), {os.cpu_count()} CPUs")
+                               "python": platform.python_version(), "args": vars(args),
+                               "fd_limit": [fd_soft, fd_hard], "loadavg_start": os.getloadavg()}
+    print(f"server: {server_root} ({fz.git_label(git)}), bundle {bundle.bundle_id} ({model}), {os.cpu_count()} CPUs; "
+          f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}; open files limit {fd_soft}")
     print(f"server settings: {' '.join(f'{k}={v}' for k, v in env.items())} OMP_NUM_THREADS=1"
           + (f"; capacity C = {args.capacity}" if "e" in only else ""), flush=True)
     server = Server(str(bundle.root), model, args.weights, env=env, root=server_root)
@@ -1590,11 +1965,13 @@ def main(argv: Optional[List[str]] = None) -> int:
              lambda: _with_key_server(bundle, model, env, server_root, args)),
             ("g", "(g) issue 24: HTTP/2 rapid reset, deadline-aware admission",
              lambda: section_g(server, model, messages, args.capacity, fmt, args)),
+            ("h", "(h) issue 24: health checks during a slow-loris crowd, streams opening past trickling ones",
+             lambda: section_h(server, model, msg, args)),
         ]
         for key, title, fn in sections:
             if key not in only:
                 continue
-            print(f"\n{title} ...", flush=True)
+            print(f"\n{title} ... (load average {' '.join(f'{x:.1f}' for x in os.getloadavg())})", flush=True)
             t0 = time.perf_counter()
             try:
                 server.ensure()
@@ -1611,6 +1988,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             else:
                 results[key] = r
                 r["seconds"] = secs
+                r["loadavg_after"] = os.getloadavg()
             print(f"  done in {secs} s", flush=True)
     finally:
         results["server_exit_code"] = server.stop()
@@ -1646,10 +2024,11 @@ def _summary(results: Dict[str, Any]) -> None:
                                             ("e", "e1", "figure_share", "met_share"),
                                             ("e", "e2", "figure_ratio", "met_ratio"),
                                             ("f", "f1", "", ""), ("f", "f2", "", ""), ("f", "f3", "", ""),
-                                            ("g", "g1", "", ""), ("g", "g2", "", ""), ("g", "g3", "", "")]:
+                                            ("g", "g1", "", ""), ("g", "g2", "", ""), ("g", "g3", "", ""),
+                                            ("h", "h1", "", ""), ("h", "h2", "", "")]:
         r = results.get(key)
-        if key in ("f", "g") and r is not None and goal_key in r:
-            r = r[goal_key]
+        if key in ("f", "g", "h") and r is not None and "error" not in r:
+            r = r.get(goal_key)
             fig_key, met_key = "figure", "met"
         if r is None:
             rows.append((GOALS[goal_key], "not run", "-"))

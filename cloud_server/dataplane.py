@@ -13,7 +13,9 @@ tail, and while queued for a batch), never run to the end for nobody.
 
 from __future__ import annotations
 
+import heapq
 import hmac
+import itertools
 import logging
 import os
 import threading
@@ -123,6 +125,54 @@ class CallScope:
 _SCOPE: ContextVar[Optional[CallScope]] = ContextVar("splitinfer_call_scope", default=None)
 
 
+class DeadlineGate:
+    """``n`` slots handed out earliest deadline first (in arrival order among equal deadlines). A semaphore wakes its
+    waiters in no useful order (a newcomer may take a slot before threads that wait, and a waiter that wakes to check
+    its deadline goes to the back), so a request admitted because its deadline leaves time for the work ahead of it
+    could be overtaken by later ones and miss it (issue 24: goodput at capacity with 2 s deadlines)."""
+
+    def __init__(self, n: int):
+        self._lock = threading.Lock()
+        self._free = n
+        self._waiting: list = []  # heap of [deadline, seq, event, gone]
+        self._seq = itertools.count()
+
+    def acquire(self, deadline: float, check: Callable[[], None], poll_s: float = 0.05) -> None:
+        """Take a slot, waiting in deadline order; ``check`` (called every ``poll_s`` while waiting) raises to give
+        up (the client went away, the deadline passed)."""
+        check()
+        with self._lock:
+            if self._free > 0 and not self._waiting:
+                self._free -= 1
+                return
+            entry = [deadline, next(self._seq), threading.Event(), False]
+            heapq.heappush(self._waiting, entry)
+        try:
+            while True:
+                check()
+                if entry[2].wait(max(0.0, min(poll_s, deadline - time.monotonic()))):
+                    return
+        except BaseException:
+            with self._lock:
+                if entry[2].is_set():  # handed a slot meanwhile: to the next one
+                    self._hand_on()
+                else:
+                    entry[3] = True  # left in the heap, skipped when it comes up
+            raise
+
+    def release(self) -> None:
+        with self._lock:
+            self._hand_on()
+
+    def _hand_on(self) -> None:
+        while self._waiting:
+            entry = heapq.heappop(self._waiting)
+            if not entry[3]:
+                entry[2].set()
+                return
+        self._free += 1
+
+
 def current_scope() -> Optional[CallScope]:
     return _SCOPE.get()
 
@@ -152,7 +202,7 @@ class DataPlane:
         self._inflight = 0
         self._slot_lock = threading.Lock()
         self._image_slots = threading.BoundedSemaphore(settings.max_concurrent_image_decodes)
-        self._decode_slots = threading.BoundedSemaphore(settings.max_concurrent_decodes or os.cpu_count() or 1)
+        self._decode_slots = DeadlineGate(settings.max_concurrent_decodes or os.cpu_count() or 1)
         self._api_keys = [k.encode() for k in settings.all_api_keys()]
         self._auth_lock = threading.Lock()
         self._auth_failures: Dict[str, Deque[float]] = {}  # client address -> times of its recent failed keys
@@ -336,14 +386,6 @@ class DataPlane:
         if time.monotonic() > deadline:
             raise DeadlineExceeded(f"deadline exceeded before {stage}")
 
-    def _wait_for(self, slots: threading.Semaphore, deadline: float, token: Optional[CancelToken], stage: str) -> None:
-        """Take one of ``slots`` (a blocked thread costs no CPU and no GIL), or raise once the client is gone or
-        the deadline passes."""
-        while True:
-            self._check(deadline, token, stage)
-            if slots.acquire(timeout=max(0.0, min(0.05, deadline - time.monotonic()))):
-                return
-
     def check_image_size(self, size, pre, mode: str = "RGB") -> None:
         """Refuse an image by its header alone: pixels, decoded memory (``mode``: PIL's), aspect ratio, and the
         size the resize would produce (``pre``: the model's preprocessing). Nothing is decoded or resized before
@@ -452,7 +494,8 @@ class DataPlane:
             raise InvalidArgument(f"the bitstream was encoded with rung {hdr.rung}, the request expects rung "
                                   f"{req.expected_rung}")
         tw = time.perf_counter()
-        self._wait_for(self._decode_slots, deadline, token, "decoding")
+        # a blocked thread costs no CPU and no GIL; earliest deadline first, so that the admission's estimate holds
+        self._decode_slots.acquire(deadline, lambda: self._check(deadline, token, "decoding"))
         t1 = time.perf_counter()
         try:
             feat, hdr = codec.decode(data)

@@ -15,6 +15,10 @@ polling thread before a worker is taken):
   freed): progress is an answer that is not an error (a request answered with an error, or a message that only
   resets the timer, does not count), and an answer the client does not read within that time is none either; a
   unary call whose request has not arrived after ``grpc_message_timeout_s`` is cancelled too;
+- when every stream slot is taken, a new stream takes the slot of the open stream whose last progress is the
+  oldest, if that was at least ``grpc_stream_preempt_s`` ago (that stream is cancelled, as the idle timer would
+  later): streams that trickle refused frames and open again as soon as they are cut cannot keep legitimate ones
+  out (issue 24);
 - ``grpc.health.v1.Health/Watch`` is exempt from the idle timer (it answers only when the status changes, and
   clients keep it open) and runs on threads of its own, at most ``_WATCH_CALLS`` at once, outside the stream slots;
 - requests are deserialized by the guard: an undecodable message is INVALID_ARGUMENT, not INTERNAL;
@@ -288,14 +292,20 @@ class _Inline(futures.ThreadPoolExecutor):
 class _Call:
     """One guarded call: its scope, its watchdog timer, and its place in the guard's counts."""
 
-    __slots__ = ("guard", "context", "method", "release_fn", "scope", "_timer", "timed_out", "progress_at")
+    __slots__ = ("guard", "context", "method", "release_fn", "scope", "_timer", "timed_out", "progress_at",
+                 "stream_slot", "preempted")
 
-    def __init__(self, guard: "CallGuard", context, method: str, release_fn: Callable[[], None]):
+    def __init__(self, guard: "CallGuard", context, method: str, release_fn: Callable[..., None],
+                 stream_slot: bool = False):
         self.guard, self.context, self.method, self.release_fn = guard, context, method, release_fn
         self.scope = CallScope()
         self._timer = None
         self.timed_out = False
+        self.preempted = False  # its stream slot was given to a new stream (it is being cancelled)
         self.progress_at = time.monotonic()  # the call's start, then its last answer that was not an error
+        self.stream_slot = stream_slot  # holds one of the guard's stream slots (a candidate for preemption)
+        if stream_slot:
+            guard.register_stream(self)
         enter_scope(self.scope)  # gRPC runs each call in a contextvars.Context of its own
         if not context.add_callback(self.scope.token.cancel):  # the call has already ended
             self.scope.token.cancel()
@@ -303,7 +313,7 @@ class _Call:
     def release(self) -> None:
         fn, self.release_fn = self.release_fn, None
         if fn is not None:
-            fn()
+            fn(self)
 
     def arm(self, seconds: float) -> None:
         self._timer = self.guard.watchdog.arm(seconds, self._expire)
@@ -322,6 +332,13 @@ class _Call:
                  extra={"fields": {"event": "grpc_idle_cancel", "method": self.method}})
         self.context.cancel()
 
+    def _preempt(self) -> None:
+        self.timed_out = True
+        idle = time.monotonic() - self.progress_at
+        log.info("cancelling %s: its stream slot went to a new stream (no progress for %.1f s)", self.method, idle,
+                 extra={"fields": {"event": "grpc_stream_preempted", "method": self.method, "idle_s": round(idle, 1)}})
+        self.context.cancel()
+
 
 class CallGuard(grpc.ServerInterceptor):
     """Admission, worker accounting, timeouts and request decoding for every call on the port (module docstring)."""
@@ -331,6 +348,7 @@ class CallGuard(grpc.ServerInterceptor):
         self.stream_limit = settings.grpc_stream_limit
         self.idle_s = settings.grpc_idle_timeout_s
         self.message_s = settings.grpc_message_timeout_s
+        self.preempt_s = settings.grpc_stream_preempt_s
         self.dp = dataplane
         self.health_pool = futures.ThreadPoolExecutor(_HEALTH_THREADS, thread_name_prefix="grpc-health")
         self.refusal_pool = _Inline()
@@ -341,6 +359,21 @@ class CallGuard(grpc.ServerInterceptor):
         self.health_calls = 0
         self.watch_pool = futures.ThreadPoolExecutor(_WATCH_CALLS, thread_name_prefix="grpc-watch")
         self.watch_calls = 0
+        self._open_streams: set = set()  # the calls holding a stream slot (registered once their worker runs)
+        self.preempting = 0  # of the streams counted, those whose slot went to a new stream (being cancelled)
+
+    def register_stream(self, call: "_Call") -> None:
+        with self._lock:
+            self._open_streams.add(call)
+
+    def _victim(self) -> Optional["_Call"]:
+        """The open stream with the oldest progress, if that was at least ``preempt_s`` ago (under the lock)."""
+        if self.preempt_s is None or not self._open_streams:
+            return None
+        victim = min((c for c in self._open_streams if not c.preempted), key=lambda c: c.progress_at, default=None)
+        if victim is None or time.monotonic() - victim.progress_at < self.preempt_s:
+            return None
+        return victim
 
     def close(self) -> None:
         self.watchdog.stop()
@@ -356,6 +389,7 @@ class CallGuard(grpc.ServerInterceptor):
         method = handler_call_details.method
         streaming = handler.request_streaming or handler.response_streaming
         err: Optional[SplitInferError] = None
+        victim: Optional[_Call] = None
         with self._lock:
             if method == HEALTH_CHECK:
                 if self.health_calls >= _HEALTH_CALLS:
@@ -371,11 +405,17 @@ class CallGuard(grpc.ServerInterceptor):
                 err = Overloaded(f"all {self.threads} gRPC workers are busy; retry later")
             elif method in ADMITTED_METHODS and self.dp is not None and self.dp.at_capacity:
                 err = Overloaded(f"too many requests in flight (limit {self.dp.capacity}); retry later")
-            elif streaming and self.streams >= self.stream_limit:
+            elif (streaming and self.streams - self.preempting >= self.stream_limit
+                  and (victim := self._victim()) is None):
                 err = Overloaded(f"too many open streams (limit {self.stream_limit}); retry later")
             else:
+                if victim is not None:  # its slot is this call's now; counted until its worker lets go
+                    victim.preempted = True
+                    self.preempting += 1
                 self.active += 1
                 self.streams += streaming
+        if victim is not None:
+            self.watchdog.arm(0.0, victim._preempt)  # cancelled off the polling thread, as the idle timer does
         if err is not None:
             if self.dp is not None:
                 self.dp.metrics.errors.labels("grpc", err.kind).inc()
@@ -384,21 +424,24 @@ class CallGuard(grpc.ServerInterceptor):
             return self._wrap(handler, method, self._release_health, self.health_pool)
         if method == HEALTH_WATCH:
             return self._wrap(handler, method, self._release_watch, self.watch_pool)
-        return self._wrap(handler, method, self._releaser(streaming), None)
+        return self._wrap(handler, method, self._releaser(streaming), None, stream_slot=streaming)
 
-    def _release_health(self) -> None:
+    def _release_health(self, call: Optional[_Call] = None) -> None:
         with self._lock:
             self.health_calls -= 1
 
-    def _release_watch(self) -> None:
+    def _release_watch(self, call: Optional[_Call] = None) -> None:
         with self._lock:
             self.watch_calls -= 1
 
-    def _releaser(self, streaming: bool) -> Callable[[], None]:
-        def release() -> None:
+    def _releaser(self, streaming: bool) -> Callable[..., None]:
+        def release(call: Optional[_Call] = None) -> None:
             with self._lock:
                 self.active -= 1
                 self.streams -= streaming
+                if call is not None and call.stream_slot:
+                    self._open_streams.discard(call)
+                    self.preempting -= call.preempted
 
         return release
 
@@ -410,8 +453,8 @@ class CallGuard(grpc.ServerInterceptor):
         return grpc.stream_stream_rpc_method_handler(refuse)
 
     # -- the wrapped handler (a worker thread) ---------------------------------------------------------------
-    def _wrap(self, handler: grpc.RpcMethodHandler, method: str, release: Callable[[], None],
-              pool: Optional[futures.ThreadPoolExecutor]) -> grpc.RpcMethodHandler:
+    def _wrap(self, handler: grpc.RpcMethodHandler, method: str, release: Callable[..., None],
+              pool: Optional[futures.ThreadPoolExecutor], stream_slot: bool = False) -> grpc.RpcMethodHandler:
         """Every handler becomes request-streaming with raw bytes in: the guard reads (with a timeout) and
         deserializes the request messages itself."""
         guard, deserialize = self, handler.request_deserializer
@@ -477,7 +520,7 @@ class CallGuard(grpc.ServerInterceptor):
             inner = handler.stream_stream
 
             def behavior(request_iterator, context):
-                call = _Call(guard, context, method, release)
+                call = _Call(guard, context, method, release, stream_slot)
                 try:
                     return responses(call, inner(requests(call, request_iterator), context), False)
                 except BaseException:
@@ -487,7 +530,7 @@ class CallGuard(grpc.ServerInterceptor):
             inner = handler.stream_unary
 
             def behavior(request_iterator, context):
-                call = _Call(guard, context, method, release)
+                call = _Call(guard, context, method, release, stream_slot)
                 try:
                     return inner(requests(call, request_iterator), context)
                 finally:
@@ -496,7 +539,7 @@ class CallGuard(grpc.ServerInterceptor):
             inner = handler.unary_stream
 
             def behavior(request_iterator, context):
-                call = _Call(guard, context, method, release)
+                call = _Call(guard, context, method, release, stream_slot)
                 try:
                     return responses(call, inner(first_request(call, request_iterator), context),
                                      method != HEALTH_WATCH)
@@ -507,7 +550,7 @@ class CallGuard(grpc.ServerInterceptor):
             inner = handler.unary_unary
 
             def behavior(request_iterator, context):
-                call = _Call(guard, context, method, release)
+                call = _Call(guard, context, method, release, stream_slot)
                 try:
                     return inner(first_request(call, request_iterator), context)
                 finally:

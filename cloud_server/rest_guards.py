@@ -27,6 +27,10 @@ answered 408 and closed. Uvicorn itself bounds the header size (``h11_max_incomp
 keep-alive connections (``timeout_keep_alive``); see ``server.py``. ``rest_max_connections`` caps the requests in
 progress (:class:`RequestGuard`, 503 beyond; probes and ``/metrics`` are exempt), not connections: a connection
 that has not sent its headers is no work yet, and the header timeout cuts it.
+
+:func:`handshake_bounded_loop` is the event loop uvicorn runs on: with TLS, a connection must finish its handshake
+within ``handshake_timeout_s`` or it is closed (issue 24, E5: asyncio's default held one that never sent a
+ClientHello for 60 s; the header timer starts only once the handshake is done). Uvicorn has no setting for it.
 """
 
 from __future__ import annotations
@@ -42,7 +46,8 @@ from .errors import (MethodNotAllowed, NotFound, PayloadTooLarge, RequestTimeout
                      Unavailable)
 from .settings import Settings
 
-__all__ = ["RequestGuard", "guarded_h11", "error_app", "INFER_SUFFIXES", "OPEN_PATHS", "DOCS_PATHS"]
+__all__ = ["RequestGuard", "guarded_h11", "handshake_bounded_loop", "error_app", "INFER_SUFFIXES", "OPEN_PATHS",
+           "DOCS_PATHS"]
 
 INFER_SUFFIXES = ("/infer", "/infer-image")
 OPEN_PATHS = frozenset({"/v2/health/live", "/v2/health/ready", "/metrics"})
@@ -307,3 +312,17 @@ def guarded_h11(header_timeout_s: float):
                 self.transport.close()
 
     return GuardedH11Protocol
+
+
+def handshake_bounded_loop(handshake_timeout_s: float):
+    """An event loop class (a loop factory) whose TLS servers close a connection that has not finished its
+    handshake within ``handshake_timeout_s`` (asyncio's ``ssl_handshake_timeout``, which uvicorn leaves at its
+    default of 60 s)."""
+
+    class HandshakeBoundedLoop(asyncio.SelectorEventLoop):
+        async def create_server(self, *args, **kwargs):
+            if kwargs.get("ssl") is not None:
+                kwargs.setdefault("ssl_handshake_timeout", handshake_timeout_s)
+            return await super().create_server(*args, **kwargs)
+
+    return HandshakeBoundedLoop

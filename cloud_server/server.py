@@ -94,8 +94,7 @@ class SplitInferServer:
                 # requests in progress are capped by the RequestGuard (rest_max_connections), not connections
                 timeout_keep_alive=s.rest_keep_alive_s, limit_concurrency=None)
             self._http = uvicorn.Server(config)
-            self._http_thread = threading.Thread(target=self._http.run, kwargs={"sockets": [self._sock]},
-                                                 name="http", daemon=True)
+            self._http_thread = threading.Thread(target=self._run_http, name="http", daemon=True)
             self._http_thread.start()
             t0 = time.monotonic()
             while not self._http.started:
@@ -104,6 +103,15 @@ class SplitInferServer:
                 time.sleep(0.01)
             log.info("REST on %s:%d%s", s.host, self.http_port, " (TLS)" if s.tls else "")
         return self
+
+    def _run_http(self) -> None:
+        """uvicorn's ``Server.run`` on an event loop that bounds the TLS handshake (``handshake_timeout_s``)."""
+        import asyncio
+
+        from .rest_guards import handshake_bounded_loop
+
+        with asyncio.Runner(loop_factory=handshake_bounded_loop(self.settings.handshake_timeout_s)) as runner:
+            runner.run(self._http.serve(sockets=[self._sock]))
 
     def stop(self, grace: Optional[float] = None) -> None:
         """Graceful: stop reporting ready, refuse new requests, let requests in flight finish (up to

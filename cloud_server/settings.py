@@ -103,6 +103,10 @@ class Settings(BaseSettings):
     client on one connection meets the guard's own fast refusals (workers busy, capacity), not a wait for a stream."""
     grpc_idle_timeout_s: float = Field(30.0, gt=0)
     """A stream that neither sends a message nor reads an answer for this long is cancelled."""
+    grpc_stream_preempt_s: Optional[float] = Field(10.0, gt=0)
+    """When every stream slot is taken, a new stream takes the slot of the open stream whose last progress (an
+    answer that is not an error) is the oldest, if that was at least this long ago; that stream is cancelled. Streams
+    that make no progress and open again as soon as they are cut cannot keep others out. None: never."""
     grpc_message_timeout_s: float = Field(5.0, gt=0)
     """A unary call whose request message has not arrived after this long is cancelled."""
 
@@ -118,8 +122,9 @@ class Settings(BaseSettings):
     """REST requests in progress at once (headers received; probes and /metrics aside); beyond, 503. Connections
     that have not sent their headers do not count (the header timeout cuts them)."""
     handshake_timeout_s: float = Field(10.0, gt=0)
-    """A new gRPC connection must finish its TLS handshake and send the HTTP/2 preface within this time, or it is
-    closed (gRPC core's default: 120 s)."""
+    """A new connection must finish its TLS handshake within this time, or it is closed (gRPC: and send the HTTP/2
+    preface; gRPC core's default 120 s, asyncio's under uvicorn 60 s). A REST connection's headers are then due
+    within ``rest_header_timeout_s``."""
 
     api_keys: List[SecretStr] = Field(default_factory=list)
     """Accepted API keys (bearer token on REST, ``authorization: Bearer`` or ``x-api-key`` metadata on gRPC).
