@@ -1,10 +1,10 @@
 """One error hierarchy for the service, mapped to an HTTP status (REST) and a gRPC status code (gRPC).
 
-The data plane raises these; ``rest.py`` turns one into a JSON body ``{"error": message, "kind": kind}``
-with its ``status_code``, ``grpc_server.py`` aborts the call with ``grpc.StatusCode[grpc_code]``, the same
-message and the kind as trailing metadata (``splitinfer-error-kind``). Nothing else reaches a client: an
-unexpected exception becomes :class:`InternalError`. The ``kind`` is the contract (clients branch on it, e.g.
-the edge client retries ``overloaded`` and ``unavailable``); status codes are what each protocol makes of it.
+The data plane raises these; the REST room turns one into a JSON body ``{"error": message, "kind": kind}`` with its
+``status_code`` (``rest/guards.py``), the gRPC room ends the call with ``grpc.StatusCode[grpc_code]``, the same
+message and the kind as trailing metadata (``splitinfer-error-kind``; ``grpc/status.py``). Nothing else reaches a
+client: an unexpected exception becomes :class:`InternalError`. The ``kind`` is the contract (clients branch on it,
+e.g. the edge client retries ``overloaded`` and ``unavailable``); status codes are what each protocol makes of it.
 """
 
 from __future__ import annotations

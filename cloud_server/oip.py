@@ -1,9 +1,10 @@
 """The Open Inference Protocol (KServe v2 / Triton) on top of the data plane: wire types and tensor conversion.
 
-Shared by both OIP front ends, ``rest.py`` (HTTP/JSON + the binary tensor extension) and ``oip_grpc.py``
-(``inference.GRPCInferenceService``): they decode their wire format into :class:`InputTensor` s, requested
-outputs and parameters; :func:`make_call` turns those into one data-plane request; :func:`answer_tensors`
-turns the data plane's answer into output :class:`Tensor` s, which each front end encodes back.
+Shared by both OIP front ends, ``rest/routes.py`` (HTTP/JSON + the binary tensor extension) and
+``grpc/oip_service.py`` (``inference.GRPCInferenceService``): they decode their wire format into
+:class:`InputTensor` s, requested outputs and parameters; :func:`make_call` turns those into one data-plane request;
+:func:`answer_tensors` turns the data plane's answer into output :class:`Tensor` s, which each front end encodes
+back.
 
 What a model looks like through the protocol (``docs/service.md`` has the table):
 

@@ -345,7 +345,7 @@ def test_every_backbone_names_a_registered_task_and_a_label_set_of_its_size():
 def test_a_metric_a_task_adds_reaches_both_transports_without_other_changes():
     """A figure the data plane does not know by name travels in the rung metadata (REST JSON) and in
     ``RungInfo.metrics`` (gRPC); the figures older clients read from fields of their own are set too."""
-    from cloud_server.grpc_server import from_metadata
+    from cloud_server.grpc.native_service import from_metadata
     from cloud_server.types import ModelMetadata, RungMetadata
 
     rung = RungMetadata(index=0, lam=1.0, bpp=0.5, n_images=3, top1=0.75, boundary_f1=0.25, miou=None)
@@ -360,9 +360,9 @@ def test_a_metric_a_task_adds_reaches_both_transports_without_other_changes():
 
 # ------------------------------------------------------------------------------------------ the torch-free cloud
 # what a server that serves cloud packages (cloud_server.onnx_runtime) imports at start: none of it may import torch
-TORCH_FREE_CLOUD = ("cloud_server.onnx_runtime", "cloud_server.repository", "cloud_server.server", "cloud_server.rest",
-                    "cloud_server.grpc_server", "cloud_server.batching", "cloud_server.decoder", "shared.tasks",
-                    "splitinfer.cli.serve")
+TORCH_FREE_CLOUD = ("cloud_server.onnx_runtime", "cloud_server.repository", "cloud_server.server",
+                    "cloud_server.rest.app", "cloud_server.grpc.server", "cloud_server.grpc.oip_service",
+                    "cloud_server.batching", "cloud_server.decoder", "shared.tasks", "splitinfer.cli.serve")
 
 
 def test_the_onnx_cloud_runtime_imports_no_torch():
