@@ -15,7 +15,7 @@ interceptor, run on gRPC's polling thread before a worker is taken):
 - each call runs in a :class:`~cloud_server.scope.CallScope` whose cancel token is set when the call ends
   (client cancel, deadline, disconnect), so the data plane drops the work of a client that went away.
 
-Refusals end the call as a servicer's do (:func:`.status.answers_errors`: the kind in the trailing metadata).
+Refusals end the call as a servicer's do (:class:`.status.answering`: the kind in the trailing metadata).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from ..dataplane import DataPlane
 from ..errors import InvalidArgument, Overloaded, SplitInferError
 from ..scope import CallScope, enter_scope
 from ..settings import Settings
-from .status import answers_errors
+from .status import answering
 
 __all__ = ["CallGuard", "is_progress", "HEALTH_CHECK", "HEALTH_WATCH", "ADMITTED_METHODS"]
 
@@ -245,9 +245,9 @@ class CallGuard(grpc.ServerInterceptor):
         return release
 
     def _refusal(self, err: SplitInferError) -> grpc.RpcMethodHandler:
-        @answers_errors
         def refuse(request_iterator, context):  # reads nothing: answers at once
-            raise err
+            with answering(context):
+                raise err
 
         refuse.experimental_thread_pool = self.refusal_pool
         return grpc.stream_stream_rpc_method_handler(refuse)
@@ -257,7 +257,7 @@ class CallGuard(grpc.ServerInterceptor):
               pool: Optional[futures.ThreadPoolExecutor]) -> grpc.RpcMethodHandler:
         """Every handler becomes request-streaming with raw bytes in: the guard reads (with a timeout) and
         deserializes the request messages itself. What they raise ends the call as a servicer's refusals do,
-        whichever servicer reads them (``behavior`` and ``responses`` answer errors, not only the servicers)."""
+        whichever handler reads them (``behavior`` and ``responses`` answer errors, not only the servicers)."""
         guard, deserialize = self, handler.request_deserializer
         ser = handler.response_serializer
 
@@ -290,27 +290,27 @@ class CallGuard(grpc.ServerInterceptor):
                     call.disarm()
                 yield decode(call, raw)
 
-        @answers_errors
-        def responses(call: _Call, response_iterator, watch_inner: bool, context):
+        def responses(call: _Call, response_iterator, watch_inner: bool):
             """``watch_inner``: the client can send nothing more (unary request), so the time the handler takes to
             produce the next answer counts as idle too (not for Health/Watch); a bidirectional handler waits on the
             client through ``requests``, which has its own timer. An answer that is not an error is progress."""
             try:
-                while True:
-                    if watch_inner:
-                        call.arm(guard.idle_s)
-                    try:
-                        response = next(response_iterator)
-                    except StopIteration:
-                        return
-                    finally:
+                with answering(call.context):
+                    while True:
                         if watch_inner:
-                            call.disarm()
-                    if is_progress(response):
-                        call.progress_at = time.monotonic()
-                    call.arm(guard.idle_s)  # until gRPC asks for the next one: the client took this one
-                    yield response
-                    call.disarm()
+                            call.arm(guard.idle_s)
+                        try:
+                            response = next(response_iterator)
+                        except StopIteration:
+                            return
+                        finally:
+                            if watch_inner:
+                                call.disarm()
+                        if is_progress(response):
+                            call.progress_at = time.monotonic()
+                        call.arm(guard.idle_s)  # until gRPC asks for the next one: the client took this one
+                        yield response
+                        call.disarm()
             finally:
                 call.disarm()
                 call.release()
@@ -321,46 +321,46 @@ class CallGuard(grpc.ServerInterceptor):
         if handler.request_streaming and handler.response_streaming:
             inner = handler.stream_stream
 
-            @answers_errors
             def behavior(request_iterator, context):
-                call = _Call(guard, context, method, release)
-                try:
-                    return responses(call, inner(requests(call, request_iterator), context), False, context)
-                except BaseException:
-                    call.release()
-                    raise
+                with answering(context):
+                    call = _Call(guard, context, method, release)
+                    try:
+                        return responses(call, inner(requests(call, request_iterator), context), False)
+                    except BaseException:
+                        call.release()
+                        raise
         elif handler.request_streaming:
             inner = handler.stream_unary
 
-            @answers_errors
             def behavior(request_iterator, context):
-                call = _Call(guard, context, method, release)
-                try:
-                    return inner(requests(call, request_iterator), context)
-                finally:
-                    call.release()
+                with answering(context):
+                    call = _Call(guard, context, method, release)
+                    try:
+                        return inner(requests(call, request_iterator), context)
+                    finally:
+                        call.release()
         elif handler.response_streaming:
             inner = handler.unary_stream
 
-            @answers_errors
             def behavior(request_iterator, context):
-                call = _Call(guard, context, method, release)
-                try:
-                    return responses(call, inner(first_request(call, request_iterator), context),
-                                     method != HEALTH_WATCH, context)
-                except BaseException:
-                    call.release()
-                    raise
+                with answering(context):
+                    call = _Call(guard, context, method, release)
+                    try:
+                        return responses(call, inner(first_request(call, request_iterator), context),
+                                         method != HEALTH_WATCH)
+                    except BaseException:
+                        call.release()
+                        raise
         else:
             inner = handler.unary_unary
 
-            @answers_errors
             def behavior(request_iterator, context):
-                call = _Call(guard, context, method, release)
-                try:
-                    return inner(first_request(call, request_iterator), context)
-                finally:
-                    call.release()
+                with answering(context):
+                    call = _Call(guard, context, method, release)
+                    try:
+                        return inner(first_request(call, request_iterator), context)
+                    finally:
+                        call.release()
 
         if pool is not None:
             behavior.experimental_thread_pool = pool

@@ -1,9 +1,10 @@
 """How a refusal ends a gRPC call: its status code, its message, and its kind as trailing metadata.
 
-Every method of a servicer on the port (and the call guard's own handlers) wears :func:`answers_errors`: a
-:class:`~cloud_server.errors.SplitInferError` raised inside ends the call with ``grpc.StatusCode[e.grpc_code]``,
-the message as details and ``splitinfer-error-kind`` (plus ``splitinfer-retry-after-ms`` when a retry makes
-sense) in the trailing metadata. This is the one place that aborts a call.
+Every method of a servicer on the port wears :func:`answers_errors` (the call guard's own handlers run
+:class:`answering` the call): a :class:`~cloud_server.errors.SplitInferError` raised inside ends the call with
+``grpc.StatusCode[e.grpc_code]``, the message as details and ``splitinfer-error-kind`` (plus
+``splitinfer-retry-after-ms`` when a retry makes sense) in the trailing metadata. This is the one place that aborts
+a call.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import grpc
 
 from ..errors import SplitInferError
 
-__all__ = ["ERROR_KIND_KEY", "RETRY_AFTER_KEY", "status_code", "error_metadata", "answers_errors"]
+__all__ = ["ERROR_KIND_KEY", "RETRY_AFTER_KEY", "status_code", "error_metadata", "answering", "answers_errors"]
 
 ERROR_KIND_KEY = "splitinfer-error-kind"
 RETRY_AFTER_KEY = "splitinfer-retry-after-ms"
@@ -42,11 +43,30 @@ def _abort(context: grpc.ServicerContext, e: SplitInferError):
     context.abort(status_code(e), e.message)
 
 
+class answering:
+    """``with answering(context):``: a :class:`SplitInferError` raised in the block ends the call as the module
+    docstring says; anything else passes through (gRPC's own abort, and a bug, which gRPC reports as UNKNOWN). For
+    handlers made per call (the call guard's), where decorating each would cost time on the polling thread."""
+
+    __slots__ = ("context",)
+
+    def __init__(self, context: grpc.ServicerContext):
+        self.context = context
+
+    def __enter__(self) -> "answering":
+        return self
+
+    def __exit__(self, kind, e, tb) -> bool:
+        if isinstance(e, SplitInferError):
+            _abort(self.context, e)
+        return False
+
+
 def answers_errors(fn):
     """Decorate a handler (a function or a generator function) that has a parameter named ``context`` (the call's
-    :class:`grpc.ServicerContext`): a :class:`SplitInferError` it raises ends the call as the module docstring
-    says. Anything else passes through (gRPC's own abort, and a bug, which gRPC reports as UNKNOWN)."""
-    at = list(inspect.signature(fn).parameters).index("context")
+    :class:`grpc.ServicerContext`): its body runs :class:`answering` that context."""
+    code = fn.__code__
+    at = code.co_varnames[:code.co_argcount].index("context")
 
     def context_of(args, kwargs) -> grpc.ServicerContext:
         return kwargs["context"] if "context" in kwargs else args[at]
@@ -54,18 +74,14 @@ def answers_errors(fn):
     if inspect.isgeneratorfunction(fn):
         @functools.wraps(fn)
         def stream(*args, **kwargs):
-            try:
+            with answering(context_of(args, kwargs)):
                 yield from fn(*args, **kwargs)
-            except SplitInferError as e:
-                _abort(context_of(args, kwargs), e)
 
         return stream
 
     @functools.wraps(fn)
     def unary(*args, **kwargs):
-        try:
+        with answering(context_of(args, kwargs)):
             return fn(*args, **kwargs)
-        except SplitInferError as e:
-            _abort(context_of(args, kwargs), e)
 
     return unary
