@@ -239,6 +239,7 @@ def upload_worker(name: str) -> Dict:
 
     from cloud_server.dataplane import DataPlane
     from cloud_server.settings import Settings
+    from cloud_server.uploads import open_image
     from edge_client.encoder import EdgeEncoder
     from shared.data import eval_transform
     from shared.models.registry import Preprocess
@@ -248,8 +249,7 @@ def upload_worker(name: str) -> Dict:
     Image.new(mode, size).save(buf, format=fmt)
     data = buf.getvalue()
     pre = Preprocess(input_size=(224, 224), resize=256)
-    dp = DataPlane.__new__(DataPlane)  # the image path needs only the settings
-    dp.settings = Settings()
+    settings = Settings()
     enc = EdgeEncoder.__new__(EdgeEncoder)
     enc._transform = eval_transform(pre)
 
@@ -264,7 +264,8 @@ def upload_worker(name: str) -> Dict:
     base = status("VmRSS")
     t0 = time.perf_counter()
     try:
-        img = dp._open_image(data, pre, time.monotonic() + 60, None)
+        deadline = time.monotonic() + 60  # the data plane's stage check, with no client to lose
+        img = open_image(settings, data, pre, lambda stage: DataPlane._check(deadline, None, stage))
         enc.preprocess(img)
         outcome = "accepted"
     except Exception as e:  # noqa: BLE001
@@ -348,7 +349,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                 order = [("capacity", args.capacity), ("overload", args.factor * args.capacity)]
                 for label, n in (order if rep % 2 == 0 else order[::-1]):
                     samples, stop = [], threading.Event()
-                    sampler = threading.Thread(target=lambda: [samples.append(server.dataplane.inflight)
+                    sampler = threading.Thread(target=lambda: [samples.append(server.dataplane.admission.inflight)
                                                                for _ in iter(lambda: stop.wait(0.01), True)])
                     sampler.start()
                     r = run_clients(transport, port, "bench", n, args.duration, frames_file, not args.ignore_hint,

@@ -57,7 +57,7 @@ class _Item:
     feature: Array
     input_hw: Tuple[int, int]
     deadline: Optional[float]
-    token: object = None  # a dataplane.CancelToken (anything with .cancelled)
+    token: object = None  # a scope.CancelToken (anything with .cancelled)
     enqueued: float = field(default_factory=time.perf_counter)
     future: Future = field(default_factory=Future)
 
@@ -91,7 +91,7 @@ class TailBatcher:
     def run(self, feature: Array, input_hw: Tuple[int, int], deadline: Optional[float] = None,
             token=None) -> BatchResult:
         """Tail output for one decoded feature (1, C, h, w). ``deadline``: a ``time.monotonic()`` instant;
-        ``token``: a :class:`~cloud_server.dataplane.CancelToken` (cancelled: the request leaves the queue)."""
+        ``token``: a :class:`~cloud_server.scope.CancelToken` (cancelled: the request leaves the queue)."""
         if self._closed:
             raise Unavailable("the server is shutting down")
         if token is not None and token.cancelled:

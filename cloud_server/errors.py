@@ -1,15 +1,15 @@
 """One error hierarchy for the service, mapped to an HTTP status (REST) and a gRPC status code (gRPC).
 
-The data plane raises these; ``rest.py`` turns one into a JSON body ``{"error": message, "kind": kind}``
-with its ``status_code``, ``grpc_server.py`` aborts the call with ``grpc.StatusCode[grpc_code]``, the same
-message and the kind as trailing metadata (``splitinfer-error-kind``). Nothing else reaches a client: an
-unexpected exception becomes :class:`InternalError`. The ``kind`` is the contract (clients branch on it, e.g.
-the edge client retries ``overloaded`` and ``unavailable``); status codes are what each protocol makes of it.
+The data plane raises these; the REST room turns one into a JSON body ``{"error": message, "kind": kind}`` with its
+``status_code`` (``rest/guards.py``), the gRPC room ends the call with ``grpc.StatusCode[grpc_code]``, the same
+message and the kind as trailing metadata (``splitinfer-error-kind``; ``grpc/status.py``). Nothing else reaches a
+client: an unexpected exception becomes :class:`InternalError`. The ``kind`` is the contract (clients branch on it,
+e.g. the edge client retries ``overloaded`` and ``unavailable``); status codes are what each protocol makes of it.
 """
 
 from __future__ import annotations
 
-__all__ = [  # the error classes (tests map each); MAX_MESSAGE_CHARS and bounded are imported by name
+__all__ = [  # the error classes (tests map each); MAX_MESSAGE_CHARS, bounded, describe_validation: imported by name
     "SplitInferError",
     "InvalidArgument",
     "BundleMismatch",
@@ -36,6 +36,19 @@ def bounded(message: str, limit: int = MAX_MESSAGE_CHARS) -> str:
     if len(message) <= limit:
         return message
     return f"{message[:limit]}... ({len(message) - limit} more characters cut)"
+
+
+def describe_validation(errors, root: str = "") -> str:
+    """pydantic's ``ValidationError.errors()`` as one line, ``"where: what; ..."``: the one wording of a refused
+    field for requests (both transports), OIP parameters and settings. ``root``: the name of a whole-model error
+    (empty: the message alone)."""
+    parts = []
+    for err in errors:
+        where = ".".join(str(p) for p in err.get("loc", ()) if p != "__root__") or root
+        msg = "missing field" if err.get("type") == "missing" else err.get("msg", "invalid").removeprefix(
+            "Value error, ")
+        parts.append(f"{where}: {msg}" if where else msg)
+    return "; ".join(parts)
 
 
 class SplitInferError(Exception):

@@ -1,6 +1,6 @@
 """What an uploaded image may cost to decode, checked before and while it decodes (``infer-image``).
 
-The pixel, decode-memory and resize limits (``DataPlane.check_image_size``) bound what a decoded image holds, not
+The pixel, decode-memory and resize limits (``uploads.check_image_size``) bound what a decoded image holds, not
 the work of decoding it. For PNG and WebP that work is proportional to the pixels (the zlib or VP8/VP8L stream
 stops at the last row: a stream that inflates further is cut there), so the pixel limit bounds it. A progressive
 JPEG is the exception: each scan is another pass over every coefficient block of its components, and nothing in

@@ -1,9 +1,10 @@
 """The Open Inference Protocol (KServe v2 / Triton) on top of the data plane: wire types and tensor conversion.
 
-Shared by both OIP front ends, ``rest.py`` (HTTP/JSON + the binary tensor extension) and ``oip_grpc.py``
-(``inference.GRPCInferenceService``): they decode their wire format into :class:`InputTensor` s, requested
-outputs and parameters; :func:`make_call` turns those into one data-plane request; :func:`answer_tensors`
-turns the data plane's answer into output :class:`Tensor` s, which each front end encodes back.
+Shared by both OIP front ends, ``rest/routes.py`` (HTTP/JSON + the binary tensor extension) and
+``grpc/oip_service.py`` (``inference.GRPCInferenceService``): they decode their wire format into
+:class:`InputTensor` s, requested outputs and parameters; :func:`make_call` turns those into one data-plane request;
+:func:`answer_tensors` turns the data plane's answer into output :class:`Tensor` s, which each front end encodes
+back.
 
 What a model looks like through the protocol (``docs/service.md`` has the table):
 
@@ -33,7 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, Stri
 
 from shared.tasks import get_task, list_tasks
 
-from .errors import InvalidArgument, NotFound
+from .errors import InvalidArgument, NotFound, describe_validation
 from .types import InferenceRequest, InferenceResponse, ModelMetadata, parse_request
 
 __all__ = [
@@ -223,21 +224,12 @@ class ModelMetadataBody(ModelMetadata):
     outputs: List[TensorMetadata]
 
 
-def _describe(e: ValidationError) -> str:
-    parts = []
-    for err in e.errors():
-        where = ".".join(str(p) for p in err.get("loc", ()))
-        msg = "missing field" if err.get("type") == "missing" else err.get("msg", "invalid")
-        parts.append(f"{where}: {msg}" if where else msg)
-    return "; ".join(parts)
-
-
 def parse_model(model: type, data: Any, what: str):
     """``model.model_validate(data)``; a mistyped or missing field -> InvalidArgument naming it."""
     try:
         return model.model_validate(data)
     except ValidationError as e:
-        raise InvalidArgument(f"invalid {what}: {_describe(e)}") from None
+        raise InvalidArgument(f"invalid {what}: {describe_validation(e.errors())}") from None
 
 
 # ------------------------------------------------------------------------------------------ metadata

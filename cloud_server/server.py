@@ -1,8 +1,9 @@
 """The composition root: settings -> model repository -> one data plane -> REST and gRPC front ends.
 
-Both front ends run in one process and share the same :class:`~cloud_server.dataplane.DataPlane`
-(so one set of limits, metrics and loaded models). ``splitinfer serve`` builds a :class:`SplitInferServer`
-and calls :meth:`SplitInferServer.serve_forever`; tests use it as a context manager on ephemeral ports.
+Both front ends (the rooms ``grpc/`` and ``rest/``) run in one process and share the same
+:class:`~cloud_server.dataplane.DataPlane` (so one set of limits, metrics and loaded models). ``splitinfer serve``
+builds a :class:`SplitInferServer` and calls :meth:`SplitInferServer.serve_forever`; tests use it as a context
+manager on ephemeral ports.
 """
 
 from __future__ import annotations
@@ -32,8 +33,8 @@ class SplitInferServer:
         self.grpc = None
         self.app = None
         if s.enable_grpc:
-            from .grpc_server import GrpcFrontEnd
-            from .oip_grpc import register as register_oip
+            from .grpc.oip_service import register as register_oip
+            from .grpc.server import GrpcFrontEnd
 
             self.grpc = GrpcFrontEnd(self.dataplane, s)
             register_oip(self.grpc)  # inference.GRPCInferenceService (OIP) on the same port
@@ -41,7 +42,7 @@ class SplitInferServer:
         self._http_thread: Optional[threading.Thread] = None
         self._sock: Optional[socket.socket] = None
         if s.enable_rest:
-            from .rest import create_app
+            from .rest.app import create_app
 
             self.app = create_app(self.dataplane, s)
             self._sock = self._bind(s.host, s.http_port)
@@ -82,7 +83,7 @@ class SplitInferServer:
         if self.app is not None:
             import uvicorn
 
-            from .rest_guards import guarded_h11
+            from .rest.guards import guarded_h11
 
             config = uvicorn.Config(
                 self.app, log_config=None, access_log=False, lifespan="off",
@@ -108,7 +109,7 @@ class SplitInferServer:
         """uvicorn's ``Server.run`` on an event loop that bounds the TLS handshake (``handshake_timeout_s``)."""
         import asyncio
 
-        from .rest_guards import handshake_bounded_loop
+        from .rest.guards import handshake_bounded_loop
 
         with asyncio.Runner(loop_factory=handshake_bounded_loop(self.settings.handshake_timeout_s)) as runner:
             runner.run(self._http.serve(sockets=[self._sock]))
@@ -131,7 +132,7 @@ class SplitInferServer:
             if self._http is not None:
                 # keep accepting while requests are in flight: new REST requests get a clean 503 (the guard),
                 # not a refused connection; then uvicorn stops (waiting for what is left, up to the grace)
-                while self.dataplane.inflight > 0 and time.monotonic() - t0 < grace:
+                while self.dataplane.admission.inflight > 0 and time.monotonic() - t0 < grace:
                     time.sleep(0.01)
                 self._http.should_exit = True
             if self._http_thread is not None:

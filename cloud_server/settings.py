@@ -220,6 +220,8 @@ def serve_settings(opts) -> Settings:
 
     from shared.errors import UserError
 
+    from .errors import describe_validation
+
     overrides = {k: v for k, v in asdict(opts).items() if k not in ("bundle", "config")}
     if opts.bundle:
         overrides["bundles"] = [BundleSpec(name=n, path=p) if sep else BundleSpec(path=v)
@@ -227,5 +229,4 @@ def serve_settings(opts) -> Settings:
     try:
         return load_settings(opts.config, **overrides)
     except ValidationError as e:
-        raise UserError("invalid settings: " + "; ".join(
-            f"{'.'.join(map(str, err['loc'])) or 'settings'}: {err['msg']}" for err in e.errors())) from None
+        raise UserError(f"invalid settings: {describe_validation(e.errors(), 'settings')}") from None

@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from shared.hint import BitrateHint
 
-from .errors import InvalidArgument
+from .errors import InvalidArgument, describe_validation
 
 __all__ = [
     "InferenceRequest",
@@ -125,21 +125,9 @@ class ModelMetadata(BaseModel):
     head_weights: str = ""  # fingerprint of the backbone's head: an edge package must carry the same (docs/deploy.md)
 
 
-def _describe(e: ValidationError) -> str:
-    parts = []
-    for err in e.errors():
-        where = ".".join(str(p) for p in err.get("loc", ()) if p != "__root__")
-        msg = err.get("msg", "invalid")
-        msg = msg.removeprefix("Value error, ")
-        if err.get("type") == "missing":
-            msg = "missing field"
-        parts.append(f"{where}: {msg}" if where else msg)
-    return "; ".join(parts)
-
-
 def parse_request(fields: Dict[str, Any]) -> InferenceRequest:
     """Build an :class:`InferenceRequest`; a field that is missing, mistyped or out of range -> InvalidArgument."""
     try:
         return InferenceRequest.model_validate(fields)
     except ValidationError as e:
-        raise InvalidArgument(f"invalid request: {_describe(e)}") from None
+        raise InvalidArgument(f"invalid request: {describe_validation(e.errors())}") from None

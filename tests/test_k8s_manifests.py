@@ -34,7 +34,7 @@ KSERVE_FILES = sorted((DEPLOY / "kserve").glob("*.yaml"))
 # gRPC probes: beta (on by default) in 1.24, GA in 1.27; the newest schema kubernetes-validate bundles
 MIN_K8S = "1.27"
 K8S_VERSIONS = (MIN_K8S, kubernetes_validate.latest_version())
-# grpc.health.v1 names the server reports (cloud_server/grpc_server.py start(), cloud_server/oip_grpc.py register())
+# grpc.health.v1 names the server reports (cloud_server/grpc/server.py start(), cloud_server/grpc/oip_service.py register())
 HEALTH_SERVICES = {"", SERVICE_NAME, OIP_SERVICE_NAME}
 PREFIX = Settings.model_config["env_prefix"]
 # KServe v1beta1 PredictorSpec fields that are not PodSpec fields (ComponentExtensionSpec and the predictor

@@ -5,6 +5,7 @@ error kind on gRPC and the edge client retrying on it."""
 
 from __future__ import annotations
 
+import functools
 import io
 import socket
 import statistics
@@ -69,8 +70,10 @@ def test_image_bounds_are_checked_on_the_header(dataplane):
     from cloud_server.errors import InvalidArgument, PayloadTooLarge
     from shared.imageprep import input_crop, resized_size
 
+    from cloud_server.uploads import check_image_size
+
     pre = SimpleNamespace(input_size=(224, 224), resize=256)  # the embedded ladders' preprocessing
-    check = dataplane.check_image_size
+    check = functools.partial(check_image_size, dataplane.settings)
     check((640, 480), pre)
     check((1, 20), pre)  # 256 x 5120 after the resize: allowed
     with pytest.raises(InvalidArgument, match="aspect ratio"):
@@ -84,9 +87,8 @@ def test_image_bounds_are_checked_on_the_header(dataplane):
     # decoded memory (PIL: 4 bytes a pixel for RGB/RGBA, plus the RGB copy of a non-RGB image) and the resize
     # bound (the size input_crop itself resizes to)
     assert resized_size((10, 200), pre) == (256, 5120)
-    small = SimpleNamespace(settings=dataplane.settings.model_copy(
-        update={"max_resized_pixels": 1_000_000, "max_image_decode_bytes": 64 << 20}))
-    small_check = type(dataplane).check_image_size.__get__(small)
+    small = dataplane.settings.model_copy(update={"max_resized_pixels": 1_000_000, "max_image_decode_bytes": 64 << 20})
+    small_check = functools.partial(check_image_size, small)
     small_check((3000, 3000), pre, "RGB")  # 36 MB
     with pytest.raises(PayloadTooLarge, match="MiB to decode"):
         small_check((4000, 4000), pre, "L")  # 16 MB + 64 MB for its RGB copy
@@ -137,16 +139,17 @@ def test_peak_memory_of_a_thin_png_is_flat(dataplane):
 def test_a_timed_out_or_cancelled_upload_does_no_work(dataplane, monkeypatch):
     """The deadline and the client's cancel token are checked before decoding and before encoding: an upload
     whose time is up is never decoded or encoded (it used to run 40 s, then answer 504)."""
-    from cloud_server.dataplane import CallScope, call_scope
+    from cloud_server import dataplane as dpm
     from cloud_server.errors import Cancelled, DeadlineExceeded
+    from cloud_server.scope import CallScope, call_scope
 
     served = dataplane.repository.get(MODEL)
     enc = served.encoder()
     calls = []
     monkeypatch.setattr(enc, "encode", lambda *a, **kw: calls.append(1))
     opened = []
-    real_open = dataplane._open_image
-    monkeypatch.setattr(dataplane, "_open_image", lambda *a: (opened.append(1), real_open(*a))[1])
+    real_open = dpm.open_image
+    monkeypatch.setattr(dpm, "open_image", lambda *a: (opened.append(1), real_open(*a))[1])
     data = _png((64, 48))
     with pytest.raises(DeadlineExceeded):
         dataplane.infer_image(MODEL, data, timeout_s=0.0)
@@ -155,7 +158,7 @@ def test_a_timed_out_or_cancelled_upload_does_no_work(dataplane, monkeypatch):
     with call_scope(scope), pytest.raises(Cancelled):
         dataplane.infer_image(MODEL, data)
     assert calls == []
-    assert dataplane.inflight == 0
+    assert dataplane.admission.inflight == 0
 
 
 def test_image_decodes_are_bounded(dataplane, monkeypatch):
@@ -233,7 +236,7 @@ def test_unread_streams_are_cut():
     it and frees its worker (the guard on a bare server, with a handler that floods 1 MB answers)."""
     from concurrent import futures
 
-    from cloud_server.grpc_server import CallGuard
+    from cloud_server.grpc.guard import CallGuard
     from cloud_server.settings import Settings
 
     sent = []
@@ -289,7 +292,7 @@ def test_health_answers_while_every_worker_is_busy(tiny_bundle, tiny_weights, fr
         req = pb.InferRequest(model=MODEL, bitstream=frames[0].data)
         with slow_tail(s, 1.0):
             busy = [stub.Infer.future(req, timeout=10) for _ in range(4)]
-            assert wait_for(lambda: s.dataplane.inflight == 4)
+            assert wait_for(lambda: s.dataplane.admission.inflight == 4)
             assert s.grpc.guard.active == 4
             assert statistics.median([_health_ms(channel) for _ in range(5)]) <= 100
             t0 = time.monotonic()
@@ -322,7 +325,7 @@ def test_grpc_capacity_is_reachable_and_refusals_are_immediate(tiny_bundle, tiny
         req = pb.InferRequest(model=MODEL, bitstream=frames[0].data)
         with slow_tail(s, 2.0):
             admitted = [stub.Infer.future(req, timeout=30) for _ in range(cap)]
-            assert wait_for(lambda: s.dataplane.inflight == cap, timeout=10)
+            assert wait_for(lambda: s.dataplane.admission.inflight == cap, timeout=10)
 
             def refused():
                 with pytest.raises(grpc.RpcError) as e:
@@ -355,7 +358,7 @@ def test_rest_capacity_is_reachable_and_refusals_are_immediate(tiny_bundle, tiny
             threads = [threading.Thread(target=call) for _ in range(cap)]
             for t in threads:
                 t.start()
-            assert wait_for(lambda: s.dataplane.inflight == cap, timeout=15), s.dataplane.inflight
+            assert wait_for(lambda: s.dataplane.admission.inflight == cap, timeout=15), s.dataplane.admission.inflight
             with httpx.Client(timeout=5) as c:
                 def refused():
                     r = c.post(url, json=body)
@@ -389,7 +392,7 @@ def test_abandoned_requests_are_dropped(tiny_bundle, tiny_weights, frames):
             with pytest.raises(httpx.TimeoutException):  # the REST client disconnects while queued
                 httpx.post(f"http://127.0.0.1:{s.http_port}/v2/models/{MODEL}/infer", json=body, timeout=0.3)
             assert first.result().rung == frames[0].rung
-            assert wait_for(lambda: s.dataplane.inflight == 0)
+            assert wait_for(lambda: s.dataplane.admission.inflight == 0)
         assert calls == [1], calls  # only the first one ran the tail
         reg = s.dataplane.metrics.registry
         dropped = sum(reg.get_sample_value("splitinfer_errors_total", {"protocol": p, "kind": k}) or 0
@@ -403,7 +406,7 @@ def test_batcher_drops_expired_and_cancelled_items():
     import torch
 
     from cloud_server.batching import TailBatcher
-    from cloud_server.dataplane import CancelToken
+    from cloud_server.scope import CancelToken
     from cloud_server.errors import Cancelled, DeadlineExceeded
 
     ran = []
@@ -551,7 +554,7 @@ def test_new_rest_requests_get_503_during_shutdown(tiny_bundle, tiny_weights, fr
             t = threading.Thread(target=lambda: result.update(r=httpx.post(f"{url}/v2/models/{MODEL}/infer",
                                                                            json=body, timeout=10)))
             t.start()
-            assert wait_for(lambda: s.dataplane.inflight == 1)
+            assert wait_for(lambda: s.dataplane.admission.inflight == 1)
             stopper = threading.Thread(target=s.stop, kwargs={"grace": 5.0})
             stopper.start()
             assert wait_for(lambda: not s.dataplane.ready())
@@ -607,7 +610,7 @@ def test_edge_client_retries_on_the_overloaded_kind(tiny_bundle, tiny_weights, e
             c.connect()
             other = threading.Thread(target=lambda: c.send(frame))
             other.start()
-            assert wait_for(lambda: s.dataplane.inflight == 1)
+            assert wait_for(lambda: s.dataplane.admission.inflight == 1)
             r = c.send(frame)  # refused at first (overloaded), then served
             assert r.rung == 0
             other.join(10)
@@ -742,7 +745,7 @@ def test_a_progressive_jpeg_scan_bomb_is_refused_before_decoding(dataplane, monk
         dataplane.infer_image(MODEL, png[:33] + empty * 800_000 + png[33:])
     assert time.process_time() - t0 < 0.5
     assert dataplane.infer_image(MODEL, png[:33] + empty * 1000 + png[33:]).topk  # chunks Pillow skips
-    assert dataplane.inflight == 0
+    assert dataplane.admission.inflight == 0
 
 
 def test_the_deadline_holds_while_an_image_decodes(dataplane, monkeypatch):
@@ -757,14 +760,14 @@ def test_the_deadline_holds_while_an_image_decodes(dataplane, monkeypatch):
     with pytest.raises(DeadlineExceeded, match="before the image was decoded"):
         dataplane.infer_image(MODEL, bomb, timeout_s=0.3)
     assert time.monotonic() - t0 < 2.0
-    from cloud_server.dataplane import CallScope, call_scope
+    from cloud_server.scope import CallScope, call_scope
 
     scope = CallScope()
     threading.Timer(0.3, scope.token.cancel).start()
     t0 = time.monotonic()
     with call_scope(scope), pytest.raises(Cancelled):
         dataplane.infer_image(MODEL, bomb)
-    assert time.monotonic() - t0 < 2.0 and dataplane.inflight == 0
+    assert time.monotonic() - t0 < 2.0 and dataplane.admission.inflight == 0
 
 
 def _first_answer(port: int, head: bytes, body: bytes = b"") -> bytes:
@@ -881,17 +884,18 @@ def test_admission_refuses_what_cannot_finish_before_its_deadline(dataplane, fra
     from cloud_server.types import parse_request
 
     dp = dataplane
+    adm = dp.admission  # the slots and the measured pace
     req = parse_request({"model": MODEL, "bitstream": frames[0].data})
-    assert dp.pace_s is None or dp.pace_s >= 0
+    assert adm.pace_s is None or adm.pace_s >= 0
     held = [dp.admit() for _ in range(3)]  # three requests in flight
     try:
-        dp._pace_s, dp._pace_n, dp._last_done = None, 0, None
+        adm._pace_s, adm._pace_n, adm._last_done = None, 0, None
         for _ in range(12):
-            dp._record_answer()
+            adm.record_answer()
             time.sleep(0.01)
-        assert dp.pace_s is not None and 0.005 < dp.pace_s < 1.0
-        dp._pace_s = 0.5  # 4 in flight with this one: 2 s of work ahead
-        assert dp.expected_s() == pytest.approx(1.5)
+        assert adm.pace_s is not None and 0.005 < adm.pace_s < 1.0
+        adm._pace_s = 0.5  # 4 in flight with this one: 2 s of work ahead
+        assert adm.expected_s() == pytest.approx(1.5)
         calls = _count_tail_calls(dp)
         t0 = time.perf_counter()
         with pytest.raises(Overloaded, match="before its deadline") as e:
@@ -901,10 +905,10 @@ def test_admission_refuses_what_cannot_finish_before_its_deadline(dataplane, fra
     finally:
         for a in held:
             a.release()
-        dp._pace_s, dp._pace_n, dp._last_done = None, 0, None
-    dp._record_answer()  # nothing else in flight: no pace from a lone request
-    dp._record_answer()
-    assert dp.pace_s is None and dp.expected_s() is None
+        adm._pace_s, adm._pace_n, adm._last_done = None, 0, None
+    adm.record_answer()  # nothing else in flight: no pace from a lone request
+    adm.record_answer()
+    assert adm.pace_s is None and adm.expected_s() is None
 
 
 
@@ -998,7 +1002,7 @@ def test_streams_are_cut_without_progress_and_watch_is_exempt():
     takes no stream slot or worker (before: cut every idle period)."""
     from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-    from cloud_server.grpc_server import CallGuard, is_progress
+    from cloud_server.grpc.guard import CallGuard, is_progress
     from cloud_server.settings import Settings
 
     assert not is_progress(pb.InferStreamResponse(error=pb.Error(code=3, kind="invalid_argument")))
@@ -1060,7 +1064,7 @@ def test_streams_without_progress_give_their_slot_to_new_streams():
     at least grpc_stream_preempt_s old; it is cancelled. Streams that trickle refused frames and open again at once
     when cut cannot keep others out (before: 2 of 10 legitimate streams got in within 75 s against 16 such streams,
     benchmarks/service_hardening.py h2); streams making progress, and streams younger than that, keep their slots."""
-    from cloud_server.grpc_server import CallGuard
+    from cloud_server.grpc.guard import CallGuard
     from cloud_server.settings import Settings
 
     def answer(ok):
@@ -1129,21 +1133,22 @@ def test_errors_never_echo_the_request():
     """A refusal names what is wrong in a bounded message: 500,000 empty outputs (before: a 2 MB grpc-message,
     RESOURCE_EXHAUSTED at the client) or an input shape of 900,000 ones (before: accepted) are refused by their
     counts, and any message is cut at MAX_MESSAGE_CHARS."""
-    from cloud_server import oip, oip_grpc
+    from cloud_server import oip
     from cloud_server.errors import MAX_MESSAGE_CHARS, InvalidArgument, NotFound
+    from cloud_server.grpc import oip_service
 
-    pbo = oip_grpc.pb
+    pbo = oip_service.pb
     inp = pbo.ModelInferRequest.InferInputTensor(name="bitstream", datatype="BYTES", shape=[1])
     inp.contents.bytes_contents.append(b"x")
     m = pbo.ModelInferRequest(model_name=MODEL, inputs=[inp])
     m.outputs.extend([pbo.ModelInferRequest.InferRequestedOutputTensor()] * 500_000)
     with pytest.raises(InvalidArgument, match="500000 outputs requested") as e:
-        oip_grpc.to_call(m, None, 5)
+        oip_service.to_call(m, None, 5)
     assert len(e.value.message) < 200
     m2 = pbo.ModelInferRequest(model_name=MODEL, inputs=[inp])
     m2.inputs[0].shape[:] = [1] * 900_000
     with pytest.raises(InvalidArgument, match="dimensions") as e:
-        oip_grpc.to_call(m2, None, 5)
+        oip_service.to_call(m2, None, 5)
     assert len(e.value.message) < 200
     twice = [oip.RequestedOutput("topk_index")] * 3
     with pytest.raises(InvalidArgument, match="'topk_index' is requested twice"):
@@ -1215,7 +1220,7 @@ def test_compressed_request_bodies_are_inflated_within_the_limit(server, frames)
     import json
 
     from cloud_server.errors import InvalidArgument, PayloadTooLarge
-    from cloud_server.rest import decode_body
+    from cloud_server.rest.routes import decode_body
 
     assert decode_body(gzip.compress(b"abc"), "gzip", 10) == b"abc"
     assert decode_body(zlib.compress(b"abc"), "deflate", 10) == b"abc" == decode_body(b"abc", None, 10)

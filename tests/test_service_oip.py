@@ -383,7 +383,7 @@ def test_segmentation_outputs_convert_for_both_transports():
             mask = res.get_output("mask_png")
             assert mask["parameters"] == {"content_type": "base64"}
             assert base64.b64decode(mask["data"][0]) == r.mask_png
-    from cloud_server.oip_grpc import from_answer
+    from cloud_server.grpc.oip_service import from_answer
 
     call = _call(outputs=[oip.RequestedOutput("mask_png"), oip.RequestedOutput("class_pixels")])
     res = grpcclient.InferResult(from_answer(r, call))

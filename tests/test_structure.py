@@ -11,6 +11,10 @@
 - Whether a bundle is a ladder or one variable-rate network is the rate scheme's business (:mod:`shared.rate`):
   outside it (and the codec, whose network has the levels) no code asks for ``levels is None``, and the codec
   imports nothing of rate control (it sits below it).
+- The cloud's front ends live in rooms by transport, ``cloud_server/grpc/`` and ``cloud_server/rest/``: neither
+  imports the other, and only the composition root (``cloud_server.server``) imports either. One module ends a
+  gRPC call with an error (``grpc/status.py``; every servicer method wears its decorator), one reads an API key
+  (``auth.py``), one words a pydantic validation error (``errors.describe_validation``).
 """
 
 from __future__ import annotations
@@ -345,7 +349,7 @@ def test_every_backbone_names_a_registered_task_and_a_label_set_of_its_size():
 def test_a_metric_a_task_adds_reaches_both_transports_without_other_changes():
     """A figure the data plane does not know by name travels in the rung metadata (REST JSON) and in
     ``RungInfo.metrics`` (gRPC); the figures older clients read from fields of their own are set too."""
-    from cloud_server.grpc_server import from_metadata
+    from cloud_server.grpc.native_service import from_metadata
     from cloud_server.types import ModelMetadata, RungMetadata
 
     rung = RungMetadata(index=0, lam=1.0, bpp=0.5, n_images=3, top1=0.75, boundary_f1=0.25, miou=None)
@@ -360,9 +364,9 @@ def test_a_metric_a_task_adds_reaches_both_transports_without_other_changes():
 
 # ------------------------------------------------------------------------------------------ the torch-free cloud
 # what a server that serves cloud packages (cloud_server.onnx_runtime) imports at start: none of it may import torch
-TORCH_FREE_CLOUD = ("cloud_server.onnx_runtime", "cloud_server.repository", "cloud_server.server", "cloud_server.rest",
-                    "cloud_server.grpc_server", "cloud_server.batching", "cloud_server.decoder", "shared.tasks",
-                    "splitinfer.cli.serve")
+TORCH_FREE_CLOUD = ("cloud_server.onnx_runtime", "cloud_server.repository", "cloud_server.server",
+                    "cloud_server.rest.app", "cloud_server.grpc.server", "cloud_server.grpc.oip_service",
+                    "cloud_server.batching", "cloud_server.decoder", "shared.tasks", "splitinfer.cli.serve")
 
 
 def test_the_onnx_cloud_runtime_imports_no_torch():
@@ -378,3 +382,93 @@ def test_the_onnx_cloud_runtime_imports_no_torch():
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.strip() == "[]", r.stdout
+
+
+# ------------------------------------------------------------------------------------------ the cloud's rooms
+CLOUD = ROOT / "cloud_server"
+ROOMS = ("cloud_server.grpc", "cloud_server.rest")
+
+
+def _in(module: str, room: str) -> bool:
+    return module == room or module.startswith(room + ".")
+
+
+def test_the_grpc_and_rest_rooms_import_neither_each_other_nor_are_imported_by_the_core():
+    g = import_graph()
+    assert any(_in(m, "cloud_server.grpc") for m in g) and any(_in(m, "cloud_server.rest") for m in g)
+    bad = []
+    for mod, targets in g.items():
+        for room in ROOMS:
+            if _in(mod, room) or mod == "cloud_server.server":  # a room's own modules; the composition root
+                continue
+            bad += [(mod, t) for t in targets if _in(t, room)]
+    assert not bad, sorted(bad)
+
+
+def _cloud_trees() -> Iterator[Tuple[Path, ast.AST]]:
+    for path in sorted(CLOUD.rglob("*.py")):
+        yield path, ast.parse(path.read_text(), str(path))
+
+
+def _aborts(tree: ast.AST) -> bool:
+    """Whether the code calls an ``abort`` (``context.abort(...)``, ``abort(...)``, ``self._abort(...)``)."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            f = node.func
+            name = f.attr if isinstance(f, ast.Attribute) else f.id if isinstance(f, ast.Name) else ""
+            if name.lstrip("_") == "abort":
+                return True
+    return False
+
+
+def test_only_the_status_module_aborts_a_grpc_call():
+    status = CLOUD / "grpc" / "status.py"
+    found = [str(p.relative_to(ROOT)) for p, tree in _cloud_trees() if p != status and _aborts(tree)]
+    assert not found, f"abort outside cloud_server/grpc/status.py (raise a SplitInferError instead): {found}"
+    assert _aborts(ast.parse(status.read_text()))
+
+
+def test_the_abort_finder_finds_aborts():
+    assert _aborts(ast.parse("context.abort(code, 'x')")) and _aborts(ast.parse("self._abort(context, e)"))
+    assert _aborts(ast.parse("abort(context, e)")) and not _aborts(ast.parse("raise InvalidArgument('abort(')"))
+
+
+def test_every_grpc_servicer_method_answers_errors_through_the_decorator():
+    methods = []
+    for path in sorted((CLOUD / "grpc").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not (isinstance(node, ast.ClassDef) and any(
+                    (b.attr if isinstance(b, ast.Attribute) else getattr(b, "id", "")).endswith("Servicer")
+                    for b in node.bases)):
+                continue
+            for f in node.body:
+                if isinstance(f, ast.FunctionDef) and f.name[:1].isupper():  # the rpc methods (CamelCase)
+                    decorators = {getattr(d, "id", getattr(d, "attr", None)) for d in f.decorator_list}
+                    methods.append((f"{path.name}:{node.name}.{f.name}", "answers_errors" in decorators))
+    assert len(methods) >= 11, methods  # 4 native + 7 OIP: the finder sees them
+    assert all(ok for _, ok in methods), [m for m, ok in methods if not ok]
+
+
+def _string_constants(tree: ast.AST) -> Set[str]:
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, (str, bytes)):
+            v = node.value.decode("latin-1") if isinstance(node.value, bytes) else node.value
+            out.add(v.lower())
+    return out
+
+
+def test_one_api_key_reader():
+    """Only cloud_server/auth.py looks for the headers that carry an API key; the rooms call it."""
+    headers = {"authorization", "x-api-key"}
+    found = [str(p.relative_to(ROOT)) for p, tree in _cloud_trees()
+             if p != CLOUD / "auth.py" and _string_constants(tree) & headers]
+    assert not found, f"API-key headers read outside cloud_server/auth.py: {found}"
+    assert _string_constants(ast.parse((CLOUD / "auth.py").read_text())) >= headers
+
+
+def test_one_validation_error_formatter():
+    """Only errors.describe_validation reads pydantic's error entries (their "loc" and "msg")."""
+    found = [str(p.relative_to(ROOT)) for p, tree in _cloud_trees()
+             if p != CLOUD / "errors.py" and {"loc", "msg"} & _string_constants(tree)]
+    assert not found, f"a validation error worded outside cloud_server/errors.py: {found}"

@@ -2,7 +2,7 @@
 
 - ``splitinfer_pb2`` / ``splitinfer_pb2_grpc``: the native service ``splitinfer.v1.SplitInference``;
 - ``grpc_service_pb2`` / ``grpc_service_pb2_grpc``: the Open Inference Protocol's
-  ``inference.GRPCInferenceService`` (KServe v2 / Triton), served by ``cloud_server.oip_grpc``.
+  ``inference.GRPCInferenceService`` (KServe v2 / Triton), served by ``cloud_server.grpc.oip_service``.
 
 The modules themselves are not committed: importing this package generates them on first use (or when
 a ``.proto`` changed) via :mod:`shared.proto_build`. Import them as::

@@ -1,6 +1,6 @@
-"""The REST front end (FastAPI): the Open Inference Protocol (KServe v2 / Triton HTTP), plus an image upload.
+"""The REST routes: the Open Inference Protocol (KServe v2 / Triton HTTP), plus an image upload and edge packages.
 
-Routes (the table in :func:`create_app`):
+Routes (the table in :func:`~.app.create_app`; :class:`Endpoints` answers them):
 
 - ``GET /v2/health/live``, ``GET /v2/health/ready``, ``GET /v2`` (server metadata), ``GET /metrics``: open;
 - ``GET /v2/models``, ``GET /v2/models/{name}[/versions/{version}]``, ``.../ready``: model metadata, readiness
@@ -10,39 +10,36 @@ Routes (the table in :func:`create_app`):
   (``Inference-Header-Content-Length``; the element framed as a 4-byte little-endian length + bytes).
   Requested ``outputs`` come back as JSON or binary (``binary_data``, ``binary_data_output``), with
   ``classification`` on ``topk_score``; the bitrate hint and the rest are request ``parameters``
-  (``target_bpp``, or ``kbit_per_s`` + ``fps``, ``expected_rung``, ``top_k``). Tensor conversion: :mod:`.oip`;
+  (``target_bpp``, or ``kbit_per_s`` + ``fps``, ``expected_rung``, ``top_k``). Tensor conversion:
+  :mod:`cloud_server.oip`;
 - ``POST /v2/models/{name}/infer-image``: a JPEG/PNG/WebP upload (multipart field ``image``, or the raw
   body), encoded by the edge half in-process; the hint and ``rung`` / ``top_k`` are query parameters.
 
 Endpoints only translate; the data plane validates and answers. Every refusal is a JSON body
-``{"error": message, "kind": kind}`` with the status of its :mod:`cloud_server.errors` class.
+``{"error": message, "kind": kind}`` with the status of its :mod:`cloud_server.errors` class (:mod:`.app`).
 """
 
 from __future__ import annotations
 
 import base64
-import logging
 import typing
 import zlib
 from typing import Any, Dict, List, Optional, Tuple
 
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
+from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from shared.hint import BitrateHint
 
-from . import oip
-from .dataplane import DataPlane
-from .errors import InternalError, InvalidArgument, NotFound, PayloadTooLarge, SplitInferError, bounded
-from .settings import Settings
-from .types import InferenceResponse, ModelMetadata
+from .. import oip
+from ..dataplane import DataPlane
+from ..errors import InvalidArgument, NotFound, PayloadTooLarge, SplitInferError, bounded
+from ..types import InferenceResponse, ModelMetadata
+from .guards import authenticate
 
-__all__ = ["create_app", "parse_infer_body", "requested_outputs"]
+__all__ = ["Endpoints", "decode_body", "parse_infer_body", "requested_outputs", "plain_response"]
 
-log = logging.getLogger("splitinfer.server")
 BINARY_HEADER = "inference-header-content-length"
 
 
@@ -142,60 +139,13 @@ def plain_response(r: InferenceResponse) -> Dict[str, Any]:
     return out
 
 
-# ------------------------------------------------------------------------------------------ errors, limits
-def error_response(e: SplitInferError) -> JSONResponse:
-    headers = {"WWW-Authenticate": "Bearer"} if e.status_code == 401 else None
-    return JSONResponse({"error": e.message, "kind": e.kind}, status_code=e.status_code, headers=headers)
-
-
-class _BodyTooLarge(PayloadTooLarge):
-    pass
-
-
-class BodyLimitMiddleware:
-    """Refuse request bodies over ``limit`` bytes: by Content-Length up front, by counting while reading."""
-
-    def __init__(self, app, limit: int):
-        self.app, self.limit = app, limit
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        length = dict(scope.get("headers") or ()).get(b"content-length")
-        if length is not None:
-            try:
-                n = int(length)
-            except ValueError:
-                return await error_response(InvalidArgument("malformed Content-Length"))(scope, receive, send)
-            if n > self.limit:
-                err = PayloadTooLarge(f"request body of {n} bytes exceeds the limit of {self.limit} bytes")
-                return await error_response(err)(scope, receive, send)
-        seen = 0
-
-        async def limited():
-            nonlocal seen
-            msg = await receive()
-            if msg["type"] == "http.request":
-                seen += len(msg.get("body", b""))
-                if seen > self.limit:
-                    raise _BodyTooLarge(f"request body exceeds the limit of {self.limit} bytes")
-            return msg
-
-        await self.app(scope, limited, send)
-
-
 # ------------------------------------------------------------------------------------------ endpoints
 class Endpoints:
     def __init__(self, dataplane: DataPlane):
         self.dp = dataplane
 
     def _auth(self, request: Request) -> None:
-        if not self.dp.auth_required:
-            return
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        self.dp.authenticate(token.strip() if scheme.lower() == "bearer" else None,
-                             request.client.host if request.client else None)
+        authenticate(self.dp, request.scope)
 
     async def live(self) -> Dict[str, bool]:
         return {"live": self.dp.live()}
@@ -216,7 +166,7 @@ class Endpoints:
         return {"models": [m.model_dump() for m in self.dp.metadata()]}
 
     async def edge_package(self, name: str, request: Request) -> Response:
-        from .edge_packages import rest_response  # the served models' edge packages (issue 25): its own module
+        from ..edge_packages import rest_response  # the served models' edge packages (issue 25): its own module
 
         self._auth(request)
         return await rest_response(self.dp, name)
@@ -313,54 +263,3 @@ class Endpoints:
             raise InvalidArgument("id: at most 128 characters")
         resp = await run_in_threadpool(self.dp.infer_image, name, data, hint, rung, top_k, id, "rest-image")
         return plain_response(resp)
-
-
-def create_app(dataplane: DataPlane, settings: Settings) -> FastAPI:
-    app = FastAPI(title="splitinfer", version=dataplane.server_metadata()["version"],
-                  description="Split inference: the cloud half. Open Inference Protocol (KServe v2 / Triton) "
-                              "endpoints.")
-    e = Endpoints(dataplane)
-    routes = [
-        ("GET", "/v2/health/live", e.live),
-        ("GET", "/v2/health/ready", e.ready),
-        ("GET", "/v2", e.server_metadata),
-        ("GET", "/metrics", e.metrics),
-        ("GET", "/v2/models", e.models),
-        ("GET", "/v2/models/{name}", e.model_metadata),
-        ("GET", "/v2/models/{name}/ready", e.model_ready),
-        ("POST", "/v2/models/{name}/infer", e.infer),
-        ("GET", "/v2/models/{name}/versions/{version}", e.version_metadata),
-        ("GET", "/v2/models/{name}/versions/{version}/ready", e.version_ready),
-        ("POST", "/v2/models/{name}/versions/{version}/infer", e.version_infer),
-        ("POST", "/v2/models/{name}/infer-image", e.infer_image),
-        ("GET", "/v2/models/{name}/edge-package", e.edge_package),
-    ]
-    for method, path, endpoint in routes:
-        app.add_api_route(path, endpoint, methods=[method])
-
-    @app.exception_handler(SplitInferError)
-    async def _splitinfer_error(request: Request, exc: SplitInferError):
-        return error_response(exc)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_error(request: Request, exc: StarletteHTTPException):
-        kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return JSONResponse({"error": str(exc.detail), "kind": kind}, status_code=exc.status_code,
-                            headers=getattr(exc, "headers", None))
-
-    @app.exception_handler(RequestValidationError)
-    async def _validation_error(request: Request, exc: RequestValidationError):
-        parts = [f"{'.'.join(str(p) for p in err.get('loc', ()))}: {err.get('msg')}" for err in exc.errors()]
-        return error_response(InvalidArgument("invalid request: " + "; ".join(parts)))
-
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception):
-        log.exception("unexpected error on %s", request.url.path)
-        return error_response(InternalError(f"internal error: {type(exc).__name__}"))
-
-    from .rest_guards import RequestGuard  # shutdown 503, docs auth, body timeout, admission (429), cancel
-
-    # inside the body limit; judges bodies by the app's routes before reading them
-    app.add_middleware(RequestGuard, dataplane=dataplane, settings=settings, routes=app.router.routes)
-    app.add_middleware(BodyLimitMiddleware, limit=settings.max_request_bytes)
-    return app

@@ -4,11 +4,11 @@ Served on the same server and port as the native ``splitinfer.v1.SplitInference`
 tritonclient.grpc and other OIP clients work unmodified: ServerLive, ServerReady, ServerMetadata (no API key),
 ModelReady, ModelMetadata, ModelInfer and Triton's ModelStreamInfer (API key when keys are configured, as
 ``authorization: Bearer <key>`` or ``x-api-key`` metadata). Tensors, parameters and outputs translate as on
-REST (:mod:`.oip`); every tensor travels in ``raw_input_contents`` / ``raw_output_contents`` (BYTES elements
+REST (:mod:`cloud_server.oip`); every tensor travels in ``raw_input_contents`` / ``raw_output_contents`` (BYTES elements
 framed as a 4-byte little-endian length + bytes), or for inputs in ``contents.bytes_contents``.
 
 Refusals end the call with the status of the error's class (``errors.py``) and its kind in the trailing metadata,
-as on the native service (:func:`.grpc_server.abort`); inside ModelStreamInfer a refused request gets
+as on the native service (:func:`.status.answers_errors`); inside ModelStreamInfer a refused request gets
 ``error_message`` (and the stream goes on), except a failed API key, a shutdown or a cancelled call, which end
 the stream. The port's call guard (admission, idle streams, request decoding) covers this service too.
 """
@@ -23,12 +23,13 @@ from grpc_reflection.v1alpha import reflection
 
 from shared._proto import OIP_SERVICE_NAME, SERVICE_NAME, grpc_service_pb2 as pb, grpc_service_pb2_grpc as pb_grpc
 
-from . import oip
-from .dataplane import DataPlane
-from .errors import Cancelled, InvalidArgument, NotFound, SplitInferError, Unauthenticated, Unavailable
+from .. import oip
+from ..dataplane import DataPlane
+from ..errors import Cancelled, InvalidArgument, NotFound, SplitInferError, Unauthenticated, Unavailable
+from ..types import InferenceResponse, ModelMetadata
 # one reading of API keys, one status mapping and one refusal (kind in the trailing metadata) for both services
-from .grpc_server import _token, abort, peer_address, status_code
-from .types import InferenceResponse, ModelMetadata
+from .caller import authenticate
+from .status import answers_errors, status_code
 
 __all__ = ["OipServicer", "register", "to_call", "from_answer"]
 
@@ -115,10 +116,6 @@ class OipServicer(pb_grpc.GRPCInferenceServiceServicer):
     def __init__(self, dataplane: DataPlane):
         self.dp = dataplane
 
-    @staticmethod
-    def _abort(context: grpc.ServicerContext, e: SplitInferError):
-        abort(context, e)
-
     def _lookup(self, name: str) -> Optional[ModelMetadata]:
         try:
             return self.dp.model_metadata(name)
@@ -143,56 +140,51 @@ class OipServicer(pb_grpc.GRPCInferenceServiceServicer):
         return from_answer(resp, call)
 
     # -- health and metadata ---------------------------------------------------------------------------
+    @answers_errors
     def ServerLive(self, request: pb.ServerLiveRequest, context: grpc.ServicerContext) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=self.dp.live())
 
+    @answers_errors
     def ServerReady(self, request: pb.ServerReadyRequest, context: grpc.ServicerContext) -> pb.ServerReadyResponse:
         return pb.ServerReadyResponse(ready=self.dp.ready())
 
+    @answers_errors
     def ServerMetadata(self, request: pb.ServerMetadataRequest,
                        context: grpc.ServicerContext) -> pb.ServerMetadataResponse:
         meta = oip.server_metadata(self.dp.server_metadata())
         return pb.ServerMetadataResponse(name=meta["name"], version=meta["version"], extensions=meta["extensions"])
 
+    @answers_errors
     def ModelReady(self, request: pb.ModelReadyRequest, context: grpc.ServicerContext) -> pb.ModelReadyResponse:
-        try:
-            self.dp.authenticate(_token(context), peer_address(context))
-            oip.check_version(self.dp.model_metadata(request.name), request.version)
-            return pb.ModelReadyResponse(ready=self.dp.model_ready(request.name))
-        except SplitInferError as e:
-            self._abort(context, e)
+        authenticate(self.dp, context)
+        oip.check_version(self.dp.model_metadata(request.name), request.version)
+        return pb.ModelReadyResponse(ready=self.dp.model_ready(request.name))
 
+    @answers_errors
     def ModelMetadata(self, request: pb.ModelMetadataRequest,
                       context: grpc.ServicerContext) -> pb.ModelMetadataResponse:
-        try:
-            self.dp.authenticate(_token(context), peer_address(context))
-            m = self.dp.model_metadata(request.name)
-            oip.check_version(m, request.version)
-        except SplitInferError as e:
-            self._abort(context, e)
+        authenticate(self.dp, context)
+        m = self.dp.model_metadata(request.name)
+        oip.check_version(m, request.version)
         body = oip.model_metadata(m)
         return pb.ModelMetadataResponse(name=body.name, versions=body.versions, platform=body.platform,
                                         inputs=_tensor_metadata(body.inputs), outputs=_tensor_metadata(body.outputs))
 
     # -- inference -------------------------------------------------------------------------------------
+    @answers_errors
     def ModelInfer(self, request: pb.ModelInferRequest, context: grpc.ServicerContext) -> pb.ModelInferResponse:
-        try:
-            self.dp.authenticate(_token(context), peer_address(context))
-            return self._infer(request, context, "grpc-oip")
-        except SplitInferError as e:
-            self._abort(context, e)
+        authenticate(self.dp, context)
+        return self._infer(request, context, "grpc-oip")
 
+    @answers_errors
     def ModelStreamInfer(self, request_iterator: Iterator[pb.ModelInferRequest],
                          context: grpc.ServicerContext) -> Iterator[pb.ModelStreamInferResponse]:
-        try:
-            self.dp.authenticate(_token(context), peer_address(context))
-        except SplitInferError as e:
-            self._abort(context, e)
+        authenticate(self.dp, context)
         for request in request_iterator:
             try:
                 yield pb.ModelStreamInferResponse(infer_response=self._infer(request, context, "grpc-oip-stream"))
-            except (Unauthenticated, Unavailable, Cancelled) as e:
-                self._abort(context, e)
+            except (Unauthenticated, Unavailable, Cancelled):
+                raise  # these end the stream
             except SplitInferError as e:
                 # the id lets a client match the refusal; the kind and code say what the native Error says
                 failed = pb.ModelInferResponse(model_name=request.model_name, id=request.id)
@@ -224,7 +216,7 @@ class _Pools:
 
 
 def register(front_end) -> OipServicer:
-    """Serve ``inference.GRPCInferenceService`` on ``front_end`` (a :class:`~.grpc_server.GrpcFrontEnd`, not yet
+    """Serve ``inference.GRPCInferenceService`` on ``front_end`` (a :class:`~.server.GrpcFrontEnd`, not yet
     started): the servicer, its health status, and reflection that lists it beside the native service."""
     from google.protobuf import descriptor_pool
 

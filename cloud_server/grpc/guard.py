@@ -1,11 +1,5 @@
-"""The gRPC front end: translates ``splitinfer.v1.SplitInference`` messages to the data plane's types.
-
-Also serves ``grpc.health.v1.Health`` (SERVING once loaded, NOT_SERVING while shutting down) and server
-reflection. Health and reflection need no API key; the inference service does when keys are configured
-(``authorization: Bearer <key>`` or ``x-api-key: <key>`` metadata).
-
-Every call on the port, whatever its service, passes :class:`CallGuard` (a server interceptor, run on gRPC's
-polling thread before a worker is taken):
+"""The call guard: every call on the gRPC port, whatever its service, passes :class:`CallGuard` (a server
+interceptor, run on gRPC's polling thread before a worker is taken):
 
 - a call never waits for a worker: beyond ``grpc_threads`` calls, or ``grpc_stream_limit`` streaming calls, or
   an inference call while the data plane is at ``max_concurrent_requests``, it is refused at once with
@@ -22,11 +16,10 @@ polling thread before a worker is taken):
 - ``grpc.health.v1.Health/Watch`` is exempt from the idle timer (it answers only when the status changes, and
   clients keep it open) and runs on threads of its own, at most ``_WATCH_CALLS`` at once, outside the stream slots;
 - requests are deserialized by the guard: an undecodable message is INVALID_ARGUMENT, not INTERNAL;
-- each call runs in a :class:`~cloud_server.dataplane.CallScope` whose cancel token is set when the call ends
+- each call runs in a :class:`~cloud_server.scope.CallScope` whose cancel token is set when the call ends
   (client cancel, deadline, disconnect), so the data plane drops the work of a client that went away.
 
-Refusals carry their error kind as trailing metadata ``splitinfer-error-kind`` (and ``splitinfer-retry-after-ms``
-when a retry makes sense); :func:`abort` does that for any servicer on this port.
+Refusals end the call as a servicer's do (:class:`.status.answering`: the kind in the trailing metadata).
 """
 
 from __future__ import annotations
@@ -34,31 +27,24 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
-import random
 import threading
 import time
 from concurrent import futures
-from typing import Callable, Iterator, Optional
+from typing import Callable, Optional
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
-from shared._proto import SERVICE_NAME, splitinfer_pb2 as pb, splitinfer_pb2_grpc as pb_grpc
+from shared._proto import splitinfer_pb2 as pb
 
-from .dataplane import CallScope, DataPlane, enter_scope
-from .errors import Cancelled, InvalidArgument, Overloaded, SplitInferError, Unauthenticated, Unavailable
-from .settings import Settings
-from .types import InferenceResponse, ModelMetadata, parse_request
+from ..dataplane import DataPlane
+from ..errors import InvalidArgument, Overloaded, SplitInferError
+from ..scope import CallScope, enter_scope
+from ..settings import Settings
+from .status import answering
 
-__all__ = ["InferenceServicer", "GrpcFrontEnd", "CallGuard", "to_request_fields", "from_response", "status_code",
-           "abort", "error_metadata", "peer_address", "ERROR_KIND_KEY", "RETRY_AFTER_KEY"]
+__all__ = ["CallGuard", "is_progress", "HEALTH_CHECK", "HEALTH_WATCH", "ADMITTED_METHODS"]
 
 log = logging.getLogger("splitinfer.server")
-# headroom over the largest bitstream for the other fields of a request
-_MESSAGE_SLACK = 64 * 1024
-ERROR_KIND_KEY = "splitinfer-error-kind"
-RETRY_AFTER_KEY = "splitinfer-retry-after-ms"
 HEALTH_CHECK = "/grpc.health.v1.Health/Check"
 HEALTH_WATCH = "/grpc.health.v1.Health/Watch"
 # unary inference methods: refused by the guard itself (no worker, no decoding) while the data plane is full
@@ -75,151 +61,7 @@ def is_progress(response) -> bool:
     return not getattr(response, "error_message", "")
 
 
-def status_code(e: SplitInferError) -> grpc.StatusCode:
-    return grpc.StatusCode[e.grpc_code]
 
-
-def error_metadata(e: SplitInferError) -> tuple:
-    """Trailing metadata of a refusal: the error kind, and a retry hint for retryable kinds. The hint is spread
-    between half and all of the error's ``retry_after_s``: clients that wait exactly the hint, refused together
-    in a burst, come back spread out instead of as the next burst."""
-    md = [(ERROR_KIND_KEY, e.kind)]
-    if e.retry_after_s is not None:
-        md.append((RETRY_AFTER_KEY, str(int(round(1e3 * e.retry_after_s * random.uniform(0.5, 1.0))))))
-    return tuple(md)
-
-
-def abort(context: grpc.ServicerContext, e: SplitInferError):
-    """End the call with ``e``'s status code and message, its kind in the trailing metadata (raises)."""
-    context.set_trailing_metadata(error_metadata(e))
-    context.abort(status_code(e), e.message)
-
-
-# ------------------------------------------------------------------------------------------ converters
-def to_request_fields(m: pb.InferRequest) -> dict:
-    fields = {"model": m.model or None, "bitstream": m.bitstream or None,
-              "request_id": m.request_id or None, "top_k": m.top_k or None}
-    which = m.WhichOneof("bitrate")
-    if which == "target_bpp":
-        fields["target_bpp"] = m.target_bpp
-    elif which == "link":
-        fields["kbit_per_s"], fields["fps"] = m.link.kbit_per_s, m.link.fps
-    if m.HasField("expected_rung"):
-        fields["expected_rung"] = m.expected_rung
-    return {k: v for k, v in fields.items() if v is not None}
-
-
-def from_response(r: InferenceResponse) -> pb.InferResponse:
-    out = pb.InferResponse(
-        request_id=r.request_id, model=r.model, bundle_id=r.bundle_id, rung=r.rung, bytes_received=r.bytes_received,
-        bpp=r.bpp, input_height=r.input_hw[0], input_width=r.input_hw[1], batch_size=r.batch_size,
-        topk=[pb.ClassScore(index=c.index, name=c.name, score=c.score) for c in r.topk],
-        timings_ms=r.timings_ms, mask_png=r.mask_png or b"", class_pixels=r.class_pixels or [])
-    if r.hinted_rung is not None:
-        out.hinted_rung = r.hinted_rung
-    return out
-
-
-_RUNG_FIELDS = frozenset(pb.RungInfo.DESCRIPTOR.fields_by_name) - {"metrics"}
-
-
-def from_metadata(m: ModelMetadata) -> pb.ModelInfo:
-    rungs = []
-    for r in m.rungs:
-        figures = r.metrics()
-        ri = pb.RungInfo(index=r.index, resident=r.resident, n_images=r.n_images, metrics=figures)
-        setattr(ri, "lambda", r.lam)  # a Python keyword
-        for k, v in (("bpp", r.bpp), ("agreement", r.agreement), *figures.items()):
-            if v is not None and k in _RUNG_FIELDS:  # the figures older clients read from fields of their own
-                setattr(ri, k, v)
-        rungs.append(ri)
-    info = pb.ModelInfo(name=m.name, bundle_id=m.bundle_id, backbone=m.backbone, split=m.split, task=m.task,
-                        input_height=m.input_hw[0], input_width=m.input_hw[1], rate_model=m.rate_model,
-                        rungs=rungs, backbone_loaded=m.backbone_loaded, num_classes=m.num_classes,
-                        head_weights=m.head_weights)
-    if m.variable_rate is not None:
-        v = m.variable_rate
-        info.variable_rate.CopyFrom(pb.VariableRate(level_min=v.levels[0], level_max=v.levels[1], curve=[
-            pb.LevelPoint(level=p.level, bpp=p.bpp, n_images=p.n_images, metrics=p.metrics(),
-                          **({} if p.agreement is None else {"agreement": p.agreement})) for p in v.curve]))
-    return info
-
-
-def peer_address(context: grpc.ServicerContext) -> Optional[str]:
-    """The client's address without its port ("ipv4:127.0.0.1:5000" -> "ipv4:127.0.0.1"), for the failed-key
-    throttle."""
-    try:
-        peer = context.peer() or ""
-    except Exception:  # noqa: BLE001
-        return None
-    return peer.rsplit(":", 1)[0] if peer.count(":") > 1 else (peer or None)
-
-
-def _token(context: grpc.ServicerContext) -> Optional[str]:
-    for key, value in context.invocation_metadata() or ():
-        if key == "authorization":
-            scheme, _, token = value.partition(" ")
-            return token.strip() if scheme.lower() == "bearer" else None
-        if key == "x-api-key":
-            return value
-    return None
-
-
-# ------------------------------------------------------------------------------------------ servicer
-class InferenceServicer(pb_grpc.SplitInferenceServicer):
-    def __init__(self, dataplane: DataPlane):
-        self.dp = dataplane
-
-    def _abort(self, context: grpc.ServicerContext, e: SplitInferError):
-        abort(context, e)
-
-    def Infer(self, request: pb.InferRequest, context: grpc.ServicerContext) -> pb.InferResponse:
-        try:
-            self.dp.authenticate(_token(context), peer_address(context))
-            req = parse_request(to_request_fields(request))
-            return from_response(self.dp.infer(req, protocol="grpc", timeout_s=context.time_remaining()))
-        except SplitInferError as e:
-            self._abort(context, e)
-
-    def InferStream(self, request_iterator: Iterator[pb.InferRequest],
-                    context: grpc.ServicerContext) -> Iterator[pb.InferStreamResponse]:
-        try:
-            self.dp.authenticate(_token(context), peer_address(context))
-        except SplitInferError as e:
-            self._abort(context, e)
-        for request in request_iterator:
-            rid = request.request_id
-            try:
-                req = parse_request(to_request_fields(request))
-                resp = self.dp.infer(req, protocol="grpc-stream", timeout_s=context.time_remaining())
-                yield pb.InferStreamResponse(request_id=resp.request_id, result=from_response(resp))
-            except (Unauthenticated, Unavailable, Cancelled) as e:
-                self._abort(context, e)
-            except SplitInferError as e:
-                yield pb.InferStreamResponse(
-                    request_id=rid, error=pb.Error(code=status_code(e).value[0], kind=e.kind, message=e.message))
-
-    def ModelMetadata(self, request: pb.ModelMetadataRequest, context: grpc.ServicerContext):
-        try:
-            self.dp.authenticate(_token(context), peer_address(context))
-            models = self.dp.metadata(request.model or None)
-        except SplitInferError as e:
-            self._abort(context, e)
-        from shared import __version__
-
-        return pb.ModelMetadataResponse(models=[from_metadata(m) for m in models], server_version=__version__)
-
-    def EdgePackage(self, request: pb.EdgePackageRequest, context: grpc.ServicerContext):
-        from .edge_packages import grpc_chunks  # the served models' edge packages (issue 25): its own module
-
-        try:
-            self.dp.authenticate(_token(context), peer_address(context))
-            yield from grpc_chunks(self.dp, request.model)
-        except SplitInferError as e:
-            self._abort(context, e)
-
-
-# ------------------------------------------------------------------------------------------ guard
 class _Watchdog:
     """One thread that runs a callback when an armed timer expires (cancels calls that wait on the client)."""
 
@@ -403,8 +245,8 @@ class CallGuard(grpc.ServerInterceptor):
                     self.watch_calls += 1
             elif self.active >= self.threads:
                 err = Overloaded(f"all {self.threads} gRPC workers are busy; retry later")
-            elif method in ADMITTED_METHODS and self.dp is not None and self.dp.at_capacity:
-                err = Overloaded(f"too many requests in flight (limit {self.dp.capacity}); retry later")
+            elif method in ADMITTED_METHODS and self.dp is not None and self.dp.admission.at_capacity:
+                err = Overloaded(f"too many requests in flight (limit {self.dp.admission.capacity}); retry later")
             elif (streaming and self.streams - self.preempting >= self.stream_limit
                   and (victim := self._victim()) is None):
                 err = Overloaded(f"too many open streams (limit {self.stream_limit}); retry later")
@@ -447,7 +289,8 @@ class CallGuard(grpc.ServerInterceptor):
 
     def _refusal(self, err: SplitInferError) -> grpc.RpcMethodHandler:
         def refuse(request_iterator, context):  # reads nothing: answers at once
-            abort(context, err)
+            with answering(context):
+                raise err
 
         refuse.experimental_thread_pool = self.refusal_pool
         return grpc.stream_stream_rpc_method_handler(refuse)
@@ -456,7 +299,8 @@ class CallGuard(grpc.ServerInterceptor):
     def _wrap(self, handler: grpc.RpcMethodHandler, method: str, release: Callable[..., None],
               pool: Optional[futures.ThreadPoolExecutor], stream_slot: bool = False) -> grpc.RpcMethodHandler:
         """Every handler becomes request-streaming with raw bytes in: the guard reads (with a timeout) and
-        deserializes the request messages itself."""
+        deserializes the request messages itself. What they raise ends the call as a servicer's refusals do,
+        whichever handler reads them (``behavior`` and ``responses`` answer errors, not only the servicers)."""
         guard, deserialize = self, handler.request_deserializer
         ser = handler.response_serializer
 
@@ -466,14 +310,14 @@ class CallGuard(grpc.ServerInterceptor):
             try:
                 return deserialize(raw)
             except Exception as e:  # noqa: BLE001 - protobuf's DecodeError and friends
-                abort(call.context, InvalidArgument(f"cannot decode the request message of {method}: {e}"))
+                raise InvalidArgument(f"cannot decode the request message of {method}: {e}") from None
 
         def first_request(call: _Call, request_iterator):
             call.arm(guard.message_s)
             try:
                 raw = next(request_iterator)
             except StopIteration:
-                abort(call.context, InvalidArgument(f"{method} takes exactly one request message, got none"))
+                raise InvalidArgument(f"{method} takes exactly one request message, got none") from None
             finally:
                 call.disarm()
             return decode(call, raw)
@@ -494,21 +338,22 @@ class CallGuard(grpc.ServerInterceptor):
             produce the next answer counts as idle too (not for Health/Watch); a bidirectional handler waits on the
             client through ``requests``, which has its own timer. An answer that is not an error is progress."""
             try:
-                while True:
-                    if watch_inner:
-                        call.arm(guard.idle_s)
-                    try:
-                        response = next(response_iterator)
-                    except StopIteration:
-                        return
-                    finally:
+                with answering(call.context):
+                    while True:
                         if watch_inner:
-                            call.disarm()
-                    if is_progress(response):
-                        call.progress_at = time.monotonic()
-                    call.arm(guard.idle_s)  # until gRPC asks for the next one: the client took this one
-                    yield response
-                    call.disarm()
+                            call.arm(guard.idle_s)
+                        try:
+                            response = next(response_iterator)
+                        except StopIteration:
+                            return
+                        finally:
+                            if watch_inner:
+                                call.disarm()
+                        if is_progress(response):
+                            call.progress_at = time.monotonic()
+                        call.arm(guard.idle_s)  # until gRPC asks for the next one: the client took this one
+                        yield response
+                        call.disarm()
             finally:
                 call.disarm()
                 call.release()
@@ -520,41 +365,45 @@ class CallGuard(grpc.ServerInterceptor):
             inner = handler.stream_stream
 
             def behavior(request_iterator, context):
-                call = _Call(guard, context, method, release, stream_slot)
-                try:
-                    return responses(call, inner(requests(call, request_iterator), context), False)
-                except BaseException:
-                    call.release()
-                    raise
+                with answering(context):
+                    call = _Call(guard, context, method, release, stream_slot)
+                    try:
+                        return responses(call, inner(requests(call, request_iterator), context), False)
+                    except BaseException:
+                        call.release()
+                        raise
         elif handler.request_streaming:
             inner = handler.stream_unary
 
             def behavior(request_iterator, context):
-                call = _Call(guard, context, method, release, stream_slot)
-                try:
-                    return inner(requests(call, request_iterator), context)
-                finally:
-                    call.release()
+                with answering(context):
+                    call = _Call(guard, context, method, release, stream_slot)
+                    try:
+                        return inner(requests(call, request_iterator), context)
+                    finally:
+                        call.release()
         elif handler.response_streaming:
             inner = handler.unary_stream
 
             def behavior(request_iterator, context):
-                call = _Call(guard, context, method, release, stream_slot)
-                try:
-                    return responses(call, inner(first_request(call, request_iterator), context),
-                                     method != HEALTH_WATCH)
-                except BaseException:
-                    call.release()
-                    raise
+                with answering(context):
+                    call = _Call(guard, context, method, release, stream_slot)
+                    try:
+                        return responses(call, inner(first_request(call, request_iterator), context),
+                                         method != HEALTH_WATCH)
+                    except BaseException:
+                        call.release()
+                        raise
         else:
             inner = handler.unary_unary
 
             def behavior(request_iterator, context):
-                call = _Call(guard, context, method, release, stream_slot)
-                try:
-                    return inner(first_request(call, request_iterator), context)
-                finally:
-                    call.release()
+                with answering(context):
+                    call = _Call(guard, context, method, release, stream_slot)
+                    try:
+                        return inner(first_request(call, request_iterator), context)
+                    finally:
+                        call.release()
 
         if pool is not None:
             behavior.experimental_thread_pool = pool
@@ -563,57 +412,3 @@ class CallGuard(grpc.ServerInterceptor):
         return grpc.stream_unary_rpc_method_handler(behavior, None, ser)
 
 
-# ------------------------------------------------------------------------------------------ server
-def http2_options(settings: Settings) -> list:
-    """gRPC core's HTTP/2 limits against stream abuse (HTTP/2 rapid reset, CVE-2023-44487): a connection may have
-    ``grpc_max_streams_per_connection`` streams, and a stream counts until the server has let go of it, not until
-    the client resets it (``grpc.http.overload_protection``), so a client that opens and at once resets streams gets
-    REFUSED_STREAM from the transport itself beyond that, without reaching Python. (The transport also starts at most
-    32 new streams per read, its default ``grpc.http2.max_requests_per_read``, before it reads other connections.)"""
-    return [("grpc.max_concurrent_streams", settings.grpc_streams_per_connection),
-            ("grpc.http.overload_protection", 1),
-            # a connection that never finishes its TLS handshake or HTTP/2 preface is closed (E5: held 120 s)
-            ("grpc.server_handshake_timeout_ms", int(1000 * settings.handshake_timeout_s))]
-
-
-class GrpcFrontEnd:
-    """The gRPC server around one data plane: inference service, health, reflection, limits, TLS."""
-
-    def __init__(self, dataplane: DataPlane, settings: Settings):
-        self.dp, self.settings = dataplane, settings
-        max_msg = settings.max_bitstream_bytes + _MESSAGE_SLACK
-        self.guard = CallGuard(settings, dataplane)
-        self._pool = futures.ThreadPoolExecutor(max_workers=settings.grpc_threads, thread_name_prefix="grpc")
-        self.server = grpc.server(
-            self._pool, interceptors=[self.guard],
-            options=[("grpc.max_receive_message_length", max_msg),
-                     ("grpc.max_send_message_length", max(max_msg, 4 << 20)),
-                     ("grpc.so_reuseport", 0), *http2_options(settings)])
-        pb_grpc.add_SplitInferenceServicer_to_server(InferenceServicer(dataplane), self.server)
-        self.health = health.HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        reflection.enable_server_reflection(
-            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
-            self.server)
-        address = f"{settings.host}:{settings.grpc_port}"
-        if settings.tls:
-            creds = grpc.ssl_server_credentials(
-                [(settings.tls_key_file.read_bytes(), settings.tls_cert_file.read_bytes())])
-            self.port = self.server.add_secure_port(address, creds)
-        else:
-            self.port = self.server.add_insecure_port(address)
-        if self.port == 0:
-            raise OSError(f"cannot bind gRPC to {address}")
-
-    def start(self) -> None:
-        self.server.start()
-        for name in ("", SERVICE_NAME):
-            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        log.info("gRPC on %s:%d%s", self.settings.host, self.port, " (TLS)" if self.settings.tls else "")
-
-    def stop(self, grace: Optional[float] = None) -> None:
-        """Report NOT_SERVING, refuse new calls, let calls in flight finish for up to ``grace`` seconds."""
-        self.health.enter_graceful_shutdown()
-        self.server.stop(self.settings.shutdown_grace_s if grace is None else grace).wait()
-        self.guard.close()
-        self._pool.shutdown(wait=False)

@@ -1,6 +1,8 @@
-"""Guards in front of the REST app: what a request must get through before an endpoint (or a thread) sees it.
+"""Guards in front of the REST app: what a request must get through before an endpoint (or a thread) sees it, and
+how a refusal is answered (:func:`error_response` in the app, :func:`error_app` before it).
 
-:class:`RequestGuard` (ASGI middleware, inside the body-size limit):
+:class:`BodyLimitMiddleware` (outermost) refuses a body over ``max_request_bytes``. :class:`RequestGuard` (ASGI
+middleware, inside the body-size limit):
 
 - while the server shuts down, every route but the probes and ``/metrics`` answers 503 (``Connection: close``),
   so that clients see a clean refusal during the grace period rather than a refused connection;
@@ -16,17 +18,17 @@
 - inference routes (``POST /v2/.../infer``, ``.../infer-image``) are admitted here, on the event loop, before any
   thread is taken: at capacity the answer is 429 with ``Retry-After`` within milliseconds, never a wait for one
   of the thread pool's threads. The slot travels to the data plane in a
-  :class:`~cloud_server.dataplane.CallScope`, with a cancel token that is set when the client disconnects before
+  :class:`~cloud_server.scope.CallScope`, with a cancel token that is set when the client disconnects before
   its answer is sent (the data plane then drops the work);
 - the thread pool that runs endpoints' blocking work is sized to the admission limit (so capacity is reachable
   through REST alone).
 
-:func:`guarded_h11` is uvicorn's h11 protocol with a header timeout: a connection must deliver a request's
-headers within ``rest_header_timeout_s`` of opening (or of the first byte of a keep-alive request), or it is
-answered 408 and closed. Uvicorn itself bounds the header size (``h11_max_incomplete_event_size``), idle
-keep-alive connections (``timeout_keep_alive``); see ``server.py``. ``rest_max_connections`` caps the requests in
-progress (:class:`RequestGuard`, 503 beyond; probes and ``/metrics`` are exempt), not connections: a connection
-that has not sent its headers is no work yet, and the header timeout cuts it.
+:func:`guarded_h11` is uvicorn's h11 protocol with a header timeout: a connection must deliver a request's headers
+within ``rest_header_timeout_s`` of opening (or of the first byte of a keep-alive request), or it is answered 408
+and closed. Uvicorn itself bounds the header size (``h11_max_incomplete_event_size``), idle keep-alive connections
+(``timeout_keep_alive``); see ``cloud_server/server.py``. ``rest_max_connections`` caps the requests in progress
+(:class:`RequestGuard`, 503 beyond; probes and ``/metrics`` are exempt), not connections: a connection that has not
+sent its headers is no work yet, and the header timeout cuts it.
 
 :func:`handshake_bounded_loop` is the event loop uvicorn runs on: with TLS, a connection must finish its handshake
 within ``handshake_timeout_s`` or it is closed (issue 24, E5: asyncio's default held one that never sent a
@@ -41,13 +43,17 @@ import math
 import random
 from typing import List, Optional, Tuple
 
-from .dataplane import CallScope, CancelToken, DataPlane, call_scope
-from .errors import (MethodNotAllowed, NotFound, PayloadTooLarge, RequestTimeout, SplitInferError, Unauthenticated,
-                     Unavailable)
-from .settings import Settings
+from fastapi.responses import JSONResponse
 
-__all__ = ["RequestGuard", "guarded_h11", "handshake_bounded_loop", "error_app", "INFER_SUFFIXES", "OPEN_PATHS",
-           "DOCS_PATHS"]
+from ..auth import api_key
+from ..dataplane import DataPlane
+from ..errors import (InvalidArgument, MethodNotAllowed, NotFound, PayloadTooLarge, RequestTimeout, SplitInferError,
+                      Unauthenticated, Unavailable)
+from ..scope import CallScope, CancelToken, call_scope
+from ..settings import Settings
+
+__all__ = ["RequestGuard", "BodyLimitMiddleware", "guarded_h11", "handshake_bounded_loop", "error_app", "error_response", "authenticate",
+           "INFER_SUFFIXES", "OPEN_PATHS", "DOCS_PATHS"]
 
 INFER_SUFFIXES = ("/infer", "/infer-image")
 OPEN_PATHS = frozenset({"/v2/health/live", "/v2/health/ready", "/metrics"})
@@ -78,18 +84,54 @@ def error_app(e: SplitInferError, close: bool = False):
     return app
 
 
-def _bearer(scope) -> Optional[str]:
-    for name, value in scope.get("headers") or ():
-        if name == b"authorization":
-            scheme, _, token = value.decode("latin-1").partition(" ")
-            return token.strip() if scheme.lower() == "bearer" else None
-    return None
+def error_response(e: SplitInferError) -> JSONResponse:
+    """``e`` as the app's exception handlers answer it (``{"error", "kind"}`` JSON, its status)."""
+    headers = {"WWW-Authenticate": "Bearer"} if e.status_code == 401 else None
+    return JSONResponse({"error": e.message, "kind": e.kind}, status_code=e.status_code, headers=headers)
 
 
-def _client(scope) -> Optional[str]:
-    """The client's address (no port), for the failed-key throttle."""
+def authenticate(dp: DataPlane, scope) -> None:
+    """Raise Unauthenticated unless the request (its ASGI scope) carries a configured API key (none configured:
+    open); the client's address (no port) is what the failed-key throttle counts."""
     client = scope.get("client")
-    return client[0] if client else None
+    dp.authenticate(api_key(scope.get("headers")), client[0] if client else None)
+
+
+# ------------------------------------------------------------------------------------------ body limit
+class _BodyTooLarge(PayloadTooLarge):
+    pass
+
+
+class BodyLimitMiddleware:
+    """Refuse request bodies over ``limit`` bytes: by Content-Length up front, by counting while reading."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope.get("headers") or ()).get(b"content-length")
+        if length is not None:
+            try:
+                n = int(length)
+            except ValueError:
+                return await error_response(InvalidArgument("malformed Content-Length"))(scope, receive, send)
+            if n > self.limit:
+                err = PayloadTooLarge(f"request body of {n} bytes exceeds the limit of {self.limit} bytes")
+                return await error_response(err)(scope, receive, send)
+        seen = 0
+
+        async def limited():
+            nonlocal seen
+            msg = await receive()
+            if msg["type"] == "http.request":
+                seen += len(msg.get("body", b""))
+                if seen > self.limit:
+                    raise _BodyTooLarge(f"request body exceeds the limit of {self.limit} bytes")
+            return msg
+
+        await self.app(scope, limited, send)
 
 
 class _ClientGone(Exception):
@@ -128,7 +170,7 @@ class RequestGuard:
                 raise MethodNotAllowed(f"{method} is not allowed on {path}")
             raise NotFound(f"no route {method} {path}")
         if self.dp.auth_required:  # every route that takes a body needs the key
-            self.dp.authenticate(_bearer(scope), _client(scope))
+            authenticate(self.dp, scope)
         s = self.settings
         infer = path.endswith("/infer")
         limit = s.max_infer_bytes if infer else s.max_request_bytes
@@ -136,7 +178,7 @@ class RequestGuard:
         if n is not None and n > limit:
             what = "an inference request (one bitstream)" if infer else "this route"
             raise PayloadTooLarge(f"request body of {n} bytes exceeds the limit of {limit} bytes for {what}")
-        if path.startswith("/v2/") and path.endswith(INFER_SUFFIXES) and self.dp.at_capacity:
+        if path.startswith("/v2/") and path.endswith(INFER_SUFFIXES) and self.dp.admission.at_capacity:
             self.dp.admit("rest", _model_of(path)).release()  # raises at capacity (a slot freed meanwhile: go on)
         return limit
 
@@ -174,7 +216,7 @@ class RequestGuard:
             return await error_app(Unavailable("the server is shutting down"), close=True)(scope, receive, send)
         if path in DOCS_PATHS and self.dp.auth_required:
             try:
-                self.dp.authenticate(_bearer(scope), _client(scope))
+                authenticate(self.dp, scope)
             except Unauthenticated as e:
                 return await error_app(e)(scope, receive, send)
         if method not in _BODY_METHODS:
