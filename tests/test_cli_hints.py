@@ -50,14 +50,15 @@ class _Quiet(http.server.BaseHTTPRequestHandler):
 
 
 def test_a_connection_error_names_the_likely_cause():
-    from edge_client.client import ServiceError, _GrpcTransport, _RestTransport
+    from edge_client.results import ServiceError
+    from edge_client.transports import GrpcTransport, RestTransport
 
     srv = _Http1(("127.0.0.1", 0), _Quiet)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     try:
         target = f"127.0.0.1:{srv.server_address[1]}"
         with pytest.raises(ServiceError) as e:  # gRPC at an HTTP/1 port (the REST port without --rest)
-            _GrpcTransport(target, None, False, None, 1 << 20).models(10)
+            GrpcTransport(target, None, False, None, 1 << 20).models(10)
         assert "likely the server's REST port; use --rest" in e.value.message
     finally:
         srv.shutdown()
@@ -65,8 +66,8 @@ def test_a_connection_error_names_the_likely_cause():
     with socket.socket() as s:  # a port nothing listens at (another than the one above: gRPC keeps its last error)
         s.bind(("127.0.0.1", 0))
         target = f"127.0.0.1:{s.getsockname()[1]}"
-    for transport in (_GrpcTransport(target, None, False, None, 1 << 20),
-                      _RestTransport(f"http://{target}", None, True)):
+    for transport in (GrpcTransport(target, None, False, None, 1 << 20),
+                      RestTransport(f"http://{target}", None, True)):
         with pytest.raises(ServiceError) as e:  # nothing listens there any more
             transport.models(10)
         assert "nothing listens at" in e.value.message and "is the server running" in e.value.message
