@@ -62,7 +62,8 @@ class EdgeClient:
         timeout_s: deadline per request, retries included. retries / backoff_s: tries after an
             overloaded or unavailable answer, with exponential backoff (and jitter) starting at ``backoff_s``.
         api_key: sent as ``authorization: Bearer``. tls / root_cert: TLS (``root_cert``: PEM file of the CA).
-        encoder: an encoder to use instead of building one (:class:`OnnxEdgeEncoder` or the PyTorch ``EdgeEncoder``).
+        encoder: an encoder to use instead of building one (a :class:`shared.frame.Encoder`: :class:`OnnxEdgeEncoder`
+            or the PyTorch ``EdgeEncoder``).
         runtime: "onnx" (default: ONNX Runtime + numpy, no torch) or "torch" (the PyTorch encoder).
         threads: the ONNX runtime's threads (default ``$SPLITINFER_EDGE_THREADS``, else 1).
         grpc_options: extra gRPC channel arguments, e.g. ``[("grpc.lb_policy_name", "round_robin")]`` to spread
@@ -108,7 +109,7 @@ class EdgeClient:
 
     # -- the edge package ----------------------------------------------------------------------------
     @property
-    def encoder(self):
+    def encoder(self) -> Encoder:
         """The edge encoder; with no bundle given, made on first use from the package the server offers."""
         if self._encoder is None:
             self._encoder = self._fetched_encoder()

@@ -1,6 +1,6 @@
 """Every hint outcome is visible, and the frictions a new user met end in one clean line (issue 27, step 2): a message
 over its hint says so and why (table, ``--json``, ``encode``), a stream that cannot hold ``--kbps`` says so at the
-end, and what cannot run (``--track-link`` with a ladder, ``--rest --stream``, the wrong port) is a named error."""
+end, and what cannot run (``--track-link`` with a ladder or over REST, the wrong port) is a named error."""
 
 from __future__ import annotations
 
@@ -26,9 +26,12 @@ def assert_clean(rc, err, *needles):
 
 
 # ------------------------------------------------------------------------------------------ refused clearly
-def test_rest_stream_is_refused_not_dropped(capsys):
-    rc, _, err = run_cli(["edge", SAMPLE, "--server", "localhost:8000", "--rest", "--stream"], capsys)
-    assert_clean(rc, err, "--stream needs gRPC")
+def test_rest_stream_cannot_follow_the_link(capsys):
+    """``--rest --stream`` streams one request per frame (tests/test_edge_runtime.py runs it); following the link
+    needs frames in flight, which only the gRPC stream has: refused, not dropped."""
+    rc, _, err = run_cli(["edge", SAMPLE, "--server", "localhost:8000", "--rest", "--stream", "--kbps", "10", "--fps",
+                          "10", "--track-link"], capsys)
+    assert_clean(rc, err, "--track-link needs --stream over gRPC")
 
 
 def test_track_link_with_a_ladder_is_a_clean_error(tiny_bundle, tiny_weights, capsys):

@@ -239,7 +239,7 @@ def test_a_torch_free_edge_given_a_bundle_says_how_to_get_a_package(tiny_bundle)
 
 
 # ----------------------------------------------------------------------------------------- robust CLI
-@pytest.mark.parametrize("mode", ["grpc", "stream", "rest"])
+@pytest.mark.parametrize("mode", ["grpc", "stream", "rest", "rest-stream"])
 def test_edge_command_reports_bad_images_and_goes_on(server, tiny_package, heldout_items, tmp_path, mode, capsys):
     """A folder with unreadable files and a missing path: each bad one on its own line, every good one answered,
     exit code 1."""
@@ -254,9 +254,9 @@ def test_edge_command_reports_bad_images_and_goes_on(server, tiny_package, heldo
         shutil.copy(p, folder / f"{i}_{p.name}")
     (folder / "1a_broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     (folder / "2a_empty.jpg").write_bytes(b"")
-    port = server.http_port if mode == "rest" else server.grpc_port
+    port = server.http_port if mode.startswith("rest") else server.grpc_port
     base = ["edge", "--server", f"127.0.0.1:{port}", "--bundle", str(tiny_package)]
-    base += {"grpc": [], "stream": ["--stream"], "rest": ["--rest"]}[mode]
+    base += {"grpc": [], "stream": ["--stream"], "rest": ["--rest"], "rest-stream": ["--rest", "--stream"]}[mode]
     assert main(base + ["--json", str(folder), str(tmp_path / "missing.png")]) == 1
     rows = [json.loads(x) for x in capsys.readouterr().out.strip().splitlines()]
     names = [Path(r["image"]).name for r in rows]
