@@ -948,7 +948,7 @@ def rest_body_kserve(data: bytes, rid: str) -> Tuple[bytes, Dict[str, str]]:
 
 
 def rest_body_legacy(data: bytes, rid: str) -> Tuple[bytes, Dict[str, str]]:
-    """What edge_client's _RestTransport sends today: the raw bitstream after the JSON header, no length prefix."""
+    """What edge_client.transports.RestTransport sends today: the raw bitstream after the JSON header, no length prefix."""
     header = json.dumps({"id": rid, "inputs": [{"name": "bitstream", "datatype": "BYTES", "shape": [1],
                                                 "parameters": {"binary_data_size": len(data)}}]}).encode()
     return header + data, {"content-type": "application/octet-stream",

@@ -105,7 +105,7 @@ def run(client, frames, kbps, fps, track: bool, profile):
 
 def wait_for(client, server, seconds: float = 180.0) -> None:
     """Until the server (starting in the namespace) answers."""
-    from edge_client.client import ServiceError
+    from edge_client import ServiceError
 
     deadline = time.monotonic() + seconds
     while True:

@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import importlib
 
-__all__ = ["EdgeClient", "OnnxEdgeEncoder", "EdgeEncoder", "EncodedFrame", "EdgePackage", "find_package",
-           "InferResult", "ServiceError", "BundleMismatchError", "ImageError", "EdgeOptions"]
+__all__ = ["EdgeClient", "OnnxEdgeEncoder", "EdgeEncoder", "Encoder", "EncodedFrame", "EdgePackage", "find_package",
+           "InferResult", "ServiceError", "BundleMismatchError", "ImageError", "AnswerError", "EdgeOptions"]
 
 # name -> the module that defines it (EdgeEncoder: the PyTorch encoder, torch loads on first use)
-_WHERE = {"EdgeClient": ".client", "InferResult": ".client", "ServiceError": ".client",
-          "BundleMismatchError": ".client", "ImageError": ".client", "EdgePackage": ".package",
-          "find_package": ".package", "OnnxEdgeEncoder": ".runtime", "EncodedFrame": "shared.frame",
-          "EdgeEncoder": "shared.encoder", "EdgeOptions": ".options"}
+_WHERE = {"EdgeClient": ".client", "InferResult": ".results", "ServiceError": ".results",
+          "BundleMismatchError": ".results", "ImageError": ".results", "AnswerError": ".results",
+          "EdgePackage": ".package", "find_package": ".package", "OnnxEdgeEncoder": ".runtime",
+          "Encoder": "shared.frame", "EncodedFrame": "shared.frame", "EdgeEncoder": "shared.encoder",
+          "EdgeOptions": ".options"}
 
 
 def __getattr__(name):

@@ -3,8 +3,8 @@
 The server is not trusted to be right. An answer that names a rung outside the bundle, a class outside the label
 set, more classes than asked for, a score that is not a probability, or other bytes than were sent is not printed as
 a result: :func:`answer_problem` says what is wrong with it, and the client reports that frame as failed. The order
-of a stream's answers (one per frame, in order, each with its frame's request id) is kept by the client itself
-(``EdgeClient.stream``).
+of a stream's answers (one per frame, in order, each with its frame's request id) is kept by the stream
+(:class:`edge_client.stream.Frames`).
 """
 
 from __future__ import annotations

@@ -32,7 +32,8 @@ class EdgeOptions:
                                    exclusive="hint")
     rung: Optional[int] = option(None, "force a rung (0 = highest rate)", exclusive="hint")
     fps: Optional[float] = option(None, "frame rate for --kbps", type=positive())
-    stream: bool = option(False, "send all frames over one InferStream (gRPC; not with --rest)")
+    stream: bool = option(False, "send the frames as one stream, answers in order, nothing retried: one "
+                                 "InferStream over gRPC; over --rest one request per frame, one at a time")
     track_link: bool = option(False, "with --stream and --kbps, a variable-rate bundle: send frames at --fps and "
                                      "follow the rate the link delivers (measured from the answers' delays), "
                                      "--kbps being the most to send")
@@ -65,9 +66,6 @@ class EdgeOptions:
             raise UserError("--kbps and --fps go together")
         if self.track_link and not (self.stream and self.kbps and not self.rest):
             raise UserError("--track-link needs --stream over gRPC and --kbps with --fps")
-        if self.stream and self.rest:  # not dropped silently: over REST every frame would be its own request
-            raise UserError("--stream needs gRPC (InferStream): drop --rest to stream, or --stream to send each "
-                            "frame as its own REST request")
         return BitrateHint(target_bpp=self.bitrate, kbit_per_s=self.kbps, fps=self.fps)
 
     @property

@@ -1,6 +1,6 @@
 """Every hint outcome is visible, and the frictions a new user met end in one clean line (issue 27, step 2): a message
 over its hint says so and why (table, ``--json``, ``encode``), a stream that cannot hold ``--kbps`` says so at the
-end, and what cannot run (``--track-link`` with a ladder, ``--rest --stream``, the wrong port) is a named error."""
+end, and what cannot run (``--track-link`` with a ladder or over REST, the wrong port) is a named error."""
 
 from __future__ import annotations
 
@@ -26,9 +26,12 @@ def assert_clean(rc, err, *needles):
 
 
 # ------------------------------------------------------------------------------------------ refused clearly
-def test_rest_stream_is_refused_not_dropped(capsys):
-    rc, _, err = run_cli(["edge", SAMPLE, "--server", "localhost:8000", "--rest", "--stream"], capsys)
-    assert_clean(rc, err, "--stream needs gRPC")
+def test_rest_stream_cannot_follow_the_link(capsys):
+    """``--rest --stream`` streams one request per frame (tests/test_edge_runtime.py runs it); following the link
+    needs frames in flight, which only the gRPC stream has: refused, not dropped."""
+    rc, _, err = run_cli(["edge", SAMPLE, "--server", "localhost:8000", "--rest", "--stream", "--kbps", "10", "--fps",
+                          "10", "--track-link"], capsys)
+    assert_clean(rc, err, "--track-link needs --stream over gRPC")
 
 
 def test_track_link_with_a_ladder_is_a_clean_error(tiny_bundle, tiny_weights, capsys):
@@ -50,14 +53,15 @@ class _Quiet(http.server.BaseHTTPRequestHandler):
 
 
 def test_a_connection_error_names_the_likely_cause():
-    from edge_client.client import ServiceError, _GrpcTransport, _RestTransport
+    from edge_client.results import ServiceError
+    from edge_client.transports import GrpcTransport, RestTransport
 
     srv = _Http1(("127.0.0.1", 0), _Quiet)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     try:
         target = f"127.0.0.1:{srv.server_address[1]}"
         with pytest.raises(ServiceError) as e:  # gRPC at an HTTP/1 port (the REST port without --rest)
-            _GrpcTransport(target, None, False, None, 1 << 20).models(10)
+            GrpcTransport(target, None, False, None, 1 << 20).models(10)
         assert "likely the server's REST port; use --rest" in e.value.message
     finally:
         srv.shutdown()
@@ -65,8 +69,8 @@ def test_a_connection_error_names_the_likely_cause():
     with socket.socket() as s:  # a port nothing listens at (another than the one above: gRPC keeps its last error)
         s.bind(("127.0.0.1", 0))
         target = f"127.0.0.1:{s.getsockname()[1]}"
-    for transport in (_GrpcTransport(target, None, False, None, 1 << 20),
-                      _RestTransport(f"http://{target}", None, True)):
+    for transport in (GrpcTransport(target, None, False, None, 1 << 20),
+                      RestTransport(f"http://{target}", None, True)):
         with pytest.raises(ServiceError) as e:  # nothing listens there any more
             transport.models(10)
         assert "nothing listens at" in e.value.message and "is the server running" in e.value.message

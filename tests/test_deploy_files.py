@@ -193,7 +193,7 @@ def test_compose_file():
 def test_edge_client_takes_grpc_options(monkeypatch):
     """dns:/// targets and round_robin: the channel options reach grpc (no server needed)."""
     grpc = pytest.importorskip("grpc")
-    from edge_client.client import _GrpcTransport
+    from edge_client.transports import GrpcTransport
 
     seen = {}
     real = grpc.insecure_channel
@@ -204,7 +204,7 @@ def test_edge_client_takes_grpc_options(monkeypatch):
 
     monkeypatch.setattr(grpc, "insecure_channel", spy)
     monkeypatch.setenv("SPLITINFER_GRPC_LB_POLICY", "round_robin")
-    t = _GrpcTransport("dns:///localhost:1", None, False, None, 1 << 20, [("grpc.enable_retries", 0)])
+    t = GrpcTransport("dns:///localhost:1", None, False, None, 1 << 20, [("grpc.enable_retries", 0)])
     t.channel.close()
     assert seen["target"] == "dns:///localhost:1"
     assert seen["options"]["grpc.lb_policy_name"] == "round_robin"

@@ -166,7 +166,7 @@ def test_an_honest_fake_is_believed(package, vr_package, track_link, capsys):
 
 def test_the_answer_checks_one_by_one():
     from edge_client.answers import answer_problem
-    from edge_client.client import InferResult
+    from edge_client.results import InferResult
 
     def r(**kw):
         base = dict(source="a.jpg", request_id="1", rung=1, n_bytes=100, bpp=0.5, topk=[(3, "three", 0.5)],

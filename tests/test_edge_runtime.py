@@ -146,6 +146,27 @@ def test_onnx_edge_matches_the_pytorch_edge_on_imagenet():
     assert total >= 1000
 
 
+def test_both_encoders_follow_the_encoder_interface(tiny_bundle, tiny_weights, tiny_package, heldout_items):
+    """:class:`shared.frame.Encoder` is what the client asks of an encoder: the PyTorch and the ONNX encoder both
+    have each of its members, their methods take the same parameters, and both encode a frame through it."""
+    import inspect
+
+    from edge_client import EdgeEncoder, Encoder, OnnxEdgeEncoder
+    from shared.frame import EncodedFrame
+
+    members = [n for n in vars(Encoder) if not n.startswith("_")] + list(Encoder.__annotations__)
+    assert {"bundle", "num_classes", "scheme", "levels", "select", "preprocess", "encode"} <= set(members)
+    methods = [n for n, v in vars(Encoder).items() if inspect.isfunction(v) and not n.startswith("_")]
+    for enc in (OnnxEdgeEncoder(tiny_package), EdgeEncoder(tiny_bundle, weights=str(tiny_weights))):
+        assert isinstance(enc, Encoder) and all(hasattr(enc, n) for n in members), type(enc)
+        for name in methods:
+            want = list(inspect.signature(getattr(Encoder, name)).parameters)[1:]
+            assert list(inspect.signature(getattr(enc, name)).parameters) == want, (type(enc), name)
+        frame = enc.encode(heldout_items[0][0], point=enc.scheme.point(rung=1))
+        assert isinstance(frame, EncodedFrame) and frame.rung == 1 and frame.n_bytes > 0
+    assert not isinstance(object(), Encoder)
+
+
 def test_onnx_edge_of_every_rate_model(tiny_model, tmp_path):
     """Factorized and static ladders (untrained, updated) code through the ONNX edge too and decode exactly."""
     from edge_client import OnnxEdgeEncoder
@@ -218,7 +239,7 @@ def test_a_torch_free_edge_given_a_bundle_says_how_to_get_a_package(tiny_bundle)
 
 
 # ----------------------------------------------------------------------------------------- robust CLI
-@pytest.mark.parametrize("mode", ["grpc", "stream", "rest"])
+@pytest.mark.parametrize("mode", ["grpc", "stream", "rest", "rest-stream"])
 def test_edge_command_reports_bad_images_and_goes_on(server, tiny_package, heldout_items, tmp_path, mode, capsys):
     """A folder with unreadable files and a missing path: each bad one on its own line, every good one answered,
     exit code 1."""
@@ -233,9 +254,9 @@ def test_edge_command_reports_bad_images_and_goes_on(server, tiny_package, heldo
         shutil.copy(p, folder / f"{i}_{p.name}")
     (folder / "1a_broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     (folder / "2a_empty.jpg").write_bytes(b"")
-    port = server.http_port if mode == "rest" else server.grpc_port
+    port = server.http_port if mode.startswith("rest") else server.grpc_port
     base = ["edge", "--server", f"127.0.0.1:{port}", "--bundle", str(tiny_package)]
-    base += {"grpc": [], "stream": ["--stream"], "rest": ["--rest"]}[mode]
+    base += {"grpc": [], "stream": ["--stream"], "rest": ["--rest"], "rest-stream": ["--rest", "--stream"]}[mode]
     assert main(base + ["--json", str(folder), str(tmp_path / "missing.png")]) == 1
     rows = [json.loads(x) for x in capsys.readouterr().out.strip().splitlines()]
     names = [Path(r["image"]).name for r in rows]

@@ -7,7 +7,7 @@ import pytest
 
 def _options_seen(monkeypatch, *args, **kwargs):
     grpc = pytest.importorskip("grpc")
-    from edge_client.client import _GrpcTransport
+    from edge_client.transports import GrpcTransport
 
     seen = {}
     real = grpc.insecure_channel
@@ -17,7 +17,7 @@ def _options_seen(monkeypatch, *args, **kwargs):
         return real(target, options, *a, **k)
 
     monkeypatch.setattr(grpc, "insecure_channel", spy)
-    _GrpcTransport("dns:///localhost:1", None, False, None, 1 << 20, *args, **kwargs).channel.close()
+    GrpcTransport("dns:///localhost:1", None, False, None, 1 << 20, *args, **kwargs).channel.close()
     return seen["options"]
 
 
@@ -35,7 +35,7 @@ def test_explicit_arguments_ignore_the_environment(monkeypatch):
 
 
 def test_channel_options_are_a_pure_function():
-    from edge_client.client import grpc_channel_options
+    from edge_client.transports import grpc_channel_options
 
     assert grpc_channel_options(8, [("a", 1)], "round_robin") == [
         ("grpc.max_send_message_length", 8), ("grpc.max_receive_message_length", 8),

@@ -77,11 +77,15 @@ def test_client_stream(server, encoder, images, reference, rest):
     assert [r.label[0] for r in out] == [reference[(str(p), 1)] for p in images]
 
 
-def test_stream_reports_refused_frames_and_goes_on(server, encoder, images):
+@pytest.mark.parametrize("rest", [False, True], ids=["grpc", "rest"])
+def test_stream_reports_refused_frames_and_goes_on(server, encoder, images, rest):
+    """The transport's stream (one InferStream; over REST one request per frame): a refused frame is answered with
+    its error, in its place, and the frames after it are answered."""
     from edge_client import EdgeClient
+    from edge_client.transports import Transport
 
-    with _client(server, encoder) as c:
-        assert isinstance(c, EdgeClient)
+    with _client(server, encoder, rest=rest) as c:
+        assert isinstance(c, EdgeClient) and isinstance(c.transport, Transport)
         c.connect()
         good = encoder.encode(images[0], rung=0)
         t = c.transport
@@ -90,8 +94,9 @@ def test_stream_reports_refused_frames_and_goes_on(server, encoder, images):
         reqs = [t.request(MODEL, good, BitrateHint(), None, "a", 5),
                 t.request(MODEL, type(good)(good.data[:-9], 0, good.input_hw), BitrateHint(), None, "b", 5),
                 t.request(MODEL, good, BitrateHint(), None, "c", 5)]
-        out = list(t.stub.InferStream(iter(reqs), timeout=10))
-        assert [o.WhichOneof("outcome") for o in out] == ["result", "error", "result"]
+        out = list(t.stream(iter(reqs), 10, 10))
+        assert [("error" if o.error else "result" if o.result else None) for o in out] == ["result", "error", "result"]
+        assert [o.request_id for o in out] == ["a", "b", "c"] and out[1].error.kind
 
 
 def test_bundle_mismatch_is_a_clear_error(server, tiny_bundle, tiny_weights, tmp_path, images):

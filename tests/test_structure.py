@@ -15,6 +15,9 @@
   imports the other, and only the composition root (``cloud_server.server``) imports either. One module ends a
   gRPC call with an error (``grpc/status.py``; every servicer method wears its decorator), one reads an API key
   (``auth.py``), one words a pydantic validation error (``errors.describe_validation``).
+- The edge reaches the cloud through one room, :mod:`edge_client.transports`: no other module of ``edge_client``
+  imports grpc, httpx or the generated stubs, reads a transport's ``stub`` or ``channel``, or passes gRPC call
+  ``metadata=`` (the client and the stream speak the ``Transport`` protocol).
 """
 
 from __future__ import annotations
@@ -305,6 +308,50 @@ def test_the_upward_import_finder_sees_every_kind_of_import():
     assert all(upward_imports(p, src) for p, srcs in caught.items() for src in srcs), \
         [src for p, srcs in caught.items() for src in srcs if not upward_imports(p, src)]
     assert not any(upward_imports(p, src) for p, srcs in fine.items() for src in srcs)
+
+
+# ------------------------------------------------------------------------------------------ the edge's wire
+TRANSPORT_ROOM = ROOT / "edge_client" / "transports.py"
+WIRE_MODULES = ("grpc", "httpx", "shared._proto")
+
+
+def _wire_reaches(path: Path, source: Optional[str] = None) -> List[str]:
+    """Where ``path``'s code touches the wire itself: imports grpc, httpx or the generated stubs, reads a ``stub``
+    or ``channel`` attribute, or passes ``metadata=`` to a call."""
+    found = []
+    for node in ast.walk(ast.parse(source if source is not None else path.read_text(), str(path))):
+        names = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            names = [node.module or ""] + [f"{node.module}.{a.name}" for a in node.names]
+        what = next((f"imports {n}" for n in names if any(n == m or n.startswith(m + ".") for m in WIRE_MODULES)), None)
+        if isinstance(node, ast.Attribute) and node.attr in ("stub", "channel"):
+            what = f"reads .{node.attr}"
+        elif isinstance(node, ast.Call) and any(k.arg == "metadata" for k in node.keywords):
+            what = "passes gRPC call metadata"
+        if what:
+            found.append(f"{path.relative_to(ROOT)}:{node.lineno}: {what}")
+    return found
+
+
+def test_only_the_transports_touch_the_wire():
+    found = [hit for path in sorted((ROOT / "edge_client").rglob("*.py")) if path != TRANSPORT_ROOM
+             for hit in _wire_reaches(path)]
+    assert not found, ("the edge's wire outside edge_client/transports.py (use the Transport protocol: request, "
+                       "infer, stream, models, edge_package):\n" + "\n".join(found))
+    assert _wire_reaches(TRANSPORT_ROOM), "the transports no longer touch the wire: is the room elsewhere now?"
+
+
+def test_the_wire_patterns_catch_what_they_should():
+    caught = ["import grpc", "from shared._proto import splitinfer_pb2 as pb", "import httpx",
+              "from shared import _proto", "call = t.stub.InferStream(reqs)", "t.channel.close()",
+              "f(req, timeout=1, metadata=t.metadata)"]
+    fine = ["from shared.rate import BitrateHint", "info.metadata[k] = val", "have = info.metadata.get(key)",
+            "answers = transport.stream(reqs, None, 10.0)", "import json"]
+    hit = lambda s: bool(_wire_reaches(ROOT / "x.py", s))  # noqa: E731
+    assert all(hit(s) for s in caught), [s for s in caught if not hit(s)]
+    assert not any(hit(s) for s in fine), [s for s in fine if hit(s)]
 
 
 # ------------------------------------------------------------------------------------------ docs

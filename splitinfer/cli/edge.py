@@ -27,7 +27,7 @@ def run_edge(args) -> int:
                 client.bundle.scheme.check_stream(hint, opts.track_link)
             client.connect()
             if not opts.json:
-                print(f"server {opts.server} ({'REST' if opts.rest else 'gRPC'}), model {client.model}, bundle "
+                print(f"server {opts.server} ({_wire(opts)}), model {client.model}, bundle "
                       f"{client.bundle.bundle_id}, hint: {hint if opts.rung is None else f'rung {opts.rung}'}")
                 print(EDGE_HEADER + "\n" + "-" * len(EDGE_HEADER))
             results = (client.stream(images, rung=opts.rung, hint=hint, track_link=opts.track_link) if opts.stream
@@ -63,3 +63,10 @@ def run_edge(args) -> int:
     if failed and not opts.json:
         print(f"{failed} of {len(images)} images failed", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _wire(opts) -> str:
+    """How the frames travel, as the header says it."""
+    if opts.rest:
+        return "REST, streamed one request per frame" if opts.stream else "REST"
+    return "gRPC, one InferStream" if opts.stream else "gRPC"
