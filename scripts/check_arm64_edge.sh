@@ -54,11 +54,14 @@ in_image() {  # in_image COMMAND...: as the image's service user, on the host ne
 }
 log "$EDGE: $(buildah inspect --type image --format '{{.OCIv1.OS}}/{{.OCIv1.Architecture}}/{{.OCIv1.Variant}}' "$EDGE"), \
 $(buildah images --format '{{.Size}}' "$EDGE") (buildah images), du $(du -sh "$mnt" | cut -f1)"
-# the compiled coder, when the image ships one, must load there (else the Python coder would quietly take over)
-log "inside: $(in_image python -c "import glob, platform, sys; from shared.codec import rans; \
+# the compiled coder and integer hyper-decoder, when the image ships the library, must load there (else the Python
+# coder and the numpy h_s would quietly take over)
+log "inside: $(in_image python -c "import glob, platform, sys; from shared.codec import rans, integer_numpy as hs; \
 shipped = glob.glob('/opt/splitinfer/app/shared/codec/_ranscoder*.so'); \
 assert rans.implementation() == 'c' or not shipped, (shipped, rans.COMPILED_ERROR); \
-print(platform.machine(), 'Python', sys.version.split()[0], 'rANS coder:', rans.implementation(), *shipped)")"
+assert hs.implementation() == 'c' or not shipped, (shipped, hs.COMPILED_ERROR); \
+print(platform.machine(), 'Python', sys.version.split()[0], 'rANS coder:', rans.implementation(), \
+'h_s:', hs.implementation(), *shipped)")"
 
 # --- the cloud: x86_64, this tree, every embedded bundle -----------------------------------------------------
 bundles=()
