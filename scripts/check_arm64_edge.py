@@ -199,6 +199,20 @@ def dump(args) -> int:
     from edge_client import OnnxEdgeEncoder
     from shared.codec import integer_numpy
 
+    if args.graph_opt != "all":  # an experiment: the edge's sessions at another graph optimisation level
+        import onnxruntime as ort
+
+        level = {"disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+                 "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+                 "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED}[args.graph_opt]
+        base = ort.InferenceSession
+
+        class _Session(base):
+            def __init__(self, graph, sess_options=None, **kw):
+                sess_options.graph_optimization_level = level
+                super().__init__(graph, sess_options=sess_options, **kw)
+
+        ort.InferenceSession = _Session
     enc = OnnxEdgeEncoder(args.package, threads=1)
     x = enc.preprocess(args.image)
     feature = enc.features(x)
@@ -213,7 +227,7 @@ def dump(args) -> int:
         if rung.variable and args.level is not None:
             coder, *_ = rung.level_coder(feature)
             out.update(step=np.float32(coder.step(args.level)), level=np.int64(args.level),
-                       y_sym=coder.symbols(args.level))
+                       y_sym=coder.symbols(args.level)[None])
     np.savez(args.out, **out)
     print(f"{args.out}: {', '.join(f'{k} {np.shape(v)}' for k, v in out.items())}")
     return 0
@@ -240,8 +254,9 @@ def latents(args) -> int:
             print(f"  {k:8s} {str(va.shape):22s} {int((va != vb).sum()):7d} of {va.size} elements differ")
     if "y_sym" in a and "y_sym" in b:
         step = np.float32(a["step"])
-        ca = (a["y"] - a["means"]) / step
-        cb = (b["y"] - b["means"]) / np.float32(b["step"])
+        # the edge's float32 arithmetic, then float64 to measure the distances without rounding them away
+        ca = ((a["y"] - a["means"]) / step).astype(np.float64)
+        cb = ((b["y"] - b["means"]) / np.float32(b["step"])).astype(np.float64)
         for i in np.argwhere(a["y_sym"] != b["y_sym"])[: args.show]:
             t = tuple(int(v) for v in i)
             print(f"  y symbol {t}: {int(a['y_sym'][t])} vs {int(b['y_sym'][t])}; y {a['y'][t]!r} vs {b['y'][t]!r}; "
@@ -250,8 +265,12 @@ def latents(args) -> int:
         # how close to a boundary the latents lie in general: the share within the two runs' own difference
         frac = np.abs(np.abs(ca - np.floor(ca)) - 0.5)
         gap = np.abs(ca - cb)
+        for i in np.argwhere(frac < 1e-5)[: args.show]:
+            t = tuple(int(v) for v in i)
+            print(f"  near a boundary: {t}: (y - mean) / step {ca[t]!r} vs {cb[t]!r}, symbol {int(a['y_sym'][t])} vs "
+                  f"{int(b['y_sym'][t])}")
         print(f"  elements of (y - mean) / step within 1e-6 of a half-integer: {int((frac < 1e-6).sum())} of "
-              f"{frac.size}; within the two machines' difference of it: {int((frac <= gap).sum())}; "
+              f"{frac.size}; within the two dumps' difference of it: {int((frac <= gap).sum())}; "
               f"largest |difference| {gap.max():.3g}")
     return 0
 
@@ -285,6 +304,8 @@ def main(argv=None) -> int:
     d.add_argument("--rung", type=int, default=0)
     d.add_argument("--level", type=int, help="a variable-rate level: its step and y symbols too")
     d.add_argument("--out", required=True, help="the .npz to write")
+    d.add_argument("--graph-opt", choices=["all", "extended", "basic", "disable"], default="all",
+                   help="ONNX Runtime's graph optimisation level (the edge runs 'all')")
     t = sub.add_parser("latents", help="two dumps of one image: where the tensors and the y symbols differ")
     t.add_argument("reference")
     t.add_argument("other")
