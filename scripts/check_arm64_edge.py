@@ -9,8 +9,9 @@ a set of levels and bitrate hints of each variable-rate bundle; then the compari
 ``run`` uses only the edge runtime (ONNX Runtime, numpy, the rANS coder; no PyTorch), so that the same file runs
 in the edge image (scripts/check_arm64_edge.sh mounts it into the arm64 container) and on the build machine. Each
 line is one message: its package, image and setting (``rung``, ``level`` or ``bpp``), length, SHA-256 and the
-cloud's top-1 answer. ``compare`` exits 1 unless both runs hold the same messages, byte for byte, with the same
-answers. Encode times are not written: under emulation they say nothing about an ARM board.
+cloud's top-1 answer (and the message itself, base64). ``compare`` sorts each message: identical, differing in N
+symbols but answered alike (both decoded with ``--packages``' tables and integer h_s), or wrong (not answered, or
+another top-1); it exits 1 on a wrong one, and on a differing one unless ``--answers-only``. Encode times are not written: under emulation they say nothing about an ARM board.
 """
 
 from __future__ import annotations

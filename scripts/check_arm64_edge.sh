@@ -8,7 +8,8 @@
 #
 # Environment: PYTHON (default .venv/bin/python), WORK (/var/tmp/splitinfer-images: logs and the two runs' JSON
 # lines), TAG (dev: checks localhost/splitinfer-edge:$TAG-arm64), LEVELS (default -4,0,4,8,12,20,28,40, or `all`),
-# BITRATES (0.05,0.1,0.2), HTTP_PORT / GRPC_PORT (18081 / 15052). Needs root (buildah) and qemu-aarch64 registered
+# BITRATES (0.05,0.1,0.2), HTTP_PORT / GRPC_PORT (18081 / 15052), ANSWERS_ONLY (set: pass when messages differ
+# but every one is answered alike; each differing one is still listed with its differing symbols). Needs root (buildah) and qemu-aarch64 registered
 # with binfmt_misc (scripts/build_edge_arm64.sh does it). No timing is reported: under emulation it would say
 # nothing about an ARM board.
 set -euo pipefail
@@ -88,4 +89,5 @@ in_image python /opt/check_arm64_edge.py "${run_args[@]}" --packages /opt/spliti
     --images /opt/splitinfer/app/shared/assets/samples > "$WORK/arm64-check-arm64.jsonl"
 log "comparison"
 "$PYTHON" "$ROOT/scripts/check_arm64_edge.py" compare "$WORK/arm64-check-x86_64.jsonl" "$WORK/arm64-check-arm64.jsonl" \
-    --labels "$mnt/opt/splitinfer/app/shared/assets/samples/labels.csv"
+    --labels "$mnt/opt/splitinfer/app/shared/assets/samples/labels.csv" --packages "$mnt/opt/splitinfer/edge" \
+    ${ANSWERS_ONLY:+--answers-only}
