@@ -7,10 +7,10 @@
 set -eu
 case "${1:-}" in
     ""|-*) ;;
-    *) exec python -m shared.cli "$@" ;;
+    *) exec python -m splitinfer "$@" ;;
 esac
 case " $* " in
-    *" --bundle"*) exec python -m shared.cli serve "$@" ;;
+    *" --bundle"*) exec python -m splitinfer serve "$@" ;;
 esac
 set -- serve "$@"
 n=0
@@ -20,4 +20,4 @@ for d in /opt/splitinfer/cloud/*/; do
     n=$((n + 1))
 done
 [ "$n" -gt 0 ] || { echo "no cloud package in /opt/splitinfer/cloud (mount one, or pass --bundle DIR)" >&2; exit 2; }
-exec python -m shared.cli "$@"
+exec python -m splitinfer "$@"

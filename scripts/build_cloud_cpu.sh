@@ -55,7 +55,7 @@ mkdir -p "$CTX/docker" "$CTX/prebuilt/app" "$CTX/prebuilt/cloud" "$CTX/prebuilt/
 cp "$ROOT/requirements-cloud-cpu.txt" "$CTX/"
 cp "$ROOT/docker/pip-install.sh" "$ROOT/docker/healthcheck.py" "$ROOT/docker/cloud-cpu-entrypoint.sh" "$CTX/docker/"
 tar -C "$ROOT" --exclude=__pycache__ --exclude='*.pyc' --exclude='_ranscoder*.so' --exclude='rung-*.safetensors' \
-    -cf - proto shared edge_client cloud_server | tar -C "$CTX/prebuilt/app" -xf -
+    -cf - proto shared edge_client cloud_server splitinfer | tar -C "$CTX/prebuilt/app" -xf -
 find "$CTX/prebuilt/app/shared/_proto" -type f ! -name __init__.py -delete
 (cd "$CTX/prebuilt/app" && PYTHONPATH=. "$PYTHON" -m shared.proto_build)
 # the coder and the integer h_s (every C file of shared/codec), for the image's python3.11 on this architecture
@@ -64,7 +64,7 @@ cc -O3 -std=c99 -Wall -shared -fPIC -o "$so" "$ROOT"/shared/codec/*.c
 for b in "$ROOT"/shared/assets/bundles/*/; do
     [ -f "$b/manifest.json" ] || continue
     log "  export-cloud $(basename "$b")"
-    (cd "$ROOT" && PYTHONPATH=$ROOT "$PYTHON" -m shared.cli export-cloud --bundle "$b" \
+    (cd "$ROOT" && PYTHONPATH=$ROOT "$PYTHON" -m splitinfer export-cloud --bundle "$b" \
         --out "$CTX/prebuilt/cloud/$(basename "$b")" > /dev/null)
 done
 log "  x86_64 wheels of requirements-cloud-cpu.txt"
@@ -126,7 +126,7 @@ if [ ! -d "$edge" ]; then
     edge=$WORK/cloud-cpu-edge
     for b in "$ROOT"/shared/assets/bundles/*/; do
         [ -f "$b/manifest.json" ] && [ ! -d "$edge/$(basename "$b")" ] && (cd "$ROOT" && PYTHONPATH=$ROOT "$PYTHON" \
-            -m shared.cli export-edge --bundle "$b" --out "$edge/$(basename "$b")" > /dev/null)
+            -m splitinfer export-edge --bundle "$b" --out "$edge/$(basename "$b")" > /dev/null)
     done
 fi
 out=$WORK/cloud-cpu-check.jsonl
