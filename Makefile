@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-all venv clean bench models images images-arm64
+.PHONY: demo test test-all venv clean bench models images images-arm64 images-cloud-cpu
 
 # (ranscoder.c/.h, hyperdec.c/.h: `pip install -e .` builds the edge's C library in place, so a change reinstalls)
 $(STAMP): requirements.txt pyproject.toml setup.py proto/splitinfer.proto proto/grpc_service.proto \
@@ -45,6 +45,12 @@ images:
 # levels must give byte-identical messages to the x86_64 edge and the same answers. Needs root; docs/deploy.md.
 images-arm64: $(STAMP)
 	scripts/build_edge_arm64.sh
+
+# The torch-free CPU cloud image (docker/Dockerfile.cloud-cpu: ONNX Runtime, numpy, the compiled rANS decoder) for
+# linux/amd64: cloud packages exported here with .venv, then the image serves them on loopback to this machine's
+# edge runtime (every sample x rung and level). Needs root; docs/deploy.md.
+images-cloud-cpu: $(STAMP)
+	scripts/build_cloud_cpu.sh
 
 clean:
 	rm -rf $(VENV) build *.egg-info

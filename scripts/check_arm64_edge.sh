@@ -8,7 +8,8 @@
 #
 # Environment: PYTHON (default .venv/bin/python), WORK (/var/tmp/splitinfer-images: logs and the two runs' JSON
 # lines), TAG (dev: checks localhost/splitinfer-edge:$TAG-arm64), LEVELS (default -4,0,4,8,12,20,28,40, or `all`),
-# BITRATES (0.05,0.1,0.2), HTTP_PORT / GRPC_PORT (18081 / 15052). Needs root (buildah) and qemu-aarch64 registered
+# BITRATES (0.05,0.1,0.2), HTTP_PORT / GRPC_PORT (18081 / 15052), ANSWERS_ONLY (set: pass when messages differ
+# but every one is answered alike; each differing one is still listed with its differing symbols). Needs root (buildah) and qemu-aarch64 registered
 # with binfmt_misc (scripts/build_edge_arm64.sh does it). No timing is reported: under emulation it would say
 # nothing about an ARM board.
 set -euo pipefail
@@ -54,11 +55,14 @@ in_image() {  # in_image COMMAND...: as the image's service user, on the host ne
 }
 log "$EDGE: $(buildah inspect --type image --format '{{.OCIv1.OS}}/{{.OCIv1.Architecture}}/{{.OCIv1.Variant}}' "$EDGE"), \
 $(buildah images --format '{{.Size}}' "$EDGE") (buildah images), du $(du -sh "$mnt" | cut -f1)"
-# the compiled coder, when the image ships one, must load there (else the Python coder would quietly take over)
-log "inside: $(in_image python -c "import glob, platform, sys; from shared.codec import rans; \
+# the compiled coder and integer hyper-decoder, when the image ships the library, must load there (else the Python
+# coder and the numpy h_s would quietly take over)
+log "inside: $(in_image python -c "import glob, platform, sys; from shared.codec import rans, integer_numpy as hs; \
 shipped = glob.glob('/opt/splitinfer/app/shared/codec/_ranscoder*.so'); \
 assert rans.implementation() == 'c' or not shipped, (shipped, rans.COMPILED_ERROR); \
-print(platform.machine(), 'Python', sys.version.split()[0], 'rANS coder:', rans.implementation(), *shipped)")"
+assert hs.implementation() == 'c' or not shipped, (shipped, hs.COMPILED_ERROR); \
+print(platform.machine(), 'Python', sys.version.split()[0], 'rANS coder:', rans.implementation(), \
+'h_s:', hs.implementation(), *shipped)")"
 
 # --- the cloud: x86_64, this tree, every embedded bundle -----------------------------------------------------
 bundles=()
@@ -85,4 +89,5 @@ in_image python /opt/check_arm64_edge.py "${run_args[@]}" --packages /opt/spliti
     --images /opt/splitinfer/app/shared/assets/samples > "$WORK/arm64-check-arm64.jsonl"
 log "comparison"
 "$PYTHON" "$ROOT/scripts/check_arm64_edge.py" compare "$WORK/arm64-check-x86_64.jsonl" "$WORK/arm64-check-arm64.jsonl" \
-    --labels "$mnt/opt/splitinfer/app/shared/assets/samples/labels.csv"
+    --labels "$mnt/opt/splitinfer/app/shared/assets/samples/labels.csv" --packages "$mnt/opt/splitinfer/edge" \
+    ${ANSWERS_ONLY:+--answers-only}

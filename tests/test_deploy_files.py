@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-DOCKERFILES = [ROOT / "docker" / "Dockerfile.cloud", ROOT / "docker" / "Dockerfile.edge"]
+DOCKERFILES = [ROOT / "docker" / "Dockerfile.cloud", ROOT / "docker" / "Dockerfile.edge",
+               ROOT / "docker" / "Dockerfile.cloud-cpu"]
 SECRETISH = re.compile(r"\.(pem|crt|key|p12)\b|ca-certificates|cacert|pipcert|secret|api_key", re.I)
 
 
@@ -155,6 +156,39 @@ def test_edge_entrypoint_refuses_torch_subcommands():
     r = subprocess.run(["sh", str(script), "info"], capture_output=True, text=True, env=env, timeout=30)
     assert r.returncode == 2 and "needs PyTorch" in r.stderr
     assert "SPLITINFER_EDGE_THREADS" in text
+
+
+def test_cloud_cpu_image_is_torch_free():
+    """docker/Dockerfile.cloud-cpu: requirements-cloud-cpu.txt (ONNX Runtime, no torch), cloud packages exported
+    beforehand (the image cannot export them), the compiled coder checked at build time."""
+    path = ROOT / "docker" / "Dockerfile.cloud-cpu"
+    ins, final = _instructions(path), _stages(path)["final"]
+    text = " ".join(a for k, a in ins if k in {"COPY", "RUN"})
+    assert "requirements-cloud-cpu.txt" in text
+    assert not re.search(r"(?<![\w-])requirements\.txt", text), "the CPU cloud image must not see requirements.txt"
+    pins = _req_names(ROOT / "requirements-cloud-cpu.txt")
+    assert not pins & {"torch", "torchvision", "compressai", "grpcio-tools", "triton", "onnx"}
+    assert {"onnxruntime", "numpy", "grpcio", "fastapi", "uvicorn"} <= pins
+    install = next(a for k, a in final if k == "RUN" and "pip-install.sh" in a)
+    assert re.search(r"pip uninstall -y.* pip\b", install) and "PIP_WHEELS=/wheels" in install
+    copies = [a.split() for k, a in final if k == "COPY"]
+    assert ["prebuilt/cloud/", "/opt/splitinfer/cloud/"] in copies
+    checks = " ".join(a for k, a in final if k == "RUN")
+    assert "OnnxCloudDecoder" in checks and "'torch'" in checks and "implementation()" in checks
+    env = " ".join(a for k, a in final if k == "ENV")
+    assert "SPLITINFER_CLOUD_RUNTIME=onnx" in env
+    assert any(k == "ENTRYPOINT" and "cloud-cpu-entrypoint.sh" in a for k, a in final)
+    make = (ROOT / "Makefile").read_text()
+    assert "images-cloud-cpu:" in make and "\tscripts/build_cloud_cpu.sh" in make
+
+
+def test_cloud_cpu_entrypoint_needs_a_package():
+    if Path("/opt/splitinfer/cloud").exists():
+        pytest.skip("/opt/splitinfer/cloud exists here")
+    script = ROOT / "docker" / "cloud-cpu-entrypoint.sh"
+    r = subprocess.run(["sh", str(script)], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2 and "no cloud package" in r.stderr
+    subprocess.run(["sh", "-n", str(script)], check=True, timeout=30)
 
 
 def test_dockerignore():

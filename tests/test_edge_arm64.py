@@ -106,7 +106,23 @@ def test_compare_passes_only_identical_messages_with_the_same_answers(tmp_path):
         assert rc == 1 and "FAILED" in out, out
 
 
-@pytest.mark.parametrize("script", ["scripts/build_edge_arm64.sh", "scripts/check_arm64_edge.sh", "docker/build.sh"])
+def test_compare_sorts_each_message_identical_differing_or_wrong(tmp_path):
+    x86 = [_row(), _row(kind="level", value=12, sha="11" * 32), _row(image="b.JPEG", top1=3)]
+    arm = [dict(r, machine="aarch64") for r in x86]
+    differs = [arm[0], dict(arm[1], sha256="33" * 32), arm[2]]  # another message, answered alike
+    rc, out = _compare(tmp_path, x86, differs)
+    assert rc == 1 and "1 of 3 messages not byte-identical" in out, out
+    assert "2/3 messages byte-identical, 1 differ but are answered alike, 0 wrong" in out
+    assert "DIFFERS" in out and "(same answer)" in out
+    rc, out = _compare(tmp_path, x86, differs, "--answers-only")
+    assert rc == 0 and "OK: 2 messages byte-identical, 1 differ but are answered alike" in out, out
+    # another answer is wrong, --answers-only or not
+    rc, out = _compare(tmp_path, x86, [arm[0], dict(arm[1], sha256="33" * 32, top1=9), arm[2]], "--answers-only")
+    assert rc == 1 and "1 wrong" in out and "FAILED" in out, out
+
+
+@pytest.mark.parametrize("script", ["scripts/build_edge_arm64.sh", "scripts/check_arm64_edge.sh", "docker/build.sh",
+                                    "scripts/build_cloud_cpu.sh"])
 def test_the_image_scripts_parse(script):
     if not shutil.which("bash"):
         pytest.skip("no bash")
