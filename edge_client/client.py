@@ -40,6 +40,7 @@ from typing import Any, Deque, Dict, Iterable, Iterator, List, Optional, Sequenc
 from shared.rate import BitrateHint, HintError, HintOutcome
 
 from .answers import answer_problem, lost_frames
+from .failover import StreamBroken, reset_by_the_path, resumable_infer_stream
 from .runtime import EncodedFrame, ImageLike, OnnxEdgeEncoder
 
 __all__ = ["EdgeClient", "InferResult", "ServiceError", "BundleMismatchError", "ImageError", "AnswerError"]
@@ -66,7 +67,7 @@ class ServiceError(Exception):
     def retryable(self) -> bool:
         if self.kind:
             return self.kind in _RETRY_KINDS
-        return self.code in _RETRY_WITHOUT_KIND
+        return self.code in _RETRY_WITHOUT_KIND or reset_by_the_path(self)  # a proxy's reset: replica gone
 
 
 class BundleMismatchError(ServiceError):
@@ -589,7 +590,8 @@ class EdgeClient:
         """Frames over one ``InferStream`` (gRPC), answers in order; a refused frame yields a result with
         ``error`` set and the stream goes on; so does an image the edge cannot read (an :class:`ImageError`, in its
         place in the order; nothing is sent for it). ``timeout_s`` bounds the whole stream (default: none).
-        A broken stream raises :class:`ServiceError` (frames are not resent: a camera sends new ones).
+        A stream broken on the way (a replica behind a balancer gone) is reopened, its frames sent but not
+        answered sent again, up to ``retries`` times in a row (``edge_client.failover``); then :class:`ServiceError`.
         Over REST this falls back to one request per frame (with retries).
 
         ``track_link`` (a variable-rate bundle and a ``kbit/s`` hint, gRPC): frames leave at the hint's fps, and
@@ -649,8 +651,8 @@ class EdgeClient:
         def unanswered() -> List[str]:
             return [p[0] for p in pending if p[3] is None]
 
-        try:
-            call = t.stub.InferStream(requests(), timeout=timeout_s, metadata=t.metadata)
+        try:  # a stream the path resets (a replica gone) goes on in a new call, its unanswered frames resent
+            call = resumable_infer_stream(t, requests(), timeout_s, self.retries, self.backoff_s)
             for resp in call:
                 yield from not_sent()
                 if not pending or not ids:
@@ -686,6 +688,9 @@ class EdgeClient:
                     yield self._vetted(res, n_bytes)
         except t.grpc.RpcError as e:
             raise t.error(e) from None
+        except StreamBroken as e:
+            err = t.error(e.cause)
+            raise ServiceError(err.code, f"{e}; {lost_frames(unanswered())}", err.kind) from None
         yield from not_sent()
         if unanswered():
             raise AnswerError("the server ended the stream without answering every frame", unanswered())
