@@ -105,7 +105,8 @@ class EdgeClient:
             self.transport: Transport = RestTransport(url, api_key, verify)
         else:
             cert = Path(root_cert).read_bytes() if root_cert else None
-            self.transport = GrpcTransport(server, api_key, tls, cert, max_message_bytes, grpc_options)
+            self.transport = GrpcTransport(server, api_key, tls, cert, max_message_bytes, grpc_options,
+                                           stream_retries=retries, backoff_s=backoff_s)
 
     # -- the edge package ----------------------------------------------------------------------------
     @property

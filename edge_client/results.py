@@ -11,6 +11,7 @@ from shared.frame import ImageLike
 from shared.rate import HintOutcome
 
 from .answers import lost_frames
+from .failover import reset_by_the_path
 
 __all__ = ["InferResult", "StreamAnswer", "ServiceError", "BundleMismatchError", "ImageError", "AnswerError",
            "IMAGE_ERRORS", "source_name"]
@@ -39,7 +40,7 @@ class ServiceError(Exception):
     def retryable(self) -> bool:
         if self.kind:
             return self.kind in _RETRY_KINDS
-        return self.code in _RETRY_WITHOUT_KIND
+        return self.code in _RETRY_WITHOUT_KIND or reset_by_the_path(self)  # a proxy's reset: replica gone
 
 
 class BundleMismatchError(ServiceError):

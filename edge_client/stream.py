@@ -21,7 +21,8 @@ from typing import Any, Deque, Iterable, Iterator, List, Optional, Protocol, Tup
 from shared.frame import EncodedFrame, ImageLike
 from shared.rate import BitrateHint, HintOutcome
 
-from .results import IMAGE_ERRORS, AnswerError, ImageError, InferResult, StreamAnswer, source_name
+from .answers import lost_frames
+from .results import IMAGE_ERRORS, AnswerError, ImageError, InferResult, ServiceError, StreamAnswer, source_name
 from .transports import Transport
 
 __all__ = ["SentFrame", "Frames", "stream_frames"]
@@ -149,17 +150,22 @@ def stream_frames(client: _Client, images: Iterable[ImageLike], bitrate: Optiona
                                   target, frame.hint))
             yield req
 
-    # a transport error (a broken stream) propagates: frames.unanswered() is what it lost (not resent here)
+    # a broken stream the transport could not resume ends the stream, naming the frames it lost
     answers = transport.stream(requests(), timeout_s, client.timeout_s)
-    with closing(answers):  # leaving early (a broken order, the caller stops reading) ends the call
-        for answer in answers:
-            yield from frames.finished()
-            sent = frames.answered(answer.request_id)
-            now = time.perf_counter()
-            if tracker is not None:
-                with lock:
-                    ctl.set_rate(tracker.acked(sent.n_bytes, sent.sent_at, now))
-            yield _result(client, answer, sent, 1e3 * (now - sent.sent_at))
+    try:
+        with closing(answers):  # leaving early (a broken order, the caller stops reading) ends the call
+            for answer in answers:
+                yield from frames.finished()
+                sent = frames.answered(answer.request_id)
+                now = time.perf_counter()
+                if tracker is not None:
+                    with lock:
+                        ctl.set_rate(tracker.acked(sent.n_bytes, sent.sent_at, now))
+                yield _result(client, answer, sent, 1e3 * (now - sent.sent_at))
+    except ServiceError as e:
+        if type(e) is not ServiceError or not frames.unanswered():
+            raise
+        raise ServiceError(e.code, f"{e.message}; {lost_frames(frames.lost())}", e.kind, e.retry_after_s) from None
     yield from frames.finished()
     if frames.unanswered():
         raise AnswerError("the server ended the stream without answering every frame", frames.lost())

@@ -25,6 +25,7 @@ from typing import Any, Dict, Iterable, Iterator, List, NamedTuple, Optional, Pr
 from shared.frame import EncodedFrame
 from shared.rate import BitrateHint
 
+from .failover import ResumableStream, StreamBroken
 from .results import BundleMismatchError, InferResult, ServiceError, StreamAnswer
 
 __all__ = ["Transport", "GrpcTransport", "RestTransport", "grpc_channel_options", "LB_POLICY_ENV"]
@@ -75,9 +76,11 @@ def grpc_channel_options(max_message: int, extra_options: Sequence[Tuple[str, An
 
 class GrpcTransport:
     def __init__(self, target: str, api_key: Optional[str], tls: bool, root_cert: Optional[bytes],
-                 max_message: int, extra_options: Sequence[Tuple[str, Any]] = (), lb_policy: Any = _FROM_ENV):
+                 max_message: int, extra_options: Sequence[Tuple[str, Any]] = (), lb_policy: Any = _FROM_ENV,
+                 stream_retries: int = 3, backoff_s: float = 0.1):
         """``lb_policy``: the gRPC load-balancing policy; its default (only) is ``$SPLITINFER_GRPC_LB_POLICY``,
-        read here once; None: gRPC's own. The options passed are then the one source of the channel's settings."""
+        read here once; None: gRPC's own. The options passed are then the one source of the channel's settings.
+        ``stream_retries`` / ``backoff_s``: new calls in a row for a stream the path resets (``stream``)."""
         import grpc
 
         from shared._proto import splitinfer_pb2 as pb, splitinfer_pb2_grpc as pb_grpc
@@ -93,6 +96,7 @@ class GrpcTransport:
         self.stub = pb_grpc.SplitInferenceStub(self.channel)
         self.metadata = [("authorization", f"Bearer {api_key}")] if api_key else []
         self.target = target
+        self.stream_retries, self.backoff_s = stream_retries, backoff_s
 
     def error(self, e) -> ServiceError:
         code = e.code()
@@ -162,8 +166,19 @@ class GrpcTransport:
         return _result_from_pb(resp, 1e3 * (time.perf_counter() - t0))
 
     def stream(self, requests: Iterable[Any], timeout: Optional[float], frame_timeout: float) -> Iterator[StreamAnswer]:
-        """One ``InferStream`` call (``frame_timeout`` unused: the call has one deadline, ``timeout``)."""
-        call = self.stub.InferStream(iter(requests), timeout=timeout, metadata=self.metadata)
+        """One ``InferStream`` call (``frame_timeout`` unused: the call has one deadline, ``timeout``), reopened
+        when the path resets it (a replica behind a balancer gone): the frames it sent and left unanswered are sent
+        again on the new call, each answered once (``edge_client.failover``), up to ``stream_retries`` new calls in
+        a row; then :class:`ServiceError`."""
+        end = None if timeout is None else time.monotonic() + timeout  # the whole stream, new calls included
+
+        def open_call(reqs):
+            left = None if end is None else max(0.0, end - time.monotonic())
+            return self.stub.InferStream(reqs, timeout=left, metadata=self.metadata)
+
+        call = ResumableStream(open_call, iter(requests), request_key=lambda r: r.request_id,
+                               answer_key=lambda a: a.request_id, tries=self.stream_retries, backoff_s=self.backoff_s,
+                               resumable=lambda e: isinstance(e, self.grpc.RpcError) and self.error(e).retryable)
         try:
             for resp in call:
                 outcome = resp.WhichOneof("outcome")
@@ -178,6 +193,9 @@ class GrpcTransport:
                     yield StreamAnswer(resp.request_id)
         except self.grpc.RpcError as e:
             raise self.error(e) from None
+        except StreamBroken as e:
+            err = self.error(e.cause)
+            raise ServiceError(err.code, str(e), err.kind) from None
         finally:  # the caller stopped reading (closed the iterator, or raised): end the call, not only our side
             call.cancel()
 
