@@ -22,6 +22,7 @@ demo: $(STAMP)
 
 # pytest exit code 5 (no tests collected) is a failure here, never a silent pass.
 # `make test` leaves out the tests marked slow (training loops, torchrun, long fuzzing); `make test-all` (CI) runs all.
+# Both run the tests marked timing (wall-clock upper bounds); to leave them out: pytest -m "not slow and not timing".
 test: $(STAMP)
 	$(PY) -m pytest -q -m "not slow" tests
 

@@ -55,65 +55,6 @@ EDGE_PATHS = "c/c,c/numpy,python/numpy"
 GOALS = {"image_mb": 300, "deps_mb": 250, "start_s": 1.0, "rss_mb": 150, "frame_ratio": 0.8, "overhead": 1.15}
 
 
-# ----------------------------------------------------------------------------------------------- agreement
-def compare_edges(bundle, images: Sequence[Path], onnx_encoder, torch_encoder, decoder,
-                  rungs: Optional[Sequence[int]] = None, progress: bool = False) -> Dict:
-    """Encode every (image, rung) with both edges, decode both on the cloud: the agreement figures. A
-    variable-rate bundle: every (image, measured quality level) instead (``shared.evaluation.default_levels``)."""
-    from shared.bitstream import BitstreamError
-
-    levels = bundle.config.levels
-    if levels is not None:
-        from shared.evaluation import default_levels
-
-        rungs = default_levels(levels) if rungs is None else list(rungs)  # "rungs" are levels here
-    else:
-        rungs = [r.index for r in bundle.rungs] if rungs is None else list(rungs)
-    n = same_bytes = crc_fail = agree = 0
-    bpp_onnx: Dict[int, List[float]] = {r: [] for r in rungs}
-    bpp_torch: Dict[int, List[float]] = {r: [] for r in rungs}
-    it = [(p, r) for p in images for r in rungs]
-    if progress:
-        from tqdm import tqdm
-
-        it = tqdm(it, desc=f"agreement {bundle.model}/{bundle.split}", unit="pair", leave=False)
-    xs = {}
-    for path, r in it:
-        if path not in xs:
-            xs = {path: (onnx_encoder.preprocess(path), torch_encoder.preprocess(path))}
-        x_onnx, x_torch = xs[path]
-        if levels is not None:
-            a = onnx_encoder.encode_variable(x_onnx, level=r).message
-            with _no_grad():
-                (b,) = torch_encoder.codec.encode(torch_encoder.head(x_torch), tuple(x_torch.shape[-2:]), level=r)
-        else:
-            a = onnx_encoder.encode_array(x_onnx, r)
-            with _no_grad():
-                (b,) = torch_encoder.codec.encode(torch_encoder.head(x_torch), tuple(x_torch.shape[-2:]), r)
-        n += 1
-        same_bytes += a == b
-        try:
-            pa = decoder.decode(a)
-        except BitstreamError:
-            crc_fail += 1
-            continue
-        pb = decoder.decode(b)
-        agree += pa.label == pb.label
-        bpp_onnx[r].append(pa.bpp)
-        bpp_torch[r].append(pb.bpp)
-    mean = lambda v: statistics.fmean(v) if v else float("nan")  # noqa: E731
-    per_rung = {r: {"bpp_onnx": mean(bpp_onnx[r]), "bpp_torch": mean(bpp_torch[r])} for r in rungs}
-    worst = max(abs(v["bpp_onnx"] / v["bpp_torch"] - 1) for v in per_rung.values())
-    return {"pairs": n, "same_bytes": same_bytes, "crc_failures": crc_fail, "top1_agree": agree / max(n, 1),
-            "bpp_rel_diff_max": worst, "per_rung": per_rung}
-
-
-def _no_grad():
-    import torch
-
-    return torch.no_grad()
-
-
 # ------------------------------------------------------------------------------------------------ timings
 def _median_ms(fns: Dict[str, callable], inputs: Sequence, repeats: int, warmup: int) -> Dict[str, float]:
     """Median ms of each function, and its minimum as ``"min " + name`` (on a loaded machine the least preempted
@@ -346,6 +287,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     from edge_client import EdgeEncoder, OnnxEdgeEncoder, find_package
     from shared.bundle import embedded_bundle_paths, load_bundle
     from shared.data import scan_images, spread
+    from shared.edge_agreement import compare_edges
 
     from shared.codec import integer_numpy, rans
 

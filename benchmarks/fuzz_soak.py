@@ -59,7 +59,6 @@ import tempfile
 import threading
 import time
 import traceback
-import zlib
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -70,6 +69,8 @@ for _p in (str(ROOT), str(HERE)):
     if _p not in sys.path:
         sys.path.insert(0, _p)
 
+from shared.bitstream_layout import Layout, reseal, uvarint  # noqa: E402  (service_hardening.py uses fz.uvarint)
+
 DEFAULT_BUNDLE = ROOT / "shared" / "assets" / "bundles" / "efficientnet_lite0-block1"
 SAMPLES = ROOT / "shared" / "assets" / "samples"
 PHASES = {"inprocess": 0, "grpc": 1, "rest": 2}
@@ -78,65 +79,6 @@ GOAL_INPROCESS, GOAL_FRONT_END = 1_000_000, 100_000
 
 
 # ====================================================================================== mutations
-def reseal(body: bytes) -> bytes:
-    return bytes(body) + struct.pack(">I", zlib.crc32(bytes(body)))
-
-
-def uvarint(n: int, pad: int = 0) -> bytes:
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        out.append(b | (0x80 if (n or pad) else 0))
-        if not n:
-            break
-    for i in range(pad):
-        out.append(0x80 if i < pad - 1 else 0x00)
-    return bytes(out)
-
-
-def _read_varint(data: bytes, pos: int) -> Tuple[int, int]:
-    n, shift = 0, 0
-    while True:
-        b = data[pos]
-        pos += 1
-        n |= (b & 0x7F) << shift
-        shift += 7
-        if not b & 0x80:
-            return n, pos
-
-
-class Layout:
-    """Byte spans of every field of a valid (canonical) message."""
-
-    def __init__(self, data: bytes):
-        self.data = data
-        self.fixed = {"magic": (0, 2), "version": (2, 3), "bundle_id": (3, 7), "split_tag": (7, 9), "rung": (9, 10)}
-        pos, self.varints, self.values = 10, [], []
-        for _ in range(6):
-            v, end = _read_varint(data, pos)
-            self.varints.append((pos, end))
-            self.values.append(v)
-            pos = end
-        self.fixed["n_payloads"] = (pos, pos + 1)
-        n = data[pos]
-        pos += 1
-        self.lengths = []
-        for _ in range(n):
-            v, end = _read_varint(data, pos)
-            self.varints.append((pos, end))
-            self.lengths.append(v)
-            pos = end
-        self.fixed["symbols_crc"] = (pos, pos + 4)
-        pos += 4
-        self.payloads = []
-        for k in self.lengths:
-            self.payloads.append((pos, pos + k))
-            pos += k
-        self.header_end = self.fixed["symbols_crc"][1]
-        self.body_end = len(data) - 4
-
-
 def _rebuild(lay: Layout, payloads: Sequence[bytes], lengths: Optional[Sequence[int]] = None) -> bytes:
     """The original header (byte for byte up to the payload lengths) with new payloads and lengths, resealed."""
     d = lay.data

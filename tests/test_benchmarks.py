@@ -73,13 +73,7 @@ def test_bad_split_is_an_error(codec_overhead, tiny_bundle, tiny_weights, tiny_i
 
 
 def test_rung_switch_benchmark_reports_switch_reload_and_memory(tmp_path):
-    import json
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    import rung_switch
-
+    rung_switch = _benchmark("rung_switch")
     out = tmp_path / "rs.json"
     assert rung_switch.main(["--repeats", "1", "--json", str(out)]) == 0
     res = json.loads(out.read_text())
@@ -92,11 +86,7 @@ def test_rung_switch_benchmark_reports_switch_reload_and_memory(tmp_path):
 
 def test_cross_device_decode_smoke(tmp_path, capsys):
     """The cross-device script runs on the CPU (both sides share arithmetic: every count is 0)."""
-    import sys
-
-    sys.path.insert(0, str(SCRIPT.parent))
-    import cross_device_decode
-
+    cross_device_decode = _benchmark("cross_device_decode")
     out = tmp_path / "x.json"
     assert cross_device_decode.main(["--limit", "3", "--device", "cpu", "--json", str(out)]) == 0
     res = json.loads(out.read_text())

@@ -11,7 +11,6 @@ import json
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -130,8 +129,7 @@ def test_a_reader_that_leaves_early_gets_no_traceback():
 
 def test_edge_with_a_text_file_reports_it_on_its_own_line(tiny_bundle, tiny_weights, mistakes, capsys):
     """``edge`` goes on past a bad image (its own ``failed`` line, exit 1) and never raises."""
-    sys.path.insert(0, str(Path(__file__).parent))
-    from _service import running_server
+    from _service import running_server  # tests/ is on sys.path already: pytest puts conftest.py's folder there
 
     with running_server(tiny_bundle, tiny_weights) as server:
         argv = ["edge", mistakes / "notes.txt", "--server", f"127.0.0.1:{server.grpc_port}", "--bundle",

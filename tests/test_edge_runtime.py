@@ -7,7 +7,6 @@ with no checksum failure and give the answers the PyTorch edge's streams give.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -23,13 +22,6 @@ from conftest import SHARED_DATA
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "shared" / "assets" / "samples"
 BLOCK = "import sys\nfor m in ('torch', 'torchvision', 'compressai'):\n    sys.modules[m] = None  # import -> ImportError\n"
-
-
-def _bench():
-    spec = importlib.util.spec_from_file_location("edge_runtime_bench", ROOT / "benchmarks" / "edge_runtime.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 # ---------------------------------------------------------------------------------- integer hyper-decoder
@@ -111,6 +103,7 @@ def test_onnx_edge_matches_the_pytorch_edge_on_every_sample_and_rung():
     from edge_client import EdgeEncoder, OnnxEdgeEncoder
     from shared.bundle import embedded_bundle_paths, load_bundle
     from shared.data import scan_images
+    from shared.edge_agreement import compare_edges
     from shared.evaluation import default_levels
 
     images = [p for p, _ in scan_images(SAMPLES, labels=False)]
@@ -118,7 +111,7 @@ def test_onnx_edge_matches_the_pytorch_edge_on_every_sample_and_rung():
     pairs = 0
     for path in embedded_bundle_paths():
         bundle = load_bundle(path)
-        ag = _bench().compare_edges(bundle, images, OnnxEdgeEncoder(bundle), EdgeEncoder(bundle), CloudDecoder(bundle))
+        ag = compare_edges(bundle, images, OnnxEdgeEncoder(bundle), EdgeEncoder(bundle), CloudDecoder(bundle))
         points = len(bundle.rungs) if bundle.config.levels is None else len(default_levels(bundle.config.levels))
         assert ag["pairs"] == len(images) * points
         assert ag["crc_failures"] == 0 and ag["top1_agree"] >= 0.995 and ag["bpp_rel_diff_max"] <= 0.005, ag
@@ -135,12 +128,13 @@ def test_onnx_edge_matches_the_pytorch_edge_on_imagenet():
     from edge_client import EdgeEncoder, OnnxEdgeEncoder
     from shared.bundle import embedded_bundle_paths, load_bundle
     from shared.data import scan_images, split_items, spread
+    from shared.edge_agreement import compare_edges
 
     images = [p for p, _ in spread(split_items(scan_images(SHARED_DATA / "imagenet_val"), "heldout"), 92)]
     total = 0
     for path in embedded_bundle_paths():
         bundle = load_bundle(path)
-        ag = _bench().compare_edges(bundle, images, OnnxEdgeEncoder(bundle), EdgeEncoder(bundle), CloudDecoder(bundle))
+        ag = compare_edges(bundle, images, OnnxEdgeEncoder(bundle), EdgeEncoder(bundle), CloudDecoder(bundle))
         assert ag["crc_failures"] == 0 and ag["top1_agree"] >= 0.995 and ag["bpp_rel_diff_max"] <= 0.005, ag
         total += ag["pairs"]
     assert total >= 1000

@@ -15,8 +15,6 @@ The scale run of the same idea (a million mutated messages, and the server's fro
 from __future__ import annotations
 
 import struct
-import sys
-from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
 import pytest
@@ -24,6 +22,7 @@ import torch
 from hypothesis import HealthCheck, assume, event, given, settings, strategies as st
 
 from shared.bitstream import MAGIC, MAX_PAYLOADS, MAX_SIDE, VERSION, BitstreamError, Header, pack, unpack
+from shared.bitstream_layout import reseal, uvarint
 from shared.pipeline import LadderCodec
 
 INPUT_HW = (32, 32)
@@ -33,12 +32,6 @@ DECODE = settings(max_examples=400, deadline=None,
 
 
 # ------------------------------------------------------------------------------------------ helpers
-# the mutation helpers live with the soak command (one definition); it is importable by name, as its spawned
-# workers need
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from fuzz_soak import reseal, uvarint  # noqa: E402
-
-
 def raw_message(hdr: Header, payloads: Sequence[bytes], *, n_payloads: Optional[int] = None,
                 lengths: Optional[Sequence[int]] = None, varints: Optional[Sequence[bytes]] = None,
                 magic: bytes = MAGIC, version: int = VERSION) -> bytes:

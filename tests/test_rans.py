@@ -230,6 +230,7 @@ def test_the_choice_applies_to_the_module_functions(tables):
 
 # ------------------------------------------------------------------------------------------------ arm64
 @pytest.mark.slow
+@pytest.mark.timeout(1200)  # above the script's own 900 s subprocess limit, so that one reports first
 @pytest.mark.skipif(not all(__import__("shutil").which(t) for t in ("aarch64-linux-gnu-gcc", "qemu-aarch64-static")),
                     reason="needs the aarch64 cross compiler and qemu (apt-get install gcc-aarch64-linux-gnu "
                            "qemu-user-static)")

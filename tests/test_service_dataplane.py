@@ -165,6 +165,7 @@ def test_repository_loads_each_backbone_once(tiny_bundle, tiny_weights, tmp_path
 
 
 # ------------------------------------------------------------------------------------------ batching
+@pytest.mark.timing
 def test_batcher_groups_and_isolates():
     from cloud_server.batching import TailBatcher
     from cloud_server.errors import DeadlineExceeded, Unavailable

@@ -149,6 +149,7 @@ def test_client_retries_until_the_server_is_up(tiny_bundle, tiny_weights, encode
         started["server"].stop(grace=1)
 
 
+@pytest.mark.timing
 def test_deadline_and_unavailable(encoder, images):
     from edge_client import EdgeClient, ServiceError
 

@@ -299,6 +299,7 @@ def test_api_keys(tiny_bundle, tiny_weights, frames):
         channel.close()
 
 
+@pytest.mark.timing
 def test_concurrency_limit_and_deadlines(tiny_bundle, tiny_weights, frames):
     with running_server(tiny_bundle, tiny_weights, enable_rest=False, max_concurrent_requests=1,
                         batch_max_size=1) as s:
@@ -325,6 +326,7 @@ def test_concurrency_limit_and_deadlines(tiny_bundle, tiny_weights, frames):
         channel.close()
 
 
+@pytest.mark.timing
 def test_graceful_shutdown_lets_requests_in_flight_finish(tiny_bundle, tiny_weights, frames):
     with running_server(tiny_bundle, tiny_weights, enable_rest=False) as s:
         channel, stub = grpc_stub(s.grpc_port)

@@ -102,6 +102,7 @@ def test_image_bounds_are_checked_on_the_header(dataplane):
     assert input_crop(img, pre).size == (224, 224)
 
 
+@pytest.mark.timing
 def test_a_thin_png_is_refused_at_once_over_rest(tiny_bundle, tiny_weights):
     with running_server(tiny_bundle, tiny_weights, enable_grpc=False) as s:
         with httpx.Client(base_url=f"http://127.0.0.1:{s.http_port}", timeout=10) as c:
@@ -161,6 +162,7 @@ def test_a_timed_out_or_cancelled_upload_does_no_work(dataplane, monkeypatch):
     assert dataplane.admission.inflight == 0
 
 
+@pytest.mark.timing
 def test_image_decodes_are_bounded(dataplane, monkeypatch):
     """At most max_concurrent_image_decodes uploads are decoded at once; the others wait, then get overloaded."""
     from cloud_server.errors import Overloaded
@@ -267,6 +269,7 @@ def test_unread_streams_are_cut():
         guard.close()
 
 
+@pytest.mark.timing
 def test_idle_unary_calls_are_cut(tiny_bundle, tiny_weights, frames):
     """A unary call whose request message never comes (a stream-unary call on the wire) is cancelled after
     grpc_message_timeout_s."""
@@ -286,6 +289,7 @@ def test_idle_unary_calls_are_cut(tiny_bundle, tiny_weights, frames):
         channel.close()
 
 
+@pytest.mark.timing
 def test_health_answers_while_every_worker_is_busy(tiny_bundle, tiny_weights, frames):
     with running_server(tiny_bundle, tiny_weights, enable_rest=False, grpc_workers=4, batch_max_size=1) as s:
         channel, stub = grpc_stub(s.grpc_port)
@@ -314,6 +318,7 @@ def _refusal_times(fn, n: int) -> list:
     return out
 
 
+@pytest.mark.timing
 def test_grpc_capacity_is_reachable_and_refusals_are_immediate(tiny_bundle, tiny_weights, frames):
     """More admitted requests than the old 32 workers; beyond capacity RESOURCE_EXHAUSTED (kind overloaded, a
     retry hint) within milliseconds."""
@@ -340,6 +345,7 @@ def test_grpc_capacity_is_reachable_and_refusals_are_immediate(tiny_bundle, tiny
         channel.close()
 
 
+@pytest.mark.timing
 def test_rest_capacity_is_reachable_and_refusals_are_immediate(tiny_bundle, tiny_weights, frames):
     """50 requests in flight through REST alone (anyio's default pool has 40 threads), then 429 + Retry-After."""
     import base64
@@ -748,6 +754,7 @@ def test_a_progressive_jpeg_scan_bomb_is_refused_before_decoding(dataplane, monk
     assert dataplane.admission.inflight == 0
 
 
+@pytest.mark.timing
 def test_the_deadline_holds_while_an_image_decodes(dataplane, monkeypatch):
     """E1: decoding reads the upload through a reader that checks the deadline and the client every 16 KiB, so
     a decode past its deadline stops there (the scan bomb, with the scan limits lifted, would run for seconds)."""
@@ -790,6 +797,7 @@ def _first_answer(port: int, head: bytes, body: bytes = b"") -> bytes:
         return out
 
 
+@pytest.mark.timing
 def test_rest_bodies_are_judged_on_their_headers_first(server, frames):
     """E3: without the API key, on an unknown route, or over the route's limit, a request is answered from its
     headers and its connection closed, before any of the body is read (100 held 10 MiB bodies took +1 GB)."""
@@ -876,6 +884,7 @@ def test_http2_rapid_reset_is_refused_by_the_transport(tiny_bundle, tiny_weights
 
 
 # ------------------------------------------------------------------------------------------ issue 24 E6
+@pytest.mark.timing
 def test_admission_refuses_what_cannot_finish_before_its_deadline(dataplane, frames):
     """A request that the measured pace says cannot be answered before its deadline is refused at once
     (``overloaded``, retryable), before any work; with time enough it is served. The pace is measured only while
@@ -1059,6 +1068,7 @@ def test_streams_are_cut_without_progress_and_watch_is_exempt():
         guard.close()
 
 
+@pytest.mark.timing
 def test_streams_without_progress_give_their_slot_to_new_streams():
     """When every stream slot is taken, a new stream takes the slot of the one with the oldest progress if that is
     at least grpc_stream_preempt_s old; it is cancelled. Streams that trickle refused frames and open again at once
@@ -1243,6 +1253,7 @@ def test_compressed_request_bodies_are_inflated_within_the_limit(server, frames)
 
 
 # ------------------------------------------------------------------------------------------ issue 24 E5
+@pytest.mark.timing
 def test_connections_without_headers_hold_nothing(tiny_bundle, tiny_weights):
     """The REST cap counts requests in progress, not connections that have not sent their headers (before: six such
     connections over a cap of 3 made every request 503); a gRPC connection that never sends the HTTP/2 preface (or
@@ -1270,6 +1281,7 @@ def test_connections_without_headers_hold_nothing(tiny_bundle, tiny_weights):
         sk.close()
 
 
+@pytest.mark.timing
 @pytest.mark.skipif(__import__("shutil").which("openssl") is None, reason="needs the openssl command for a certificate")
 def test_tls_connections_without_a_client_hello_are_closed(tiny_bundle, tiny_weights, tmp_path):
     """With TLS, a connection that never sends a ClientHello is closed after handshake_timeout_s on both front ends

@@ -300,6 +300,7 @@ def test_metrics(http, frames):
     assert value("splitinfer_resident_rungs", model=MODEL) >= 1
 
 
+@pytest.mark.timing
 def test_graceful_shutdown(tiny_bundle, tiny_weights, frames):
     with running_server(tiny_bundle, tiny_weights, enable_grpc=False) as s:
         url = f"http://127.0.0.1:{s.http_port}/v2/models/{MODEL}/infer"

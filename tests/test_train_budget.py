@@ -23,6 +23,7 @@ def _manifest(out):
     return json.loads((out / "manifest.json").read_text())
 
 
+@pytest.mark.timing
 def test_every_phase_gets_a_share_of_the_budget_and_keeps_to_it(tiny_train_argv, tmp_path, capsys):
     """Steps, refit steps and measurement far beyond what 30 s allow: each phase is given a share, ends within it
     (plus a step's slack), and the refit stops on its clock, not its step count."""

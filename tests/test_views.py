@@ -120,6 +120,7 @@ def test_ladder_warnings():
     assert ladder_warnings({"rungs": [{"metrics": {}}]}) == []
 
 
+@pytest.mark.timing
 def test_train_cli_reports_the_heldout_rule_and_bounds_its_budget(tiny_weights, tiny_images, tmp_path, capsys):
     from splitinfer.cli import main
 
