@@ -145,15 +145,16 @@ class Cluster:
         log = open(self.dir / f"haproxy-{len(self._haproxies)}.log", "w")
         proc = subprocess.Popen(["haproxy", "-db", "-f", str(cfg)], stdout=log, stderr=subprocess.STDOUT)
         self._haproxies.append(proc)
-        end = time.monotonic() + timeout
+        end, last = time.monotonic() + timeout, "no answer yet"
         while True:
             try:
                 if urllib.request.urlopen(f"http://127.0.0.1:{h}/v2/health/ready", timeout=2).status == 200:
                     return g, h
-            except OSError:
-                pass
+            except OSError as e:  # not listening yet, or no replica ready behind it: try again until the timeout
+                last = str(e)
             if proc.poll() is not None or time.monotonic() > end:
-                raise RuntimeError(f"haproxy did not start: {(self.dir / cfg.with_suffix('.log').name).read_text()}")
+                raise RuntimeError(f"haproxy did not start (last readiness probe: {last}): "
+                                   f"{(self.dir / cfg.with_suffix('.log').name).read_text()}")
             time.sleep(0.1)
 
     def kill(self, r: Replica) -> None:
