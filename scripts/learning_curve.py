@@ -36,10 +36,12 @@ SPLITINFER = [sys.executable, "-m", "splitinfer"]
 
 
 def _deadline(s: str) -> float:
-    """HH:MM today (UTC, the machine's clock) as a time.time() value."""
+    """The next HH:MM (UTC, the machine's clock) as a time.time() value: a time already past today means tomorrow's,
+    so a run started at 22:00 with ``--deadline 00:30`` gets two and a half hours, not none."""
     h, m = (int(v) for v in s.split(":"))
     now = dt.datetime.now(dt.timezone.utc)
-    return now.replace(hour=h, minute=m, second=0, microsecond=0).timestamp()
+    at = now.replace(hour=h, minute=m, second=0, microsecond=0)
+    return (at + dt.timedelta(days=1) if at <= now else at).timestamp()
 
 
 def _samples_of(bundle: Path) -> int:
