@@ -297,7 +297,7 @@ class DataPlane:
             request_id=ctx["request_id"], model=served.name, bundle_id=bundle.bundle_id, rung=hdr.rung,
             hinted_rung=hinted, bytes_received=len(data), bpp=bpp, input_hw=hdr.input_hw,
             topk=[ClassScore(index=i, name=nm, score=s) for i, nm, s in ans.topk], timings_ms=timings,
-            batch_size=res.batch_size, **ans.extras)
+            batch_size=res.batch_size, outputs=ans.outputs)
 
     # -- admission -------------------------------------------------------------------------------------
     def admit(self, protocol: str = "python", model: Optional[str] = None) -> Admission:

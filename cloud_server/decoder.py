@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple, Union
 
 from shared.bitstream import Header, bits_per_pixel
 from shared.bundle import Bundle, resolve_bundle
+from shared.tasks.accessors import OutputAccessors
+from shared.tasks.base import OutputTensor
 
 if TYPE_CHECKING:  # the PyTorch decoder imports torch when it is built: Prediction serves the torch-free one too
     import torch
@@ -21,15 +23,14 @@ __all__ = ["Prediction", "CloudDecoder"]
 
 
 @dataclass
-class Prediction:
+class Prediction(OutputAccessors):
     rung: int
     n_bytes: int
     input_hw: Tuple[int, int]
     topk: List[Tuple[int, str, float]]  # (class index, name, probability)
     timings_ms: Dict[str, float] = field(default_factory=dict)
-    # the task's further outputs (shared.tasks.Task.outputs), None for a task without them
-    mask_png: Optional[bytes] = None  # segmentation: per-pixel class indexes as an 8-bit PNG
-    class_pixels: Optional[List[int]] = None  # segmentation: pixels of each class in the mask (class order)
+    # the task's own outputs by name (shared.tasks.Task.outputs after the ranked classes)
+    outputs: Dict[str, OutputTensor] = field(default_factory=dict)
 
     @property
     def bpp(self) -> float:
@@ -90,14 +91,11 @@ class CloudDecoder:
 
     def answer(self, out: torch.Tensor, topk: int = 5) -> Answer:
         """One image's tail output (1, classes[, H, W]) -> its answer, as the model's task makes it: the top-k
-        classes, and the task's further outputs (segmentation: the mask PNG and the pixels of each class)."""
-        import torch
-
-        with torch.no_grad():
-            return self.task.answer(out, self.names, topk)
+        classes, and the task's own outputs (segmentation: the class mask and the pixels of each class)."""
+        return self.task.answer(out, self.names, topk)
 
     def decode(self, data: bytes, topk: int = 5) -> Prediction:
         out, hdr, timings = self.decode_output(data)
         ans = self.answer(out, topk)
-        return Prediction(hdr.rung, len(data), hdr.input_hw, ans.topk, timings, **ans.extras)
+        return Prediction(hdr.rung, len(data), hdr.input_hw, ans.topk, timings, ans.outputs)
 

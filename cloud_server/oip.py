@@ -32,7 +32,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, ValidationError
 
-from shared.tasks import get_task, list_tasks
+from shared.tasks import TOPK_INDEX, TOPK_NAME, TOPK_SCORE, get_task, list_tasks
 
 from .errors import InvalidArgument, NotFound, describe_validation
 from .types import InferenceRequest, InferenceResponse, ModelMetadata, parse_request
@@ -292,8 +292,8 @@ def _output_request(o: RequestedOutput, allowed: Sequence[str]) -> RequestedOutp
     if o.name not in allowed:
         raise InvalidArgument(f"unknown output {o.name!r}; this model's outputs: {list(allowed)}")
     if o.classification:
-        if o.name != "topk_score":
-            raise InvalidArgument(f"classification applies to output 'topk_score', not {o.name!r}")
+        if o.name != TOPK_SCORE.name:
+            raise InvalidArgument(f"classification applies to output {TOPK_SCORE.name!r}, not {o.name!r}")
         if o.classification > _MAX_CLASSIFICATION:
             raise InvalidArgument(f"classification: at most {_MAX_CLASSIFICATION} classes, not {o.classification}")
     return o
@@ -380,18 +380,17 @@ def _tensor(r: InferenceResponse, o: RequestedOutput, k: int, binary: bool) -> T
         data = [f"{c.score:f}:{c.index}:{c.name}".encode() for c in top]
         return Tensor(o.name, "BYTES", (1, len(data)), data, binary)
     top = r.topk[:k]
-    if o.name == "topk_index":
+    if o.name == TOPK_INDEX.name:
         return Tensor(o.name, "INT64", (1, len(top)), [c.index for c in top], binary)
-    if o.name == "topk_score":
+    if o.name == TOPK_SCORE.name:
         return Tensor(o.name, "FP32", (1, len(top)), [c.score for c in top], binary)
-    if o.name == "topk_name":
+    if o.name == TOPK_NAME.name:
         return Tensor(o.name, "BYTES", (1, len(top)), [c.name.encode() for c in top], binary)
-    # a task's own output: the response field of the same name (shared.tasks.Task.outputs)
-    value = getattr(r, o.name, None) if o.name in OUTPUT_NAMES else None
-    if isinstance(value, bytes):  # one BYTES element, not text (base64 in JSON)
-        return Tensor(o.name, "BYTES", (1,), [value], binary, text=False)
-    if value is not None:  # a list of counts
-        return Tensor(o.name, "INT64", (1, len(value)), list(value), binary)
+    # a task's own output, as the task made it (shared.tasks.Task.outputs); BYTES of it are not text (base64 in
+    # JSON)
+    t = r.outputs.get(o.name)
+    if t is not None:
+        return Tensor(o.name, t.datatype, t.shape, list(t.data), binary, text=False)
     raise InvalidArgument(f"model {r.model!r} has no output {o.name!r} (its task's outputs do not include it)")
 
 

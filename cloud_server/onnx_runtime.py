@@ -322,30 +322,6 @@ class _Backbone:
         return dict(self._fingerprints)
 
 
-def _softmax_topk(logits: np.ndarray, k: int) -> List[Tuple[int, float]]:
-    z = logits.astype(np.float64).reshape(-1)
-    p = np.exp(z - z.max())
-    p /= p.sum()
-    idx = np.argsort(-p, kind="stable")[: min(k, p.size)]
-    return [(int(i), float(p[i])) for i in idx]
-
-
-def _segmentation_answer(out: np.ndarray, top_k: int) -> Tuple[List[Tuple[int, float]], Dict]:
-    import io
-
-    from PIL import Image
-
-    mask = out[0].argmax(0)
-    counts = np.bincount(mask.reshape(-1), minlength=out.shape[1])
-    share = counts / mask.size
-    idx = np.argsort(-share, kind="stable")[: min(top_k, counts.size)]
-    img = Image.fromarray(mask.astype(np.uint8) if mask.max(initial=0) < 256 else mask.astype(np.uint16))
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return [(int(i), float(share[i])) for i in idx if share[i] > 0], {"mask_png": buf.getvalue(),
-                                                                     "class_pixels": counts.tolist()}
-
-
 class OnnxCloudDecoder:
     """The cloud half of one bundle from its cloud package, without torch (see the module docstring)."""
 
@@ -383,13 +359,9 @@ class OnnxCloudDecoder:
         return self.tail.run(None, {"feature": np.ascontiguousarray(features, dtype=np.float32)})[0]
 
     def answer(self, out: np.ndarray, topk: int = 5):
-        """One image's tail output (1, classes[, H, W]) -> its answer, as ``Task.answer`` makes it."""
-        from shared.tasks import Answer
-
-        if self.task.dense:  # a mask per image (segmentation), as Task.answer makes it
-            top, extras = _segmentation_answer(np.asarray(out), topk)
-            return Answer([(i, self.names[i], s) for i, s in top], extras)
-        return Answer([(i, self.names[i], p) for i, p in _softmax_topk(np.asarray(out)[0], topk)])
+        """One image's tail output (1, classes[, H, W]) -> its answer, as the model's task makes it (the same code
+        as the PyTorch decoder's)."""
+        return self.task.answer(out, self.names, topk)
 
     def decode_output(self, data: bytes):
         import time
@@ -405,4 +377,4 @@ class OnnxCloudDecoder:
 
         out, hdr, timings = self.decode_output(data)
         ans = self.answer(out, topk)
-        return Prediction(hdr.rung, len(data), hdr.input_hw, ans.topk, timings, **ans.extras)
+        return Prediction(hdr.rung, len(data), hdr.input_hw, ans.topk, timings, ans.outputs)

@@ -7,6 +7,8 @@ from typing import Any, Dict, List, Optional, Tuple
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from shared.hint import BitrateHint
+from shared.tasks.accessors import OutputAccessors
+from shared.tasks.base import OutputTensor
 
 from .errors import InvalidArgument, describe_validation
 
@@ -51,7 +53,7 @@ class ClassScore(BaseModel):
     score: float
 
 
-class InferenceResponse(BaseModel):
+class InferenceResponse(BaseModel, OutputAccessors):
     request_id: str
     model: str
     bundle_id: str
@@ -63,9 +65,8 @@ class InferenceResponse(BaseModel):
     topk: List[ClassScore]
     timings_ms: Dict[str, float] = Field(default_factory=dict)
     batch_size: int = 1
-    mask_png: Optional[bytes] = None
-    class_pixels: Optional[List[int]] = None
-    """Segmentation: pixels of each class in the mask, in class order."""
+    outputs: Dict[str, OutputTensor] = Field(default_factory=dict)
+    """The task's own outputs by name (``shared.tasks.Task.outputs`` after the ranked classes)."""
 
 
 class RungMetadata(BaseModel):

@@ -1,8 +1,8 @@
 """What the edge accepts as an answer: each one checked against the frame it answers (torch-free, no transport).
 
 The server is not trusted to be right. An answer that names a rung outside the bundle, a class outside the label
-set, more classes than asked for, a score that is not a probability, or other bytes than were sent is not printed as
-a result: :func:`answer_problem` says what is wrong with it, and the client reports that frame as failed. The order
+set, more classes than asked for, a score that is not a probability, other bytes than were sent, or outputs that are
+not its task's (``shared.tasks.Task.output_problem``) is not printed as a result: :func:`answer_problem` says what is wrong with it, and the client reports that frame as failed. The order
 of a stream's answers (one per frame, in order, each with its frame's request id) is kept by the stream
 (:class:`edge_client.stream.Frames`).
 """
@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import math
 from typing import Optional, Sequence
+
+from shared.tasks import Task
 
 __all__ = ["answer_problem", "lost_frames"]
 
@@ -21,7 +23,8 @@ def _finite(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def answer_problem(r, *, rungs: int, num_classes: int, top_k: int, n_bytes: Optional[int] = None) -> Optional[str]:
+def answer_problem(r, *, rungs: int, num_classes: int, top_k: int, n_bytes: Optional[int] = None,
+                   task: Optional[Task] = None) -> Optional[str]:
     """None when the answer ``r`` (an :class:`edge_client.InferResult`) fits a frame of ``n_bytes`` sent with a
     bundle of ``rungs`` rungs and ``num_classes`` classes, asking for ``top_k`` classes; else what does not fit."""
     if not (isinstance(r.rung, int) and 0 <= r.rung < rungs):
@@ -41,8 +44,12 @@ def answer_problem(r, *, rungs: int, num_classes: int, top_k: int, n_bytes: Opti
             return f"class {index} has no name"
         if not (_finite(score) and -_SCORE_SLACK <= score <= 1 + _SCORE_SLACK):
             return f"score {score} of class {index} is not a probability"
-    if r.class_pixels is not None and (len(r.class_pixels) > num_classes or any(p < 0 for p in r.class_pixels)):
-        return f"{len(r.class_pixels)} class pixel counts for {num_classes} classes"
+    if task is not None:
+        problem = task.output_problem(r.outputs, num_classes)
+        if problem:
+            return problem
+    elif r.outputs:
+        return f"outputs {', '.join(r.outputs)} from a model whose task is unknown here"
     if any(not (_finite(v) and v >= 0) for v in r.server_timings_ms.values()):
         return "a server timing is not a finite, non-negative number"
     return None

@@ -34,6 +34,7 @@ from typing import Any, Iterable, Iterator, Optional, Sequence, Tuple, Union
 
 from shared.frame import Encoder, EncodedFrame, ImageLike
 from shared.rate import BitrateHint, HintError
+from shared.tasks import get_task
 
 from .answers import answer_problem
 from .results import (IMAGE_ERRORS, AnswerError, BundleMismatchError, ImageError, InferResult, ServiceError,
@@ -298,7 +299,7 @@ class EdgeClient:
     def vet(self, res: InferResult, n_bytes: int) -> InferResult:
         """``res``, or, when it does not fit the frame it answers (``edge_client.answers``), a failed result."""
         problem = answer_problem(res, rungs=len(self.bundle.rungs), num_classes=getattr(self.encoder, "num_classes",
-                                 1 << 30), top_k=self.top_k, n_bytes=n_bytes)
+                                 1 << 30), top_k=self.top_k, n_bytes=n_bytes, task=get_task(self.bundle.task))
         if problem is None:
             return res
         return InferResult.empty(res.source, res.request_id, res.latency_ms, res.encode_ms, level=res.level,

@@ -9,6 +9,8 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 from shared.frame import ImageLike
 from shared.rate import HintOutcome
+from shared.tasks import OutputTensor
+from shared.tasks.accessors import OutputAccessors
 
 from .answers import lost_frames
 from .failover import reset_by_the_path
@@ -72,7 +74,7 @@ class AnswerError(ServiceError):
 
 
 @dataclass
-class InferResult:
+class InferResult(OutputAccessors):
     source: str
     request_id: str
     rung: int
@@ -85,8 +87,7 @@ class InferResult:
     server_timings_ms: Dict[str, float] = field(default_factory=dict)
     batch_size: int = 1
     error: Optional[ServiceError] = None  # stream mode: a refused frame (the stream goes on)
-    mask_png: Optional[bytes] = None  # segmentation: the class mask (8-bit PNG of class indexes)
-    class_pixels: Optional[List[int]] = None  # segmentation: pixels of each class in the mask
+    outputs: Dict[str, OutputTensor] = field(default_factory=dict)  # the task's own, by name (typed: OutputAccessors)
     level: Optional[int] = None  # variable-rate bundles: the quality level the edge encoded at
     target_kbps: Optional[float] = None  # a stream following its link (track_link): the rate it aimed at then
     skipped: bool = False  # stream control dropped this frame: the link carries less than the coarsest level

@@ -24,9 +24,10 @@ from typing import Any, Dict, Iterable, Iterator, List, NamedTuple, Optional, Pr
 
 from shared.frame import EncodedFrame
 from shared.rate import BitrateHint
+from shared.tasks import TOPK_INDEX, TOPK_NAME, TOPK_SCORE, OutputTensor, wire
 
 from .failover import ResumableStream, StreamBroken
-from .results import BundleMismatchError, InferResult, ServiceError, StreamAnswer
+from .results import AnswerError, BundleMismatchError, InferResult, ServiceError, StreamAnswer
 
 __all__ = ["Transport", "GrpcTransport", "RestTransport", "grpc_channel_options", "LB_POLICY_ENV"]
 
@@ -216,8 +217,7 @@ def _result_from_pb(r, latency_ms: float) -> InferResult:
         source="", request_id=r.request_id, rung=r.rung, n_bytes=r.bytes_received, bpp=r.bpp,
         topk=[(c.index, c.name, c.score) for c in r.topk], latency_ms=latency_ms,
         hinted_rung=r.hinted_rung if r.HasField("hinted_rung") else None,
-        server_timings_ms=dict(r.timings_ms), batch_size=r.batch_size, mask_png=r.mask_png or None,
-        class_pixels=list(r.class_pixels) or None)
+        server_timings_ms=dict(r.timings_ms), batch_size=r.batch_size, outputs=_own_outputs(wire.from_pb, r.outputs))
 
 
 def _code_name(code: int) -> str:
@@ -365,14 +365,32 @@ class RestTransport:
 
 def _result_from_json(body: Dict[str, Any], latency_ms: float) -> InferResult:
     p = body["parameters"]
-    out = {o["name"]: o["data"] for o in body["outputs"]}
-    topk = list(zip(out["topk_index"], out["topk_name"], out["topk_score"]))
+    out = {o["name"]: o for o in body["outputs"]}
+    topk = list(zip(*(out.pop(o.name)["data"] for o in (TOPK_INDEX, TOPK_NAME, TOPK_SCORE))))
     timings = {k[:-3]: v for k, v in p.items() if k.endswith("_ms")}
-    mask = base64.b64decode(out["mask_png"][0]) if "mask_png" in out else None
     return InferResult(source="", request_id=body["id"], rung=p["rung"], n_bytes=p["bytes_received"],
                        bpp=p["bpp"], topk=topk, latency_ms=latency_ms, hinted_rung=p.get("hinted_rung"),
-                       server_timings_ms=timings, batch_size=p.get("batch_size", 1), mask_png=mask,
-                       class_pixels=out.get("class_pixels"))
+                       server_timings_ms=timings, batch_size=p.get("batch_size", 1),
+                       outputs=_own_outputs(lambda d: {name: _oip_tensor(o) for name, o in d.items()}, out))
+
+
+def _oip_tensor(o: Dict[str, Any]) -> OutputTensor:
+    """A task's own output in OIP's JSON: BYTES elements are text, or base64 with ``content_type: base64``."""
+    data = o["data"]
+    if o["datatype"] == "BYTES":
+        b64 = (o.get("parameters") or {}).get("content_type") == "base64"
+        data = [base64.b64decode(v, validate=True) if b64 else v.encode() for v in data]
+    return OutputTensor(o["datatype"], tuple(o["shape"]), tuple(data))
+
+
+def _own_outputs(read, source) -> Dict[str, OutputTensor]:
+    """The task's own outputs of an answer, read by ``read``; a server that sends something else than tensors gets
+    an :class:`AnswerError`, not a traceback (whether they are the task's is checked with the rest of the answer:
+    ``edge_client.answers``)."""
+    try:
+        return read(source)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise AnswerError(f"an output of the answer is not a tensor: {type(e).__name__}: {e}") from None
 
 
 def _retry_after(headers) -> Optional[float]:

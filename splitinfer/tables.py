@@ -8,6 +8,8 @@ import json
 from pathlib import Path
 from typing import List, Optional
 
+from shared.tasks import wire
+
 __all__ = ["bundle_table", "models_table", "EDGE_HEADER", "edge_row", "hint_summary"]
 
 
@@ -70,7 +72,7 @@ def edge_row(r, mask: Optional[Path] = None, as_json: bool = False) -> str:
         return json.dumps({"image": r.source, "ok": r.ok, "hint_met": o.met, "hint_reason": o.reason or None,
                            "skipped": r.skipped, "rung": r.rung, "level": r.level,
                            "target_kbps": r.target_kbps, "bytes": r.n_bytes, "bpp": r.bpp, "encode_ms": r.encode_ms, "latency_ms": r.latency_ms, "topk": r.topk,
-                           "class_pixels": r.class_pixels, "mask": str(mask) if mask else None,
+                           "outputs": wire.numbers(r.outputs), "mask": str(mask) if mask else None,
                            "server_timings_ms": r.server_timings_ms, "error": r.error.message if r.error else None})
     name = Path(r.source).name[:32]
     if r.skipped:

@@ -167,17 +167,30 @@ def test_an_honest_fake_is_believed(package, vr_package, track_link, capsys):
 def test_the_answer_checks_one_by_one():
     from edge_client.answers import answer_problem
     from edge_client.results import InferResult
+    from shared.tasks import OutputTensor, get_task
+
+    def pixels(*counts):
+        return {"class_pixels": OutputTensor("INT64", (1, len(counts)), counts)}
 
     def r(**kw):
         base = dict(source="a.jpg", request_id="1", rung=1, n_bytes=100, bpp=0.5, topk=[(3, "three", 0.5)],
                     latency_ms=1.0)
         return InferResult(**{**base, **kw})
 
-    limits = dict(rungs=3, num_classes=10, top_k=5, n_bytes=100)
+    limits = dict(rungs=3, num_classes=10, top_k=5, n_bytes=100, task=get_task("segmentation"))
     assert answer_problem(r(), **limits) is None
+    assert answer_problem(r(outputs=pixels(*[1] * 10)), **limits) is None
     for bad, why in ((r(rung=3), "rung 3"), (r(rung=-1), "rung -1"), (r(hinted_rung=7), "hinted rung 7"),
                      (r(n_bytes=99), "99 bytes"), (r(bpp=math.inf), "bpp"), (r(topk=[(10, "x", 0.1)]), "class 10"),
                      (r(topk=[(1, "x", -0.5)]), "not a probability"), (r(topk=[(1, "x", 0.1)] * 6), "6 classes"),
-                     (r(class_pixels=[1] * 11), "11 class pixel counts"),
+                     (r(outputs=pixels(*[1] * 11)), "shape [1, 11], not [1, 10]"),
+                     (r(outputs=pixels(*[1] * 9, -1)), "negative"),
+                     (r(outputs={"class_pixels": OutputTensor("FP32", (1, 10), (1.0,) * 10)}), "not INT64"),
+                     (r(outputs={"class_pixels": OutputTensor("INT64", (1, 10), (1,) * 9)}), "9 elements"),
+                     (r(outputs={"depth": OutputTensor("FP32", (1,), (1.0,))}), "'depth' is not one of"),
                      (r(server_timings_ms={"total": math.nan}), "timing")):
         assert why in (answer_problem(bad, **limits) or ""), (bad, why)
+    # a classification answer has no outputs of its own; one whose task the edge does not know, none it can check
+    assert "not one of the classification task's" in answer_problem(r(outputs=pixels(1)), **{
+        **limits, "task": get_task("classification")})
+    assert "task is unknown" in answer_problem(r(outputs=pixels(1)), **{**limits, "task": None})

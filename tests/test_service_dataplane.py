@@ -227,13 +227,13 @@ def test_segmentation_answer_is_a_png_mask(dataplane):
     import numpy as np
     from PIL import Image
 
-    from shared.tasks import get_task
+    from shared.tasks import get_task, segmentation
 
     names = dataplane.repository.get(MODEL).decoder.names
 
     def answer(task, out, topk):  # the answer of each task to the same output
         a = get_task(task).answer(out, names, topk)
-        return a.topk, a.extras.get("mask_png"), a.extras.get("class_pixels")
+        return a.topk, segmentation.mask_png(a.outputs), segmentation.class_pixels(a.outputs)
 
     logits = torch.zeros(1, 10, 6, 8)
     logits[0, 3, :, :4] = 5.0

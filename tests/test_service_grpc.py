@@ -59,7 +59,7 @@ def test_infer_matches_the_in_process_pipeline(stub, frames, reference, tiny_bun
         assert [c.name for c in r.topk] == [n for _, n, _ in ref.topk]
         assert [c.score for c in r.topk] == pytest.approx([p for _, _, p in ref.topk], abs=1e-5)
         assert {"parse", "decode", "queue", "tail", "total"} <= set(r.timings_ms)
-        assert r.request_id and r.batch_size >= 1 and not r.mask_png
+        assert r.request_id and r.batch_size >= 1 and not r.outputs  # classification: no outputs of its own
 
 
 def test_request_id_and_top_k_are_honoured(stub, frames):

@@ -345,11 +345,13 @@ def test_api_keys_on_both_transports(tiny_bundle, tiny_weights, frames):
 # ------------------------------------------------------------------------------------------ conversion
 def _segmentation_answer():
     from cloud_server.types import ClassScore, InferenceResponse
+    from shared.tasks import OutputTensor
 
     return InferenceResponse(
         request_id="r", model="seg", bundle_id="b", rung=1, bytes_received=10, bpp=0.1, input_hw=(8, 8),
         topk=[ClassScore(index=2, name="road", score=0.75), ClassScore(index=0, name="sky", score=0.25)],
-        mask_png=b"\x89PNG\r\n\x1a\n fake", class_pixels=[16, 0, 48])
+        outputs={"mask_png": OutputTensor("BYTES", (1,), (b"\x89PNG\r\n\x1a\n fake",)),
+                 "class_pixels": OutputTensor("INT64", (1, 3), (16, 0, 48))})
 
 
 def _call(outputs=(), binary_output=None, top_k=None, task="segmentation"):

@@ -18,6 +18,8 @@
 - The edge reaches the cloud through one room, :mod:`edge_client.transports`: no other module of ``edge_client``
   imports grpc, httpx or the generated stubs, reads a transport's ``stub`` or ``channel``, or passes gRPC call
   ``metadata=`` (the client and the stream speak the ``Transport`` protocol).
+- The task owns its outputs on the wire: no output's name appears outside ``shared/tasks`` (nor in the proto, whose
+  answer carries a map of named tensors); the rest of the code reads answers through typed accessors.
 """
 
 from __future__ import annotations
@@ -519,3 +521,48 @@ def test_one_validation_error_formatter():
     found = [str(p.relative_to(ROOT)) for p, tree in _cloud_trees()
              if p != CLOUD / "errors.py" and {"loc", "msg"} & _string_constants(tree)]
     assert not found, f"a validation error worded outside cloud_server/errors.py: {found}"
+
+
+# ------------------------------------------------------------------------------------------ the task's outputs
+def _output_names() -> Set[str]:
+    from shared.tasks import get_task, list_tasks
+
+    return {o.name for t in list_tasks() for o in get_task(t).outputs(0)}
+
+
+def _output_names_in(tree: ast.AST, names: Set[str]) -> List[Tuple[int, str]]:
+    """String constants that are an output's name, and keyword arguments or annotated fields of that name
+    (``Foo(mask_png=...)``, ``mask_png: bytes``), with their lines, in source order. Reading an answer through a typed
+    accessor (``result.mask_png``, a property that asks ``shared.tasks.segmentation``) is what the rule wants."""
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in names:
+            found.append((node.lineno, node.value))
+        elif isinstance(node, ast.keyword) and node.arg in names:
+            found.append((node.value.lineno, node.arg))
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.target.id in names:
+            found.append((node.lineno, node.target.id))
+    return sorted(found)
+
+
+def test_no_output_name_outside_the_task_module():
+    """The task owns its outputs on the wire (issue 27, step 5): their names (the ranked classes' and the task's
+    own, ``Task.outputs``) appear in ``shared/tasks`` only; transports copy outputs by datatype, the proto has a map of
+    named tensors, and a new task's outputs travel without touching a transport."""
+    names = _output_names()
+    found = []
+    for path in _sources():
+        rel = str(path.relative_to(ROOT))
+        if TASK_PACKAGE in path.parents:
+            continue
+        found += [f"{rel}:{line}: {name}" for line, name in _output_names_in(ast.parse(path.read_text()), names)]
+    proto = (ROOT / "proto" / "splitinfer.proto").read_text()
+    found += [f"proto/splitinfer.proto: {n}" for n in names if re.search(rf"\b{n}\b", proto)]
+    assert not found, "output names outside shared/tasks:\n" + "\n".join(found)
+
+
+def test_the_output_name_finder_finds_names():
+    names = {"mask_png", "topk_index"}
+    src = "x = out['topk_index']\nR(mask_png=b'')\nclass A:\n    mask_png: bytes = b''\ny = 'the mask_png output'\n"
+    assert [n for _, n in _output_names_in(ast.parse(src), names)] == ["topk_index", "mask_png", "mask_png"]
+

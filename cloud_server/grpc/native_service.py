@@ -13,6 +13,7 @@ from typing import Iterator
 import grpc
 
 from shared._proto import splitinfer_pb2 as pb, splitinfer_pb2_grpc as pb_grpc
+from shared.tasks import wire
 
 from ..dataplane import DataPlane
 from ..errors import Cancelled, SplitInferError, Unauthenticated, Unavailable
@@ -42,7 +43,8 @@ def from_response(r: InferenceResponse) -> pb.InferResponse:
         request_id=r.request_id, model=r.model, bundle_id=r.bundle_id, rung=r.rung, bytes_received=r.bytes_received,
         bpp=r.bpp, input_height=r.input_hw[0], input_width=r.input_hw[1], batch_size=r.batch_size,
         topk=[pb.ClassScore(index=c.index, name=c.name, score=c.score) for c in r.topk],
-        timings_ms=r.timings_ms, mask_png=r.mask_png or b"", class_pixels=r.class_pixels or [])
+        timings_ms=r.timings_ms)
+    wire.to_pb(r.outputs, out.outputs)
     if r.hinted_rung is not None:
         out.hinted_rung = r.hinted_rung
     return out

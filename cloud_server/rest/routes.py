@@ -21,8 +21,6 @@ Endpoints only translate; the data plane validates and answers. Every refusal is
 
 from __future__ import annotations
 
-import base64
-import typing
 import zlib
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -31,6 +29,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from shared.hint import BitrateHint
+from shared.tasks import wire
 
 from .. import oip
 from ..dataplane import DataPlane
@@ -125,17 +124,11 @@ def requested_outputs(doc: oip.InferRequestBody) -> List[oip.RequestedOutput]:
     return out
 
 
-# fields of the response that hold bytes (a task's binary outputs, e.g. a mask PNG): base64 in JSON, left out when
-# the model's task has none
-_BYTES_FIELDS = frozenset(k for k, f in InferenceResponse.model_fields.items()
-                          if f.annotation is bytes or bytes in typing.get_args(f.annotation))
-
-
 def plain_response(r: InferenceResponse) -> Dict[str, Any]:
-    """The infer-image answer as JSON: the response's fields, bytes in base64."""
-    out = r.model_dump(exclude={k for k in _BYTES_FIELDS if getattr(r, k) is None})
-    for k in _BYTES_FIELDS & out.keys():
-        out[k] = base64.b64encode(out[k]).decode()
+    """The infer-image answer as JSON: the response's fields, and the task's own outputs as tensors (datatype,
+    shape, data; BYTES in base64)."""
+    out = r.model_dump(exclude={"outputs"})
+    out["outputs"] = wire.to_json(r.outputs)
     return out
 
 

@@ -4,9 +4,10 @@
 and this package imports them all, so importing anything from ``shared.tasks`` fills the registry.
 """
 
-from .base import (TOPK_OUTPUTS, Answer, OutputSpec, Scores, Task, all_metrics, get_task, list_tasks, metric_labels,
-                   register_task)
+from .base import (DATATYPES, TOPK_INDEX, TOPK_NAME, TOPK_OUTPUTS, TOPK_SCORE, Answer, OutputSpec, OutputTensor,
+                   Scores, Task, all_metrics, as_array, get_task, list_tasks, metric_labels, register_task)
 from . import classification, segmentation  # noqa: E402,F401  (registration on import)
 
-__all__ = ["Task", "Scores", "Answer", "OutputSpec", "TOPK_OUTPUTS", "register_task", "get_task", "list_tasks",
-           "all_metrics", "metric_labels"]
+__all__ = ["Task", "Scores", "Answer", "OutputSpec", "OutputTensor", "DATATYPES", "TOPK_OUTPUTS", "TOPK_INDEX",
+           "TOPK_SCORE", "TOPK_NAME", "as_array", "register_task", "get_task", "list_tasks", "all_metrics",
+           "metric_labels"]

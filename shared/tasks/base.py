@@ -24,45 +24,101 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Dict, List, Optional, Sequence, Tuple, Type, TypeVar, Union
+from typing import TYPE_CHECKING, Any, ClassVar, Dict, List, Mapping, Optional, Sequence, Tuple, Type, TypeVar, Union
 
 from .. import labels as label_sets
 
 if TYPE_CHECKING:  # torch is imported where a tensor is made: a torch-free server imports tasks for their outputs
+    import numpy as np
     from torch import Tensor
     from torch.utils.data import Dataset
 
-__all__ = ["Task", "Scores", "Answer", "OutputSpec", "TOPK_OUTPUTS", "register_task", "get_task", "list_tasks",
+__all__ = ["Task", "Scores", "Answer", "OutputSpec", "OutputTensor", "DATATYPES", "TOPK_OUTPUTS", "TOPK_INDEX",
+           "TOPK_SCORE", "TOPK_NAME", "as_array", "register_task", "get_task", "list_tasks",
            "all_metrics", "metric_labels"]
+
+
+# the Open Inference Protocol's datatypes that answers use, and the Python type of one element of each
+DATATYPES = {"INT64": int, "FP32": float, "BYTES": bytes}
+
+
+@dataclass(frozen=True)
+class OutputTensor:
+    """One named output of an answer as every transport carries it: the Open Inference Protocol's tensor (datatype,
+    shape, flat row-major data) that the task made. Transports copy it without knowing what it means."""
+
+    datatype: str  # a key of DATATYPES
+    shape: Tuple[int, ...]
+    data: Tuple[Any, ...]  # flat; elements of DATATYPES[datatype]
+
+    def __post_init__(self):
+        if self.datatype not in DATATYPES:
+            raise ValueError(f"datatype {self.datatype!r} is not one of {', '.join(DATATYPES)}")
+        object.__setattr__(self, "shape", tuple(int(d) for d in self.shape))
+        object.__setattr__(self, "data", tuple(self.data))
+
+    def problem(self) -> Optional[str]:
+        """None when the data fit the shape and the datatype (a received tensor is not trusted); else what does
+        not fit."""
+        n = 1
+        for d in self.shape:
+            n *= d
+        if any(d < 0 for d in self.shape) or n != len(self.data):
+            return f"{len(self.data)} elements for shape {list(self.shape)}"
+        kind = DATATYPES[self.datatype]
+        ok = (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)) if kind is float else \
+            (lambda v: isinstance(v, kind) and not isinstance(v, bool))
+        return None if all(ok(v) for v in self.data) else f"an element is not {self.datatype}"
 
 
 @dataclass(frozen=True)
 class OutputSpec:
-    """One output of a model's answer, as both transports describe it: the Open Inference Protocol's tensor
-    (name, datatype, shape; -1 = variable) and the field of the data plane's response (and of the splitinfer
-    gRPC ``InferResponse``) that holds it."""
+    """One output of a model's answer, as every transport describes it: the Open Inference Protocol's tensor
+    metadata (name, datatype, shape; -1 = variable), which is also its key in the answer's ``outputs`` (the data
+    plane's response, the splitinfer gRPC ``InferResponse.outputs`` map, OIP's named outputs)."""
 
     name: str
-    datatype: str  # "INT64", "FP32" or "BYTES"
+    datatype: str  # a key of DATATYPES
     shape: Tuple[int, ...]
     description: str = ""
 
+    def tensor(self, data: Sequence[Any]) -> OutputTensor:
+        """``data`` (flat) as this output's tensor: its one variable dimension takes the length of ``data``."""
+        fixed = 1
+        for d in self.shape:
+            fixed *= d if d >= 0 else 1
+        shape = tuple(d if d >= 0 else len(data) // max(fixed, 1) for d in self.shape)
+        return OutputTensor(self.datatype, shape, tuple(data))
+
+    def of(self, outputs: Mapping[str, OutputTensor]) -> Optional[OutputTensor]:
+        """This output's tensor in an answer's ``outputs``, None when the answer has none."""
+        return outputs.get(self.name)
+
 
 # every task answers with its classes ranked (best first; k = the request's top_k)
-TOPK_OUTPUTS = (
-    OutputSpec("topk_index", "INT64", (1, -1), "class indexes, best first"),
-    OutputSpec("topk_score", "FP32", (1, -1), "their scores"),
-    OutputSpec("topk_name", "BYTES", (1, -1), "their names"),
-)
+TOPK_INDEX = OutputSpec("topk_index", "INT64", (1, -1), "class indexes, best first")
+TOPK_SCORE = OutputSpec("topk_score", "FP32", (1, -1), "their scores")
+TOPK_NAME = OutputSpec("topk_name", "BYTES", (1, -1), "their names")
+TOPK_OUTPUTS = (TOPK_INDEX, TOPK_SCORE, TOPK_NAME)
 
 
 @dataclass
 class Answer:
-    """One image's answer: the ranked classes and the task's further outputs by name (see :meth:`Task.outputs`;
-    e.g. ``mask_png`` and ``class_pixels`` for segmentation)."""
+    """One image's answer: the ranked classes, and the task's own outputs by name (:meth:`Task.outputs` after
+    the ranked classes; e.g. the class mask of segmentation), as the task made them."""
 
     topk: List[Tuple[int, str, float]]  # (class index, name, score)
-    extras: Dict[str, Any] = field(default_factory=dict)
+    outputs: Dict[str, OutputTensor] = field(default_factory=dict)
+
+
+def as_array(output) -> "np.ndarray":
+    """A tail output as a float numpy array, from numpy (ONNX Runtime) or a torch tensor (any device): answers are
+    made by the same code on every runtime."""
+    import numpy as np
+
+    if hasattr(output, "detach"):  # torch, without importing it
+        output = output.detach().float().cpu().numpy()
+    return np.asarray(output, dtype=np.float32)
 
 
 class Scores(ABC):
@@ -187,12 +243,34 @@ class Task(ABC):
 
     # -- serving -----------------------------------------------------------------------------------------
     @abstractmethod
-    def answer(self, output: Tensor, names: Sequence[str], top_k: int) -> Answer:
-        """One image's tail output (1, classes[, H, W]) -> its :class:`Answer`."""
+    def answer(self, output, names: Sequence[str], top_k: int) -> Answer:
+        """One image's tail output (1, classes[, H, W]; numpy or torch, see :func:`as_array`) -> its
+        :class:`Answer`, the task's own outputs made by their :class:`OutputSpec`."""
 
     def outputs(self, num_classes: int) -> List[OutputSpec]:
         """The outputs of this task's answers (the ranked classes, then the task's own)."""
         return list(TOPK_OUTPUTS)
+
+    def own_outputs(self, num_classes: int) -> Dict[str, OutputSpec]:
+        """The task's own outputs (after the ranked classes), by name: the keys an answer's ``outputs`` may have."""
+        return {o.name: o for o in self.outputs(num_classes)[len(TOPK_OUTPUTS):]}
+
+    def output_problem(self, outputs: Mapping[str, OutputTensor], num_classes: int) -> Optional[str]:
+        """None when a received answer's ``outputs`` are this task's, each of its datatype and consistent with its
+        shape; else what is wrong (the edge does not trust the server). Tasks add their own checks."""
+        own = self.own_outputs(num_classes)
+        for name, t in outputs.items():
+            spec = own.get(name)
+            if spec is None:
+                return f"output {name!r} is not one of the {self.name} task's ({', '.join(own) or 'none'})"
+            if not isinstance(t, OutputTensor) or t.datatype != spec.datatype:
+                return f"output {name!r} is not {spec.datatype}"
+            if len(t.shape) != len(spec.shape) or any(s >= 0 and d != s for d, s in zip(t.shape, spec.shape)):
+                return f"output {name!r} has shape {list(t.shape)}, not {list(spec.shape)}"
+            problem = t.problem()
+            if problem:
+                return f"output {name!r}: {problem}"
+        return None
 
 
 # ------------------------------------------------------------------------------------------ registry

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Dict, List, Optional, Sequence
 
-from .base import Answer, Scores, Task, register_task
+from .base import Answer, Scores, Task, as_array, register_task
 
 if TYPE_CHECKING:  # torch (and the data pipeline) are imported where they are used: see base.py
     from torch import Tensor
@@ -70,8 +70,12 @@ class Classification(Task):
 
         return F.cross_entropy(logits, labels)
 
-    def answer(self, output: Tensor, names: Sequence[str], top_k: int) -> Answer:
-        """Softmax probabilities of the best ``top_k`` classes."""
-        probs = output.float().softmax(1)[0]
-        p, idx = probs.topk(min(top_k, probs.numel()))
-        return Answer([(int(i), names[int(i)], float(v)) for v, i in zip(p, idx)])
+    def answer(self, output, names: Sequence[str], top_k: int) -> Answer:
+        """Softmax probabilities of the best ``top_k`` classes (ties: the lower class index first)."""
+        import numpy as np
+
+        z = as_array(output)[0].astype(np.float64).reshape(-1)
+        p = np.exp(z - z.max())
+        p /= p.sum()
+        idx = np.argsort(-p, kind="stable")[: min(top_k, p.size)]
+        return Answer([(int(i), names[int(i)], float(p[i])) for i in idx])

@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import io
 import math
-from typing import TYPE_CHECKING, Dict, List, Optional, Sequence
+from typing import TYPE_CHECKING, Dict, List, Mapping, Optional, Sequence
 
-from .base import Answer, OutputSpec, Scores, Task, register_task
+from .base import Answer, OutputSpec, OutputTensor, Scores, Task, as_array, register_task
 
 if TYPE_CHECKING:  # torch (and the data pipeline) are imported where they are used: see base.py
     from torch import Tensor
 
     from ..data import SegmentationDataset
 
-__all__ = ["Segmentation", "ConfusionScores", "DENSE_STRIDE", "segmentation_ce", "encode_mask_png"]
+__all__ = ["Segmentation", "ConfusionScores", "DENSE_STRIDE", "segmentation_ce", "encode_mask_png", "MASK",
+           "class_pixels_output", "mask_png", "class_pixels"]
 
 DENSE_STRIDE = 8  # cached segmentation logits: 45x60 for a 360x480 input (the teacher's own are 23x30, upsampled)
 
@@ -35,16 +36,36 @@ def segmentation_ce(logits: Tensor, masks: Tensor, weight: Optional[Tensor] = No
     return F.cross_entropy(logits, target, weight=weight, ignore_index=-100)
 
 
-def encode_mask_png(mask: Tensor) -> bytes:
-    """(H, W) integer class map -> 8-bit grayscale PNG (16-bit when there are more than 256 classes)."""
+def encode_mask_png(mask) -> bytes:
+    """(H, W) integer class map (numpy) -> 8-bit grayscale PNG (16-bit when there are more than 256 classes)."""
     import numpy as np
     from PIL import Image
 
-    m = mask.to("cpu").numpy()
-    img = Image.fromarray(m.astype(np.uint8) if m.max(initial=0) < 256 else m.astype(np.uint16))
+    img = Image.fromarray(mask.astype(np.uint8) if mask.max(initial=0) < 256 else mask.astype(np.uint16))
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     return buf.getvalue()
+
+
+# The task's own outputs on the wire (after the ranked classes), and their typed accessors: the one place that
+# names them (tests/test_structure.py).
+MASK = OutputSpec("mask_png", "BYTES", (1,), "the class mask, an 8-bit PNG of class indexes")
+
+
+def class_pixels_output(num_classes: int) -> OutputSpec:
+    return OutputSpec("class_pixels", "INT64", (1, num_classes), "pixels of each class in the mask, class order")
+
+
+def mask_png(outputs: Mapping[str, OutputTensor]) -> Optional[bytes]:
+    """The class mask (PNG bytes) of an answer's outputs; None when it has none (not a segmentation answer)."""
+    t = MASK.of(outputs)
+    return t.data[0] if t is not None and t.data else None
+
+
+def class_pixels(outputs: Mapping[str, OutputTensor]) -> Optional[List[int]]:
+    """The pixels of each class in the mask, in class order; None when the answer has none."""
+    t = class_pixels_output(-1).of(outputs)
+    return list(t.data) if t is not None else None
 
 
 class ConfusionScores(Scores):
@@ -129,19 +150,27 @@ class Segmentation(Task):
             raise ValueError("supervised segmentation needs a mask for every image (use distill mode)")
         return segmentation_ce(logits, labels)
 
-    def answer(self, output: Tensor, names: Sequence[str], top_k: int) -> Answer:
+    def answer(self, output, names: Sequence[str], top_k: int) -> Answer:
         """The per-pixel argmax as a PNG mask, the pixel count of every class, and the classes ranked by the
-        share of pixels they take (the share is the score)."""
-        import torch
+        share of pixels they take (the share is the score; ties: the lower class index first)."""
+        import numpy as np
 
-        mask = output[0].argmax(0)
-        counts = torch.bincount(mask.flatten(), minlength=output.shape[1])
-        p, idx = (counts.double() / mask.numel()).topk(min(top_k, counts.numel()))
-        top = [(int(i), names[int(i)], float(v)) for v, i in zip(p, idx) if v > 0]
-        return Answer(top, {"mask_png": encode_mask_png(mask), "class_pixels": counts.tolist()})
+        out = as_array(output)
+        mask = out[0].argmax(0)
+        counts = np.bincount(mask.reshape(-1), minlength=out.shape[1])
+        share = counts / mask.size
+        idx = np.argsort(-share, kind="stable")[: min(top_k, counts.size)]
+        top = [(int(i), names[int(i)], float(share[i])) for i in idx if share[i] > 0]
+        pixels = class_pixels_output(out.shape[1])
+        return Answer(top, {MASK.name: MASK.tensor([encode_mask_png(mask)]),
+                            pixels.name: pixels.tensor([int(c) for c in counts])})
 
     def outputs(self, num_classes: int) -> List[OutputSpec]:
-        return super().outputs(num_classes) + [
-            OutputSpec("mask_png", "BYTES", (1,), "the class mask, an 8-bit PNG of class indexes"),
-            OutputSpec("class_pixels", "INT64", (1, num_classes), "pixels of each class in the mask, class order"),
-        ]
+        return super().outputs(num_classes) + [MASK, class_pixels_output(num_classes)]
+
+    def output_problem(self, outputs: Mapping[str, OutputTensor], num_classes: int) -> Optional[str]:
+        problem = super().output_problem(outputs, num_classes)
+        counts = class_pixels(outputs)
+        if problem is None and counts is not None and any(c < 0 for c in counts):
+            return "a class pixel count is negative"
+        return problem

@@ -78,6 +78,7 @@ def run_encode(args) -> int:
 def run_decode(args) -> int:
     from cloud_server import CloudDecoder
     from shared.bitstream import BitstreamError
+    from shared.tasks import wire
 
     data = input_file(args.bitstream, "a bitstream").read_bytes()
     dec = CloudDecoder(args.bundle, weights=args.weights)
@@ -87,7 +88,7 @@ def run_decode(args) -> int:
         raise UserError(f"{args.bitstream}: {e}") from None
     if args.json:
         print(json.dumps({"rung": pred.rung, "bytes": pred.n_bytes, "bpp": pred.bpp, "topk": pred.topk,
-                          "class_pixels": pred.class_pixels, "timings_ms": pred.timings_ms}))
+                          "outputs": wire.numbers(pred.outputs), "timings_ms": pred.timings_ms}))
         return 0
     print(f"rung {pred.rung}, {pred.n_bytes} bytes ({pred.bpp:.4f} bpp)")
     for i, name, p in pred.topk:
