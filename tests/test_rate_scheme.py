@@ -118,3 +118,24 @@ def test_the_measured_points():
     assert [w for w, _, _ in scheme_of(_bundle()).points()] == [0, 1, 2]
     assert vr.describe() == "one variable-rate network, levels 0..16"
     assert scheme_of(_bundle()).describe() == "a ladder of 3 rungs"
+
+
+def test_the_training_plan_of_each_scheme():
+    """What training makes, asked of the plan (shared/rate/plan.py) instead of the bottleneck's levels: a ladder
+    trains a network per lambda from the largest down (the first gets --steps, the rest --steps-per-rung); one
+    variable-rate network gets the whole budget, draws each step's level, and records the top lambda and the range."""
+    from shared.rate import training_plan
+
+    ladder = training_plan([2.0, 64.0, 8.0], None)
+    assert ladder.networks() == [1, 2, 0]
+    assert [ladder.steps(p, 2000, 800) for p in range(3)] == [2000, 800, 800]
+    assert [ladder.steps_left(p, 2000, 800) for p in range(3)] == [3600, 1600, 800]
+    assert ladder.step_point(8.0, lambda *a: pytest.fail("a ladder draws no level")) == (None, 8.0)
+    assert ladder.probe_level is None and ladder.eval_points() == 3 and ladder.level_range is None
+    assert ladder.manifest() == ([2.0, 64.0, 8.0], {})
+
+    vr = training_plan([64.0, 0.03], (-8, 40))
+    assert vr.networks() == [0] and vr.steps(0, 2000, 800) == vr.steps_left(0, 2000, 800) == 2800
+    assert vr.step_point(64.0, lambda levels, lambdas: (levels[0], min(lambdas))) == (-8, 0.03)
+    assert vr.probe_level == 40 and vr.eval_points() == 13 and vr.level_range == [-8, 40]
+    assert vr.manifest() == ([64.0], {"variable_rate": {"levels": [-8, 40], "lambdas": [0.03, 64.0]}})

@@ -51,10 +51,8 @@ LEVEL_CHECKS = [
     ("levels tested for truth", re.compile(
         r"\b(if|elif|and|or|not)\s+[\w.]*\blevels\s*(:|\band\b|\bor\b|\belse\b|\))|\blevels\s+else\b")),
 ]
-RATE_ROOM = (ROOT / "shared" / "rate", ROOT / "shared" / "codec")  # the scheme, and the network that has the levels
-# still asking their own configuration, to switch to a scheme (owned by the training use case); a file leaves this
-# list when it no longer asks (test_the_level_check_exemptions_are_still_needed)
-LEVEL_CHECKS_PENDING = {"shared/training/recipe.py", "shared/training/ladder.py"}
+# the scheme (and the training plan of each scheme, shared/rate/plan.py), and the network that has the levels
+RATE_ROOM = (ROOT / "shared" / "rate", ROOT / "shared" / "codec")
 
 
 def _sources() -> Iterator[Path]:
@@ -99,14 +97,10 @@ def _level_checks(path: Path) -> List[str]:
 
 def test_no_level_checks_outside_the_rate_scheme():
     found = [hit for path in _sources() if not any(room in path.parents for room in RATE_ROOM)
-             and str(path.relative_to(ROOT)) not in LEVEL_CHECKS_PENDING for hit in _level_checks(path)]
+             for hit in _level_checks(path)]
     assert not found, ("ladder-or-variable-rate checks outside shared/rate/ (ask the bundle's scheme: bundle.scheme."
-                       "point / outcome / points / variable):\n" + "\n".join(found))
-
-
-def test_the_level_check_exemptions_are_still_needed():
-    assert all(_level_checks(ROOT / p) for p in LEVEL_CHECKS_PENDING), \
-        [p for p in LEVEL_CHECKS_PENDING if not _level_checks(ROOT / p)]
+                       "point / outcome / points / variable; training: shared.rate.training_plan):\n"
+                       + "\n".join(found))
 
 
 def test_the_level_check_patterns_catch_what_they_should():

@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from ..codec import Bottleneck, BottleneckConfig
 from ..models.split import SplitModel
+from ..rate.plan import training_plan
 from .cache import FeatureCache
 from .objectives import Objective
 from .schedule import warmup_cosine_lr
@@ -114,14 +115,10 @@ def train_ladder(
     use_targets = bool(taps)
     n_pixels = cache.input_hw[0] * cache.input_hw[1]
 
-    order = sorted(range(len(cfg.lambdas)), key=lambda i: -cfg.lambdas[i])
-    levels = bcfg.levels
-    if levels is not None:
-        # one variable-rate network (shared/codec/variable_rate.py) instead of a rung per lambda, with the ladder's
-        # whole step budget: every step draws a quality level q and trains at the lambda that goes with it,
-        # log-linear from the smallest lambda at the coarsest level to the largest at the finest
-        order = [0]
-        vr_steps = cfg.steps + cfg.steps_per_rung * (len(cfg.lambdas) - 1)
+    # a rung per lambda, or one variable-rate network (shared/codec/variable_rate.py) over the levels with the
+    # ladder's whole step budget, each step at a drawn level and the lambda that goes with it (shared/rate/plan.py)
+    plan = training_plan(cfg.lambdas, bcfg.levels)
+    order = plan.networks()
     trained: Dict[int, Dict] = {}
     ckpt = _load_checkpoint(out) if resume else None
     if ckpt is not None:
@@ -152,7 +149,7 @@ def train_ladder(
             continue
         if init_rungs is not None:
             _load_train_state(net, _trainable(init_rungs[i]))
-        steps = (cfg.steps if pos == 0 else cfg.steps_per_rung) if levels is None else vr_steps
+        steps = plan.steps(pos, cfg.steps, cfg.steps_per_rung)
         ddp = DDP(net, find_unused_parameters=True) if distributed else net
         opt = torch.optim.Adam(net.param_groups(cfg.lr))
         aux_opt = torch.optim.Adam(net.aux_parameters(), lr=cfg.aux_lr)
@@ -164,7 +161,7 @@ def train_ladder(
         # With a time budget each rung gets a share of what is left proportional to its steps (so a rung that ran
         # over, or under, moves the others); the schedule follows whichever of step count and elapsed time is
         # further along, so a rung always completes.
-        left_steps = steps + cfg.steps_per_rung * (len(order) - 1 - pos) if levels is None else vr_steps
+        left_steps = plan.steps_left(pos, cfg.steps, cfg.steps_per_rung)
         left_time = cfg.time_budget - (time.perf_counter() - t_ladder)
         share = max(left_time, 1e-9) * steps / max(left_steps, 1) if cfg.time_budget > 0 else float("inf")
         step, seen, spent = 0, 0, 0.0
@@ -199,9 +196,7 @@ def train_ladder(
             feat, teacher, labels = cache.batch(idx, device)
             for g in opt.param_groups:
                 g["lr"] = warmup_cosine_lr(frac, cfg.lr, warmup=cfg.warmup) * g["lr_scale"]
-            q = None
-            if levels is not None:
-                q, lam = level_and_lambda(levels, cfg.lambdas, gen)
+            q, lam = plan.step_point(lam, lambda levels, lambdas: level_and_lambda(levels, lambdas, gen))
             warm = pos == 0 and frac < cfg.feature_warmup
             use_tail = cfg.tail_every > 0 and step % cfg.tail_every == 0 and not warm
             d = stepper.loss(feat, teacher, labels, lam, use_tail, level=q,
@@ -246,7 +241,7 @@ def train_ladder(
         log_file.close()
 
     nets = []
-    for i in (range(len(cfg.lambdas)) if levels is None else [0]):
+    for i in sorted(order):
         n = Bottleneck(bcfg)
         _load_train_state(n, trained[i])
         nets.append(n.eval())
@@ -272,7 +267,7 @@ def time_steps(model: SplitModel, cache: FeatureCache, bcfg: BottleneckConfig, c
         aux_opt = torch.optim.Adam(net.aux_parameters(), lr=cfg.aux_lr)
         gen = torch.Generator().manual_seed(cfg.seed)
         lam = max(cfg.lambdas)
-        level = None if bcfg.levels is None else bcfg.levels[1]
+        level = training_plan(cfg.lambdas, bcfg.levels).probe_level
         times, batch = [], min(cfg.batch_size, probe_batch)
         for k in range(n + 1):
             t = time.perf_counter()

@@ -320,7 +320,7 @@ def train_bundle(opts: TrainOptions, say=print, started: Optional[float] = None)
 
     from ..bundle import load_bundle, save_bundle, update_metrics
     from ..codec.config import BottleneckConfig
-    from ..evaluation import default_levels
+    from ..rate.plan import training_plan
     from ..models import get_backbone, load_split_model
     from ..tasks import get_task
     from .budget import FINISH_SECONDS, VIEWS_SHARE, Budget, buys_lines, few_images_warning, plan_after
@@ -366,8 +366,9 @@ def train_bundle(opts: TrainOptions, say=print, started: Optional[float] = None)
 
     # the budget: what follows the rungs is planned first; views may take a share of the rest, the rungs the remainder
     refit = opts.rate_model == "hyperprior" and opts.side_refit_steps > 0
-    points = len(default_levels(opts.levels)) if opts.levels else len(opts.lambdas)
-    after = plan_after(budget.left(), 1 if opts.levels else len(opts.lambdas), refit, n_eval,
+    plan = training_plan(opts.lambdas, opts.levels)
+    points = plan.eval_points()
+    after = plan_after(budget.left(), len(plan.networks()), refit, n_eval,
                        _eval_seconds_per_image(model.split.depth, points))
     with budget.phase("views", VIEWS_SHARE * (budget.left() - after.total) if budget.limited else math.inf) as phase:
         cache = _views(model, opts, items, rank, world, device, phase.deadline, say)
@@ -390,7 +391,7 @@ def train_bundle(opts: TrainOptions, say=print, started: Optional[float] = None)
         step_seconds = time_steps(model, cache, bcfg, lcfg, device)
     # planned again at the measured speed: measuring an image costs about a training step's share per rung and for
     # the unsplit model (on the loaded 2-core CPU: 3.1 s per image at block1 with 6 rungs, 0.4 s per image-step)
-    after = plan_after(budget.left(), 1 if opts.levels else len(opts.lambdas), refit, n_eval,
+    after = plan_after(budget.left(), len(plan.networks()), refit, n_eval,
                        max(_eval_seconds_per_image(model.split.depth, points),
                            (points + 1) * step_seconds / opts.batch_size))
     train_seconds = budget.left() - after.total if budget.limited else math.inf
@@ -480,13 +481,12 @@ def train_bundle(opts: TrainOptions, say=print, started: Optional[float] = None)
             "step_seconds": round(step_seconds, 4),  # the probe's, before training
             "seconds": round(budget.elapsed(), 1),  # start-up, views, rungs and refit (before the measurement)
             "side_refit": refits,
-            "levels": list(bcfg.levels) if bcfg.levels else None,
+            "levels": plan.level_range,
             "command": opts.command,
         },
     }
-    if bcfg.levels is not None:  # one network: its rung records the top lambda, the manifest the range
-        extra["variable_rate"] = {"levels": list(bcfg.levels), "lambdas": [min(opts.lambdas), max(opts.lambdas)]}
-    lams = opts.lambdas if bcfg.levels is None else [max(opts.lambdas)]
+    lams, scheme_extra = plan.manifest()  # a variable-rate network: its rung records the top lambda, the manifest the range
+    extra.update(scheme_extra)
     with budget.phase("export", keep=after.measure + FINISH_SECONDS):
         bundle = save_bundle(out, model, split, bcfg, nets, lams, extra=extra)
     say(f"wrote bundle {bundle.bundle_id} with {len(bundle.rungs)} rungs to {out}")
