@@ -22,6 +22,7 @@ with :func:`register_task` when their module is imported; ``shared/tasks/__init_
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Dict, List, Mapping, Optional, Sequence, Tuple, Type, TypeVar, Union
@@ -60,15 +61,11 @@ class OutputTensor:
     def problem(self) -> Optional[str]:
         """None when the data fit the shape and the datatype (a received tensor is not trusted); else what does
         not fit."""
-        n = 1
-        for d in self.shape:
-            n *= d
-        if any(d < 0 for d in self.shape) or n != len(self.data):
+        if any(d < 0 for d in self.shape) or math.prod(self.shape) != len(self.data):
             return f"{len(self.data)} elements for shape {list(self.shape)}"
-        kind = DATATYPES[self.datatype]
-        ok = (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)) if kind is float else \
-            (lambda v: isinstance(v, kind) and not isinstance(v, bool))
-        return None if all(ok(v) for v in self.data) else f"an element is not {self.datatype}"
+        kinds = (int, float) if self.datatype == "FP32" else DATATYPES[self.datatype]  # an FP32 may arrive as 1
+        fits = all(isinstance(v, kinds) and not isinstance(v, bool) for v in self.data)
+        return None if fits else f"an element is not {self.datatype}"
 
 
 @dataclass(frozen=True)
