@@ -8,7 +8,7 @@ pixels ignored).
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch.utils.data import DataLoader
@@ -124,12 +124,13 @@ def segmentation_examples(
     model: SplitModel,
     bundle: Bundle,
     items: Sequence[Item],
-    rungs: Sequence[int],
+    points: Sequence[Tuple[int, Optional[int]]],
     codec: str = "webp",
 ) -> List[Dict]:
-    """For each item: the input crop, its mask, the unsplit model's mask, the mask decoded at each rung (with
-    its real bpp), and the mask of the unsplit model on the ``codec``-compressed input at the quality whose
-    file is the largest not above the last rung's message (the codec at equal rate, per image)."""
+    """For each item: the input crop, its mask, the unsplit model's mask, the mask decoded at each point (a rung
+    and, for a variable-rate bundle, a level: ``bundle.scheme.measure_points``), with its real bpp and a label, and
+    the mask of the unsplit model on the ``codec``-compressed input at the quality whose file is the largest not
+    above the last point's message (the codec at equal rate, per image)."""
     pre = model.spec.preprocess
     lc = LadderCodec(bundle)
     out = []
@@ -139,11 +140,12 @@ def segmentation_examples(
         feat = model.head(x)
         ex = {"name": path.name, "input": img, "truth": mask_crop(load_mask(mask) if mask else None, pre),
               "unsplit": model.tail(feat, x).argmax(1)[0], "rungs": []}
-        for r in rungs:
-            (msg,) = lc.encode(feat, tuple(x.shape[-2:]), r)
+        for r, level in points:
+            (msg,) = lc.encode(feat, tuple(x.shape[-2:]), r, level=level)
             pred = model.tail(lc.decode(msg)[0], x).argmax(1)[0]
-            ex["rungs"].append({"rung": r, "bpp": bits_per_pixel(len(msg), pre.input_size), "mask": pred})
-        budget = len(msg)  # the last rung's bytes
+            ex["rungs"].append({"rung": r, "level": level, "label": f"rung {r}" if level is None else f"q{level}",
+                                "bpp": bits_per_pixel(len(msg), pre.input_size), "mask": pred})
+        budget = len(msg)  # the last point's bytes
         q = equal_rate_quality(img, codec, budget)
         dec, n_bytes = codec_roundtrip(img, codec, q)
         ex["codec"] = {"codec": codec, "quality": q, "bpp": bits_per_pixel(n_bytes, pre.input_size),

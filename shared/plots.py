@@ -73,7 +73,7 @@ def mask_comparison_plot(examples: List[Dict], out: Path | str, model: str, num_
         yield draw(ex["truth"]), "ground truth"
         yield draw(ex["unsplit"]), "unsplit model"
         for r in ex["rungs"]:
-            yield draw(r["mask"]), f"rung {r['rung']}, {r['bpp']:.3f} bpp"
+            yield draw(r["mask"]), f"{r['label']}, {r['bpp']:.3f} bpp"
         c = ex["codec"]
         yield draw(c["mask"]), f"{c['codec'].upper()} q={c['quality']}, {c['bpp']:.3f} bpp"
 

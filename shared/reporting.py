@@ -190,16 +190,16 @@ def write_mask(result, folder, num_classes: int, labels: Optional[str] = None) -
 
 
 def write_pictures(out: Path, model, bundle, items, codec: str) -> Path:
-    """masks.png: per image, input, truth, unsplit model, the top, middle and bottom rungs, the codec at the
-    bottom rung's rate (see :func:`shared.evaluation.segmentation_examples`)."""
+    """masks.png: per image, input, truth, unsplit model, the finest, middle and coarsest rungs (or levels of a
+    variable-rate bundle), the codec at the coarsest one's rate (see :func:`shared.evaluation.segmentation_examples`)."""
     from .evaluation import segmentation_examples
     from .plots import mask_comparison_plot
-
-    n = len(bundle.rungs)
-    rungs = sorted({0, n // 2, n - 1})
     from .tasks import get_task
 
-    examples = segmentation_examples(model, bundle, items, rungs, codec)
+    # finest first: rung 0 of a ladder, the highest level of a variable-rate network
+    pts = sorted(bundle.scheme.measure_points(), key=lambda p: (p[0], -(p[1] or 0)))
+    pts = [pts[i] for i in sorted({0, len(pts) // 2, len(pts) - 1})]
+    examples = segmentation_examples(model, bundle, items, pts, codec)
     spec, task = model.spec, get_task(model.spec)
     return mask_comparison_plot(examples, out, spec.name, spec.num_classes, colours=task.palette(spec),
                                 names=task.class_names(spec))

@@ -284,13 +284,34 @@ def test_cli_eval_segmentation_tables_plot_and_pictures(seg_bundle, seg_weights,
     assert main(["eval", "--bundle", str(seg_bundle.root), "--data", str(seg_images), "--pictures", "1"]) == 2
 
 
+
+def test_eval_pictures_of_a_variable_rate_segmentation_bundle(seg_weights, seg_images, tmp_path, monkeypatch):
+    """``eval --pictures`` draws a variable-rate bundle at its finest, middle and coarsest measured levels (it
+    stopped with "give a quality level" after measuring, exit 2, before the rate scheme chose the points)."""
+    from shared import baselines
+    from shared.bundle import load_bundle
+
+    monkeypatch.setitem(baselines.CODECS, "webp", ("WEBP", (5, 90)))
+    vr = tmp_path / "vr"
+    assert main(["train", "--model", SEG_MODEL, "--split", SEG_SPLIT, "--weights", str(seg_weights), "--data",
+                 str(seg_images), "--views", "1", "--steps", "4", "--steps-per-rung", "2", "--batch-size", "2",
+                 "--lambdas", "4,1", "--levels=-4:4", "--side-refit-steps", "0", "--no-eval", "--allow-weak",
+                 "--device", "cpu", "--out", str(vr)]) == 0
+    out = tmp_path / "eval"
+    assert main(["eval", "--bundle", str(vr), "--data", str(seg_images), "--weights", str(seg_weights), "--out",
+                 str(out), "--codecs", "webp", "--pictures", "1", "--limit", "1", "--batch-size", "1"]) == 0
+    with Image.open(out / "masks.png") as im:
+        assert im.size[0] > 300
+    pts = sorted(load_bundle(vr).scheme.measure_points(), key=lambda p: (p[0], -(p[1] or 0)))
+    assert pts[0] == (0, 4) and pts[-1] == (0, -4)  # finest first, as the pictures take them
+
 def test_segmentation_examples_codec_at_equal_rate(seg_bundle, seg_weights, seg_images):
     from shared.evaluation import segmentation_examples
     from shared.models import load_split_model
 
     model = load_split_model(SEG_MODEL, SEG_SPLIT, weights=str(seg_weights))
     items = split_items(scan_images(seg_images), "heldout")[:1]
-    (ex,) = segmentation_examples(model, seg_bundle, items, rungs=[0, 1], codec="webp")
+    (ex,) = segmentation_examples(model, seg_bundle, items, points=[(0, None), (1, None)], codec="webp")
     assert ex["truth"].shape == ex["unsplit"].shape == ex["rungs"][0]["mask"].shape == INPUT_HW
     budget = ex["rungs"][-1]["bpp"]
     assert ex["codec"]["bpp"] <= budget or ex["codec"]["quality"] == 1  # the best quality that fits the rung's bytes
