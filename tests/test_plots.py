@@ -16,7 +16,7 @@ def test_plots_write_pngs_without_switching_the_backend(tmp_path):
     assert Image.open(p).size == (840, 540)
     mask = np.zeros((8, 8), dtype=np.int64)
     ex = {"name": "a", "input": Image.new("RGB", (8, 8)), "truth": mask, "unsplit": mask,
-          "rungs": [{"rung": 0, "mask": mask, "bpp": 0.1}], "codec": {"codec": "jpeg", "quality": 5, "mask": mask, "bpp": 0.2}}
+          "rungs": [{"rung": 0, "level": None, "label": "rung 0", "mask": mask, "bpp": 0.1}], "codec": {"codec": "jpeg", "quality": 5, "mask": mask, "bpp": 0.2}}
     q = mask_comparison_plot([ex, ex], tmp_path / "masks.png", "deeplab", 4)
     assert Image.open(q).format == "PNG"
     assert matplotlib.get_backend() == before
