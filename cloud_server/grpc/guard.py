@@ -361,49 +361,28 @@ class CallGuard(grpc.ServerInterceptor):
                 if close is not None:
                     close()
 
-        if handler.request_streaming and handler.response_streaming:
-            inner = handler.stream_stream
+        # one behavior for the four kinds: how the requests come in (a guarded stream, or the one request), and
+        # whether the call's slot is released when the handler returns or when its response stream ends
+        inner = {(True, True): handler.stream_stream, (True, False): handler.stream_unary,
+                 (False, True): handler.unary_stream, (False, False): handler.unary_unary}[
+            (handler.request_streaming, handler.response_streaming)]
+        take = requests if handler.request_streaming else first_request
+        # a server stream's own waits are watched too, except a unary request's health Watch (it waits by design)
+        watch_inner = not handler.request_streaming and method != HEALTH_WATCH
 
-            def behavior(request_iterator, context):
-                with answering(context):
-                    call = _Call(guard, context, method, release, stream_slot)
+        def behavior(request_iterator, context):
+            with answering(context):
+                call = _Call(guard, context, method, release, stream_slot)
+                if not handler.response_streaming:
                     try:
-                        return responses(call, inner(requests(call, request_iterator), context), False)
-                    except BaseException:
-                        call.release()
-                        raise
-        elif handler.request_streaming:
-            inner = handler.stream_unary
-
-            def behavior(request_iterator, context):
-                with answering(context):
-                    call = _Call(guard, context, method, release, stream_slot)
-                    try:
-                        return inner(requests(call, request_iterator), context)
+                        return inner(take(call, request_iterator), context)
                     finally:
                         call.release()
-        elif handler.response_streaming:
-            inner = handler.unary_stream
-
-            def behavior(request_iterator, context):
-                with answering(context):
-                    call = _Call(guard, context, method, release, stream_slot)
-                    try:
-                        return responses(call, inner(first_request(call, request_iterator), context),
-                                         method != HEALTH_WATCH)
-                    except BaseException:
-                        call.release()
-                        raise
-        else:
-            inner = handler.unary_unary
-
-            def behavior(request_iterator, context):
-                with answering(context):
-                    call = _Call(guard, context, method, release, stream_slot)
-                    try:
-                        return inner(first_request(call, request_iterator), context)
-                    finally:
-                        call.release()
+                try:  # the response stream releases the slot when it ends; until it exists, we do
+                    return responses(call, inner(take(call, request_iterator), context), watch_inner)
+                except BaseException:
+                    call.release()
+                    raise
 
         if pool is not None:
             behavior.experimental_thread_pool = pool
