@@ -20,7 +20,7 @@ if TYPE_CHECKING:  # torch (and the data pipeline) are imported where they are u
     from ..data import SegmentationDataset
 
 __all__ = ["Segmentation", "ConfusionScores", "DENSE_STRIDE", "segmentation_ce", "encode_mask_png", "MASK",
-           "class_pixels_output", "mask_png", "class_pixels"]
+           "CLASS_PIXELS", "class_pixels_output", "mask_png", "class_pixels"]
 
 DENSE_STRIDE = 8  # cached segmentation logits: 45x60 for a 360x480 input (the teacher's own are 23x30, upsampled)
 
@@ -52,8 +52,11 @@ def encode_mask_png(mask) -> bytes:
 MASK = OutputSpec("mask_png", "BYTES", (1,), "the class mask, an 8-bit PNG of class indexes")
 
 
+CLASS_PIXELS = "class_pixels"  # its shape depends on the model's classes
+
+
 def class_pixels_output(num_classes: int) -> OutputSpec:
-    return OutputSpec("class_pixels", "INT64", (1, num_classes), "pixels of each class in the mask, class order")
+    return OutputSpec(CLASS_PIXELS, "INT64", (1, num_classes), "pixels of each class in the mask, class order")
 
 
 def mask_png(outputs: Mapping[str, OutputTensor]) -> Optional[bytes]:
@@ -64,7 +67,7 @@ def mask_png(outputs: Mapping[str, OutputTensor]) -> Optional[bytes]:
 
 def class_pixels(outputs: Mapping[str, OutputTensor]) -> Optional[List[int]]:
     """The pixels of each class in the mask, in class order; None when the answer has none."""
-    t = class_pixels_output(-1).of(outputs)
+    t = outputs.get(CLASS_PIXELS)
     return list(t.data) if t is not None else None
 
 
